@@ -1,0 +1,307 @@
+"""YAML config -> typed models. Each plugin's section is validated by that plugin's own model.
+
+Every error names the file, the line and the key path, e.g.
+``ravn.yaml:14: sources[1] (ebpf_file).prefixes: Input should be a valid list``.
+
+Secrets are references, never literals: ``password: {$env: RAVN_REDIS_PASSWORD}`` or
+``password: {$file: /run/secrets/redis}``. Plugin models declare such fields as ``SecretRef``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from ravn_core.components import PluginConfig
+from ravn_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ravn_core.registry import Registration, Registry
+
+Path_ = tuple[str | int, ...]
+
+
+# ---------------------------------------------------------------------------------------------- secrets
+class Secret:
+    """A resolved secret. ``str()`` and ``repr()`` never show the value; call ``get()``."""
+
+    __slots__ = ("_value", "reference")
+
+    def __init__(self, value: str, reference: str) -> None:
+        self._value = value
+        self.reference = reference
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({self.reference})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other.reference == self.reference
+
+    def __hash__(self) -> int:
+        return hash(self.reference)
+
+
+def _resolve_secret(value: Any) -> Secret:
+    if isinstance(value, Secret):
+        return value
+    if isinstance(value, str):
+        raise ValueError("secrets are references, not literals: use {$env: NAME} or {$file: /path}")
+    if not isinstance(value, dict) or len(value) != 1 or not ({"$env", "$file"} & set(value)):
+        raise ValueError("a secret is {$env: NAME} or {$file: /path}")
+    if "$env" in value:
+        name = str(value["$env"])
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name!r} is not set")
+        return Secret(os.environ[name], f"$env:{name}")
+    path = str(value["$file"])
+    try:
+        return Secret(Path(path).read_text().rstrip("\n"), f"$file:{path}")
+    except OSError as exc:
+        raise ValueError(f"cannot read secret file {path!r}: {exc.strerror}") from None
+
+
+SecretRef = Annotated[Secret, BeforeValidator(_resolve_secret)]
+
+
+# ---------------------------------------------------------------------------------------------- core models
+class ThreatConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    medium: float = Field(50, ge=0, le=100, description="score above which the level is MEDIUM")
+    high: float = Field(80, ge=0, le=100, description="score above which the level is HIGH")
+    half_life_s: float = Field(120, gt=0, description="the host score halves after this long without alerts")
+    fold_window_s: float = Field(60, gt=0, description="repeats of one rule for one process within this are folded")
+    top_alerts: int = Field(5, ge=0, le=100, description="alerts carried in a threat update")
+
+    @model_validator(mode="after")
+    def _order(self) -> ThreatConfig:
+        if self.medium >= self.high:
+            raise ValueError(f"medium ({self.medium}) must be below high ({self.high})")
+        return self
+
+
+class CoreConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    host: str = Field("", description="this host's name in alerts and Redis keys; empty = hostname")
+    state_dir: str = Field("/run/ravn", description="root-only directory for the status socket and spool files")
+    log_level: str = Field("info", pattern="^(debug|info|warning|error)$", description="log level")
+    health_interval_s: float = Field(5.0, gt=0, le=3600, description="how often the health thread checks")
+    queue_batches: int = Field(256, ge=1, le=1_000_000, description="capacity of each stage queue, in batches")
+    analysis_threads: int = Field(1, ge=1, le=64, description="analysis threads consuming the transport")
+    shutdown_timeout_s: float = Field(10.0, ge=0, description="bound on draining queues at SIGINT/SIGTERM")
+    error_budget: int = Field(5, ge=1, description="restarts within error_window_s before quarantine")
+    error_window_s: float = Field(300.0, gt=0, description="window of the error budget")
+    restart_backoff_s: float = Field(0.5, gt=0, description="first restart delay; doubles per restart")
+    restart_backoff_max_s: float = Field(30.0, gt=0, description="cap of the restart delay")
+    memory_limit_mb: float = Field(200.0, gt=0, description="RSS above which RAVN alerts on itself and trims caches")
+    drop_alert_ratio: float = Field(0.01, ge=0, le=1, description="drop ratio per interval that raises an alert")
+    proctree_max: int = Field(65536, ge=16, description="processes kept in the process tree (LRU)")
+    threat: ThreatConfig = Field(default_factory=ThreatConfig)
+
+    def hostname(self) -> str:
+        return self.host or socket.gethostname()
+
+
+class Section(BaseModel):
+    """A plugin's section before its own model validates it."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    plugin: str
+    name: str | None = None
+    enabled: bool = True
+
+
+class RawConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ravn: CoreConfig = Field(default_factory=CoreConfig)
+    sources: list[Section] = Field(default_factory=list)
+    transport: Section = Field(default_factory=lambda: Section(plugin="embedded"))
+    analyzers: list[Section] = Field(default_factory=list)
+    sinks: list[Section] = Field(default_factory=list)
+    health_probes: list[Section] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One component to build: which registration, its instance name, its validated config."""
+
+    kind: str
+    name: str
+    plugin: str
+    config: PluginConfig
+    registration: Registration[Any]
+
+
+@dataclass(frozen=True)
+class RavnConfig:
+    """The whole validated config."""
+
+    core: CoreConfig
+    sources: list[ComponentSpec]
+    transport: ComponentSpec
+    analyzers: list[ComponentSpec]
+    sinks: list[ComponentSpec]
+    health_probes: list[ComponentSpec]
+    path: str | None = None
+    explicitly_named: frozenset[str] = field(default_factory=frozenset)
+
+    def components(self) -> list[ComponentSpec]:
+        return [*self.sources, self.transport, *self.analyzers, *self.sinks, *self.health_probes]
+
+
+# ---------------------------------------------------------------------------------------------- YAML with lines
+def _to_python(node: yaml.Node, path: Path_, lines: dict[Path_, int], where: str) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = yaml.safe_load(yaml.serialize(key_node)) if not isinstance(key_node, yaml.ScalarNode) else None
+            if isinstance(key_node, yaml.ScalarNode):
+                key = key_node.value
+            if not isinstance(key, str):
+                raise ConfigError(f"{where}:{key_node.start_mark.line + 1}: keys must be strings")
+            if key in out:
+                raise ConfigError(f"{where}:{key_node.start_mark.line + 1}: {_fmt(path + (key,))}: duplicate key")
+            out[key] = _to_python(value_node, (*path, key), lines, where)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(n, (*path, i), lines, where) for i, n in enumerate(node.value)]
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _fmt(path: Path_) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
+    return out or "(top level)"
+
+
+def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[Path_, int]]:
+    """Read a YAML mapping and the line of every key path in it."""
+    where = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file; pass an existing config (see config/ravn.example.yaml)") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
+    return parse_yaml(text, where)
+
+
+def parse_yaml(text: str, where: str = "<config>") -> tuple[dict[str, Any], dict[Path_, int]]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}{line}: malformed YAML: {problem}") from None
+    lines: dict[Path_, int] = {}
+    if node is None:
+        return {}, lines
+    try:
+        data = _to_python(node, (), lines, where)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: malformed YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}:{lines.get((), 1)}: the config must be a mapping (ravn:, sources:, ...)")
+    return data, lines
+
+
+def _line(lines: dict[Path_, int], path: Path_) -> int:
+    while path and path not in lines:
+        path = path[:-1]
+    return lines.get(path, 1)
+
+
+def _raise(exc: ValidationError, where: str, lines: dict[Path_, int], base: Path_, label: str = "") -> None:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    path = base + loc
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    raise ConfigError(f"{where}:{_line(lines, path)}: {_fmt(path)}{label}: {msg}{more}") from None
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def validate(
+    data: dict[str, Any],
+    registries: dict[str, Registry[Any]],
+    where: str = "<config>",
+    lines: dict[Path_, int] | None = None,
+) -> RavnConfig:
+    """Validate a parsed config against the core models and each plugin's model.
+
+    :param registries: ``{"sources": ..., "transport": ..., "analyzers": ..., "sinks": ..., "health_probes": ...}``
+    """
+    lines = lines or {}
+    try:
+        raw = RawConfig.model_validate(data)
+    except ValidationError as exc:
+        _raise(exc, where, lines, ())
+        raise AssertionError("unreachable") from None
+
+    named: set[str] = set()
+
+    def build(kind: str, section: Section, base: Path_) -> ComponentSpec:
+        registry = registries[kind]
+        reg = registry.get(section.plugin)
+        if reg is None:
+            known = ", ".join(registry.names()) or "none installed"
+            raise ConfigError(
+                f"{where}:{_line(lines, (*base, 'plugin'))}: {_fmt((*base, 'plugin'))}: unknown {registry.kind} "
+                f"plugin {section.plugin!r} (known: {known}; `ravn plugins list` shows what is installed)"
+            )
+        options = dict(section.model_extra or {})
+        name = section.name or section.plugin
+        try:
+            model = reg.config_model.model_validate(options)
+        except ValidationError as exc:
+            _raise(exc, where, lines, base, f" ({section.plugin})")
+            raise AssertionError("unreachable") from None
+        named.add(section.plugin)
+        return ComponentSpec(kind, name, section.plugin, model, reg)
+
+    def build_list(kind: str, sections: list[Section]) -> list[ComponentSpec]:
+        specs = [build(kind, s, (kind, i)) for i, s in enumerate(sections) if s.enabled]
+        seen: dict[str, int] = {}
+        for i, spec in enumerate(specs):
+            if spec.name in seen:
+                raise ConfigError(
+                    f"{where}:{_line(lines, (kind, i))}: {kind}[{i}]: name {spec.name!r} is used twice in "
+                    f"{kind}; give one of them `name:`"
+                )
+            seen[spec.name] = i
+        return specs
+
+    return RavnConfig(
+        core=raw.ravn,
+        sources=build_list("sources", raw.sources),
+        transport=build("transport", raw.transport, ("transport",)),
+        analyzers=build_list("analyzers", raw.analyzers),
+        sinks=build_list("sinks", raw.sinks),
+        health_probes=build_list("health_probes", raw.health_probes),
+        path=None if where.startswith("<") else where,
+        explicitly_named=frozenset(named),
+    )
+
+
+def load(path: str | Path, registries: dict[str, Registry[Any]]) -> RavnConfig:
+    """Read and validate a config file. Raises ConfigError naming file, line and key path."""
+    data, lines = load_yaml(path)
+    return validate(data, registries, str(path), lines)
+
+
+__all__ = ["ConfigError", "PluginConfig", "RavnConfig", "Secret", "SecretRef", "load", "validate"]

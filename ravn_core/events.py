@@ -1,0 +1,170 @@
+"""The event model: what every source produces and every analyzer reads.
+
+An event is a flat ``dict`` whose keys are Falco-style dotted field names (``proc.pid``, ``file.path``).
+Sources hand the runtime *batches* (``list`` of events); nothing per event goes through pluggy.
+``EVENT_TYPES`` is the single machine-readable schema; docs/EVENTS.md documents it and a test keeps the two
+in step. Fields that the process tree provides (``proc.exe``, ``proc.args``, ``proc.pname``, ancestry) are
+not in the events: analyzers look them up in ``BatchContext.proctree``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+Event = dict[str, Any]
+Batch = list[Event]
+
+SCHEMA_VERSION: Final = 1
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str  # "int" | "str" | "bool" | "list[str]" | "list[int]" | "dict[str,int]"
+    description: str
+
+
+COMMON_FIELDS: Final[tuple[Field, ...]] = (
+    Field("evt.type", "str", "event type, one of EVENT_TYPES"),
+    Field("evt.source", "str", "name of the source plugin that produced it (ebpf_file, ...)"),
+    Field("evt.ts", "int", "wall-clock time in ns since the epoch (kernel monotonic clock + boot offset)"),
+    Field("proc.pid", "int", "process id (kernel tgid) of the acting process"),
+    Field("proc.tid", "int", "thread id (kernel pid) of the acting thread"),
+    Field("proc.ppid", "int", "parent process id, from the probe's fork-tracked map (0 when unknown)"),
+    Field("proc.uid", "int", "real user id"),
+    Field("proc.gid", "int", "real group id"),
+    Field("proc.comm", "str", "command name (task comm, at most 15 characters)"),
+    Field("proc.cgroup", "int", "cgroup v2 id of the acting task"),
+)
+
+
+@dataclass(frozen=True)
+class EventType:
+    name: str
+    source: str
+    description: str
+    fields: tuple[Field, ...]
+
+
+def _t(name: str, source: str, description: str, *fields: tuple[str, str, str]) -> EventType:
+    return EventType(name, source, description, tuple(Field(*f) for f in fields))
+
+
+_NET = (
+    ("net.family", "str", "'ipv4' or 'ipv6'"),
+    ("net.proto", "str", "'tcp' or 'udp'"),
+    ("net.saddr", "str", "local address, text form"),
+    ("net.sport", "int", "local port"),
+    ("net.daddr", "str", "remote address, text form"),
+    ("net.dport", "int", "remote port"),
+)
+
+EVENT_TYPES: Final[dict[str, EventType]] = {
+    t.name: t
+    for t in (
+        # ----------------------------------------------------------------- ebpf_syscall
+        _t("syscall", "ebpf_syscall", "one syscall (per-event mode)",
+           ("syscall.nr", "int", "x86_64 syscall number"),
+           ("syscall.name", "str", "syscall name from the x86_64 table"),
+           ("syscall.ret", "int", "return value; present only when return values are traced")),
+        _t("syscall_summary", "ebpf_syscall", "per-process syscall activity flushed every N ms (summary mode)",
+           ("syscall.counts", "dict[str,int]", "syscall name -> count since the last flush"),
+           ("syscall.seq", "list[int]", "most recent syscall numbers, oldest first (bounded window)"),
+           ("syscall.total", "int", "syscalls counted since the last flush")),
+        # ----------------------------------------------------------------- ebpf_network
+        _t("connect", "ebpf_network", "outgoing connection attempt (TCP connect, UDP connect)",
+           *_NET, ("net.fd", "int", "socket fd in the connecting process (-1 when unknown)"),
+           ("net.ret", "int", "connect() result, 0 or -errno (-115 EINPROGRESS for non-blocking)")),
+        _t("accept", "ebpf_network", "accepted incoming TCP connection (daddr/dport: the peer)",
+           *_NET, ("net.fd", "int", "new socket fd in the accepting process")),
+        _t("close", "ebpf_network", "TCP connection closed", *_NET),
+        _t("udp_send", "ebpf_network", "first UDP datagram from a process to a new destination", *_NET),
+        _t("bind", "ebpf_network", "socket bound to a local address", *_NET[:4],
+           ("net.ret", "int", "bind() result")),
+        _t("listen", "ebpf_network", "socket put into listening state", *_NET[:4],
+           ("net.backlog", "int", "listen backlog")),
+        # ----------------------------------------------------------------- ebpf_security
+        _t("exec", "ebpf_security", "program execution (success or failure)",
+           ("exec.filename", "str", "path passed to execve/execveat, or the resolved file on success"),
+           ("exec.argv", "list[str]", "argument vector, bounded in count and length"),
+           ("exec.ret", "int", "0 on success, -errno on failure"),
+           ("exec.memfd", "bool", "the executed file is a memfd (fileless execution)")),
+        _t("fork", "ebpf_security", "new process or thread created; proc.* is the parent",
+           ("fork.child_pid", "int", "pid (tgid) of the child"),
+           ("fork.child_tid", "int", "tid of the child")),
+        _t("exit", "ebpf_security", "process exit (last thread of the group)",
+           ("exit.code", "int", "exit status as wait() reports it")),
+        _t("cred", "ebpf_security", "privilege change syscall (setuid family, capset)",
+           ("cred.call", "str", "setuid|setgid|setreuid|setregid|setresuid|setresgid|setfsuid|setfsgid|capset"),
+           ("cred.args", "list[int]", "the id arguments as passed"),
+           ("cred.ret", "int", "syscall result")),
+        _t("ptrace", "ebpf_security", "ptrace request",
+           ("ptrace.request", "int", "request number"),
+           ("ptrace.request_name", "str", "PTRACE_ATTACH, PTRACE_POKETEXT, ..."),
+           ("ptrace.target", "int", "target pid"),
+           ("ptrace.ret", "int", "syscall result")),
+        _t("module", "ebpf_security", "kernel module load or unload attempt",
+           ("module.call", "str", "init_module|finit_module|delete_module"),
+           ("module.name", "str", "module name (delete_module) or empty"),
+           ("module.fd", "int", "file descriptor (finit_module) or -1")),
+        _t("capable", "ebpf_security", "capability check for an interesting capability",
+           ("cap.id", "int", "capability number"),
+           ("cap.name", "str", "CAP_SYS_ADMIN, ..."),
+           ("cap.ret", "int", "0 when granted, -errno when denied")),
+        _t("memfd_create", "ebpf_security", "anonymous memory file created",
+           ("memfd.name", "str", "name given to memfd_create"),
+           ("memfd.flags", "int", "flags"),
+           ("memfd.fd", "int", "returned fd or -errno")),
+        _t("bpf", "ebpf_security", "bpf() syscall by a process other than RAVN",
+           ("bpf.cmd", "int", "bpf command number"),
+           ("bpf.cmd_name", "str", "BPF_PROG_LOAD, BPF_MAP_CREATE, ...")),
+        _t("mount", "ebpf_security", "mount syscall",
+           ("mount.source", "str", "source"), ("mount.target", "str", "mount point"),
+           ("mount.fstype", "str", "filesystem type"), ("mount.flags", "int", "flags"),
+           ("mount.ret", "int", "syscall result")),
+        _t("unshare", "ebpf_security", "unshare syscall",
+           ("ns.flags", "int", "CLONE_NEW* flags"), ("ns.ret", "int", "syscall result")),
+        _t("setns", "ebpf_security", "setns syscall",
+           ("ns.fd", "int", "namespace fd"), ("ns.flags", "int", "nstype"), ("ns.ret", "int", "syscall result")),
+        _t("dup", "ebpf_security", "fd duplicated onto stdin, stdout or stderr (dup2/dup3)",
+           ("dup.oldfd", "int", "source fd"), ("dup.newfd", "int", "target fd (0, 1 or 2)"),
+           ("dup.ret", "int", "syscall result")),
+        # ----------------------------------------------------------------- ebpf_file
+        _t("open", "ebpf_file", "open/openat/openat2 of a path under a watched prefix",
+           ("file.path", "str", "path as passed (absolute when the caller passed one)"),
+           ("file.flags", "int", "open flags"), ("file.mode", "int", "mode for O_CREAT"),
+           ("file.ret", "int", "fd or -errno"),
+           ("file.write", "bool", "opened for writing, creating or truncating")),
+        _t("unlink", "ebpf_file", "unlink/unlinkat/rmdir", ("file.path", "str", "path"),
+           ("file.ret", "int", "result")),
+        _t("rename", "ebpf_file", "rename/renameat/renameat2", ("file.path", "str", "old path"),
+           ("file.newpath", "str", "new path"), ("file.ret", "int", "result")),
+        _t("chmod", "ebpf_file", "chmod/fchmodat", ("file.path", "str", "path"),
+           ("file.mode", "int", "new mode (setuid 0o4000, setgid 0o2000)"), ("file.ret", "int", "result")),
+        _t("chown", "ebpf_file", "chown/lchown/fchownat", ("file.path", "str", "path"),
+           ("file.uid", "int", "new owner (-1 unchanged)"), ("file.gid", "int", "new group (-1 unchanged)"),
+           ("file.ret", "int", "result")),
+        _t("link", "ebpf_file", "hard link", ("file.path", "str", "existing path"),
+           ("file.newpath", "str", "new link"), ("file.ret", "int", "result")),
+        _t("symlink", "ebpf_file", "symbolic link", ("file.path", "str", "target the link points to"),
+           ("file.newpath", "str", "link path"), ("file.ret", "int", "result")),
+        _t("truncate", "ebpf_file", "truncate by path", ("file.path", "str", "path"),
+           ("file.size", "int", "new length"), ("file.ret", "int", "result")),
+    )
+}
+
+# Fields analyzers may read that come from the process tree, not from the event.
+PROCESS_TREE_FIELDS: Final[tuple[Field, ...]] = (
+    Field("proc.exe", "str", "executable path of the process (last exec)"),
+    Field("proc.args", "list[str]", "argv of the last exec"),
+    Field("proc.pname", "str", "parent's comm"),
+    Field("proc.pexe", "str", "parent's exe"),
+    Field("proc.anames", "list[str]", "comm of every ancestor, parent first"),
+    Field("proc.aexes", "list[str]", "exe of every ancestor, parent first"),
+)
+
+
+def field_names(event_type: str) -> set[str]:
+    """All field names an event of ``event_type`` carries (common ones included)."""
+    return {f.name for f in COMMON_FIELDS} | {f.name for f in EVENT_TYPES[event_type].fields}

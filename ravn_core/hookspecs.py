@@ -1,0 +1,144 @@
+"""Every RAVN hook. Hooks wire components together at startup and mark lifecycle points; no event, batch or
+alert ever passes through a hook (the runtime calls components directly, one ``try`` each).
+
+Order in which they fire (docs/hooks.md has the diagram; tests/unit/test_hook_order.py asserts it):
+``ravn_register_sources`` -> ``ravn_register_transports`` ->
+``ravn_register_analyzers`` -> ``ravn_register_sinks`` -> ``ravn_register_health_probes`` ->
+``ravn_configure`` -> ``ravn_runtime_started`` -> [``ravn_component_error``]* -> [``ravn_reload``]* ->
+``ravn_runtime_stopping`` -> ``ravn_runtime_stopped``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from ravn_core.components import Component
+    from ravn_core.config import RavnConfig
+    from ravn_core.registry import (
+        AnalyzerRegistry,
+        HealthProbeRegistry,
+        SinkRegistry,
+        SourceRegistry,
+        TransportRegistry,
+    )
+
+hookspec = pluggy.HookspecMarker("ravn")
+
+
+# ---------------------------------------------------------------------------------------------- registration
+@hookspec
+def ravn_register_sources(registry: SourceRegistry) -> None:
+    """Declare the event sources this plugin provides.
+
+    Called once by ``PluginHost.register_components()`` on the main thread, before the config is validated.
+    :param registry: call ``registry.add(name, factory, config_model)`` per source.
+    Errors: an exception aborts startup, naming the plugin and its distribution.
+    """
+
+
+@hookspec
+def ravn_register_transports(registry: TransportRegistry) -> None:
+    """Declare the transports this plugin provides (the path from sources to analyzers).
+
+    Called once by ``PluginHost.register_components()`` on the main thread, after ``ravn_register_sources``.
+    :param registry: call ``registry.add(name, factory, config_model)`` per transport.
+    Errors: an exception aborts startup, naming the plugin and its distribution.
+    """
+
+
+@hookspec
+def ravn_register_analyzers(registry: AnalyzerRegistry) -> None:
+    """Declare the analyzers this plugin provides.
+
+    Called once by ``PluginHost.register_components()`` on the main thread, after
+    ``ravn_register_transports``.
+    :param registry: call ``registry.add(name, factory, config_model)`` per analyzer.
+    Errors: an exception aborts startup, naming the plugin and its distribution.
+    """
+
+
+@hookspec
+def ravn_register_sinks(registry: SinkRegistry) -> None:
+    """Declare the alert sinks this plugin provides.
+
+    Called once by ``PluginHost.register_components()`` on the main thread, after ``ravn_register_analyzers``.
+    :param registry: call ``registry.add(name, factory, config_model)`` per sink.
+    Errors: an exception aborts startup, naming the plugin and its distribution.
+    """
+
+
+@hookspec
+def ravn_register_health_probes(registry: HealthProbeRegistry) -> None:
+    """Declare health probes (checks the health thread runs every ``ravn.health_interval_s``).
+
+    Called once by ``PluginHost.register_components()`` on the main thread, after ``ravn_register_sinks``.
+    :param registry: call ``registry.add(name, factory, config_model)`` per probe.
+    Errors: an exception aborts startup, naming the plugin and its distribution.
+    """
+
+
+# ---------------------------------------------------------------------------------------------- configuration
+@hookspec(historic=True)
+def ravn_configure(config: RavnConfig) -> None:
+    """The validated config is known; read the parts that concern this plugin as a whole.
+
+    Called once by ``PluginHost.configure()`` on the main thread after validation and before any component is
+    built. Historic: a plugin registered later still sees it.
+    :param config: the whole validated config (read-only).
+    Errors: an exception aborts startup (exit 2), naming the plugin.
+    """
+
+
+# ---------------------------------------------------------------------------------------------- runtime
+@hookspec
+def ravn_runtime_started(components: list[Component]) -> None:
+    """Every component is built and every thread started.
+
+    Called once by ``Runtime.start()`` on the main thread.
+    :param components: every component, in config order (sources, transport, analyzers, sinks, probes).
+    Errors: logged with the plugin's name; the runtime goes on.
+    """
+
+
+@hookspec
+def ravn_component_error(component: Component, error: BaseException, restarts: int, quarantined: bool) -> None:
+    """A component raised. The runtime already logged it once and will restart it (or has quarantined it).
+
+    Called by the supervisor on the failing component's thread.
+    :param restarts: how many times this component has been restarted so far.
+    :param quarantined: True when its error budget is spent and it will not run again until SIGHUP.
+    Errors: logged and ignored.
+    """
+
+
+@hookspec
+def ravn_reload(reason: str) -> None:
+    """SIGHUP (or ``ravn reload``): components are being asked to re-read rules, models and secrets.
+
+    Called by the main loop on the main thread, before each component's ``reload()``.
+    :param reason: ``"SIGHUP"`` or a description of what triggered the reload.
+    Errors: logged and ignored.
+    """
+
+
+@hookspec
+def ravn_runtime_stopping(reason: str) -> None:
+    """Shutdown began: sources are being stopped and queues drained.
+
+    Called once by ``Runtime.stop()`` on the main thread.
+    :param reason: ``"SIGTERM"``, ``"SIGINT"``, ``"duration"`` or ``"error: ..."``.
+    Errors: logged and ignored.
+    """
+
+
+@hookspec
+def ravn_runtime_stopped(stats: dict[str, Any]) -> None:
+    """Shutdown finished: every thread joined, sinks flushed, sources detached.
+
+    Called once by ``Runtime.stop()`` on the main thread.
+    :param stats: final counters per stage (accepted, delivered, dropped).
+    Errors: logged and ignored.
+    """

@@ -1,0 +1,172 @@
+"""The process tree: pid -> (ppid, comm, exe, argv, uid), built from fork/exec/exit events and /proc at start.
+
+Kernel struct layouts read through this machine's mismatched headers are wrong, so the probes never walk
+``task->real_parent``; ancestry is rebuilt here in user space. The tree is bounded (LRU by last update) and
+counts lookups that missed. Exited processes are kept for ``exit_grace`` more updates so that alerts on their
+last events still find their ancestry, then dropped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from ravn_core.events import Batch
+
+
+@dataclass
+class ProcInfo:
+    pid: int
+    ppid: int = 0
+    comm: str = ""
+    exe: str = ""
+    args: list[str] = field(default_factory=list)
+    uid: int = -1
+    start_ts: int = 0
+    exited: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pid": self.pid, "ppid": self.ppid, "comm": self.comm, "exe": self.exe, "args": self.args,
+                "uid": self.uid}
+
+
+class ProcessTree:
+    """Not thread-safe: owned by one analysis thread (one tree per host per thread)."""
+
+    def __init__(self, max_size: int = 65536, max_depth: int = 32) -> None:
+        self.max_size = max_size
+        self.max_depth = max_depth
+        self._procs: OrderedDict[int, ProcInfo] = OrderedDict()
+        self.misses = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._procs)
+
+    def __contains__(self, pid: object) -> bool:
+        return pid in self._procs
+
+    # ------------------------------------------------------------------------------------------ building
+    def seed_from_proc(self, proc: str = "/proc") -> int:
+        """Add every process now running. Returns how many were read."""
+        n = 0
+        for entry in os.listdir(proc):
+            if not entry.isdigit():
+                continue
+            info = read_proc(int(entry), proc)
+            if info is not None:
+                self._put(info)
+                n += 1
+        return n
+
+    def update(self, batch: Batch) -> None:
+        """Apply the batch's fork/exec/exit events; note pid/ppid/comm of every other event cheaply."""
+        procs = self._procs
+        for ev in batch:
+            etype = ev.get("evt.type")
+            if etype == "fork":
+                parent = procs.get(ev.get("proc.pid", 0))
+                child_pid = ev.get("fork.child_pid", 0)
+                if not child_pid or child_pid == ev.get("proc.pid"):
+                    continue  # a thread of the same process
+                child = ProcInfo(child_pid, ev.get("proc.pid", 0), ev.get("proc.comm", ""),
+                                 parent.exe if parent else "", list(parent.args) if parent else [],
+                                 ev.get("proc.uid", -1), ev.get("evt.ts", 0))
+                self._put(child)
+            elif etype == "exec":
+                if ev.get("exec.ret", 0) != 0:
+                    continue
+                pid = ev.get("proc.pid", 0)
+                info = procs.get(pid) or ProcInfo(pid, ev.get("proc.ppid", 0))
+                info.comm = ev.get("proc.comm", info.comm)
+                info.exe = ev.get("exec.filename", info.exe)
+                info.args = list(ev.get("exec.argv") or [])
+                info.uid = ev.get("proc.uid", info.uid)
+                if ev.get("proc.ppid"):
+                    info.ppid = ev["proc.ppid"]
+                self._put(info)
+            elif etype == "exit":
+                info = procs.get(ev.get("proc.pid", 0))
+                if info is not None:
+                    info.exited = True
+            else:
+                pid = ev.get("proc.pid", 0)
+                if pid and pid not in procs:
+                    self._put(ProcInfo(pid, ev.get("proc.ppid", 0), ev.get("proc.comm", ""),
+                                       uid=ev.get("proc.uid", -1)))
+        self._trim()
+
+    def _put(self, info: ProcInfo) -> None:
+        self._procs[info.pid] = info
+        self._procs.move_to_end(info.pid)
+
+    def _trim(self) -> None:
+        while len(self._procs) > self.max_size:
+            self._procs.popitem(last=False)
+            self.evictions += 1
+
+    def trim_exited(self) -> int:
+        """Drop processes that have exited (the health thread calls this under memory pressure)."""
+        gone = [pid for pid, p in self._procs.items() if p.exited]
+        for pid in gone:
+            del self._procs[pid]
+        return len(gone)
+
+    def shrink(self, fraction: float = 0.5) -> None:
+        """Drop the least recently updated ``fraction`` of entries (memory pressure)."""
+        target = int(len(self._procs) * (1 - fraction))
+        while len(self._procs) > target:
+            self._procs.popitem(last=False)
+            self.evictions += 1
+
+    # ------------------------------------------------------------------------------------------ lookups
+    def get(self, pid: int) -> ProcInfo | None:
+        info = self._procs.get(pid)
+        if info is None:
+            self.misses += 1
+        return info
+
+    def ancestors(self, pid: int) -> list[ProcInfo]:
+        """Parent first, up to ``max_depth``; stops at an unknown or looping pid."""
+        out: list[ProcInfo] = []
+        info = self._procs.get(pid)
+        seen = {pid}
+        while info is not None and len(out) < self.max_depth:
+            ppid = info.ppid
+            if not ppid or ppid in seen:
+                break
+            seen.add(ppid)
+            info = self._procs.get(ppid)
+            if info is None:
+                self.misses += 1
+                break
+            out.append(info)
+        return out
+
+    def lineage(self, pid: int) -> list[dict[str, Any]]:
+        """The process and its ancestors as dicts, for alert evidence."""
+        me = self._procs.get(pid)
+        return ([me.to_dict()] if me else []) + [a.to_dict() for a in self.ancestors(pid)]
+
+
+def read_proc(pid: int, proc: str = "/proc") -> ProcInfo | None:
+    """One process from /proc, or None when it is gone."""
+    base = f"{proc}/{pid}"
+    try:
+        with open(f"{base}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        rest = stat[stat.rindex(")") + 2 :].split()
+        ppid = int(rest[1])
+        with open(f"{base}/cmdline", "rb") as f:
+            args = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        try:
+            exe = os.readlink(f"{base}/exe")
+        except OSError:
+            exe = ""
+        uid = os.stat(base).st_uid
+    except (OSError, ValueError, IndexError):
+        return None
+    return ProcInfo(pid, ppid, comm, exe, args, uid)
