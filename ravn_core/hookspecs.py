@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    import argparse
+
     from ravn_core.components import Component
     from ravn_core.config import RavnConfig
     from ravn_core.registry import (
@@ -77,6 +79,18 @@ def ravn_register_health_probes(registry: HealthProbeRegistry) -> None:
     Called once by ``PluginHost.register_components()`` on the main thread, after ``ravn_register_sinks``.
     :param registry: call ``registry.add(name, factory, config_model)`` per probe.
     Errors: an exception aborts startup, naming the plugin and its distribution.
+    """
+
+
+# ---------------------------------------------------------------------------------------------- command line
+@hookspec
+def ravn_add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``ravn`` subcommands (e.g. ``ravn train`` from the ONNX analyzer).
+
+    Called once by ``ravn_core.cli.main()`` on the main thread, before arguments are parsed, after plugins
+    are loaded. Call ``subparsers.add_parser(name, help=...)`` and ``parser.set_defaults(func=handler)``,
+    where ``handler(args) -> int`` returns the exit code.
+    Errors: an exception aborts the CLI, naming the plugin.
     """
 
 

@@ -177,6 +177,14 @@ class PluginHost:
             if self.pm.is_blocked(name):
                 raise StartupError(f"plugin {name!r} named in the config is blocked by RAVN_DISABLED_PLUGINS")
 
+    def add_commands(self, subparsers: Any) -> None:
+        for impl in reversed(self.pm.hook.ravn_add_commands.get_hookimpls()):
+            name = self.pm.get_name(impl.plugin) or "?"
+            try:
+                impl.function(subparsers=subparsers)
+            except Exception as exc:
+                raise StartupError(f"plugin {name!r} failed in ravn_add_commands: {type(exc).__name__}: {exc}") from exc
+
     # ------------------------------------------------------------------------------------------ lifecycle
     def configure(self, config: RavnConfig) -> None:
         self.pm.hook.ravn_configure.call_historic(kwargs={"config": config})

@@ -1,0 +1,1 @@
+"""Hook implementations of analyzer_onnx (placeholder until the analyzer lands)."""

@@ -1,0 +1,1 @@
+"""Hook implementations of analyzer_rules (placeholder until the analyzer lands)."""
