@@ -127,7 +127,7 @@ class Delivery:
     token: Any = None
 
 
-class Component(ABC):
+class Component(ABC):  # noqa: B024 - abstract by intent; kinds add the abstract methods
     """Common to all components. ``name`` is the instance name from the config (defaults to the plugin)."""
 
     kind: ClassVar[str] = "component"

@@ -171,7 +171,7 @@ def _to_python(node: yaml.Node, path: Path_, lines: dict[Path_, int], where: str
             if not isinstance(key, str):
                 raise ConfigError(f"{where}:{key_node.start_mark.line + 1}: keys must be strings")
             if key in out:
-                raise ConfigError(f"{where}:{key_node.start_mark.line + 1}: {_fmt(path + (key,))}: duplicate key")
+                raise ConfigError(f"{where}:{key_node.start_mark.line + 1}: {_fmt((*path, key))}: duplicate key")
             out[key] = _to_python(value_node, (*path, key), lines, where)
         return out
     if isinstance(node, yaml.SequenceNode):

@@ -88,9 +88,9 @@ class ProcessTree:
                     info.ppid = ev["proc.ppid"]
                 self._put(info)
             elif etype == "exit":
-                info = procs.get(ev.get("proc.pid", 0))
-                if info is not None:
-                    info.exited = True
+                gone = procs.get(ev.get("proc.pid", 0))
+                if gone is not None:
+                    gone.exited = True
             else:
                 pid = ev.get("proc.pid", 0)
                 if pid and pid not in procs:
@@ -138,11 +138,12 @@ class ProcessTree:
             if not ppid or ppid in seen:
                 break
             seen.add(ppid)
-            info = self._procs.get(ppid)
-            if info is None:
+            parent = self._procs.get(ppid)
+            if parent is None:
                 self.misses += 1
                 break
-            out.append(info)
+            out.append(parent)
+            info = parent
         return out
 
     def lineage(self, pid: int) -> list[dict[str, Any]]:

@@ -1,0 +1,602 @@
+"""Shared base of RAVN's BCC probes: compile, load, filter, attach, decode, health (``BccProbe``).
+
+A probe plugin subclasses :class:`BccProbe`, names its ``.bpf.c`` (shipped as package data under
+``<package>/bpf/``, a symlink to the repository's ``bpf/`` directory), lists the tracepoints it attaches and the
+decoders of its event structs, and gets the rest:
+
+- environment checks that raise :class:`UnusableEnvironment` (exit 3) naming the fix (root/CAP_BPF, tracefs,
+  kernel headers, bcc), and compile/load errors reduced to their first error line and file;
+- ``-I bpf/include`` and ``-D`` cflags (ring size, map sizes, which filters are compiled in) - never text edits;
+- the in-kernel filters of ``bpf/include/ravn_common.bpf.h`` filled from :class:`ProbeFilters`; RAVN's own pid
+  and all its descendants always excluded; the pid -> ppid map seeded from /proc;
+- the ring buffer opened with a callback that turns each record into a flat event dict
+  (``ravn_core/events.py`` schema; ``evt.ts`` is wall-clock ns = kernel monotonic + an offset taken at start);
+- ``poll(timeout_ms)`` returning the batch, ``stop()`` detaching everything, ``health()`` with counters, and
+  ``dump()`` for ``ravn --dump-bpf``.
+
+The ctypes mirrors of ``bpf/include/ravn_events.h`` live next to their decoders (the header's here, each probe's
+in its ``decode.py``); :func:`check_abi` compiles the header with the host C compiler and compares every field.
+Per-event Python work is the budget: decoders unpack the record with one ``struct.Struct`` derived from the
+ctypes mirror (:func:`unpacker`) and build one dict.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.resources
+import os
+import re
+import struct
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+from pydantic import Field, field_validator
+
+from ravn_core.components import Health, PluginConfig, RuntimeContext, Source
+from ravn_core.errors import RavnError, UnusableEnvironment
+from ravn_core.events import EVENT_TYPES, Batch, Event
+
+if TYPE_CHECKING:
+    from bcc import BPF
+
+# ------------------------------------------------------------------------------------------------ ABI mirrors
+
+#: enum ravn_event_type of ravn_events.h; one id per EVENT_TYPES entry (the ABI test checks both directions).
+EVENT_TYPE_IDS: Final[dict[str, int]] = {
+    "syscall": 1, "syscall_summary": 2,
+    "connect": 3, "accept": 4, "close": 5, "udp_send": 6, "bind": 7, "listen": 8,
+    "exec": 9, "fork": 10, "exit": 11, "cred": 12, "ptrace": 13, "module": 14, "capable": 15,
+    "memfd_create": 16, "bpf": 17, "mount": 18, "unshare": 19, "setns": 20, "dup": 21,
+    "open": 22, "unlink": 23, "rename": 24, "chmod": 25, "chown": 26, "link": 27, "symlink": 28, "truncate": 29,
+}
+#: C enum constant of each event type, for the ABI test (RAVN_EVT_<NAME upper>).
+EVENT_TYPE_CONSTANTS: Final[dict[str, str]] = {name: f"RAVN_EVT_{name.upper()}" for name in EVENT_TYPE_IDS}
+#: id -> event type name; index 0 and unknown ids map to "?"
+TYPE_NAMES: Final[list[str]] = ["?"] * (max(EVENT_TYPE_IDS.values()) + 1)
+for _name, _id in EVENT_TYPE_IDS.items():
+    TYPE_NAMES[_id] = _name
+
+COMM_LEN: Final = 16
+HDR_TYPE_OFFSET: Final = 28  # offsetof(struct ravn_hdr, type); the ABI test checks it
+
+
+class RavnHdr(ctypes.Structure):
+    """Mirror of ``struct ravn_hdr`` (56 bytes), the first member of every event struct."""
+
+    _fields_ = [
+        ("ts_ns", ctypes.c_uint64),
+        ("pid", ctypes.c_uint32),
+        ("tid", ctypes.c_uint32),
+        ("ppid", ctypes.c_uint32),
+        ("uid", ctypes.c_uint32),
+        ("gid", ctypes.c_uint32),
+        ("type", ctypes.c_uint32),
+        ("cgroup_id", ctypes.c_uint64),
+        ("comm", ctypes.c_char * COMM_LEN),
+    ]
+
+
+#: Every mirror of the core header, C struct name -> ctypes type; probes pass theirs to check_abi too.
+CORE_MIRRORS: Final[dict[str, type[ctypes.Structure]]] = {"ravn_hdr": RavnHdr}
+
+_SCALAR_CODES: Final[dict[Any, str]] = {
+    ctypes.c_uint64: "Q", ctypes.c_int64: "q", ctypes.c_uint32: "I", ctypes.c_int32: "i",
+    ctypes.c_uint16: "H", ctypes.c_int16: "h", ctypes.c_uint8: "B", ctypes.c_int8: "b",
+    ctypes.c_char: "c", ctypes.c_bool: "?",
+}
+
+
+def _flat_fields(ctype: type[ctypes.Structure], base: int = 0, prefix: str = "") -> Iterable[tuple[str, Any, int]]:
+    """(dotted name, ctypes type, absolute offset) of every leaf field; nested structs are flattened."""
+    for name, ftype, *_ in ctype._fields_:
+        off = base + getattr(ctype, name).offset
+        if isinstance(ftype, type) and issubclass(ftype, ctypes.Structure):
+            yield from _flat_fields(ftype, off, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", ftype, off
+
+
+def unpacker(ctype: type[ctypes.Structure]) -> struct.Struct:
+    """A little-endian ``struct.Struct`` that unpacks ``ctype``'s leaf fields in declaration order.
+
+    ``char[N]`` and ``u8[N]`` come out as one ``bytes`` of N; other arrays as N values; nested structs (the
+    header) are flattened, so every event's tuple starts with the 9 header values
+    (ts_ns, pid, tid, ppid, uid, gid, type, cgroup_id, comm).
+    """
+    fmt, pos = ["<"], 0
+    for name, ftype, off in _flat_fields(ctype):
+        if off < pos:
+            raise TypeError(f"{ctype.__name__}.{name}: overlapping field at {off}")
+        if off > pos:
+            fmt.append(f"{off - pos}x")
+        if hasattr(ftype, "_length_"):
+            elem, n = ftype._type_, ftype._length_
+            code = "s" if elem in (ctypes.c_char, ctypes.c_uint8) else _SCALAR_CODES[elem]
+            fmt.append(f"{n}{code}")
+        else:
+            fmt.append(_SCALAR_CODES[ftype])
+        pos = off + ctypes.sizeof(ftype)
+    if ctypes.sizeof(ctype) > pos:
+        fmt.append(f"{ctypes.sizeof(ctype) - pos}x")
+    s = struct.Struct("".join(fmt))
+    if s.size != ctypes.sizeof(ctype):
+        raise TypeError(f"{ctype.__name__}: unpacker size {s.size} != sizeof {ctypes.sizeof(ctype)}")
+    return s
+
+
+def bpf_dir() -> Path:
+    """The repository's ``bpf/`` directory (for tests and tools; probes use their package data)."""
+    return Path(__file__).resolve().parent.parent / "bpf"
+
+
+def check_abi(mirrors: dict[str, type[ctypes.Structure]], include_dir: Path | None = None,
+              enum_constants: dict[str, int] | None = None) -> list[str]:
+    """Compile ``ravn_events.h`` with the host C compiler and compare it with the ctypes mirrors.
+
+    Returns the list of mismatches (empty when the layouts agree): struct sizes, every leaf field's offset and
+    size (nested structs flattened), and ``enum_constants`` (C constant -> expected value).
+    Raises ``RuntimeError`` when no C compiler works.
+    """
+    include_dir = include_dir or bpf_dir() / "include"
+    lines = ["#define RAVN_USERSPACE_ABI 1", '#include "ravn_events.h"', "#include <stdio.h>",
+             "#include <stddef.h>", "int main(void) {"]
+    expected: dict[str, int] = {}
+    for cname, ctype in mirrors.items():
+        lines.append(f'printf("%s %zu\\n", "sizeof {cname}", sizeof(struct {cname}));')
+        expected[f"sizeof {cname}"] = ctypes.sizeof(ctype)
+        for dotted, ftype, off in _flat_fields(ctype):
+            lines.append(f'printf("%s %zu\\n", "offsetof {cname}.{dotted}", offsetof(struct {cname}, {dotted}));')
+            lines.append(f'printf("%s %zu\\n", "sizeof {cname}.{dotted}", '
+                         f"sizeof(((struct {cname} *)0)->{dotted}));")
+            expected[f"offsetof {cname}.{dotted}"] = off
+            expected[f"sizeof {cname}.{dotted}"] = ctypes.sizeof(ftype)
+    for const, value in (enum_constants or {}).items():
+        lines.append(f'printf("%s %lld\\n", "enum {const}", (long long){const});')
+        expected[f"enum {const}"] = value
+    lines += ["return 0;", "}"]
+    with tempfile.TemporaryDirectory(prefix="ravn-abi-") as tmp:
+        src, exe = Path(tmp, "abi.c"), Path(tmp, "abi")
+        src.write_text("\n".join(lines) + "\n")
+        cc = os.environ.get("CC", "cc")
+        res = subprocess.run([cc, "-std=c11", "-Wall", "-Werror", "-I", str(include_dir), "-o", str(exe), str(src)],
+                             capture_output=True, text=True, timeout=60)
+        if res.returncode != 0:
+            raise RuntimeError(f"{cc} could not compile the ABI check: {res.stderr.strip()}")
+        out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=10, check=True).stdout
+    got = {k: int(v) for k, v in (line.rsplit(" ", 1) for line in out.splitlines())}
+    return [f"{k}: C says {got.get(k)}, Python says {v}" for k, v in expected.items() if got.get(k) != v]
+
+
+# ----------------------------------------------------------------------------------------------- config models
+
+
+class ProbeFilters(PluginConfig):
+    """In-kernel excludes, embedded by every probe config as ``filters``. RAVN's own pid is always excluded."""
+
+    exclude_pids: list[int] = Field(default_factory=list,
+                                    description="process ids (tgids) never reported, with all their descendants")
+    exclude_comms: list[str] = Field(default_factory=list,
+                                     description="task comms never reported (exact match, at most 15 characters)")
+    exclude_uids: list[int] = Field(default_factory=list, description="real uids never reported")
+    exclude_cgroups: list[int | str] = Field(
+        default_factory=list,
+        description="cgroup v2 ids, or cgroup paths (absolute, or relative to /sys/fs/cgroup), never reported")
+
+    @field_validator("exclude_comms")
+    @classmethod
+    def _comm_len(cls, v: list[str]) -> list[str]:
+        for c in v:
+            if not c or len(c.encode()) > COMM_LEN - 1:
+                raise ValueError(f"comm {c!r} must be 1-15 bytes (the kernel truncates comm to 15)")
+        return v
+
+
+class BccProbeConfig(PluginConfig):
+    """Keys every BCC probe accepts; a probe's config model subclasses it and adds its own."""
+
+    ring_buffer_kb: int = Field(1024, description="BPF ring buffer size in KiB (power of two, at least 4)")
+    max_processes: int = Field(32768, ge=64, description="entries of the pid -> ppid map (LRU)")
+    max_excluded: int = Field(4096, ge=16, description="entries of the excluded-tgid map (RAVN, its children, "
+                                                       "configured pids and their descendants)")
+    max_batch: int = Field(16384, ge=1, description="at most this many events returned by one poll")
+    filters: ProbeFilters = Field(default_factory=ProbeFilters, description="in-kernel excludes")
+
+    @field_validator("ring_buffer_kb")
+    @classmethod
+    def _pow2(cls, v: int) -> int:
+        if v < 4 or v & (v - 1):
+            raise ValueError("ring_buffer_kb must be a power of two >= 4 (whole pages)")
+        return v
+
+
+# ------------------------------------------------------------------------------------------------ environment
+
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+TRACEFS = Path("/sys/kernel/tracing")
+
+
+def _effective_caps() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def check_environment() -> None:
+    """Raise UnusableEnvironment naming the fix when this machine/process cannot load BCC probes."""
+    caps = _effective_caps()
+    has_bpf = bool(caps & (1 << CAP_SYS_ADMIN)) or (bool(caps & (1 << CAP_BPF)) and bool(caps & (1 << CAP_PERFMON)))
+    if not has_bpf:
+        raise UnusableEnvironment(
+            "loading BPF probes needs root (or CAP_BPF + CAP_PERFMON + CAP_SYS_RESOURCE): run ravn as root")
+    if not (TRACEFS / "events").is_dir():
+        raise UnusableEnvironment(
+            f"tracefs is not mounted at {TRACEFS}: run `mount -t tracefs nodev {TRACEFS}` (or `make setup`)")
+    kbuild = Path("/lib/modules") / os.uname().release / "build"
+    if not os.environ.get("BCC_KERNEL_SOURCE") and not (kbuild / "include").exists():
+        raise UnusableEnvironment(f"no kernel headers at {kbuild} (BCC compiles against them): run `make setup`")
+    try:
+        import bcc  # noqa: F401 - availability check
+    except ImportError as exc:
+        raise UnusableEnvironment(f"the bcc Python package is not importable ({exc}): run `make setup` "
+                                  "(Debian python3-bpfcc, linked into the venv)") from None
+
+
+class _CaptureStderr:
+    """Redirect fd 2 into a temp file (clang and the verifier print there from C++); ``text`` after exit."""
+
+    def __enter__(self) -> _CaptureStderr:
+        self._tmp = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        os.dup2(self._tmp.fileno(), 2)
+        self.text = ""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._tmp.seek(0)
+        self.text = self._tmp.read().decode(errors="replace")
+        self._tmp.close()
+
+
+def first_error(log: str, main_file: str) -> str:
+    """The first ``error:`` line of a clang log, with BCC's /virtual/main.c replaced by the real file."""
+    for line in log.splitlines():
+        if "error:" in line:
+            return line.strip().replace("/virtual/main.c", main_file)
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    return lines[-1] if lines else "no compiler output"
+
+
+def read_proc_ppids() -> dict[int, int]:
+    """tgid -> ppid of every process in /proc right now."""
+    out: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        out[int(entry.name)] = int(stat.rsplit(b")", 1)[1].split()[1])
+    return out
+
+
+def descendants(roots: Iterable[int], ppids: dict[int, int]) -> set[int]:
+    """``roots`` and every process below them in the ``ppids`` tree."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in ppids.items():
+        children.setdefault(ppid, []).append(pid)
+    seen: set[int] = set()
+    stack = list(roots)
+    while stack:
+        p = stack.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        stack.extend(children.get(p, ()))
+    return seen
+
+
+def cgroup_id(spec: int | str) -> int:
+    """A cgroup v2 id from an id or a path (the id is the inode of the cgroup's directory)."""
+    if isinstance(spec, int):
+        return spec
+    path = Path(spec) if spec.startswith("/") else Path("/sys/fs/cgroup") / spec
+    try:
+        return os.stat(path).st_ino
+    except OSError as exc:
+        raise UnusableEnvironment(f"filters.exclude_cgroups: cannot stat {path}: {exc.strerror}") from None
+
+
+# ------------------------------------------------------------------------------------------------- base probe
+
+Decoder = Callable[[bytes], Event]
+#: the program names in ravn_common.bpf.h and the tracepoints the base class attaches them to
+BASE_TRACEPOINTS: Final[tuple[tuple[str, str], ...]] = (
+    ("ravn_on_newtask", "task:task_newtask"),
+    ("ravn_on_exit", "sched:sched_process_exit"),
+)
+
+
+class BccProbe(Source):
+    """Base class of BCC-based sources.
+
+    Subclasses set the class attributes and implement :meth:`tracepoints` and :meth:`decoders`; optionally
+    :meth:`probe_cflags` (extra ``-D`` flags) and :meth:`on_loaded` (fill the probe's own maps before attach).
+
+    :cvar plugin: the plugin name written to ``evt.source`` (``ebpf_syscall``).
+    :cvar package: import package whose ``bpf/`` directory holds ``bpf_file`` (a symlink to the repo's bpf/).
+    :cvar bpf_file: the probe's ``.bpf.c`` file name.
+    :ivar bpf: the loaded ``bcc.BPF`` between start() and stop(), else None.
+    :ivar counters: ``events``, ``decode_errors``; the health counters add drops and attach state.
+    """
+
+    plugin: ClassVar[str] = ""
+    package: ClassVar[str] = ""
+    bpf_file: ClassVar[str] = ""
+
+    config: BccProbeConfig
+
+    def __init__(self, name: str, config: BccProbeConfig, context: RuntimeContext) -> None:
+        super().__init__(name, config, context)
+        self.bpf: BPF | None = None
+        self.counters: dict[str, int] = {"events": 0, "decode_errors": 0}
+        self._pending: Batch = []
+        self._expected: list[tuple[str, str]] = []
+        self._ts_offset = 0
+        self._rate_mark = (time.monotonic(), 0)
+        self._cb: Any = None  # keeps the ctypes callback alive while the ring buffer is open
+
+    # ------------------------------------------------------------------ what subclasses provide
+    def tracepoints(self) -> list[tuple[str, str]]:
+        """(BPF function name, ``category:event``) pairs to attach, besides the base fork/exit programs.
+
+        One function may appear with many tracepoints (it is loaded once)."""
+        raise NotImplementedError
+
+    def decoders(self) -> dict[int, Decoder]:
+        """Event type id (``EVENT_TYPE_IDS``) -> function(record bytes) -> event dict. Called at start, after
+        the wall-clock offset is known, so decoders may capture ``self.event_header``."""
+        raise NotImplementedError
+
+    def probe_cflags(self) -> list[str]:
+        """Extra ``-D`` flags for this probe's program."""
+        return []
+
+    def on_loaded(self, bpf: BPF) -> None:
+        """Fill the probe's own maps after compile, before any probe tracepoint is attached."""
+
+    # ------------------------------------------------------------------ files and flags
+    def source_path(self) -> Path:
+        """The probe's ``.bpf.c`` inside its package data (resolving the bpf/ symlink)."""
+        ref = importlib.resources.files(self.package or type(self).__module__.split(".")[0]) / "bpf"
+        path = Path(str(ref)) / self.bpf_file
+        if not path.is_file():
+            raise UnusableEnvironment(f"{self.plugin}: BPF source {path} is missing (package data not installed; "
+                                      "reinstall the plugin)")
+        return path.resolve()
+
+    def cflags(self) -> list[str]:
+        cfg, f = self.config, self.config.filters
+        return [
+            f"-I{self.source_path().parent / 'include'}",
+            f"-DRAVN_RINGBUF_PAGES={cfg.ring_buffer_kb // 4}",
+            f"-DRAVN_MAX_PROCS={cfg.max_processes}",
+            f"-DRAVN_MAX_EXCLUDED={cfg.max_excluded}",
+            f"-DRAVN_FILTER_UIDS={int(bool(f.exclude_uids))}",
+            f"-DRAVN_FILTER_COMMS={int(bool(f.exclude_comms))}",
+            f"-DRAVN_FILTER_CGROUPS={int(bool(f.exclude_cgroups))}",
+            *self.probe_cflags(),
+        ]
+
+    def dump(self) -> str:
+        """The BPF C that start() compiles (source and the RAVN headers) and its cflags, for ``--dump-bpf``."""
+        path = self.source_path()
+        parts = [f"// ravn {self.plugin} ({self.name}): {path}", "// cflags: " + " ".join(self.cflags())]
+        for p in (path, path.parent / "include" / "ravn_common.bpf.h", path.parent / "include" / "ravn_events.h"):
+            parts += [f"// ===== {p.name}", p.read_text()]
+        return "\n".join(parts)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        check_environment()
+        from bcc import BPF
+
+        path = self.source_path()
+        cflags = self.cflags()
+        try:
+            with _CaptureStderr() as cap:
+                bpf = BPF(src_file=str(path).encode(), cflags=cflags)
+        except Exception:
+            raise UnusableEnvironment(f"{self.plugin}: BPF compile failed: {first_error(cap.text, str(path))}"
+                                      ) from None
+        self.bpf = bpf
+        try:
+            self._expected = [*BASE_TRACEPOINTS, *self.tracepoints()]
+            self._ts_offset = time.time_ns() - time.monotonic_ns()
+            for fn, tp in BASE_TRACEPOINTS:
+                self._attach(fn, tp)
+            self._fill_filters(bpf)
+            self.on_loaded(bpf)
+            for fn, tp in self._expected[len(BASE_TRACEPOINTS):]:
+                self._attach(fn, tp)
+            self._open_ring(bpf)
+        except BaseException:
+            self._teardown()
+            raise
+        self._rate_mark = (time.monotonic(), self.counters["events"])
+
+    def _attach(self, fn: str, tp: str) -> None:
+        from bcc import BPF
+
+        assert self.bpf is not None
+        category, event = tp.split(":")
+        if not (TRACEFS / "events" / category / event).is_dir():
+            raise UnusableEnvironment(f"{self.plugin}: tracepoint {tp} does not exist on this kernel")
+        try:
+            with _CaptureStderr() as cap:
+                self.bpf.load_func(fn.encode(), BPF.TRACEPOINT)
+                self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+        except Exception as exc:
+            detail = first_error(cap.text, self.bpf_file) if cap.text.strip() else str(exc)
+            raise UnusableEnvironment(f"{self.plugin}: cannot load/attach {fn} to {tp}: {detail}") from None
+
+    def _fill_filters(self, bpf: BPF) -> None:
+        f = self.config.filters
+        one = ctypes.c_uint8(1)
+        excluded = bpf["ravn_excluded"]
+        roots = {self.context.ravn_pid, *f.exclude_pids}
+        for pid in roots:  # before the /proc walk: forks from now on propagate in the kernel
+            excluded[ctypes.c_uint32(pid)] = one
+        ppids = read_proc_ppids()
+        ppid_map = bpf["ravn_ppid"]
+        for pid, ppid in ppids.items():
+            ppid_map[ctypes.c_uint32(pid)] = ctypes.c_uint32(ppid)
+        for pid in descendants(roots, ppids) - roots:
+            excluded[ctypes.c_uint32(pid)] = one
+        if f.exclude_uids:
+            m = bpf["ravn_ex_uids"]
+            for uid in f.exclude_uids:
+                m[ctypes.c_uint32(uid)] = one
+        if f.exclude_comms:
+            m = bpf["ravn_ex_comms"]
+            for comm in f.exclude_comms:
+                key = m.Key()
+                key.comm = comm.encode()
+                m[key] = one
+        if f.exclude_cgroups:
+            m = bpf["ravn_ex_cgroups"]
+            for spec in f.exclude_cgroups:
+                m[ctypes.c_uint64(cgroup_id(spec))] = one
+
+    def event_header(self) -> Callable[[tuple[Any, ...]], Event]:
+        """A function(unpacked tuple) -> dict holding evt.* and proc.* from the first 9 values (see unpacker)."""
+        off, src, names = self._ts_offset, self.plugin, TYPE_NAMES
+        comms: dict[bytes, str] = {}
+
+        def header(v: tuple[Any, ...]) -> Event:
+            comm = comms.get(v[8])
+            if comm is None:
+                if len(comms) > 4096:
+                    comms.clear()
+                comm = comms[v[8]] = v[8].split(b"\0", 1)[0].decode(errors="replace")
+            return {"evt.type": names[v[6]], "evt.source": src, "evt.ts": v[0] + off,
+                    "proc.pid": v[1], "proc.tid": v[2], "proc.ppid": v[3], "proc.uid": v[4], "proc.gid": v[5],
+                    "proc.comm": comm, "proc.cgroup": v[7]}
+
+        return header
+
+    def _open_ring(self, bpf: BPF) -> None:
+        from bcc.table import _RINGBUF_CB_TYPE  # bcc 0.26: (ctx, data, size) -> int
+
+        table = bpf["ravn_events"]
+        decoders = self.decoders()
+        table_ = [decoders.get(i) for i in range(256)]
+        pending = self._pending
+        counters = self.counters
+        max_batch = self.config.max_batch
+        string_at = ctypes.string_at
+
+        def on_record(_ctx: Any, data: int, size: int) -> int:
+            buf = string_at(data, size)
+            try:
+                pending.append(table_[buf[HDR_TYPE_OFFSET]](buf))  # type: ignore[misc]
+            except Exception:
+                counters["decode_errors"] += 1
+            # a negative return stops this ring_buffer_poll after this record (already consumed): bounded batches
+            return -1 if len(pending) >= max_batch else 0
+
+        self._cb = _RINGBUF_CB_TYPE(on_record)
+        bpf._open_ring_buffer(table.map_fd, self._cb, None)
+
+    def poll(self, timeout_ms: int) -> Batch:
+        bpf = self.bpf
+        if bpf is None:
+            time.sleep(timeout_ms / 1000)
+            return []
+        if not self._pending:
+            bpf.ring_buffer_poll(timeout_ms)
+        return self._take()
+
+    def _take(self) -> Batch:
+        batch = self._pending[:]
+        self._pending.clear()  # the callback holds this list object
+        self.counters["events"] += len(batch)
+        return batch
+
+    def drain(self) -> Batch:
+        if self.bpf is not None:
+            self.bpf.ring_buffer_consume()
+        return self._take()
+
+    def stop(self) -> None:
+        self._teardown()
+
+    def _teardown(self) -> None:
+        bpf, self.bpf = self.bpf, None
+        if bpf is not None:
+            bpf.cleanup()  # detaches tracepoints, closes programs and maps, frees the ring buffer
+        self._cb = None
+
+    def close(self) -> None:
+        self._teardown()
+
+    # ------------------------------------------------------------------ health
+    def drops(self) -> int:
+        """Records the kernel could not put in the ring buffer (sum of the per-CPU ravn_drops counter)."""
+        if self.bpf is None:
+            return 0
+        return int(sum(self.bpf["ravn_drops"][ctypes.c_int(0)]))
+
+    def attached(self) -> int:
+        """Expected programs that are attached now (their perf event fd is open)."""
+        if self.bpf is None:
+            return 0
+        fds = self.bpf.tracepoint_fds
+        n = 0
+        for _fn, tp in self._expected:
+            fd = fds.get(tp.encode())
+            if fd is not None:
+                try:
+                    os.fstat(fd)
+                    n += 1
+                except OSError:
+                    pass
+        return n
+
+    def health(self) -> Health:
+        if self.bpf is None:
+            return Health("stopped", f"{self.plugin} not loaded", dict(self.counters))
+        now, events = time.monotonic(), self.counters["events"]
+        t0, e0 = self._rate_mark
+        rate = (events - e0) / (now - t0) if now > t0 else 0.0
+        self._rate_mark = (now, events)
+        attached, expected = self.attached(), len(self._expected)
+        counters: dict[str, float] = {**self.counters, "drops": self.drops(), "programs_attached": attached,
+                                      "programs_expected": expected, "events_per_s": round(rate, 1)}
+        if attached < expected:
+            missing = [tp for _fn, tp in self._expected if tp.encode() not in self.bpf.tracepoint_fds]
+            return Health("failed", f"{attached}/{expected} programs attached; missing {', '.join(missing)}",
+                          counters)
+        return Health("ok", "", counters)
+
+
+def type_ids_match_schema() -> list[str]:
+    """Event types that have no id or ids that name no event type (empty when EVENT_TYPE_IDS is complete)."""
+    missing = [f"no id for event type {t!r}" for t in EVENT_TYPES if t not in EVENT_TYPE_IDS]
+    extra = [f"id for unknown event type {t!r}" for t in EVENT_TYPE_IDS if t not in EVENT_TYPES]
+    dup = len(set(EVENT_TYPE_IDS.values())) != len(EVENT_TYPE_IDS)
+    return missing + extra + (["duplicate ids"] if dup else [])
+
+
+_ = (re, RavnError)  # re-exported names used by probe modules' tests

@@ -1,0 +1,104 @@
+"""Builtin sinks: ``stdout`` (readable lines) and ``jsonl`` (one JSON object per line, flushed per write)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import IO, Any
+
+from pydantic import Field
+
+from ravn_core import hookimpl
+from ravn_core.components import Alert, Health, PluginConfig, RuntimeContext, Sink, ThreatUpdate
+from ravn_core.registry import SinkRegistry
+
+LEVELS = ("LOW", "MEDIUM", "HIGH")
+
+
+class StdoutConfig(PluginConfig):
+    min_level: str = Field("LOW", pattern="^(LOW|MEDIUM|HIGH)$", description="alerts below this level are not printed")
+    stream: str = Field("stdout", pattern="^(stdout|stderr)$", description="where the lines go")
+
+
+class StdoutSink(Sink):
+    """Readable lines: time, level, score, rule, process, description, tags."""
+
+    def __init__(self, name: str, config: StdoutConfig, context: RuntimeContext) -> None:
+        super().__init__(name, config, context)
+        self._min = LEVELS.index(config.min_level)
+
+    def _out(self) -> IO[str]:
+        # Looked up at each write so tests that swap sys.stdout see the lines.
+        return sys.stdout if self.config.stream == "stdout" else sys.stderr
+
+    def emit_alerts(self, alerts: list[Alert]) -> None:
+        out = self._out()
+        for a in alerts:
+            if LEVELS.index(a.level) < self._min:
+                continue
+            tags = ",".join(a.tags)
+            count = f" x{a.count}" if a.count > 1 else ""
+            out.write(f"{_ts(a.ts)} {a.level:<6} {a.score:>3} {a.rule}{count} pid={a.pid} comm={a.comm} "
+                      f"[{tags}] {a.description}\n")
+        out.flush()
+
+    def emit_threat(self, update: ThreatUpdate) -> None:
+        out = self._out()
+        out.write(f"{_ts(update.ts)} THREAT {update.previous_level} -> {update.level} "
+                  f"score={update.score:.1f} host={update.host}\n")
+        out.flush()
+
+
+class JsonlConfig(PluginConfig):
+    path: str = Field("/var/log/ravn/alerts.jsonl", description="file the JSON lines are appended to")
+    fsync: bool = Field(False, description="fsync after each write (durable, slower)")
+
+
+class JsonlSink(Sink):
+    """Alerts and threat-level changes, one JSON object per line, flushed after each write."""
+
+    def __init__(self, name: str, config: JsonlConfig, context: RuntimeContext) -> None:
+        super().__init__(name, config, context)
+        directory = os.path.dirname(os.path.abspath(config.path))
+        os.makedirs(directory, exist_ok=True)
+        self._file = open(config.path, "a", encoding="utf-8")
+        self.written = 0
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, default=str, separators=(",", ":")) + "\n")
+        self.written += 1
+
+    def emit_alerts(self, alerts: list[Alert]) -> None:
+        for a in alerts:
+            record = a.to_dict()
+            record["kind"] = "alert"
+            self._write(record)
+        self.flush()
+
+    def emit_threat(self, update: ThreatUpdate) -> None:
+        self._write(update.to_dict())
+        self.flush()
+
+    def flush(self) -> None:
+        self._file.flush()
+        if self.config.fsync:
+            os.fsync(self._file.fileno())
+
+    def health(self) -> Health:
+        return Health(counters={"written": self.written})
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _ts(ts: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
+
+
+@hookimpl
+def ravn_register_sinks(registry: SinkRegistry) -> None:
+    registry.add("stdout", StdoutSink, StdoutConfig)
+    registry.add("jsonl", JsonlSink, JsonlConfig)

@@ -1,0 +1,59 @@
+"""The embedded in-process transport: the default, no Redis needed.
+
+A bounded queue of batches between the transport thread and the analysis threads. ``publish`` blocks while the
+queue is full (backpressure reaches the sources' stage queue, where drops are counted); nothing that ``publish``
+accepted is lost, because the runtime drains it at shutdown.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+from pydantic import Field
+
+from ravn_core import hookimpl
+from ravn_core.components import Delivery, Health, PluginConfig, RuntimeContext, Transport
+from ravn_core.events import Batch
+from ravn_core.registry import TransportRegistry
+
+
+class EmbeddedConfig(PluginConfig):
+    capacity_batches: int = Field(256, ge=1, le=1_000_000, description="batches held between transport and analysis")
+
+
+class EmbeddedTransport(Transport):
+    """In-process queue from the transport thread to the analysis threads."""
+
+    def __init__(self, name: str, config: EmbeddedConfig, context: RuntimeContext) -> None:
+        super().__init__(name, config, context)
+        self._queue: queue.Queue[Delivery] = queue.Queue(maxsize=config.capacity_batches)
+        self._lock = threading.Lock()
+        self.published = 0
+        self.consumed = 0
+
+    def publish(self, host: str, batch: Batch) -> None:
+        self._queue.put(Delivery(host, batch))
+        with self._lock:
+            self.published += 1
+
+    def consume(self, timeout_s: float) -> Delivery | None:
+        try:
+            delivery = self._queue.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+        with self._lock:
+            self.consumed += 1
+        return delivery
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def health(self) -> Health:
+        return Health(counters={"published_batches": self.published, "consumed_batches": self.consumed,
+                                "pending_batches": self.pending()})
+
+
+@hookimpl
+def ravn_register_transports(registry: TransportRegistry) -> None:
+    registry.add("embedded", EmbeddedTransport, EmbeddedConfig)

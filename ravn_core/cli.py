@@ -1,0 +1,317 @@
+"""The ``ravn`` command line.
+
+    ravn --config FILE [--duration S]        run the daemon in the foreground (sources, analysis, sinks)
+    ravn agent --config FILE                 fleet agent: sources -> transport (e.g. Redis)
+    ravn analyze --config FILE               fleet worker: transport -> analyzers -> sinks
+    ravn record --config FILE --duration S --output events.jsonl
+    ravn replay events.jsonl --config FILE   analyzers and sinks over recorded events; no root, no kernel
+    ravn status [--json]                     threat level, score, last alerts and health of a running daemon
+    ravn plugins list [--json]               installed plugins, their distributions, hooks and blocked state
+    ravn config check FILE                   validate a config without touching the kernel
+
+Exit codes: 0 ok; 1 failure at run time; 2 bad config (or a plugin that cannot load); 3 unusable environment
+(not root / no CAP_BPF, no tracefs, no kernel headers, no BPF). Errors are one line; --debug shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from ravn_core import __version__
+from ravn_core.config import RavnConfig, load_yaml, validate
+from ravn_core.errors import EXIT_CONFIG, EXIT_ENVIRONMENT, EXIT_FAILURE, EXIT_OK, RavnError, UnusableEnvironment
+from ravn_core.plugins import PluginHost
+
+log = logging.getLogger("ravn")
+
+EPILOG = """exit codes: 0 ok, 1 failure at run time, 2 bad config or plugin that cannot load,
+3 unusable environment (not root / no CAP_BPF, no tracefs, no kernel headers).
+environment: RAVN_DISABLED_PLUGINS=a,b blocks plugins; RAVN_DISABLE_PLUGIN_AUTOLOAD=1 loads only the plugins the
+config names; RAVN_TRACE_PLUGINS=1 logs every hook call."""
+
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+
+
+# ---------------------------------------------------------------------------------------------- parser
+def build_parser(host: PluginHost | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ravn", description="RAVN runtime security monitor", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ravn {__version__}")
+    parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks on errors")
+    _run_options(parser, required=False)
+    parser.add_argument("--dump-bpf", action="store_true", help="print the BPF programs the sources would load")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    for role, help_ in (("agent", "fleet agent: sources -> transport"),
+                        ("analyze", "fleet worker: transport -> analyzers -> sinks")):
+        p = sub.add_parser(role, help=help_, epilog=EPILOG)
+        _run_options(p, required=True)
+        p.set_defaults(func=cmd_run, role=role)
+
+    p = sub.add_parser("record", help="write the events the sources produce as JSON lines", epilog=EPILOG)
+    _run_options(p, required=True)
+    p.add_argument("--output", "-o", required=True, help="events file (JSON lines)")
+    p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("replay", help="feed recorded events through the analyzers and sinks", epilog=EPILOG)
+    p.add_argument("events", help="events file written by `ravn record`")
+    p.add_argument("--config", "-c", required=True, help="config file (its analyzers and sinks are used)")
+    p.add_argument("--batch-size", type=int, default=1024, help="events per batch")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("status", help="state of a running daemon")
+    p.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    p.add_argument("--config", "-c", help="config file (for ravn.state_dir)")
+    p.add_argument("--state-dir", help="state directory (default: /run/ravn or the config's)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("plugins", help="plugin commands")
+    psub = p.add_subparsers(dest="plugins_command", required=True)
+    pl = psub.add_parser("list", help="installed plugins")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=cmd_plugins_list)
+
+    p = sub.add_parser("config", help="config commands")
+    csub = p.add_subparsers(dest="config_command", required=True)
+    cc = csub.add_parser("check", help="validate a config file without touching the kernel")
+    cc.add_argument("file")
+    cc.set_defaults(func=cmd_config_check)
+
+    if host is not None:
+        host.add_commands(sub)
+    parser.set_defaults(func=cmd_run, role="all")
+    return parser
+
+
+def _run_options(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--config", "-c", required=required, help="config file (see config/ravn.example.yaml)")
+    p.add_argument("--duration", type=float, help="stop cleanly after this many seconds")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def setup_logging(level: str, debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True,
+    )
+
+
+def load_host() -> PluginHost:
+    host = PluginHost()
+    host.load()
+    host.register_components()
+    return host
+
+
+def load_config(path: str, host: PluginHost) -> RavnConfig:
+    data, lines = load_yaml(path)
+    host.check_named_plugins(data)
+    return validate(data, host.registries(), path, lines)
+
+
+def effective_caps() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def check_environment(config: RavnConfig) -> None:
+    """Sources need CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN) and tracefs; say the fix in one line."""
+    if not config.sources:
+        return
+    caps = effective_caps()
+    has_bpf = bool(caps & (1 << CAP_SYS_ADMIN)) or (bool(caps & (1 << CAP_BPF)) and bool(caps & (1 << CAP_PERFMON)))
+    if not has_bpf:
+        raise UnusableEnvironment(
+            "the eBPF sources need root (or CAP_BPF and CAP_PERFMON): run `sudo ravn ...`, or use "
+            "`ravn replay` / `ravn analyze`, which need neither")
+    if not os.path.isdir("/sys/kernel/tracing/events") and not os.path.isdir("/sys/kernel/debug/tracing/events"):
+        raise UnusableEnvironment("tracefs is not mounted: run `mount -t tracefs nodev /sys/kernel/tracing` "
+                                  "(make setup does it)")
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def cmd_run(args: argparse.Namespace, host: PluginHost) -> int:
+    from ravn_core.runtime import Runtime
+
+    if not args.config:
+        raise RavnError("no config: pass --config FILE (the default is config/ravn.yaml; `make run` uses it)")
+    config = load_config(args.config, host)
+    setup_logging(config.core.log_level, args.debug)
+    if getattr(args, "dump_bpf", False):
+        return dump_bpf(config)
+    role = args.role
+    if role in ("all", "agent"):
+        check_environment(config)
+    runtime = Runtime(config, host, role=role)
+    stats = runtime.run(duration=args.duration)
+    _report(stats)
+    return EXIT_OK
+
+
+def dump_bpf(config: RavnConfig) -> int:
+    from ravn_core.components import RuntimeContext
+
+    for spec in config.sources:
+        ctx = RuntimeContext(config.core.hostname(), os.getpid(), config.core.state_dir, logging.getLogger("ravn"))
+        source = spec.registration.factory(spec.name, spec.config, ctx)
+        dump = getattr(source, "dump", None)
+        print(f"// ===== source {spec.name} ({spec.plugin})")
+        print(dump() if callable(dump) else "// (not a BPF source)")
+    return EXIT_OK
+
+
+def cmd_record(args: argparse.Namespace, host: PluginHost) -> int:
+    from ravn_core.record import RecordTransport
+    from ravn_core.runtime import Runtime, runtime_context
+
+    config = load_config(args.config, host)
+    setup_logging(config.core.log_level, args.debug)
+    check_environment(config)
+    transport = RecordTransport(args.output, runtime_context(config))
+    runtime = Runtime(config, host, role="record", transport=transport)
+    stats = runtime.run(duration=args.duration)
+    print(f"recorded {transport.events} events to {args.output}", file=sys.stderr)
+    _report(stats)
+    return EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace, host: PluginHost) -> int:
+    from ravn_core.record import ReplayTransport
+    from ravn_core.runtime import Runtime, runtime_context
+
+    config = load_config(args.config, host)
+    setup_logging(config.core.log_level, args.debug)
+    if not os.path.exists(args.events):
+        raise RavnError(f"{args.events}: no such events file (write one with `ravn record`)")
+    transport = ReplayTransport(args.events, runtime_context(config), config.core.hostname(), args.batch_size)
+    runtime = Runtime(config, host, role="replay", transport=transport)
+    stats = runtime.run()
+    print(f"replayed {transport.events} events from {args.events}"
+          f"{f', {transport.bad_lines} bad lines skipped' if transport.bad_lines else ''}; "
+          f"{stats['alerts_emitted']} alerts", file=sys.stderr)
+    return EXIT_OK
+
+
+def _report(stats: dict[str, Any]) -> None:
+    log.info("stopped (%s): accepted %d events, dropped %d, analyzed %d, %d alerts", stats.get("reason"),
+             stats["accepted"], stats["dropped"], stats["analyzed"], stats["alerts_emitted"])
+
+
+def cmd_status(args: argparse.Namespace, host: PluginHost) -> int:
+    state_dir = args.state_dir
+    if state_dir is None and args.config:
+        state_dir = load_config(args.config, host).core.state_dir
+    path = os.path.join(state_dir or "/run/ravn", "status.json")
+    try:
+        with open(path) as f:
+            status = json.load(f)
+    except FileNotFoundError:
+        raise RavnError(f"no running RAVN: {path} does not exist (is the daemon running? pass --state-dir)") from None
+    except PermissionError:
+        raise UnusableEnvironment(f"{path} is root-only: run `sudo ravn status`") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RavnError(f"cannot read {path}: {exc}") from None
+    alive = _pid_alive(int(status.get("pid", 0))) and time.time() - float(status.get("updated_at", 0)) < 30
+    status["running"] = alive and not status.get("stopping", False)
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+        return EXIT_OK if status["running"] else EXIT_FAILURE
+    print(f"RAVN on {status['host']} (pid {status['pid']}, role {status['role']}): "
+          f"{'running' if status['running'] else 'NOT RUNNING (last status shown)'}")
+    print(f"threat level: {status['level']}  score: {status['score']}")
+    print(f"health: {status['health']}" + (f" ({', '.join(status['degraded'])})" if status["degraded"] else ""))
+    for name, comp in sorted(status["components"].items()):
+        extra = f" - {comp['detail']}" if comp["detail"] else ""
+        print(f"  {name:<32} {comp['state']:<9} restarts={comp['restarts']}{extra}")
+    st = status["stats"]
+    print(f"events: accepted {st['accepted']} dropped {st['dropped']} analyzed {st['analyzed']} "
+          f"alerts {st['alerts_emitted']}")
+    for a in status["recent_alerts"][-5:]:
+        print(f"  {a['level']:<6} {a['score']:>3} {a['rule']} pid={a['pid']} comm={a['comm']}: {a['description']}")
+    return EXIT_OK if status["running"] else EXIT_FAILURE
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cmd_plugins_list(args: argparse.Namespace, host: PluginHost) -> int:
+    infos = host.plugin_infos()
+    components: dict[str, list[str]] = {}
+    for registry in host.registries().values():
+        for reg in registry:
+            components.setdefault(reg.plugin, []).append(f"{registry.kind}:{reg.name}")
+    failed = host.failed_plugins()
+    if args.json:
+        out = [{"name": i.name, "distribution": i.distribution, "version": i.version, "hooks": i.hooks,
+                "blocked": i.blocked, "components": components.get(i.name, [])} for i in infos]
+        out += [{"name": n, "error": why} for n, why in failed.items()]
+        print(json.dumps(out, indent=2))
+        return EXIT_OK
+    for i in infos:
+        state = "blocked" if i.blocked else ", ".join(components.get(i.name, [])) or "-"
+        print(f"{i.name:<40} {i.distribution} {i.version:<10} {state}")
+    for n, why in failed.items():
+        print(f"{n:<40} FAILED TO LOAD: {why}")
+    return EXIT_OK
+
+
+def cmd_config_check(args: argparse.Namespace, host: PluginHost) -> int:
+    config = load_config(args.file, host)
+    names = [f"{s.kind}:{s.name}" for s in config.components()]
+    print(f"{args.file}: ok ({len(names)} components: {', '.join(names)})")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        host = load_host()
+        parser = build_parser(host)
+        args = parser.parse_args(argv)
+        code: int = args.func(args, host)
+        return code
+    except RavnError as exc:
+        if debug:
+            log.exception("error")
+        print(f"ravn: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"ravn: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = ["EXIT_CONFIG", "EXIT_ENVIRONMENT", "main"]

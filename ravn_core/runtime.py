@@ -1,0 +1,881 @@
+"""The threaded runtime: sources -> stage queue -> transport -> analysis -> sink queue -> sinks, supervised.
+
+Threads (the original design's thread model, with bounded queues of *batches* between stages):
+
+    source thread (one per source)  --ingress queue-->  transport thread  --transport-->  analysis thread(s)
+        --sink queue-->  sink thread;      health thread (every ravn.health_interval_s);      main thread
+
+Accounting: every event a source returns is counted ``accepted`` by its source slot; it is then either put on the
+ingress queue or counted ``dropped`` (queue full past a short wait). Everything on the ingress queue is published
+(or counted ``lost`` if shutdown's time bound runs out), every published batch is analyzed, and its delivery is
+acked only after the sinks took its alerts. ``Runtime.stats()`` returns the counters per stage.
+
+Supervision: each component is called inside its own ``try``. A failure is logged once with the plugin's name,
+fires ``ravn_component_error``, and the component is restarted after an exponential backoff; more than
+``ravn.error_budget`` failures within ``ravn.error_window_s`` quarantine it (health: degraded) until SIGHUP.
+One plugin never takes the daemon down.
+
+Roles: ``all`` (one host), ``agent`` (sources -> transport), ``analyze`` (transport -> analyzers -> sinks),
+``record`` (sources -> a JSONL file) and ``replay`` (a JSONL file -> analyzers -> sinks, stops at its end).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ravn_core.builtin.health import rss_bytes
+from ravn_core.components import (
+    Alert,
+    BatchContext,
+    Component,
+    Delivery,
+    Health,
+    HealthProbe,
+    RuntimeContext,
+    Sink,
+    Source,
+    ThreatUpdate,
+    Transport,
+)
+from ravn_core.config import ComponentSpec, RavnConfig
+from ravn_core.errors import DidNotEnable, RavnError, StartupError
+from ravn_core.events import Batch
+from ravn_core.plugins import PluginHost
+from ravn_core.proctree import ProcessTree
+from ravn_core.threat import ThreatScorer
+
+log = logging.getLogger("ravn.runtime")
+
+ROLES = ("all", "agent", "analyze", "record", "replay")
+POLL_MS = 50
+TICK_S = 1.0
+
+
+@dataclass
+class Slot:
+    """One component under supervision."""
+
+    spec: ComponentSpec
+    component: Any
+    errors: deque[float] = field(default_factory=deque)
+    restarts: int = 0
+    quarantined: bool = False
+    last_error: str = ""
+    retry_at: float = 0.0
+    heartbeat: float = field(default_factory=time.time)
+    restart_requested: bool = False
+    reload_requested: bool = False
+    # counters (one writer: the slot's own thread)
+    accepted: int = 0
+    dropped: int = 0
+    batches: int = 0
+    processed: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def health(self) -> Health:
+        if self.quarantined:
+            return Health("degraded", f"quarantined after {self.restarts} restarts: {self.last_error}")
+        try:
+            h: Health = self.component.health()
+        except Exception as exc:
+            return Health("degraded", f"health() raised {type(exc).__name__}: {exc}")
+        if h.state == "ok" and self.retry_at:
+            return Health("degraded", f"restarting after: {self.last_error}", h.counters)
+        return h
+
+
+@dataclass
+class SinkItem:
+    delivery: Delivery | None
+    alerts: list[Alert]
+    updates: list[ThreatUpdate]
+
+
+def runtime_context(config: RavnConfig) -> RuntimeContext:
+    """The daemon-wide context (components get a copy with their own logger)."""
+    return RuntimeContext(host=config.core.hostname(), ravn_pid=os.getpid(), state_dir=config.core.state_dir,
+                          logger=logging.getLogger("ravn"), config_path=config.path)
+
+
+class Runtime:
+    """Builds the components of a validated config and runs them in threads until stopped."""
+
+    def __init__(
+        self,
+        config: RavnConfig,
+        host: PluginHost,
+        role: str = "all",
+        transport: Transport | None = None,
+        context: RuntimeContext | None = None,
+    ) -> None:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}")
+        self.config = config
+        self.core = config.core
+        self.host = host
+        self.role = role
+        self.hostname = config.core.hostname()
+        self.context = context or runtime_context(config)
+        self._transport_override = transport
+        self.sources: list[Slot] = []
+        self.transport_slot: Slot | None = None
+        self.analyzers: list[list[Slot]] = []  # per analysis thread
+        self.sinks: list[Slot] = []
+        self.probes: list[Slot] = []
+        self.ingress: queue.Queue[Batch] = queue.Queue(maxsize=config.core.queue_batches)
+        self.sinkq: queue.Queue[SinkItem] = queue.Queue(maxsize=config.core.queue_batches)
+        self._threads: dict[str, threading.Thread] = {}
+        self._stop_sources = threading.Event()
+        self._sources_done = threading.Event()
+        self._egress_done = threading.Event()
+        self._analysis_done = threading.Event()
+        self._health_stop = threading.Event()
+        self._stopping = threading.Event()
+        self._stop_reason = ""
+        self._signals = 0
+        self._reload = threading.Event()
+        self._threat_lock = threading.Lock()
+        self.trees: dict[str, ProcessTree] = {}
+        self.scorers: dict[str, ThreatScorer] = {}
+        self.recent_alerts: deque[Alert] = deque(maxlen=50)
+        self.latencies: deque[float] = deque(maxlen=4096)
+        self.counters: dict[str, int] = {
+            "published": 0, "publish_lost": 0, "analyzed": 0, "analyzed_batches": 0, "alerts": 0,
+            "alerts_emitted": 0, "threat_updates": 0, "acked": 0, "sink_items_lost": 0, "self_alerts": 0,
+        }
+        self.started_at = 0.0
+        self._last_drop_alert = 0.0
+        self._last_memory_alert = 0.0
+        self._drop_base = (0, 0)
+        self._stats_final: dict[str, Any] | None = None
+
+    # ================================================================================== building
+    def _build(self, spec: ComponentSpec) -> Component:
+        ctx = RuntimeContext(
+            host=self.hostname, ravn_pid=self.context.ravn_pid, state_dir=self.context.state_dir,
+            logger=logging.getLogger(f"ravn.{spec.kind}.{spec.name}"), config_path=self.context.config_path,
+        )
+        try:
+            return spec.registration.factory(spec.name, spec.config, ctx)
+        except DidNotEnable:
+            raise
+        except RavnError:
+            raise
+        except Exception as exc:
+            raise StartupError(
+                f"{spec.kind} {spec.name!r} ({spec.registration.distribution}) cannot be built: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _wants(self, part: str) -> bool:
+        return {
+            "sources": self.role in ("all", "agent", "record"),
+            "analysis": self.role in ("all", "analyze", "replay"),
+        }[part]
+
+    def build(self) -> None:
+        """Build every component the role needs (no thread yet). On error, close what was built and raise."""
+        try:
+            self.host.configure(self.config)
+            if self._transport_override is not None:
+                t = self._transport_override
+                spec = ComponentSpec("transport", t.name, t.name, t.config, self.config.transport.registration)
+                self.transport_slot = Slot(spec, t)
+            else:
+                self.transport_slot = Slot(self.config.transport, self._build(self.config.transport))
+            if self._wants("analysis"):
+                for _ in range(self.core.analysis_threads):
+                    self.analyzers.append(self._build_analyzers())
+                for spec in self.config.sinks:
+                    self.sinks.append(Slot(spec, self._build(spec)))
+            if self._wants("sources"):
+                for spec in self.config.sources:
+                    self.sources.append(Slot(spec, self._build(spec)))
+            for spec in self.config.health_probes:
+                self.probes.append(Slot(spec, self._build(spec)))
+        except BaseException:
+            self._close_all()
+            raise
+
+    def _build_analyzers(self) -> list[Slot]:
+        slots = []
+        for spec in self.config.analyzers:
+            try:
+                slots.append(Slot(spec, self._build(spec)))
+            except DidNotEnable as exc:
+                if spec.plugin in self.config.explicitly_named:
+                    raise StartupError(f"analyzer {spec.name!r} cannot start: {exc}") from exc
+                log.info("analyzer %s not enabled (%s)", spec.name, exc)
+        return slots
+
+    # ================================================================================== starting
+    def start(self) -> None:
+        """Build, start sources (synchronously, so an unusable environment fails here), then every thread."""
+        self.build()
+        started: list[Slot] = []
+        try:
+            for slot in self.sources:
+                slot.component.start()
+                started.append(slot)
+        except BaseException:
+            for slot in started:
+                self._safe(slot, slot.component.stop)
+            self._close_all()
+            raise
+        self.started_at = time.time()
+        if self._wants("analysis") and self.role != "replay":
+            tree = self._tree(self.hostname)
+            try:
+                tree.seed_from_proc()
+            except OSError as exc:
+                log.warning("cannot seed the process tree from /proc: %s", exc)
+        for slot in self.sources:
+            self._spawn(f"source:{slot.name}", self._source_loop, slot)
+        if self._wants("sources"):
+            self._spawn("transport", self._egress_loop)
+        else:
+            self._sources_done.set()
+            self._egress_done.set()
+        if self._wants("analysis"):
+            for i, slots in enumerate(self.analyzers):
+                self._spawn(f"analysis:{i}", self._analysis_loop, slots)
+            self._spawn("sink", self._sink_loop)
+        self._spawn("health", self._health_loop)
+        self.host.runtime_started(self.components())
+        log.info("RAVN running (role %s, host %s, %d sources, %d analyzers, %d sinks)", self.role, self.hostname,
+                 len(self.sources), len(self.analyzers[0]) if self.analyzers else 0, len(self.sinks))
+
+    def components(self) -> list[Component]:
+        slots = [*self.sources, *([self.transport_slot] if self.transport_slot else []),
+                 *(self.analyzers[0] if self.analyzers else []), *self.sinks, *self.probes]
+        return [s.component for s in slots]
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        def run() -> None:
+            try:
+                target(*args)
+            except BaseException:
+                log.exception("thread %s died; the health thread will restart it", name)
+
+        t = threading.Thread(target=run, name=f"ravn-{name}", daemon=True)
+        self._threads[name] = t
+        t.start()
+
+    # ================================================================================== supervision
+    def _fail(self, slot: Slot, exc: BaseException) -> None:
+        now = time.monotonic()
+        slot.errors.append(now)
+        while slot.errors and now - slot.errors[0] > self.core.error_window_s:
+            slot.errors.popleft()
+        slot.last_error = f"{type(exc).__name__}: {exc}"
+        slot.restarts += 1
+        plugin = f"{slot.spec.plugin} ({slot.spec.registration.distribution})"
+        if len(slot.errors) > self.core.error_budget:
+            slot.quarantined = True
+            log.error("%s %r from %s quarantined after %d errors in %.0fs; last: %s", slot.spec.kind, slot.name,
+                      plugin, len(slot.errors), self.core.error_window_s, slot.last_error)
+        else:
+            delay = min(self.core.restart_backoff_s * 2 ** (len(slot.errors) - 1), self.core.restart_backoff_max_s)
+            slot.retry_at = now + delay
+            log.error("%s %r from %s failed: %s; restart in %.1fs", slot.spec.kind, slot.name, plugin,
+                      slot.last_error, delay, exc_info=slot.restarts == 1)
+        self.host.component_error(slot.component, exc, slot.restarts, slot.quarantined)
+
+    def _safe(self, slot: Slot, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as exc:
+            log.warning("%s %r: %s raised %s: %s", slot.spec.kind, slot.name, getattr(fn, "__name__", "call"),
+                        type(exc).__name__, exc)
+            return None
+
+    def _wait_retry(self, slot: Slot, stop: threading.Event) -> bool:
+        """Sleep until the slot's retry time (interruptible). False when stopping."""
+        while time.monotonic() < slot.retry_at:
+            if stop.wait(min(0.1, max(0.0, slot.retry_at - time.monotonic()))):
+                return False
+        return True
+
+    # ================================================================================== source threads
+    def _source_loop(self, slot: Slot) -> None:
+        src: Source = slot.component
+        stop = self._stop_sources
+        while not stop.is_set():
+            slot.heartbeat = time.time()
+            if slot.quarantined:
+                stop.wait(0.2)
+                continue
+            if slot.restart_requested or slot.retry_at:
+                slot.restart_requested = False
+                if not self._wait_retry(slot, stop):
+                    break
+                slot.retry_at = 0.0
+                self._safe(slot, src.stop)
+                try:
+                    src.start()
+                    log.info("source %r restarted", slot.name)
+                except Exception as exc:
+                    self._fail(slot, exc)
+                    continue
+            if slot.reload_requested:
+                slot.reload_requested = False
+                self._safe(slot, src.reload)
+            try:
+                batch = src.poll(POLL_MS)
+            except Exception as exc:
+                self._fail(slot, exc)
+                continue
+            if batch:
+                self._accept(slot, batch)
+        # shutdown: whatever the source still holds, then detach
+        if not slot.quarantined:
+            batch = self._safe(slot, src.drain) or []
+            if batch:
+                self._accept(slot, batch)
+        self._safe(slot, src.stop)
+
+    def _accept(self, slot: Slot, batch: Batch) -> None:
+        slot.accepted += len(batch)
+        slot.batches += 1
+        try:
+            self.ingress.put(batch, timeout=0.25 if not self._stopping.is_set() else self.core.shutdown_timeout_s)
+        except queue.Full:
+            slot.dropped += len(batch)
+
+    # ================================================================================== transport thread
+    def _egress_loop(self) -> None:
+        assert self.transport_slot is not None
+        slot = self.transport_slot
+        transport: Transport = slot.component
+        while True:
+            slot.heartbeat = time.time()
+            try:
+                batch = self.ingress.get(timeout=0.05)
+            except queue.Empty:
+                if self._sources_done.is_set():
+                    break
+                continue
+            while True:
+                try:
+                    transport.publish(self.hostname, batch)
+                    self.counters["published"] += len(batch)
+                    break
+                except Exception as exc:
+                    self._fail(slot, exc)
+                    # Retried until shutdown gives up on draining (the health stop event is set last).
+                    if slot.quarantined or not self._wait_retry(slot, self._health_stop):
+                        self.counters["publish_lost"] += len(batch)
+                        break
+                    slot.retry_at = 0.0
+
+    # ================================================================================== analysis threads
+    def _tree(self, host: str) -> ProcessTree:
+        tree = self.trees.get(host)
+        if tree is None:
+            tree = self.trees[host] = ProcessTree(self.core.proctree_max)
+        return tree
+
+    def _scorer(self, host: str) -> ThreatScorer:
+        scorer = self.scorers.get(host)
+        if scorer is None:
+            scorer = self.scorers[host] = ThreatScorer(host, self.core.threat)
+        return scorer
+
+    def _now(self, batch: Batch | None) -> float:
+        if self.role == "replay" and batch:
+            ts = batch[-1].get("evt.ts")
+            if isinstance(ts, int | float):
+                return float(ts) / 1e9
+        return time.time()
+
+    def _analysis_loop(self, slots: list[Slot]) -> None:
+        assert self.transport_slot is not None
+        transport: Transport = self.transport_slot.component
+        last_tick = time.monotonic()
+        timeline = time.time()
+        while True:
+            for slot in slots:
+                slot.heartbeat = time.time()
+                if slot.reload_requested:
+                    slot.reload_requested = False
+                    self._safe(slot, slot.component.reload)
+            delivery = None
+            try:
+                delivery = transport.consume(0.05)
+            except Exception as exc:
+                self._fail(self.transport_slot, exc)
+                self._wait_retry(self.transport_slot, self._health_stop)
+                self.transport_slot.retry_at = 0.0
+            if delivery is not None:
+                timeline = self._now(delivery.batch)
+                self._analyze(slots, delivery, timeline)
+            if time.monotonic() - last_tick >= TICK_S:
+                last_tick = time.monotonic()
+                if self.role != "replay":
+                    timeline = time.time()
+                self._tick(slots, timeline)
+            if delivery is None:
+                if self.role == "analyze":
+                    if self._stopping.is_set():
+                        break  # fleet worker: what it has not taken stays in the transport for the others
+                elif self._egress_done.is_set() and transport.pending() == 0 and (
+                    self.role != "replay" or getattr(transport, "exhausted", True)
+                ):
+                    break
+        self._tick(slots, timeline + 3600 if self.role == "replay" else time.time())
+
+    def _analyze(self, slots: list[Slot], delivery: Delivery, now: float) -> None:
+        batch = delivery.batch
+        tree = self._tree(delivery.host)
+        tree.update(batch)
+        ctx = BatchContext(delivery.host, tree, now)
+        alerts: list[Alert] = []
+        for slot in slots:
+            if not self._analyzer_ready(slot):
+                continue
+            try:
+                found = slot.component.analyze(batch, ctx)
+            except Exception as exc:
+                self._fail(slot, exc)
+                continue
+            slot.processed += len(batch)
+            if found:
+                alerts.extend(found)
+        self.counters["analyzed"] += len(batch)
+        self.counters["analyzed_batches"] += 1
+        if batch:
+            ts = batch[0].get("evt.ts")
+            if isinstance(ts, int) and self.role != "replay":
+                self.latencies.append(time.time() - ts / 1e9)
+        self._score(delivery, alerts, now)
+
+    def _tick(self, slots: list[Slot], now: float) -> None:
+        host = self.hostname
+        ctx = BatchContext(host, self._tree(host), now)
+        alerts: list[Alert] = []
+        for slot in slots:
+            if not self._analyzer_ready(slot):
+                continue
+            try:
+                alerts.extend(slot.component.tick(ctx) or [])
+            except Exception as exc:
+                self._fail(slot, exc)
+        self._score(None, alerts, now, tick=True)
+
+    def _analyzer_ready(self, slot: Slot) -> bool:
+        if slot.quarantined:
+            return False
+        if slot.retry_at:
+            if time.monotonic() < slot.retry_at:
+                return False
+            slot.retry_at = 0.0
+            self._safe(slot, slot.component.close)
+            try:
+                slot.component = self._build(slot.spec)
+                log.info("analyzer %r rebuilt", slot.name)
+            except Exception as exc:
+                self._fail(slot, exc)
+                return False
+        return True
+
+    def _score(self, delivery: Delivery | None, alerts: list[Alert], now: float, tick: bool = False) -> None:
+        host = delivery.host if delivery else self.hostname
+        for a in alerts:
+            a.host = a.host or host
+        with self._threat_lock:
+            out: list[Alert] = []
+            updates: list[ThreatUpdate] = []
+            hosts = list(self.scorers) if tick else [host]
+            if tick and host not in hosts:
+                hosts.append(host)
+            for h in hosts:
+                mine = [a for a in alerts if a.host == h] if tick else alerts
+                if tick and not mine:
+                    o, u = self._scorer(h).tick(now)
+                else:
+                    o, u = self._scorer(h).process(mine, now)
+                out.extend(o)
+                updates.extend(u)
+        self.counters["alerts"] += len(alerts)
+        if delivery is None and not out and not updates:
+            return
+        item = SinkItem(delivery, out, updates)
+        while True:
+            try:
+                self.sinkq.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if self._health_stop.is_set():
+                    self.counters["sink_items_lost"] += 1
+                    return
+
+    def self_alert(self, rule: str, score: int, description: str, evidence: dict[str, Any]) -> None:
+        """An alert about RAVN itself (memory, drops), sent through the sinks like any other."""
+        alert = Alert("ravn", rule, score, description, pid=os.getpid(), comm="ravn", tags=["ravn.self"],
+                      evidence=evidence, host=self.hostname)
+        self.counters["self_alerts"] += 1
+        if self._wants("analysis"):
+            self._score(None, [alert], time.time())
+        else:
+            log.warning("self-alert %s: %s", rule, description)
+
+    # ================================================================================== sink thread
+    def _sink_loop(self) -> None:
+        assert self.transport_slot is not None
+        transport: Transport = self.transport_slot.component
+        last_flush = time.monotonic()
+        while True:
+            try:
+                item = self.sinkq.get(timeout=0.05)
+            except queue.Empty:
+                if self._analysis_done.is_set():
+                    break
+                if time.monotonic() - last_flush > 1.0:
+                    last_flush = time.monotonic()
+                    for slot in self.sinks:
+                        if not slot.quarantined:
+                            self._safe(slot, slot.component.flush)
+                for slot in self.sinks:
+                    slot.heartbeat = time.time()
+                continue
+            self._emit(item)
+            if item.delivery is not None:
+                try:
+                    transport.ack(item.delivery)
+                    self.counters["acked"] += 1
+                except Exception as exc:
+                    self._fail(self.transport_slot, exc)
+        for slot in self.sinks:
+            if not slot.quarantined:
+                self._safe(slot, slot.component.flush)
+
+    def _emit(self, item: SinkItem) -> None:
+        if item.alerts:
+            self.recent_alerts.extend(item.alerts)
+            self.counters["alerts_emitted"] += len(item.alerts)
+        self.counters["threat_updates"] += len(item.updates)
+        for update in item.updates:
+            log.warning("threat level %s -> %s (score %.1f) on %s", update.previous_level, update.level,
+                        update.score, update.host)
+        for slot in self.sinks:
+            slot.heartbeat = time.time()
+            if slot.quarantined:
+                slot.dropped += len(item.alerts)
+                continue
+            if slot.retry_at:
+                if time.monotonic() < slot.retry_at:
+                    slot.dropped += len(item.alerts)
+                    continue
+                slot.retry_at = 0.0
+            try:
+                if item.alerts:
+                    slot.component.emit_alerts(item.alerts)
+                for update in item.updates:
+                    slot.component.emit_threat(update)
+                slot.processed += len(item.alerts)
+            except Exception as exc:
+                slot.dropped += len(item.alerts)
+                self._fail(slot, exc)
+
+    # ================================================================================== health thread
+    def _health_loop(self) -> None:
+        while not self._health_stop.wait(self.core.health_interval_s):
+            try:
+                self.check_health()
+            except Exception:
+                log.exception("health check failed")
+
+    def check_health(self) -> dict[str, Health]:
+        """One round: restart failed sources and dead threads, check memory and drops. Returns every health."""
+        out: dict[str, Health] = {}
+        for slot in self.sources:
+            h = slot.health()
+            out[f"source:{slot.name}"] = h
+            if h.state == "failed" and not slot.quarantined and not slot.retry_at and not self._stopping.is_set():
+                log.error("source %r reports failed (%s); reattaching", slot.name, h.detail)
+                slot.restart_requested = True
+        for kind, slots in (("transport", [self.transport_slot] if self.transport_slot else []),
+                            ("analyzer", self.analyzers[0] if self.analyzers else []),
+                            ("sink", self.sinks)):
+            for slot in slots:
+                out[f"{kind}:{slot.name}"] = slot.health()
+        for slot in self.probes:
+            try:
+                out[f"health_probe:{slot.name}"] = slot.component.check()
+            except Exception as exc:
+                self._fail(slot, exc)
+                out[f"health_probe:{slot.name}"] = Health("degraded", slot.last_error)
+        self._restart_dead_threads()
+        self._check_memory()
+        self._check_drops(out)
+        return out
+
+    def _restart_dead_threads(self) -> None:
+        if self._stopping.is_set():
+            return
+        targets: dict[str, tuple[Callable[..., None], tuple[Any, ...]]] = {}
+        for slot in self.sources:
+            targets[f"source:{slot.name}"] = (self._source_loop, (slot,))
+        if self._wants("sources"):
+            targets["transport"] = (self._egress_loop, ())
+        if self._wants("analysis"):
+            for i, slots in enumerate(self.analyzers):
+                targets[f"analysis:{i}"] = (self._analysis_loop, (slots,))
+            targets["sink"] = (self._sink_loop, ())
+        for name, (fn, args) in targets.items():
+            t = self._threads.get(name)
+            if t is not None and not t.is_alive():
+                log.error("thread %s is dead; restarting it", name)
+                self.counters["thread_restarts"] = self.counters.get("thread_restarts", 0) + 1
+                self._spawn(name, fn, *args)
+
+    def _check_memory(self) -> None:
+        rss = rss_bytes()
+        limit = self.core.memory_limit_mb * 1024 * 1024
+        if rss <= limit:
+            return
+        for tree in self.trees.values():
+            tree.shrink(0.5)
+        now = time.monotonic()
+        if now - self._last_memory_alert > 300 or not self._last_memory_alert:
+            self._last_memory_alert = now
+            mb = rss / 1048576
+            log.error("RSS %.0f MB is over the %.0f MB limit; process trees trimmed", mb, self.core.memory_limit_mb)
+            self.self_alert("ravn_memory_limit", 60, f"RAVN uses {mb:.0f} MB, over its {self.core.memory_limit_mb:.0f}"
+                            " MB limit; caches trimmed", {"rss_bytes": rss, "limit_bytes": limit})
+
+    def _check_drops(self, healths: dict[str, Health]) -> None:
+        accepted = sum(s.accepted for s in self.sources)
+        dropped = sum(s.dropped for s in self.sources)
+        for slot in self.sources:
+            dropped += int(healths.get(f"source:{slot.name}", Health()).counters.get("drops", 0))
+        base_a, base_d = self._drop_base
+        self._drop_base = (accepted, dropped)
+        d_acc, d_drop = accepted - base_a, dropped - base_d
+        total = d_acc + d_drop
+        if total <= 0 or d_drop / total <= self.core.drop_alert_ratio:
+            return
+        now = time.monotonic()
+        if self._last_drop_alert and now - self._last_drop_alert < 300:
+            return
+        self._last_drop_alert = now
+        self.self_alert("ravn_event_drops", 55, f"RAVN dropped {d_drop} of {total} events in the last "
+                        f"{self.core.health_interval_s:.0f}s ({100 * d_drop / total:.1f}%)",
+                        {"dropped": d_drop, "total": total})
+
+    # ================================================================================== reload, stop
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def reload(self, reason: str = "SIGHUP") -> None:
+        """Ask every component to reload on its own thread; lift quarantines."""
+        self.host.reload(reason)
+        for slot in self._all_slots():
+            slot.reload_requested = True
+            if slot.quarantined:
+                log.info("%s %r leaves quarantine on reload", slot.spec.kind, slot.name)
+                slot.quarantined = False
+                slot.errors.clear()
+                slot.retry_at = time.monotonic()
+        for slot in self.sinks + self.probes:
+            slot.reload_requested = False
+            self._safe(slot, slot.component.reload)
+
+    def _all_slots(self) -> list[Slot]:
+        out = [*self.sources, *self.sinks, *self.probes]
+        for slots in self.analyzers:
+            out.extend(slots)
+        if self.transport_slot:
+            out.append(self.transport_slot)
+        return out
+
+    def request_stop(self, reason: str) -> None:
+        self._stop_reason = self._stop_reason or reason
+        self._stopping.set()
+
+    def stop(self, reason: str | None = None) -> dict[str, Any]:
+        """Stop sources, drain every queue within ravn.shutdown_timeout_s, flush sinks, close everything."""
+        if self._stats_final is not None:
+            return self._stats_final
+        reason = reason or self._stop_reason or "stop"
+        self._stopping.set()
+        self.host.runtime_stopping(reason)
+        deadline = time.monotonic() + self.core.shutdown_timeout_s
+
+        def join(prefix: str) -> None:
+            for name, t in list(self._threads.items()):
+                if name.startswith(prefix):
+                    t.join(max(0.0, deadline - time.monotonic()))
+
+        self._stop_sources.set()
+        join("source:")
+        self._sources_done.set()
+        join("transport")
+        if self.transport_slot is not None:
+            self._safe(self.transport_slot, lambda: self.transport_slot.component.flush(  # type: ignore[union-attr]
+                max(0.0, deadline - time.monotonic())))
+        self._egress_done.set()
+        join("analysis:")
+        self._analysis_done.set()
+        join("sink")
+        self._health_stop.set()
+        join("health")
+        alive = [n for n, t in self._threads.items() if t.is_alive()]
+        if alive:
+            log.error("shutdown bound of %.0fs reached with %s still running; %d batches not drained",
+                      self.core.shutdown_timeout_s, ", ".join(alive), self.ingress.qsize() + self.sinkq.qsize())
+        stats = self.stats()
+        stats["reason"] = reason
+        stats["undrained_batches"] = self.ingress.qsize() + self.sinkq.qsize()
+        self._close_all()
+        self.host.runtime_stopped(stats)
+        self._stats_final = stats
+        self.write_status()
+        return stats
+
+    def _close_all(self) -> None:
+        for slot in [*self.sinks, *(s for slots in self.analyzers for s in slots), *self.probes]:
+            self._safe(slot, slot.component.close)
+        if self.transport_slot is not None:
+            self._safe(self.transport_slot, self.transport_slot.component.close)
+        self.sinks, self.probes = [], []
+
+    # ================================================================================== introspection
+    def stats(self) -> dict[str, Any]:
+        sources = {s.name: {"accepted": s.accepted, "dropped": s.dropped, "batches": s.batches,
+                            "kernel_drops": int(self._counter(s, "drops"))} for s in self.sources}
+        analyzers = {s.name: {"processed": s.processed, "restarts": s.restarts, "quarantined": s.quarantined}
+                     for slots in self.analyzers for s in slots}
+        sinks = {s.name: {"alerts": s.processed, "dropped": s.dropped, "restarts": s.restarts}
+                 for s in self.sinks}
+        return {
+            "sources": sources,
+            "accepted": sum(s.accepted for s in self.sources),
+            "dropped": sum(s.dropped for s in self.sources),
+            "ingress_depth": self.ingress.qsize(),
+            "sink_depth": self.sinkq.qsize(),
+            "transport_pending": self._pending(),
+            **self.counters,
+            "analyzers": analyzers,
+            "sinks": sinks,
+        }
+
+    def _pending(self) -> int:
+        if self.transport_slot is None:
+            return 0
+        try:
+            return int(self.transport_slot.component.pending())
+        except Exception:
+            return -1
+
+    @staticmethod
+    def _counter(slot: Slot, name: str) -> float:
+        try:
+            return float(slot.component.health().counters.get(name, 0))
+        except Exception:
+            return 0.0
+
+    def latency_quantiles(self) -> dict[str, float]:
+        lat = sorted(self.latencies)
+        if not lat:
+            return {}
+        return {"p50": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))]}
+
+    def status(self) -> dict[str, Any]:
+        """What ``ravn status`` shows: threat, recent alerts, components, counters."""
+        components: dict[str, Any] = {}
+        for slot in self._all_slots():
+            if slot.spec.kind == "analyzers" and slot not in (self.analyzers[0] if self.analyzers else []):
+                continue
+            h = slot.health()
+            components[f"{slot.spec.kind}:{slot.name}"] = {
+                "state": h.state, "detail": h.detail, "counters": h.counters, "restarts": slot.restarts,
+                "quarantined": slot.quarantined, "last_error": slot.last_error, "heartbeat": slot.heartbeat,
+            }
+        threads = {name: t.is_alive() for name, t in self._threads.items()}
+        with self._threat_lock:
+            threat = {h: {"level": s.level, "score": s.score} for h, s in self.scorers.items()}
+        mine = threat.get(self.hostname, {"level": "LOW", "score": 0.0})
+        degraded = [n for n, c in components.items() if c["state"] != "ok"]
+        return {
+            "pid": os.getpid(), "host": self.hostname, "role": self.role, "started_at": self.started_at,
+            "updated_at": time.time(), "stopping": self._stopping.is_set(),
+            "level": mine["level"], "score": mine["score"], "hosts": threat,
+            "health": "degraded" if degraded else "ok", "degraded": degraded,
+            "components": components, "threads": threads, "stats": self.stats(),
+            "latency_s": self.latency_quantiles(), "rss_bytes": rss_bytes(),
+            "recent_alerts": [a.to_dict() for a in list(self.recent_alerts)[-10:]],
+        }
+
+    def status_path(self) -> str:
+        return os.path.join(self.context.state_dir, "status.json")
+
+    def write_status(self) -> None:
+        """Write status.json (0600 in a 0700 dir) atomically."""
+        path = self.status_path()
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.status(), f, default=str)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.debug("cannot write %s: %s", path, exc)
+
+    # ================================================================================== main loop
+    def run(self, duration: float | None = None, install_signals: bool = True) -> dict[str, Any]:
+        """Start, then wait on the main thread for a signal, ``duration`` or the end of a replay; then stop."""
+        if install_signals:
+            self._install_signals()
+        self.start()
+        end = time.monotonic() + duration if duration else None
+        last_status = 0.0
+        while not self._stopping.wait(0.1):
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload("SIGHUP")
+            if end is not None and time.monotonic() >= end:
+                self.request_stop("duration")
+            if self.role == "replay" and self._replay_finished():
+                self.request_stop("end of replay")
+            if time.monotonic() - last_status >= 1.0:
+                last_status = time.monotonic()
+                self.write_status()
+        return self.stop()
+
+    def _replay_finished(self) -> bool:
+        t = self.transport_slot.component if self.transport_slot else None
+        return bool(getattr(t, "exhausted", False)) and all(
+            not th.is_alive() for n, th in self._threads.items() if n.startswith("analysis:"))
+
+    def _install_signals(self) -> None:
+        def on_stop(signum: int, frame: Any) -> None:
+            self._signals += 1
+            if self._signals > 1:
+                os.write(2, b"ravn: second signal, exiting now\n")
+                os._exit(1)
+            self.request_stop(signal.Signals(signum).name)
+
+        def on_hup(signum: int, frame: Any) -> None:
+            self.request_reload()
+
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+
+
+__all__ = ["ROLES", "HealthProbe", "Runtime", "Sink", "Slot"]
