@@ -25,7 +25,6 @@ from __future__ import annotations
 import ctypes
 import importlib.resources
 import os
-import re
 import struct
 import subprocess
 import tempfile
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 from pydantic import Field, field_validator
 
 from ravn_core.components import Health, PluginConfig, RuntimeContext, Source
-from ravn_core.errors import RavnError, UnusableEnvironment
+from ravn_core.errors import UnusableEnvironment
 from ravn_core.events import EVENT_TYPES, Batch, Event
 
 if TYPE_CHECKING:
@@ -598,5 +597,3 @@ def type_ids_match_schema() -> list[str]:
     dup = len(set(EVENT_TYPE_IDS.values())) != len(EVENT_TYPE_IDS)
     return missing + extra + (["duplicate ids"] if dup else [])
 
-
-_ = (re, RavnError)  # re-exported names used by probe modules' tests

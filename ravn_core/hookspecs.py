@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         SourceRegistry,
         TransportRegistry,
     )
+    from ravn_core.runtime import Runtime
 
 hookspec = pluggy.HookspecMarker("ravn")
 
@@ -108,10 +109,11 @@ def ravn_configure(config: RavnConfig) -> None:
 
 # ---------------------------------------------------------------------------------------------- runtime
 @hookspec
-def ravn_runtime_started(components: list[Component]) -> None:
+def ravn_runtime_started(runtime: Runtime, components: list[Component]) -> None:
     """Every component is built and every thread started.
 
     Called once by ``Runtime.start()`` on the main thread.
+    :param runtime: the running runtime; read-only use (``status()``, ``stats()``), e.g. by the HTTP endpoint.
     :param components: every component, in config order (sources, transport, analyzers, sinks, probes).
     Errors: logged with the plugin's name; the runtime goes on.
     """

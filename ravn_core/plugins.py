@@ -30,6 +30,7 @@ from ravn_core.registry import (
 if TYPE_CHECKING:
     from ravn_core.components import Component
     from ravn_core.config import RavnConfig
+    from ravn_core.runtime import Runtime
 
 log = logging.getLogger("ravn.plugins")
 
@@ -189,8 +190,8 @@ class PluginHost:
     def configure(self, config: RavnConfig) -> None:
         self.pm.hook.ravn_configure.call_historic(kwargs={"config": config})
 
-    def runtime_started(self, components: list[Component]) -> None:
-        self._notify("ravn_runtime_started", components=components)
+    def runtime_started(self, runtime: Runtime, components: list[Component]) -> None:
+        self._notify("ravn_runtime_started", runtime=runtime, components=components)
 
     def component_error(self, component: Component, error: BaseException, restarts: int, quarantined: bool) -> None:
         self._notify(

@@ -254,7 +254,7 @@ class Runtime:
                 self._spawn(f"analysis:{i}", self._analysis_loop, slots)
             self._spawn("sink", self._sink_loop)
         self._spawn("health", self._health_loop)
-        self.host.runtime_started(self.components())
+        self.host.runtime_started(self, self.components())
         log.info("RAVN running (role %s, host %s, %d sources, %d analyzers, %d sinks)", self.role, self.hostname,
                  len(self.sources), len(self.analyzers[0]) if self.analyzers else 0, len(self.sinks))
 
