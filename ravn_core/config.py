@@ -13,10 +13,11 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, ValidationError, model_validator
+from pydantic_core import CoreSchema, core_schema
 
 from ravn_core.components import PluginConfig
 from ravn_core.errors import ConfigError
@@ -51,6 +52,12 @@ class Secret:
     def __hash__(self) -> int:
         return hash(self.reference)
 
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            _resolve_secret, serialization=core_schema.plain_serializer_function_ser_schema(repr)
+        )
+
 
 def _resolve_secret(value: Any) -> Secret:
     if isinstance(value, Secret):
@@ -71,7 +78,8 @@ def _resolve_secret(value: Any) -> Secret:
         raise ValueError(f"cannot read secret file {path!r}: {exc.strerror}") from None
 
 
-SecretRef = Annotated[Secret, BeforeValidator(_resolve_secret)]
+# The type plugin models use for secret fields: accepts {$env: NAME} or {$file: /path}, yields a Secret.
+SecretRef = Secret
 
 
 # ---------------------------------------------------------------------------------------------- core models
@@ -106,6 +114,11 @@ class CoreConfig(BaseModel):
     memory_limit_mb: float = Field(200.0, gt=0, description="RSS above which RAVN alerts on itself and trims caches")
     drop_alert_ratio: float = Field(0.01, ge=0, le=1, description="drop ratio per interval that raises an alert")
     proctree_max: int = Field(65536, ge=16, description="processes kept in the process tree (LRU)")
+    http_listen: str = Field("", pattern=r"^(|\[?[0-9A-Za-z.:-]*\]?:[0-9]{1,5})$",
+                             description="HOST:PORT of the /healthz and /metrics endpoint (config/ravn.yaml sets "
+                                         "127.0.0.1:9477); empty disables it")
+    bpf_stats: bool = Field(False, description="set sysctl kernel.bpf_stats_enabled=1 so /metrics shows per-program "
+                                               "run time (costs ~20-30 ns per program run)")
     threat: ThreatConfig = Field(default_factory=ThreatConfig)
 
     def hostname(self) -> str:

@@ -135,7 +135,7 @@ class PluginHost:
         ):
             caller = getattr(self.pm.hook, hookname)
             # Plugins in registration order (builtins first), not pluggy's LIFO call order.
-            for impl in reversed(caller.get_hookimpls()):
+            for impl in caller.get_hookimpls():
                 name = self.pm.get_name(impl.plugin) or "?"
                 dist, version = self._dists.get(name, ("?", ""))
                 registry.current_plugin = name
@@ -179,7 +179,7 @@ class PluginHost:
                 raise StartupError(f"plugin {name!r} named in the config is blocked by RAVN_DISABLED_PLUGINS")
 
     def add_commands(self, subparsers: Any) -> None:
-        for impl in reversed(self.pm.hook.ravn_add_commands.get_hookimpls()):
+        for impl in self.pm.hook.ravn_add_commands.get_hookimpls():
             name = self.pm.get_name(impl.plugin) or "?"
             try:
                 impl.function(subparsers=subparsers)
@@ -209,7 +209,7 @@ class PluginHost:
 
     def _notify(self, hookname: str, **kwargs: Any) -> None:
         """Notifications: each impl in its own try, so one plugin's error does not stop the others."""
-        for impl in reversed(getattr(self.pm.hook, hookname).get_hookimpls()):
+        for impl in getattr(self.pm.hook, hookname).get_hookimpls():
             try:
                 impl.function(**{k: kwargs[k] for k in impl.argnames})
             except Exception:

@@ -21,6 +21,7 @@ Roles: ``all`` (one host), ``agent`` (sources -> transport), ``analyze`` (transp
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
@@ -59,6 +60,8 @@ log = logging.getLogger("ravn.runtime")
 ROLES = ("all", "agent", "analyze", "record", "replay")
 POLL_MS = 50
 TICK_S = 1.0
+#: upper bounds (seconds) of the analysis latency histogram that /metrics exports (ravn_analysis_latency_seconds)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 @dataclass
@@ -84,6 +87,11 @@ class Slot:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def kind(self) -> str:
+        """source, transport, analyzer, sink or health_probe."""
+        return str(getattr(self.component, "kind", self.spec.kind))
 
     def health(self) -> Health:
         if self.quarantined:
@@ -152,6 +160,10 @@ class Runtime:
         self.scorers: dict[str, ThreatScorer] = {}
         self.recent_alerts: deque[Alert] = deque(maxlen=50)
         self.latencies: deque[float] = deque(maxlen=4096)
+        # for /metrics: cumulative histogram of batch latency (one bisect per batch) and alerts per (level, rule)
+        self.latency_buckets: list[int] = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.alert_counts: dict[tuple[str, str], int] = {}
         self.counters: dict[str, int] = {
             "published": 0, "publish_lost": 0, "analyzed": 0, "analyzed_batches": 0, "alerts": 0,
             "alerts_emitted": 0, "threat_updates": 0, "acked": 0, "sink_items_lost": 0, "self_alerts": 0,
@@ -285,12 +297,12 @@ class Runtime:
         plugin = f"{slot.spec.plugin} ({slot.spec.registration.distribution})"
         if len(slot.errors) > self.core.error_budget:
             slot.quarantined = True
-            log.error("%s %r from %s quarantined after %d errors in %.0fs; last: %s", slot.spec.kind, slot.name,
+            log.error("%s %r from %s quarantined after %d errors in %.0fs; last: %s", slot.kind, slot.name,
                       plugin, len(slot.errors), self.core.error_window_s, slot.last_error)
         else:
             delay = min(self.core.restart_backoff_s * 2 ** (len(slot.errors) - 1), self.core.restart_backoff_max_s)
             slot.retry_at = now + delay
-            log.error("%s %r from %s failed: %s; restart in %.1fs", slot.spec.kind, slot.name, plugin,
+            log.error("%s %r from %s failed: %s; restart in %.1fs", slot.kind, slot.name, plugin,
                       slot.last_error, delay, exc_info=slot.restarts == 1)
         self.host.component_error(slot.component, exc, slot.restarts, slot.quarantined)
 
@@ -298,7 +310,7 @@ class Runtime:
         try:
             return fn()
         except Exception as exc:
-            log.warning("%s %r: %s raised %s: %s", slot.spec.kind, slot.name, getattr(fn, "__name__", "call"),
+            log.warning("%s %r: %s raised %s: %s", slot.kind, slot.name, getattr(fn, "__name__", "call"),
                         type(exc).__name__, exc)
             return None
 
@@ -459,7 +471,10 @@ class Runtime:
         if batch:
             ts = batch[0].get("evt.ts")
             if isinstance(ts, int) and self.role != "replay":
-                self.latencies.append(time.time() - ts / 1e9)
+                latency = time.time() - ts / 1e9
+                self.latencies.append(latency)
+                self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
+                self.latency_sum += latency
         self._score(delivery, alerts, now)
 
     def _tick(self, slots: list[Slot], now: float) -> None:
@@ -566,6 +581,10 @@ class Runtime:
         if item.alerts:
             self.recent_alerts.extend(item.alerts)
             self.counters["alerts_emitted"] += len(item.alerts)
+            counts = self.alert_counts
+            for a in item.alerts:
+                key = (a.level, a.rule)
+                counts[key] = counts.get(key, 0) + 1
         self.counters["threat_updates"] += len(item.updates)
         for update in item.updates:
             log.warning("threat level %s -> %s (score %.1f) on %s", update.previous_level, update.level,
@@ -686,7 +705,7 @@ class Runtime:
         for slot in self._all_slots():
             slot.reload_requested = True
             if slot.quarantined:
-                log.info("%s %r leaves quarantine on reload", slot.spec.kind, slot.name)
+                log.info("%s %r leaves quarantine on reload", slot.kind, slot.name)
                 slot.quarantined = False
                 slot.errors.clear()
                 slot.retry_at = time.monotonic()
@@ -798,10 +817,10 @@ class Runtime:
         """What ``ravn status`` shows: threat, recent alerts, components, counters."""
         components: dict[str, Any] = {}
         for slot in self._all_slots():
-            if slot.spec.kind == "analyzers" and slot not in (self.analyzers[0] if self.analyzers else []):
+            if slot.kind == "analyzer" and slot not in (self.analyzers[0] if self.analyzers else []):
                 continue
             h = slot.health()
-            components[f"{slot.spec.kind}:{slot.name}"] = {
+            components[f"{slot.kind}:{slot.name}"] = {
                 "state": h.state, "detail": h.detail, "counters": h.counters, "restarts": slot.restarts,
                 "quarantined": slot.quarantined, "last_error": slot.last_error, "heartbeat": slot.heartbeat,
             }

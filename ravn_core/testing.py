@@ -23,7 +23,9 @@ from typing import Any
 
 import pytest
 
-from ravn_core.components import RuntimeContext
+from ravn_core import hookimpl
+from ravn_core.components import Alert, Analyzer, BatchContext, RuntimeContext, Sink, Source, ThreatUpdate
+from ravn_core.components import PluginConfig as PluginConfigBase
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -144,3 +146,167 @@ def wait_for(predicate: Any, timeout_s: float = 5.0, interval_s: float = 0.02) -
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------------------------- throwaway plugins
+class ListSourceConfig(PluginConfigBase):
+    batches: int = 1
+    events_per_batch: int = 10
+    event_type: str = "exec"
+    fail_after: int = -1  # poll raises after this many polls (-1 never)
+    fail_times: int = 0  # how many polls raise before it recovers (0 = forever once failing)
+
+
+class ListSource(Source):
+    """Emits ``batches`` batches of synthetic events, then nothing. Optionally raises in poll()."""
+
+    instances: list[ListSource] = []
+
+    def __init__(self, name: str, config: ListSourceConfig, context: RuntimeContext) -> None:
+        super().__init__(name, config, context)
+        self.sent = 0
+        self.polls = 0
+        self.failures = 0
+        self.starts = 0
+        self.stops = 0
+        ListSource.instances.append(self)
+
+    def start(self) -> None:
+        self.starts += 1
+
+    def poll(self, timeout_ms: int) -> list[dict[str, Any]]:
+        self.polls += 1
+        cfg = self.config
+        failing = cfg.fail_after >= 0 and self.polls > cfg.fail_after
+        if failing and (cfg.fail_times == 0 or self.failures < cfg.fail_times):
+            self.failures += 1
+            raise RuntimeError(f"{self.name} poll failure {self.failures}")
+        if self.sent >= cfg.batches:
+            time.sleep(timeout_ms / 1000 / 5)
+            return []
+        base = self.sent * cfg.events_per_batch
+        self.sent += 1
+        return [synthetic_event(cfg.event_type, seq=base + i, source=self.name) for i in range(cfg.events_per_batch)]
+
+    def stop(self) -> None:
+        self.stops += 1
+
+
+def synthetic_event(event_type: str = "exec", seq: int = 0, source: str = "test", **fields: Any) -> dict[str, Any]:
+    ev: dict[str, Any] = {"evt.type": event_type, "evt.source": source, "evt.ts": time.time_ns(), "evt.seq": seq,
+                          "proc.pid": 1000 + seq % 50, "proc.tid": 1000 + seq % 50, "proc.ppid": 1,
+                          "proc.uid": 0, "proc.gid": 0, "proc.comm": "synthetic", "proc.cgroup": 1}
+    if event_type == "exec":
+        ev.update({"exec.filename": "/usr/bin/true", "exec.argv": ["true"], "exec.ret": 0, "exec.memfd": False})
+    ev.update(fields)
+    return ev
+
+
+class CountAnalyzerConfig(PluginConfigBase):
+    alert_every: int = 0  # one alert every N events (0 = never)
+    score: int = 60
+    fail_on_batch: int = -1  # raise on this batch number (and after, fail_times times)
+    fail_times: int = 1
+
+
+class CountAnalyzer(Analyzer):
+    """Counts events (by evt.seq) and raises alerts on demand; can be told to fail."""
+
+    def __init__(self, name: str, config: CountAnalyzerConfig, context: RuntimeContext) -> None:
+        super().__init__(name, config, context)
+        self.seen: list[int] = []
+        self.batches = 0
+        self.failures = 0
+
+    def analyze(self, batch: list[dict[str, Any]], ctx: BatchContext) -> list[Alert]:
+        self.batches += 1
+        cfg = self.config
+        if 0 <= cfg.fail_on_batch <= self.batches and self.failures < cfg.fail_times:
+            self.failures += 1
+            raise ValueError(f"{self.name} analyze failure {self.failures}")
+        alerts = []
+        for ev in batch:
+            self.seen.append(ev.get("evt.seq", -1))
+            if cfg.alert_every and len(self.seen) % cfg.alert_every == 0:
+                alerts.append(Alert(self.name, "count", cfg.score, f"event {ev.get('evt.seq')}",
+                                    pid=ev.get("proc.pid", 0), comm=ev.get("proc.comm", "")))
+        return alerts
+
+
+class CollectSinkConfig(PluginConfigBase):
+    fail_times: int = 0
+
+
+class CollectSink(Sink):
+    """Keeps every alert and threat update it is given."""
+
+    instances: list[CollectSink] = []
+
+    def __init__(self, name: str, config: CollectSinkConfig, context: RuntimeContext) -> None:
+        super().__init__(name, config, context)
+        self.alerts: list[Alert] = []
+        self.updates: list[ThreatUpdate] = []
+        self.failures = 0
+        CollectSink.instances.append(self)
+
+    def emit_alerts(self, alerts: list[Alert]) -> None:
+        if self.failures < self.config.fail_times:
+            self.failures += 1
+            raise OSError("sink failure")
+        self.alerts.extend(alerts)
+
+    def emit_threat(self, update: ThreatUpdate) -> None:
+        self.updates.append(update)
+
+
+class ThrowawayPlugin:
+    """A throwaway plugin registering the components above under test names (``test_source``, ...)."""
+
+    @hookimpl
+    def ravn_register_sources(self, registry: Any) -> None:
+        registry.add("test_source", ListSource, ListSourceConfig)
+
+    @hookimpl
+    def ravn_register_analyzers(self, registry: Any) -> None:
+        registry.add("test_analyzer", CountAnalyzer, CountAnalyzerConfig)
+
+    @hookimpl
+    def ravn_register_sinks(self, registry: Any) -> None:
+        registry.add("test_sink", CollectSink, CollectSinkConfig)
+
+
+def make_host(*plugins: tuple[Any, str]) -> Any:
+    """A loaded PluginHost with the ThrowawayPlugin (and any ``(plugin, name)`` given) registered."""
+    from ravn_core.plugins import PluginHost
+
+    host = PluginHost()
+    host.register(ThrowawayPlugin(), "ravn-test-plugin", "ravn-core-testing")
+    for plugin, name in plugins:
+        host.register(plugin, name, f"{name}-dist", "0")
+    host.load(autoload=False)
+    host.register_components()
+    return host
+
+
+def run_pipeline(config: dict[str, Any], duration: float | None = None, host: Any = None,
+                 until: Any = None, timeout_s: float = 20.0) -> tuple[Any, dict[str, Any]]:
+    """Build and run a Runtime from a config dict on a test host; stop after ``duration`` or when ``until(rt)``.
+
+    Returns ``(runtime, stats)``.
+    """
+    from ravn_core.config import validate
+    from ravn_core.runtime import Runtime
+
+    host = host or make_host()
+    config = dict(config)
+    config.setdefault("ravn", {})
+    config["ravn"] = {"state_dir": tempfile.mkdtemp(prefix="ravn-state-"), "health_interval_s": 0.2, **config["ravn"]}
+    cfg = validate(config, host.registries())
+    rt = Runtime(cfg, host)
+    rt.start()
+    deadline = time.monotonic() + (duration if duration is not None else timeout_s)
+    while time.monotonic() < deadline:
+        if until is not None and until(rt):
+            break
+        time.sleep(0.02)
+    return rt, rt.stop("test")

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import os
+
+from ravn_core.proctree import ProcessTree, read_proc
+from ravn_core.testing import synthetic_event
+
+
+def fork(parent: int, child: int, comm: str = "sh") -> dict:  # type: ignore[type-arg]
+    return synthetic_event("fork", **{"proc.pid": parent, "proc.comm": comm, "fork.child_pid": child,
+                                      "fork.child_tid": child})
+
+
+def exec_(pid: int, exe: str, ppid: int = 0) -> dict:  # type: ignore[type-arg]
+    return synthetic_event("exec", **{"proc.pid": pid, "proc.ppid": ppid, "proc.comm": os.path.basename(exe),
+                                      "exec.filename": exe, "exec.argv": [exe, "-x"], "exec.ret": 0})
+
+
+def test_ancestry_from_fork_and_exec() -> None:
+    t = ProcessTree()
+    t.update([exec_(10, "/usr/sbin/sshd", 1), fork(10, 11), exec_(11, "/bin/bash"), fork(11, 12),
+              exec_(12, "/usr/bin/nc")])
+    assert t.get(12).exe == "/usr/bin/nc" and t.get(12).args == ["/usr/bin/nc", "-x"]  # type: ignore[union-attr]
+    assert [a.exe for a in t.ancestors(12)] == ["/bin/bash", "/usr/sbin/sshd"]
+    assert t.lineage(12)[0]["pid"] == 12 and len(t.lineage(12)) == 3
+
+
+def test_failed_exec_does_not_change_exe() -> None:
+    t = ProcessTree()
+    t.update([exec_(10, "/bin/bash")])
+    bad = exec_(10, "/nope")
+    bad["exec.ret"] = -2
+    t.update([bad])
+    assert t.get(10).exe == "/bin/bash"  # type: ignore[union-attr]
+
+
+def test_bounded_under_churn_and_counts_misses() -> None:
+    t = ProcessTree(max_size=1000)
+    for base in range(0, 100_000, 1000):
+        batch = []
+        for pid in range(base + 2, base + 1002):
+            batch += [fork(1, pid), synthetic_event("exit", **{"proc.pid": pid, "exit.code": 0})]
+        t.update(batch)
+        assert len(t) <= 1000
+    assert t.evictions >= 99_000
+    assert t.get(5) is None and t.misses == 1
+
+
+def test_loop_in_parent_links_terminates() -> None:
+    t = ProcessTree()
+    t.update([exec_(20, "/a", ppid=21), exec_(21, "/b", ppid=20)])
+    assert [a.pid for a in t.ancestors(20)] == [21]
+
+
+def test_seed_from_proc_matches_ground_truth() -> None:
+    t = ProcessTree()
+    assert t.seed_from_proc() > 1
+    me = t.get(os.getpid())
+    assert me is not None and me.ppid == os.getppid()
+    assert read_proc(os.getpid()).exe == os.readlink("/proc/self/exe")  # type: ignore[union-attr]
