@@ -398,13 +398,21 @@ class BccProbe(Source):
             *self.probe_cflags(),
         ]
 
-    def dump(self) -> str:
-        """The BPF C that start() compiles (source and the RAVN headers) and its cflags, for ``--dump-bpf``."""
+    def program_text(self) -> str:
+        """What BCC compiles: ravn_common.bpf.h then the probe's .bpf.c, as ONE main file.
+
+        BCC rewrites map calls only in the main file (in a header they become indirect calls the verifier
+        rejects), so the shared helpers must be part of it; ``#line`` markers keep compiler errors pointing at
+        the real files. ravn_events.h stays a normal include (no map calls in it)."""
         path = self.source_path()
-        parts = [f"// ravn {self.plugin} ({self.name}): {path}", "// cflags: " + " ".join(self.cflags())]
-        for p in (path, path.parent / "include" / "ravn_common.bpf.h", path.parent / "include" / "ravn_events.h"):
-            parts += [f"// ===== {p.name}", p.read_text()]
-        return "\n".join(parts)
+        common = path.parent / "include" / "ravn_common.bpf.h"
+        return (f'#line 1 "{common}"\n{common.read_text()}\n'
+                f'#line 1 "{path}"\n{path.read_text()}')
+
+    def dump(self) -> str:
+        """The BPF C that start() compiles and its cflags, for ``ravn --dump-bpf``."""
+        return "\n".join([f"// ravn {self.plugin} ({self.name}): {self.source_path()}",
+                          "// cflags: " + " ".join(self.cflags()), self.program_text()])
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -415,7 +423,7 @@ class BccProbe(Source):
         cflags = self.cflags()
         try:
             with _CaptureStderr() as cap:
-                bpf = BPF(src_file=str(path).encode(), cflags=cflags)
+                bpf = BPF(text=self.program_text().encode(), cflags=cflags)
         except Exception:
             raise UnusableEnvironment(f"{self.plugin}: BPF compile failed: {first_error(cap.text, str(path))}"
                                       ) from None

@@ -1,0 +1,137 @@
+/* SPDX-License-Identifier: Apache-2.0
+ *
+ * ravn_events.h: THE single definition of every kernel -> user space record RAVN's probes emit.
+ *
+ * Included by every probe's .bpf.c (through ravn_common.bpf.h) and, by the ABI tests, by a plain C program
+ * compiled with gcc (define RAVN_USERSPACE_ABI first; it supplies the u8..u64 typedefs).
+ *
+ * Rules:
+ *  - every event struct starts with `struct ravn_hdr hdr` (filled by ravn_fill_hdr()), then the probe's fields;
+ *  - hdr.type is one of enum ravn_event_type; the ids are mirrored in ravn_core/bpf.py (EVENT_TYPE_IDS) and the
+ *    ABI test compares both against EVENT_TYPES in ravn_core/events.py;
+ *  - every struct gets a _Static_assert on its size, and a ctypes mirror (ravn_core.bpf.RavnHdr, the probe's
+ *    decode.py) that the ABI test checks field by field (offsets and sizes) against this file;
+ *  - lay fields out naturally aligned, largest first after the header, and pad explicitly (no implicit holes).
+ */
+#ifndef RAVN_EVENTS_H
+#define RAVN_EVENTS_H
+
+#ifdef RAVN_USERSPACE_ABI
+#include <stdint.h>
+typedef uint8_t u8;
+typedef uint16_t u16;
+typedef uint32_t u32;
+typedef uint64_t u64;
+typedef int16_t s16;
+typedef int32_t s32;
+typedef int64_t s64;
+#endif
+
+#define RAVN_COMM_LEN 16
+
+/* One id per entry of ravn_core/events.py EVENT_TYPES (same order). Never renumber: recorded files keep them. */
+enum ravn_event_type {
+	RAVN_EVT_SYSCALL = 1,
+	RAVN_EVT_SYSCALL_SUMMARY = 2,
+	RAVN_EVT_CONNECT = 3,
+	RAVN_EVT_ACCEPT = 4,
+	RAVN_EVT_CLOSE = 5,
+	RAVN_EVT_UDP_SEND = 6,
+	RAVN_EVT_BIND = 7,
+	RAVN_EVT_LISTEN = 8,
+	RAVN_EVT_EXEC = 9,
+	RAVN_EVT_FORK = 10,
+	RAVN_EVT_EXIT = 11,
+	RAVN_EVT_CRED = 12,
+	RAVN_EVT_PTRACE = 13,
+	RAVN_EVT_MODULE = 14,
+	RAVN_EVT_CAPABLE = 15,
+	RAVN_EVT_MEMFD_CREATE = 16,
+	RAVN_EVT_BPF = 17,
+	RAVN_EVT_MOUNT = 18,
+	RAVN_EVT_UNSHARE = 19,
+	RAVN_EVT_SETNS = 20,
+	RAVN_EVT_DUP = 21,
+	RAVN_EVT_OPEN = 22,
+	RAVN_EVT_UNLINK = 23,
+	RAVN_EVT_RENAME = 24,
+	RAVN_EVT_CHMOD = 25,
+	RAVN_EVT_CHOWN = 26,
+	RAVN_EVT_LINK = 27,
+	RAVN_EVT_SYMLINK = 28,
+	RAVN_EVT_TRUNCATE = 29,
+	RAVN_EVT_MAX = 30, /* one past the last id */
+};
+
+/* Common header, first member of every event struct. 56 bytes. */
+struct ravn_hdr {
+	u64 ts_ns;        /* bpf_ktime_get_ns(): CLOCK_MONOTONIC; user space adds the boot->epoch offset */
+	u32 pid;          /* tgid */
+	u32 tid;          /* kernel pid of the thread */
+	u32 ppid;         /* parent tgid from the fork-tracked ravn_ppid map, 0 when unknown */
+	u32 uid;          /* real uid (bpf_get_current_uid_gid) */
+	u32 gid;          /* real gid */
+	u32 type;         /* enum ravn_event_type */
+	u64 cgroup_id;    /* bpf_get_current_cgroup_id(): cgroup v2 id == inode of its /sys/fs/cgroup directory */
+	char comm[RAVN_COMM_LEN];
+};
+_Static_assert(sizeof(struct ravn_hdr) == 56, "struct ravn_hdr changed: update RavnHdr in ravn_core/bpf.py");
+
+/* =========================================================================================== ebpf_syscall */
+
+#define RAVN_SC_MAX 512 /* syscall numbers tracked: x86_64 common/64 numbers are all below 512 */
+#define RAVN_SC_SEQ 64  /* summary mode: recent-sequence window (power of two) */
+
+/* events mode: one per syscall (RAVN_EVT_SYSCALL). */
+struct ravn_syscall_event {
+	struct ravn_hdr hdr;
+	s64 ret;          /* return value when has_ret, else 0 */
+	u32 nr;           /* syscall number */
+	u32 has_ret;      /* 1 when emitted at sys_exit with the return value */
+};
+_Static_assert(sizeof(struct ravn_syscall_event) == 72, "update SyscallEvent in ravn_ebpf_syscall/decode.py");
+
+/* summary mode: value of the per-process ravn_sc_summary map (read by user space, not sent through the ring). */
+struct ravn_syscall_summary {
+	struct ravn_hdr hdr;          /* refreshed on every counted syscall (ts = last seen) */
+	u64 total;                    /* syscalls counted since the entry was created */
+	u32 seq_pos;                  /* number of entries ever written to seq (next slot = seq_pos % RAVN_SC_SEQ) */
+	u32 exited;                   /* set by sched_process_exit (group dead): user space flushes, then deletes */
+	u16 seq[RAVN_SC_SEQ];         /* ring of the most recent syscall numbers */
+	u32 counts[RAVN_SC_MAX];      /* per syscall number, since the entry was created */
+};
+_Static_assert(sizeof(struct ravn_syscall_summary) == 2248, "update SyscallSummary in ravn_ebpf_syscall/decode.py");
+
+/* ========================================================================================== ebpf_security */
+/* (owned by the ebpf_security probe: add its structs here) */
+
+/* ======================================================================================= end ebpf_security */
+
+/* =========================================================================================== ebpf_network */
+/* One record for every network event type (connect, accept, close, udp_send, bind, listen). saddr/sport are
+ * always the LOCAL side, daddr/dport the REMOTE side; IPv4 addresses use the first 4 bytes of the 16. */
+#define RAVN_NET_F_PEER_UNKNOWN 1 /* accept without a peer buffer: user space resolves the peer from /proc */
+#define RAVN_NET_F_NO_LOCAL 2     /* connect: the local address/port is not known (UDP, early failure) */
+struct ravn_net_event {
+	struct ravn_hdr hdr;
+	u8 saddr[16];     /* local address (network byte order) */
+	u8 daddr[16];     /* remote address */
+	s32 ret;          /* connect/bind result (0 or -errno); 0 for the others */
+	s32 fd;           /* connect/bind/listen: the socket fd; accept: the new fd; -1 when unknown */
+	u16 sport;        /* local port, host byte order */
+	u16 dport;        /* remote port, host byte order */
+	u16 family;       /* AF_INET 2 / AF_INET6 10 */
+	u16 proto;        /* IPPROTO_TCP 6 / IPPROTO_UDP 17 / 0 unknown */
+	u32 backlog;      /* listen backlog */
+	u32 flags;        /* RAVN_NET_F_* */
+};
+_Static_assert(sizeof(struct ravn_net_event) == 112, "update NetEvent in ravn_ebpf_network/decode.py");
+
+/* ======================================================================================== end ebpf_network */
+
+/* ============================================================================================== ebpf_file */
+/* (owned by the ebpf_file probe: add its structs here) */
+
+/* =========================================================================================== end ebpf_file */
+
+#endif /* RAVN_EVENTS_H */

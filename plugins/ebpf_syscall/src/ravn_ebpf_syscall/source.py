@@ -1,0 +1,110 @@
+"""SyscallSource: the ``ebpf_syscall`` probe (BPF side: ``bpf/syscall.bpf.c``)."""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from typing import TYPE_CHECKING
+
+from ravn_core.bpf import EVENT_TYPE_IDS, TRACEFS, BccProbe, Decoder
+from ravn_core.components import RuntimeContext
+from ravn_core.errors import UnusableEnvironment
+from ravn_core.events import Batch
+from ravn_ebpf_syscall.config import SyscallConfig
+from ravn_ebpf_syscall.decode import SummaryFlusher, event_decoder
+from ravn_ebpf_syscall.syscalls import NORETURN, names_by_nr, table
+
+if TYPE_CHECKING:
+    from bcc import BPF
+
+
+class SyscallSource(BccProbe):
+    """Syscall events (mode: events) or per-process syscall summaries (mode: summary)."""
+
+    plugin = "ebpf_syscall"
+    package = "ravn_ebpf_syscall"
+    bpf_file = "syscall.bpf.c"
+    config: SyscallConfig
+
+    def __init__(self, name: str, config: SyscallConfig, context: RuntimeContext) -> None:
+        super().__init__(name, config, context)
+        self._flusher: SummaryFlusher | None = None
+        self._next_flush = 0.0
+
+    @property
+    def summary(self) -> bool:
+        return self.config.mode == "summary"
+
+    @property
+    def with_ret(self) -> bool:
+        return self.config.mode == "events" and self.config.return_values
+
+    def probe_cflags(self) -> list[str]:
+        return [f"-DRAVN_SC_SUMMARY={int(self.summary)}", f"-DRAVN_SC_RET={int(self.with_ret)}",
+                f"-DRAVN_SC_MAX_PROCS={self.config.max_summary_processes}"]
+
+    def tracepoints(self) -> list[tuple[str, str]]:
+        if self.config.effective_hook() == "raw":
+            tps = [("ravn_sc_enter_raw", "raw_syscalls:sys_enter")]
+            if self.with_ret:
+                tps.append(("ravn_sc_exit_raw", "raw_syscalls:sys_exit"))
+            return tps
+        tps, missing = [], []
+        for name in self.config.selected():
+            tp = table()[name].tracepoint
+            if self.with_ret and name not in NORETURN:
+                tps.append(("ravn_sc_exit_tp", f"syscalls:sys_exit_{tp}"))
+            else:
+                tps.append(("ravn_sc_enter_tp", f"syscalls:sys_enter_{tp}"))
+            if not (TRACEFS / "events" / "syscalls" / f"sys_enter_{tp}").is_dir():
+                missing.append(name)
+        if missing:
+            raise UnusableEnvironment(
+                f"ebpf_syscall: no syscalls:sys_enter_* tracepoint on this kernel for {', '.join(missing)}; "
+                "remove them from `syscalls` or use `hook: raw`")
+        return tps
+
+    def on_loaded(self, bpf: BPF) -> None:
+        if self.config.effective_hook() != "raw":
+            return
+        sel = bpf["ravn_sc_sel"]
+        for name in self.config.selected():
+            nr = table()[name].nr
+            sel[ctypes.c_int(nr)] = ctypes.c_uint8(2 if self.with_ret and name in NORETURN else 1)
+
+    def decoders(self) -> dict[int, Decoder]:
+        return {EVENT_TYPE_IDS["syscall"]: event_decoder(self.event_header(), names_by_nr())}
+
+    def start(self) -> None:
+        super().start()
+        if self.summary:
+            assert self.bpf is not None
+            self._flusher = SummaryFlusher(self.bpf["ravn_sc_summary"], self.event_header(), names_by_nr())
+            self._next_flush = time.monotonic() + self.config.flush_interval_ms / 1000
+
+    def stop(self) -> None:
+        self._flusher = None
+        super().stop()
+
+    def poll(self, timeout_ms: int) -> Batch:
+        if not self.summary or self._flusher is None:
+            return super().poll(timeout_ms)
+        wait = self._next_flush - time.monotonic()
+        if wait > timeout_ms / 1000:
+            time.sleep(timeout_ms / 1000)
+            return []
+        if wait > 0:
+            time.sleep(wait)
+        return self.flush()
+
+    def flush(self) -> Batch:
+        """Summary mode: read the per-process map now and return the syscall_summary events."""
+        if self._flusher is None:
+            return []
+        self._next_flush = time.monotonic() + self.config.flush_interval_ms / 1000
+        batch = self._flusher.flush()
+        self.counters["events"] += len(batch)
+        return batch
+
+    def drain(self) -> Batch:
+        return self.flush() if self.summary else super().drain()
