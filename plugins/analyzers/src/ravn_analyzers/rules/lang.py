@@ -1,0 +1,548 @@
+"""The condition language of RAVN rules: parsing, checking and compiling to Python closures.
+
+A condition is a Falco-style boolean expression over event fields::
+
+    evt.type = open and file.write = true and file.path startswith (/etc/, /usr/bin/)
+      and not proc.anames intersects (package_managers)
+
+Grammar (keywords are case-sensitive, lower case)::
+
+    expr  := and ('or' and)*
+    and   := not ('and' not)*
+    not   := 'not' not | '(' expr ')' | MACRO | FIELD OP [VALUE]
+    VALUE := WORD | 'quoted' | "quoted" | '(' item (',' item)* ')' | LIST
+    item  := WORD | quoted | LIST            (a list name inside a list expands to its items)
+
+Operators: ``= != < <= > >=`` (a missing field compares false), ``in`` (set membership), ``startswith``,
+``endswith``, ``glob`` (fnmatch, ``*`` also crosses ``/``), ``contains`` / ``icontains`` (substring for
+strings; element or key membership for lists and dicts), ``regex`` (``re.search``), ``intersects`` (a list
+field shares an element with the value list), ``anybits`` / ``allbits`` (integer masks, e.g.
+``file.mode anybits 0o6000``) and the unary ``exists``. Values are converted to the field's type from
+ravn_core/events.py (``0o6000``, ``0x10`` and ``-115`` are ints; ``true``/``false`` are bools), so a typo'd
+value fails when the rule loads, not silently at run time.
+
+Compilation: every condition becomes ONE Python lambda built from generated source, with all literal
+values bound as constants (sets, tuples, compiled regexes), never interpolated into the source. Fields the
+event does not carry (``proc.exe``, ``proc.pname``, ``proc.anames``, basenames...) are resolved through
+``Resolvers``, lazily, only when evaluation reaches them, and cached for the current event.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from ravn_core.events import COMMON_FIELDS, EVENT_TYPES, PROCESS_TREE_FIELDS, Event
+from ravn_core.proctree import ProcessTree
+
+Node: TypeAlias = tuple[Any, ...]
+Predicate: TypeAlias = Callable[[Event], bool]
+
+
+class ConditionError(ValueError):
+    """A condition does not parse or does not check; ``pos`` is the 0-based column in the condition text."""
+
+    def __init__(self, msg: str, pos: int = -1) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.pos = pos
+
+    def __str__(self) -> str:
+        return f"{self.msg} (column {self.pos + 1})" if self.pos >= 0 else self.msg
+
+
+# ---------------------------------------------------------------------------------------------- fields
+# Fields computed from the event itself (no process tree needed).
+DERIVED_FIELDS: dict[str, str] = {
+    "file.name": "str",  # basename of file.path
+    "file.dir": "str",  # dirname of file.path
+    "file.newname": "str",  # basename of file.newpath
+    "file.newdir": "str",  # dirname of file.newpath
+    "exec.name": "str",  # basename of exec.filename
+    "exec.cmdline": "str",  # exec.argv joined by spaces
+    "proc.cmdline": "str",  # proc.args joined by spaces (process tree)
+}
+# Which event field a derived field needs, to check that a rule's events can carry it.
+_DERIVED_FROM = {
+    "file.name": "file.path", "file.dir": "file.path", "file.newname": "file.newpath",
+    "file.newdir": "file.newpath", "exec.name": "exec.filename", "exec.cmdline": "exec.argv",
+}
+TREE_FIELDS: frozenset[str] = frozenset({f.name for f in PROCESS_TREE_FIELDS} | {"proc.cmdline"})
+
+
+def field_types() -> dict[str, str]:
+    """Every field name a condition may use, with its type."""
+    out = {f.name: f.type for f in COMMON_FIELDS}
+    for et in EVENT_TYPES.values():
+        for f in et.fields:
+            out.setdefault(f.name, f.type)
+    out.update({f.name: f.type for f in PROCESS_TREE_FIELDS})
+    out.update(DERIVED_FIELDS)
+    return out
+
+
+FIELD_TYPES = field_types()
+
+
+def fields_of(event_types: Iterable[str]) -> set[str]:
+    """Fields that events of these types carry or that can be resolved for them."""
+    out = {f.name for f in COMMON_FIELDS} | set(TREE_FIELDS)
+    for t in event_types:
+        out |= {f.name for f in EVENT_TYPES[t].fields}
+    out |= {d for d, src in _DERIVED_FROM.items() if src in out}
+    return out
+
+
+class Resolvers:
+    """Resolves fields that are not in the event dict, for the batch being analyzed.
+
+    The engine sets ``tree`` (and ``host``) before each batch. A per-event cache makes a field used by
+    several rules cost one lookup.
+    """
+
+    def __init__(self) -> None:
+        self.tree: ProcessTree = ProcessTree(max_size=16)
+        self.host = ""
+        self._ev: Event | None = None
+        self._cache: dict[str, Any] = {}
+        self.funcs: dict[str, Callable[[Event], Any]] = {
+            "proc.exe": self._cached("proc.exe", self._exe),
+            "proc.args": self._cached("proc.args", self._args),
+            "proc.cmdline": self._cached("proc.cmdline", lambda ev: " ".join(self._args(ev) or ()) or None),
+            "proc.pname": self._cached("proc.pname", lambda ev: _attr(self._parent(ev), "comm")),
+            "proc.pexe": self._cached("proc.pexe", lambda ev: _attr(self._parent(ev), "exe")),
+            "proc.anames": self._cached("proc.anames", lambda ev: [a.comm for a in self._ancestors(ev)]),
+            "proc.aexes": self._cached("proc.aexes", lambda ev: [a.exe for a in self._ancestors(ev) if a.exe]),
+            "file.name": _basename("file.path"),
+            "file.dir": _dirname("file.path"),
+            "file.newname": _basename("file.newpath"),
+            "file.newdir": _dirname("file.newpath"),
+            "exec.name": _basename("exec.filename"),
+            "exec.cmdline": lambda ev: " ".join(ev.get("exec.argv") or ()) or None,
+        }
+
+    def _cached(self, name: str, fn: Callable[[Event], Any]) -> Callable[[Event], Any]:
+        def get(ev: Event) -> Any:
+            if ev is not self._ev:
+                self._ev = ev
+                self._cache = {}
+            elif name in self._cache:
+                return self._cache[name]
+            value = self._cache[name] = fn(ev)
+            return value
+
+        return get
+
+    def _exe(self, ev: Event) -> str | None:
+        if ev.get("evt.type") == "exec" and ev.get("exec.ret", 0) == 0 and ev.get("exec.filename"):
+            return str(ev["exec.filename"])
+        info = self.tree._procs.get(ev.get("proc.pid", 0))
+        return info.exe if info is not None and info.exe else None
+
+    def _args(self, ev: Event) -> list[str] | None:
+        if ev.get("evt.type") == "exec" and ev.get("exec.ret", 0) == 0 and "exec.argv" in ev:
+            return list(ev["exec.argv"] or ())
+        info = self.tree._procs.get(ev.get("proc.pid", 0))
+        return info.args if info is not None else None
+
+    def _parent(self, ev: Event) -> Any:
+        procs = self.tree._procs
+        ppid = ev.get("proc.ppid") or 0
+        if not ppid:
+            info = procs.get(ev.get("proc.pid", 0))
+            ppid = info.ppid if info is not None else 0
+        return procs.get(ppid) if ppid else None
+
+    def _ancestors(self, ev: Event) -> list[Any]:
+        pid = ev.get("proc.pid", 0)
+        out = self.tree.ancestors(pid)
+        if not out and pid not in self.tree._procs:
+            # The process is unknown to the tree: start from the event's parent.
+            parent = self._parent(ev)
+            if parent is not None:
+                out = [parent, *self.tree.ancestors(parent.pid)]
+        return out
+
+
+def _attr(obj: Any, name: str) -> Any:
+    return getattr(obj, name) or None if obj is not None else None
+
+
+def _basename(src: str) -> Callable[[Event], Any]:
+    def get(ev: Event) -> Any:
+        p = ev.get(src)
+        return p.rsplit("/", 1)[-1] if p else None
+
+    return get
+
+
+def _dirname(src: str) -> Callable[[Event], Any]:
+    def get(ev: Event) -> Any:
+        p = ev.get(src)
+        return (os.path.dirname(p) or None) if p else None
+
+    return get
+
+
+# ---------------------------------------------------------------------------------------------- tokens
+_TOKEN = re.compile(
+    r"""\s*(?:
+      (?P<lp>\() | (?P<rp>\)) | (?P<comma>,)
+    | (?P<op><=|>=|!=|==|=|<|>)
+    | '(?P<sq>[^']*)' | "(?P<dq>[^"]*)"
+    | (?P<word>[^\s(),=<>!'"]+)
+    )""",
+    re.VERBOSE,
+)
+_WORD_OPS = {"in", "startswith", "endswith", "glob", "contains", "icontains", "regex", "intersects",
+             "anybits", "allbits", "exists"}
+_FIELD_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+_KEYWORDS = {"and", "or", "not"}
+
+
+@dataclass
+class Tok:
+    kind: str  # lp rp comma op str word end
+    text: str
+    pos: int
+
+
+def tokenize(text: str) -> list[Tok]:
+    out: list[Tok] = []
+    i = 0
+    n = len(text)
+    while i < n:
+        if text[i:].strip() == "":
+            break
+        m = _TOKEN.match(text, i)
+        if m is None or m.end() == i:
+            raise ConditionError(f"cannot read {text[i:].strip()[:20]!r}", i)
+        kind = m.lastgroup or "?"
+        start = m.start(kind)
+        if kind in ("sq", "dq"):
+            out.append(Tok("str", m.group(kind), start))
+        else:
+            out.append(Tok(kind, m.group(kind), start))
+        i = m.end()
+    out.append(Tok("end", "", n))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- parser
+@dataclass
+class Env:
+    """Lists and macros visible to a condition."""
+
+    lists: dict[str, list[Any]] = field(default_factory=dict)
+    macros: dict[str, str] = field(default_factory=dict)
+
+
+class Parser:
+    """Recursive descent over the tokens; produces tuples: ('and', [..]) ('or', [..]) ('not', n)
+    ('cmp', field, op, values, pos, is_list) ('macro', name, pos)."""
+
+    def __init__(self, text: str, env: Env) -> None:
+        self.text = text
+        self.toks = tokenize(text)
+        self.i = 0
+        self.env = env
+
+    def peek(self) -> Tok:
+        return self.toks[self.i]
+
+    def take(self) -> Tok:
+        tok = self.toks[self.i]
+        self.i += 1
+        return tok
+
+    def parse(self) -> Node:
+        if self.peek().kind == "end":
+            raise ConditionError("empty condition", 0)
+        node = self.expr()
+        tok = self.peek()
+        if tok.kind != "end":
+            raise ConditionError(f"unexpected {tok.text!r}; expected 'and', 'or' or the end", tok.pos)
+        return node
+
+    def expr(self) -> Node:
+        items = [self.conj()]
+        while self.peek().kind == "word" and self.peek().text == "or":
+            self.take()
+            items.append(self.conj())
+        return items[0] if len(items) == 1 else ("or", items)
+
+    def conj(self) -> Node:
+        items = [self.neg()]
+        while self.peek().kind == "word" and self.peek().text == "and":
+            self.take()
+            items.append(self.neg())
+        return items[0] if len(items) == 1 else ("and", items)
+
+    def neg(self) -> Node:
+        tok = self.take()
+        if tok.kind == "word" and tok.text == "not":
+            return ("not", self.neg())
+        if tok.kind == "lp":
+            node = self.expr()
+            close = self.take()
+            if close.kind != "rp":
+                raise ConditionError(f"expected ')' but found {close.text or 'the end'!r}", close.pos)
+            return node
+        if tok.kind != "word" or tok.text in _KEYWORDS:
+            raise ConditionError(f"expected a field, a macro or '(' but found {tok.text or 'the end'!r}", tok.pos)
+        nxt = self.peek()
+        is_op = nxt.kind == "op" or (nxt.kind == "word" and nxt.text in _WORD_OPS)
+        if not is_op:
+            if tok.text in self.env.macros:
+                return ("macro", tok.text, tok.pos)
+            if _FIELD_RE.match(tok.text):
+                raise ConditionError(f"field {tok.text} needs an operator, found {nxt.text or 'the end'!r}", nxt.pos)
+            raise ConditionError(f"unknown macro {tok.text!r}", tok.pos)
+        return self.comparison(tok)
+
+    def comparison(self, ftok: Tok) -> Node:
+        fname = ftok.text
+        if fname not in FIELD_TYPES:
+            close = difflib.get_close_matches(fname, list(FIELD_TYPES), n=1, cutoff=0.7)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConditionError(f"unknown field {fname!r}{hint}", ftok.pos)
+        optok = self.take()
+        op = "=" if optok.text == "==" else optok.text
+        if op == "exists":
+            return ("cmp", fname, op, [], ftok.pos, False)
+        values, is_list = self.value(op)
+        return ("cmp", fname, op, values, ftok.pos, is_list)
+
+    def value(self, op: str) -> tuple[list[tuple[str, int, bool]], bool]:
+        """Returns [(text, pos, quoted)], and whether it was written as a list."""
+        tok = self.take()
+        if tok.kind == "lp":
+            items: list[tuple[str, int, bool]] = []
+            while True:
+                t = self.take()
+                if t.kind == "rp" and not items:
+                    break
+                if t.kind not in ("word", "str"):
+                    raise ConditionError(f"expected a list item but found {t.text or 'the end'!r}", t.pos)
+                items.extend(self.expand(t))
+                sep = self.take()
+                if sep.kind == "rp":
+                    break
+                if sep.kind != "comma":
+                    raise ConditionError(f"expected ',' or ')' but found {sep.text or 'the end'!r}", sep.pos)
+            return items, True
+        if tok.kind not in ("word", "str"):
+            raise ConditionError(f"operator {op!r} needs a value, found {tok.text or 'the end'!r}", tok.pos)
+        if tok.kind == "word" and tok.text in self.env.lists:
+            return self.expand(tok), True
+        return [(tok.text, tok.pos, tok.kind == "str")], False
+
+    def expand(self, tok: Tok) -> list[tuple[str, int, bool]]:
+        if tok.kind == "word" and tok.text in self.env.lists:
+            return [(str(v), tok.pos, True) for v in self.env.lists[tok.text]]
+        return [(tok.text, tok.pos, tok.kind == "str")]
+
+
+def parse(text: str, env: Env) -> Node:
+    return Parser(text, env).parse()
+
+
+# ---------------------------------------------------------------------------------------------- compiler
+_STR_OPS = {"=", "!=", "in", "startswith", "endswith", "glob", "contains", "icontains", "regex", "exists"}
+_INT_OPS = {"=", "!=", "<", "<=", ">", ">=", "in", "anybits", "allbits", "exists"}
+_BOOL_OPS = {"=", "!=", "exists"}
+_LIST_OPS = {"intersects", "contains", "startswith", "glob", "exists"}
+_MULTI_OK = {"in", "startswith", "endswith", "glob", "contains", "icontains", "intersects", "regex"}
+
+
+class Compiler:
+    """Turns parsed conditions into one lambda each. Holds the constants the generated code refers to."""
+
+    def __init__(self, env: Env, resolvers: Resolvers) -> None:
+        self.env = env
+        self.resolvers = resolvers
+        self.ns: dict[str, Any] = {"__builtins__": {"any": any}}
+        self._consts: dict[tuple[str, Any], str] = {}
+        self._macro_nodes: dict[str, Node] = {}
+        self.fields_used: set[str] = set()
+
+    def const(self, value: Any) -> str:
+        key = (type(value).__name__, value if isinstance(value, (str, int, tuple, frozenset)) else id(value))
+        name = self._consts.get(key)
+        if name is None:
+            name = self._consts[key] = f"_k{len(self._consts)}"
+            self.ns[name] = value
+        return name
+
+    def macro(self, name: str, stack: tuple[str, ...]) -> Node:
+        if name in stack:
+            raise ConditionError(f"macro {name!r} refers to itself through {' -> '.join(stack)}")
+        node = self._macro_nodes.get(name)
+        if node is None:
+            try:
+                node = self._macro_nodes[name] = parse(self.env.macros[name], self.env)
+            except ConditionError as exc:
+                raise ConditionError(f"in macro {name!r}: {exc}") from None
+        return node
+
+    def compile(self, text: str, allowed_fields: set[str] | None = None) -> Predicate:
+        """Compile ``text``; ``allowed_fields``: the fields the rule's event types can carry."""
+        node = parse(text, self.env)
+        src = self.gen(node, allowed_fields, ())
+        return self.make(src)
+
+    def compile_rule(self, text: str, exceptions: list[str], allowed_fields: set[str] | None = None) -> Predicate:
+        """``text and not (exception or exception ...)`` as one lambda."""
+        src = f"({self.gen(parse(text, self.env), allowed_fields, ())})"
+        if exceptions:
+            excs = [self.gen(parse(t, self.env), allowed_fields, ()) for t in exceptions]
+            src += " and not (" + " or ".join(f"({s})" for s in excs) + ")"
+        return self.make(src)
+
+    def make(self, src: str) -> Predicate:
+        code = compile(f"lambda ev: {src}", "<rule condition>", "eval")
+        fn: Predicate = eval(code, self.ns)  # source generated above; values are constants
+        return fn
+
+    def gen(self, node: Node, allowed: set[str] | None, stack: tuple[str, ...]) -> str:
+        kind = node[0]
+        if kind == "and":
+            return " and ".join(f"({self.gen(n, allowed, stack)})" for n in node[1])
+        if kind == "or":
+            return " or ".join(f"({self.gen(n, allowed, stack)})" for n in node[1])
+        if kind == "not":
+            return f"not ({self.gen(node[1], allowed, stack)})"
+        if kind == "macro":
+            name = node[1]
+            return self.gen(self.macro(name, stack), allowed, (*stack, name))
+        return self.cmp(node, allowed, stack)
+
+    def accessor(self, fname: str) -> str:
+        if fname in self.resolvers.funcs:
+            return f"{self.const(self.resolvers.funcs[fname])}(ev)"
+        return f"ev.get({fname!r})"
+
+    def cmp(self, node: Node, allowed: set[str] | None, stack: tuple[str, ...]) -> str:
+        _, fname, op, raw, pos, _is_list = node
+        where = f" (in macro {stack[-1]!r})" if stack else ""
+        if allowed is not None and fname not in allowed:
+            raise ConditionError(f"field {fname} is not carried by the rule's event types{where}", pos)
+        self.fields_used.add(fname)
+        ftype = FIELD_TYPES[fname]
+        kind = "list" if ftype.startswith(("list", "dict")) else ftype
+        ops = {"str": _STR_OPS, "int": _INT_OPS, "bool": _BOOL_OPS, "list": _LIST_OPS}[kind]
+        if op not in ops:
+            raise ConditionError(f"operator {op!r} does not apply to {fname} ({ftype}); use one of "
+                                 f"{', '.join(sorted(ops))}{where}", pos)
+        if op != "exists" and not raw:
+            raise ConditionError(f"{fname} {op}: empty value list{where}", pos)
+        if len(raw) > 1 and op not in _MULTI_OK:
+            raise ConditionError(f"{fname} {op} takes one value, got {len(raw)}{where}", pos)
+        elem = "str" if kind == "list" else kind
+        if fname == "syscall.seq" or ftype == "list[int]":
+            elem = "int"
+        values = [self.convert(text, vpos, quoted, elem, fname, op) for text, vpos, quoted in raw]
+        x = self.accessor(fname)
+        if op == "exists":
+            return f"{x} is not None"
+        v0 = values[0] if values else None
+        if kind == "list":
+            if op in ("intersects", "contains"):
+                if len(values) == 1:
+                    return f"{self.const(v0)} in ({x} or ())"
+                return f"not {self.const(frozenset(values))}.isdisjoint({x} or ())"
+            if op == "startswith":
+                return f"any(_e.startswith({self.const(tuple(values))}) for _e in ({x} or ()))"
+            rx = self.const(_glob_re(values))
+            return f"any({rx}.match(_e) is not None for _e in ({x} or ()))"
+        if op == "=":
+            return f"{x} == {self.const(v0)}"
+        if op == "!=":
+            return f"((_v := {x}) is not None and _v != {self.const(v0)})"
+        if op in ("<", "<=", ">", ">="):
+            return f"((_v := {x}) is not None and _v {op} {self.const(v0)})"
+        if op == "in":
+            return f"{x} in {self.const(frozenset(values))}"
+        if op == "anybits":
+            return f"(({x} or 0) & {self.const(v0)}) != 0"
+        if op == "allbits":
+            return f"(({x} or 0) & {self.const(v0)}) == {self.const(v0)}"
+        if op in ("startswith", "endswith"):
+            return f"({x} or '').{op}({self.const(tuple(values))})"
+        if op == "glob":
+            return f"{self.const(_glob_re(values))}.match({x} or '') is not None"
+        if op in ("contains", "icontains"):
+            if op == "contains" and len(values) == 1:
+                return f"{self.const(v0)} in ({x} or '')"
+            flags = re.IGNORECASE if op == "icontains" else 0
+            crx = re.compile("|".join(re.escape(v) for v in values), flags)
+            return f"{self.const(crx)}.search({x} or '') is not None"
+        if op == "regex":
+            try:
+                crx = re.compile("|".join(f"(?:{v})" for v in values))
+            except re.error as exc:
+                raise ConditionError(f"{fname} regex: {exc}{where}", pos) from None
+            return f"{self.const(crx)}.search({x} or '') is not None"
+        raise ConditionError(f"operator {op!r} is not implemented", pos)  # pragma: no cover
+
+    def convert(self, text: str, pos: int, quoted: bool, elem: str, fname: str, op: str) -> Any:
+        if elem == "int" or op in ("anybits", "allbits"):
+            try:
+                return int(text, 0)
+            except ValueError:
+                raise ConditionError(f"{fname} {op}: {text!r} is not an integer", pos) from None
+        if elem == "bool":
+            if text.lower() not in ("true", "false"):
+                raise ConditionError(f"{fname} {op}: {text!r} is not true or false", pos)
+            return text.lower() == "true"
+        if text == "" and op in ("startswith", "endswith", "contains", "glob"):
+            raise ConditionError(f"{fname} {op}: empty pattern would match everything", pos)
+        return text
+
+
+def _glob_re(patterns: list[str]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+
+# ---------------------------------------------------------------------------------------------- templates
+_PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+)\}")
+
+
+def template_fields(text: str) -> list[str]:
+    return _PLACEHOLDER.findall(text)
+
+
+def compile_template(text: str, resolvers: Resolvers) -> Callable[[list[Event]], str]:
+    """``"{proc.comm} read {file.path}"`` -> a function of the triggering events (the last one wins;
+    a field missing from it is taken from earlier steps). Unknown fields are rejected by the loader."""
+    parts: list[tuple[str, str | None]] = []
+    last = 0
+    for m in _PLACEHOLDER.finditer(text):
+        parts.append((text[last:m.start()], m.group(1)))
+        last = m.end()
+    tail = text[last:]
+    funcs = resolvers.funcs
+
+    def render(events: list[Event]) -> str:
+        out = []
+        for lit, name in parts:
+            out.append(lit)
+            if name is None:
+                continue
+            value: Any = None
+            for ev in reversed(events):
+                value = funcs[name](ev) if name in funcs else ev.get(name)
+                if value is not None:
+                    break
+            if isinstance(value, list):
+                value = " ".join(str(v) for v in value)
+            out.append("?" if value is None else str(value))
+        out.append(tail)
+        return "".join(out)
+
+    return render
