@@ -1,0 +1,166 @@
+"""Wire formats. Both are versioned twice: the transport format (``FORMAT_VERSION``, this module) and the event
+schema (``ravn_core.events.SCHEMA_VERSION``). A worker that meets a version it does not understand refuses
+the entry with a reason naming both versions (it goes to the dead-letter stream); it never guesses.
+
+Stream mode, one entry per batch (field names are one byte to keep entries small)::
+
+    XADD <prefix>events:{<host>} MAXLEN ~ N * v 1 s <schema> h <host> b <batch id> n <events> t <ns> d <msgpack>
+
+``d`` is msgpack of ``[keysets, rows]``: ``keysets`` lists each distinct tuple of field names in the batch
+once, and each event is a row ``(keyset index, *values)``. Field names are not repeated per event, which makes
+entries about 3x smaller than a list of maps and decoding about 1.5x faster. ``b`` is
+``<host>:<boot id>:<sequence>``, unique per batch and readable without decoding ``d`` (the agent checks it
+after a reconnect, workers drop duplicates by it).
+
+List mode, one element per batch, JSON for consumers written against the original design::
+
+    LPUSH <prefix>events:raw {"v": 1, "schema": 1, "host": ..., "id": ..., "n": ..., "ts": ..., "events": [...]}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from ravn_core.errors import DecodeError
+from ravn_core.events import SCHEMA_VERSION, Batch
+
+FORMAT_VERSION: Final = 1
+SUPPORTED_FORMATS: Final = frozenset({FORMAT_VERSION})
+SUPPORTED_SCHEMAS: Final = frozenset({SCHEMA_VERSION})
+
+
+@dataclass
+class Decoded:
+    """A batch read back from Redis."""
+
+    host: str
+    batch_id: str
+    events: Batch
+    ts_ns: int
+
+
+def stream_fields(host: str, batch_id: str, batch: Batch, ts_ns: int) -> dict[bytes, bytes]:
+    """The fields of one stream entry."""
+    return {
+        b"v": b"%d" % FORMAT_VERSION,
+        b"s": b"%d" % SCHEMA_VERSION,
+        b"h": host.encode(),
+        b"b": batch_id.encode(),
+        b"n": b"%d" % len(batch),
+        b"t": b"%d" % ts_ns,
+        b"d": pack_events(batch),
+    }
+
+
+def pack_events(batch: Batch) -> bytes:
+    """``[keysets, rows]`` as msgpack (see the module docstring)."""
+    table: dict[tuple[str, ...], int] = {}
+    rows = []
+    for event in batch:
+        keys = tuple(event)
+        idx = table.get(keys)
+        if idx is None:
+            idx = table[keys] = len(table)
+        rows.append((idx, *event.values()))
+    return msgpack.packb([list(table), rows], use_bin_type=True)
+
+
+def unpack_events(payload: bytes, n: int) -> Batch:
+    try:
+        doc = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise DecodeError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})") from None
+    if not (isinstance(doc, list) and len(doc) == 2 and isinstance(doc[0], list) and isinstance(doc[1], list)):
+        raise DecodeError("payload is not [keysets, rows]")
+    keysets, rows = doc
+    for keys in keysets:
+        if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+            raise DecodeError("a keyset is not a list of field names")
+    if len(rows) != n:
+        raise DecodeError(f"payload holds {len(rows)} events, the header says {n} (truncated?)")
+    try:
+        return [dict(zip(keysets[r[0]], r[1:], strict=True)) for r in rows]
+    except (IndexError, TypeError, ValueError) as exc:
+        raise DecodeError(f"an event row does not match its keyset ({exc})") from None
+
+
+def _version(raw: Any, what: str) -> int:
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise DecodeError(f"{what} is missing or not a number: {raw!r:.40}") from None
+
+
+def _check_versions(fmt: int, schema: int) -> None:
+    if fmt not in SUPPORTED_FORMATS:
+        raise DecodeError(
+            f"transport format version {fmt}, this worker understands {sorted(SUPPORTED_FORMATS)}; "
+            "upgrade the workers before the agents")
+    if schema not in SUPPORTED_SCHEMAS:
+        raise DecodeError(
+            f"event schema version {schema}, this worker understands {sorted(SUPPORTED_SCHEMAS)}; "
+            "upgrade the workers before the agents")
+
+
+def _check_events(events: Any, n: int) -> Batch:
+    if not isinstance(events, list):
+        raise DecodeError(f"payload is a {type(events).__name__}, not a list of events")
+    if len(events) != n:
+        raise DecodeError(f"payload holds {len(events)} events, the header says {n} (truncated?)")
+    for i, e in enumerate(events):
+        if not isinstance(e, dict):
+            raise DecodeError(f"event {i} is a {type(e).__name__}, not a mapping")
+    return events
+
+
+def decode_stream(fields: dict[bytes, bytes]) -> Decoded:
+    """Decode one stream entry; ``DecodeError`` says exactly what is wrong with it."""
+    fmt = _version(fields.get(b"v"), "format version field 'v'")
+    schema = _version(fields.get(b"s"), "schema version field 's'")
+    _check_versions(fmt, schema)
+    try:
+        host = fields[b"h"].decode()
+        batch_id = fields[b"b"].decode()
+        n = int(fields[b"n"])
+        ts = int(fields.get(b"t", b"0"))
+        payload = fields[b"d"]
+    except KeyError as exc:
+        raise DecodeError(f"field {exc.args[0]!r} is missing") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"bad header field: {exc}") from None
+    return Decoded(host, batch_id, unpack_events(payload, n), ts)
+
+
+def list_element(host: str, batch_id: str, batch: Batch, ts_ns: int) -> bytes:
+    """One list element (JSON)."""
+    doc = {"v": FORMAT_VERSION, "schema": SCHEMA_VERSION, "host": host, "id": batch_id, "n": len(batch),
+           "ts": ts_ns, "events": batch}
+    return json.dumps(doc, separators=(",", ":"), default=str).encode()
+
+
+def decode_list(raw: bytes) -> Decoded:
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"element is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise DecodeError(f"element is a JSON {type(doc).__name__}, not an object")
+    _check_versions(_version(doc.get("v"), "format version 'v'"), _version(doc.get("schema"), "schema version"))
+    try:
+        host, batch_id, n = str(doc["host"]), str(doc["id"]), int(doc["n"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DecodeError(f"bad or missing header field: {exc}") from None
+    return Decoded(host, batch_id, _check_events(doc.get("events"), n), int(doc.get("ts") or 0))
+
+
+def peek_batch_id(raw: bytes) -> str | None:
+    """The batch id of a list element without trusting the rest of it (reconnect check)."""
+    try:
+        doc = json.loads(raw)
+        return str(doc["id"]) if isinstance(doc, dict) and "id" in doc else None
+    except ValueError:
+        return None

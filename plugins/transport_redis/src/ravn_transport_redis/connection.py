@@ -1,0 +1,110 @@
+"""Building the redis-py client (standalone or cluster, AUTH, TLS, client name) and the reconnect backoff."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.retry import Retry
+
+from ravn_transport_redis.config import RedisConnection
+
+# Connection-level failures: the server is away, restarting, failing over or (AuthenticationError is a
+# ConnectionError) refusing us. Anything else is a command error.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.MasterDownError,
+    OSError,
+)
+
+
+def client_kwargs(cfg: RedisConnection, client_name: str) -> dict[str, Any]:
+    """Keyword arguments shared by ``redis.Redis`` and ``RedisCluster``.
+
+    redis-py's own retries are off: the transport decides what to resend (it knows which batches are
+    unconfirmed), and a silent retry of a pipeline of XADDs would only add duplicates.
+    """
+    kw: dict[str, Any] = {
+        "username": cfg.username,
+        "password": cfg.password.get() if cfg.password is not None else None,
+        "client_name": client_name,
+        "socket_connect_timeout": cfg.connect_timeout_s,
+        "socket_timeout": cfg.socket_timeout_s,
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if cfg.tls.enabled:
+        kw.update(
+            ssl=True,
+            ssl_ca_certs=cfg.tls.ca_file,
+            ssl_certfile=cfg.tls.cert_file,
+            ssl_keyfile=cfg.tls.key_file,
+            ssl_cert_reqs="required",
+            ssl_check_hostname=cfg.tls.check_hostname,
+        )
+    return kw
+
+
+def make_client(cfg: RedisConnection, client_name: str) -> Any:
+    """A ``redis.Redis`` or ``redis.cluster.RedisCluster``. Connects lazily (first command)."""
+    kw = client_kwargs(cfg, client_name)
+    if cfg.cluster:
+        kw.pop("health_check_interval")
+        kw["retry"] = Retry(NoBackoff(), 0)
+        if cfg.url:
+            return RedisCluster.from_url(cfg.url, require_full_coverage=True, **kw)
+        return RedisCluster(host=cfg.host, port=cfg.port, require_full_coverage=True, **kw)
+    if cfg.url:
+        if cfg.tls.enabled and cfg.url.startswith("redis://"):
+            kw.pop("ssl")  # from_url picks the connection class from the scheme; rediss:// means TLS
+            return redis.Redis.from_url("rediss://" + cfg.url[len("redis://"):], **kw)
+        if cfg.url.startswith("rediss://"):
+            kw.pop("ssl", None)
+        return redis.Redis.from_url(cfg.url, **kw)
+    return redis.Redis(host=cfg.host, port=cfg.port, db=cfg.db, **kw)
+
+
+def describe(cfg: RedisConnection) -> str:
+    """Where we connect, for logs (never the password)."""
+    if cfg.url:
+        where = cfg.url.split("@")[-1]
+    else:
+        where = f"{cfg.host}:{cfg.port}/{cfg.db}"
+    return f"{'cluster ' if cfg.cluster else ''}{'tls ' if cfg.tls.enabled else ''}{where}"
+
+
+class Backoff:
+    """Exponential backoff with jitter and a cap: delay n is ``min(cap, initial * 2**n)`` times U(0.5, 1)."""
+
+    def __init__(self, initial_s: float, max_s: float) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.failures = 0
+        self.next_try = 0.0  # monotonic time before which we do not dial again
+
+    def failed(self) -> float:
+        """Record a failure; returns the delay until the next attempt."""
+        delay = min(self.max_s, self.initial_s * (2 ** min(self.failures, 30)))
+        delay *= random.uniform(0.5, 1.0)
+        self.failures += 1
+        self.next_try = time.monotonic() + delay
+        return delay
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.next_try = 0.0
+
+    def ready(self) -> bool:
+        return time.monotonic() >= self.next_try
+
+    def remaining(self) -> float:
+        return max(0.0, self.next_try - time.monotonic())
