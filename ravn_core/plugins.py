@@ -39,6 +39,7 @@ BUILTIN_PLUGINS = (
     "ravn_core.builtin.transport_embedded",
     "ravn_core.builtin.sinks",
     "ravn_core.builtin.health",
+    "ravn_core.builtin.http",
 )
 # Cannot be blocked through RAVN_DISABLED_PLUGINS: without them the runtime cannot run or tell its state.
 ESSENTIAL_PLUGINS = ("ravn_core.builtin.transport_embedded", "ravn_core.builtin.health")
