@@ -53,8 +53,8 @@ def _t(name: str, source: str, description: str, *fields: tuple[str, str, str]) 
 
 _NET = (
     ("net.family", "str", "'ipv4' or 'ipv6'"),
-    ("net.proto", "str", "'tcp' or 'udp'"),
-    ("net.saddr", "str", "local address, text form"),
+    ("net.proto", "str", "'tcp' or 'udp' ('' when unknown: a socket created before the probe started)"),
+    ("net.saddr", "str", "local address, text form ('' when the kernel gave none, e.g. UDP connect)"),
     ("net.sport", "int", "local port"),
     ("net.daddr", "str", "remote address, text form"),
     ("net.dport", "int", "remote port"),
@@ -81,9 +81,9 @@ EVENT_TYPES: Final[dict[str, EventType]] = {
         _t("close", "ebpf_network", "TCP connection closed", *_NET),
         _t("udp_send", "ebpf_network", "first UDP datagram from a process to a new destination", *_NET),
         _t("bind", "ebpf_network", "socket bound to a local address", *_NET[:4],
-           ("net.ret", "int", "bind() result")),
+           ("net.fd", "int", "socket fd"), ("net.ret", "int", "bind() result")),
         _t("listen", "ebpf_network", "socket put into listening state", *_NET[:4],
-           ("net.backlog", "int", "listen backlog")),
+           ("net.fd", "int", "socket fd"), ("net.backlog", "int", "listen backlog")),
         # ----------------------------------------------------------------- ebpf_security
         _t("exec", "ebpf_security", "program execution (success or failure)",
            ("exec.filename", "str", "path passed to execve/execveat, or the resolved file on success"),
