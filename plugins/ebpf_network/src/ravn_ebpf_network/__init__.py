@@ -1,0 +1,1 @@
+"""RAVN network probe (``ebpf_network``): TCP connect/accept/close, UDP sends to new destinations, bind, listen."""
