@@ -103,7 +103,64 @@ struct ravn_syscall_summary {
 _Static_assert(sizeof(struct ravn_syscall_summary) == 2248, "update SyscallSummary in ravn_ebpf_syscall/decode.py");
 
 /* ========================================================================================== ebpf_security */
-/* (owned by the ebpf_security probe: add its structs here) */
+/* Owned by the ebpf_security probe (bpf/security.bpf.c, plugins/ebpf_security/src/ravn_ebpf_security/decode.py). */
+
+#define RAVN_SEC_PATH_LEN 256 /* exec filename, mount target */
+#define RAVN_SEC_ARGC 16      /* exec argv entries captured */
+#define RAVN_SEC_ARG_LEN 128  /* bytes per argv entry, NUL included */
+#define RAVN_SEC_STR_LEN 128  /* memfd name, module name, mount source */
+#define RAVN_SEC_FSTYPE_LEN 32
+
+/* ravn_exec_event.flags */
+#define RAVN_EXEC_FD 0x1         /* executed through an fd: execveat(AT_EMPTY_PATH), /proc/<pid>/fd/N, /dev/fd/N */
+#define RAVN_EXEC_MEMFD 0x2      /* ... and that fd is a memfd (fileless execution) */
+#define RAVN_EXEC_ARGV_TRUNC 0x4 /* more than RAVN_SEC_ARGC arguments (or one that could not be read) */
+#define RAVN_EXEC_NO_ARGS 0x8    /* the sys_enter was not seen (probe attached mid-exec): argv is empty */
+
+/* RAVN_EVT_EXEC: emitted at sched_process_exec (success; header taken after the exec: new comm, uid) or at
+ * sys_exit_execve/execveat (failure; header of the caller). */
+struct ravn_exec_event {
+	struct ravn_hdr hdr;
+	s32 ret;          /* 0, or -errno */
+	u32 flags;        /* RAVN_EXEC_* */
+	u32 argc;         /* argv entries filled */
+	s32 fd;           /* execveat dirfd or the N of /proc/.../fd/N; -1 */
+	char filename[RAVN_SEC_PATH_LEN];   /* success: the kernel's bprm filename; failure: the path passed */
+	char argv[RAVN_SEC_ARGC][RAVN_SEC_ARG_LEN];
+};
+_Static_assert(sizeof(struct ravn_exec_event) == 2376, "update ExecEvent in ravn_ebpf_security/decode.py");
+
+/* Every other security event: fork, exit, cred, ptrace, module, capable, memfd_create, bpf, unshare, setns, dup.
+ * `nr` is the x86_64 syscall number that produced it (0 for fork/exit/capable); args/ret per event type:
+ *   fork     args[0] child tgid, args[1] child tid
+ *   exit     args[0] wait status (-1 unknown)
+ *   cred     args[0..2] the id arguments; capset: args[0] target pid, [1] effective, [2] permitted, [3] inheritable
+ *   ptrace   args[0] request, args[1] pid, args[2] addr, args[3] data
+ *   module   args[0] fd (finit_module) or -1; str: module name (delete_module)
+ *   capable  args[0] capability, ret: 0 granted / -errno denied
+ *   memfd    args[0] flags, str: name, ret: fd or -errno
+ *   bpf      args[0] cmd
+ *   unshare  args[0] flags;  setns args[0] fd, args[1] nstype;  dup args[0] oldfd, args[1] newfd, args[2] flags */
+struct ravn_sec_event {
+	struct ravn_hdr hdr;
+	s64 args[6];
+	s64 ret;          /* syscall result (0 when the event has none) */
+	u32 nr;           /* syscall number, 0 when not from a syscall */
+	u32 nargs;        /* args[] entries meaningful */
+	char str[RAVN_SEC_STR_LEN];
+};
+_Static_assert(sizeof(struct ravn_sec_event) == 248, "update SecEvent in ravn_ebpf_security/decode.py");
+
+/* RAVN_EVT_MOUNT */
+struct ravn_mount_event {
+	struct ravn_hdr hdr;
+	s64 ret;
+	u64 flags;
+	char source[RAVN_SEC_STR_LEN];
+	char target[RAVN_SEC_PATH_LEN];
+	char fstype[RAVN_SEC_FSTYPE_LEN];
+};
+_Static_assert(sizeof(struct ravn_mount_event) == 488, "update MountEvent in ravn_ebpf_security/decode.py");
 
 /* ======================================================================================= end ebpf_security */
 

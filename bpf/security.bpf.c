@@ -1,0 +1,721 @@
+/* SPDX-License-Identifier: Apache-2.0
+ *
+ * security.bpf.c: the ebpf_security probe. Process lifecycle and privilege-relevant syscalls.
+ * Loaded by plugins/ebpf_security (ravn_ebpf_security.source.SecuritySource) through ravn_core.bpf.BccProbe,
+ * which attaches the programs below only to the tracepoints of the families the config enables. One program
+ * serves many tracepoints: ravn_sec_sys_enter / ravn_sec_sys_exit dispatch on the syscall number.
+ *
+ * What it traces:
+ *   exec     syscalls:sys_enter_execve/execveat store filename and argv (RAVN_SEC_ARGC x RAVN_SEC_ARG_LEN bytes)
+ *            per thread; sched:sched_process_exec emits successes (after the exec: new comm, new uid of a setuid
+ *            binary, the kernel's filename); sys_exit_execve/execveat emit failures with -errno.
+ *            exec.memfd: the exec went through an fd - execveat(fd, "", AT_EMPTY_PATH), which the kernel names
+ *            "/dev/fd/N" (verified: sched_process_exec does NOT show "/memfd:x (deleted)"), or a /proc/<pid>/fd/N
+ *            or /dev/fd/N path - and that fd came from memfd_create (a per-process bitmap of fds 0..127 set at
+ *            sys_exit_memfd_create and copied to new processes), or, for AT_EMPTY_PATH, the comm after the exec
+ *            starts with "memfd:" (since Linux 6.14 such an exec takes its comm from the file's dentry name).
+ *   fork     task:task_newtask (in the ravn_on_newtask program the base attaches): new thread groups only;
+ *            CLONE_THREAD children are threads and are not reported. proc.* is the creator.
+ *   exit     sched:sched_process_exit (ravn_on_exit), only when group_dead. The tracepoint carries no exit code:
+ *            it is assembled from sys_enter_exit_group / sys_enter_exit ((code & 0xff) << 8, as wait() shows it)
+ *            and signal:signal_deliver of a signal whose default action terminates (status = signal number).
+ *   cred     setuid setgid setreuid setregid setresuid setresgid setfsuid setfsgid capset: arguments and result.
+ *   ptrace   request, pid, addr, data, result.
+ *   module   init_module(175) delete_module(176) finit_module(313) through raw_syscalls:sys_enter (module_hook:
+ *            raw): this kernel has no module support, so those syscalls have no syscalls:* tracepoints.
+ *   capable  capability:cap_capable for capabilities in SEC_CAP_MASK, at most once per (process, capability,
+ *            granted/denied) per SEC_CAP_WINDOW_NS; optionally denied-only or granted-only (SEC_CAP_MODE).
+ *   memfd_create (name, flags, fd), bpf (commands in SEC_BPF_CMD_MASK), mount (source, target, fstype, flags,
+ *            result), unshare, setns, dup2/dup3 onto fd 0, 1 or 2 (filtered at sys_enter).
+ *   Calls with a result are paired: sys_enter stores the arguments in a per-thread hash (sec_pending,
+ *   sec_mount_pending, sec_exec_pending) and sys_exit emits them with the result. proc.* of a paired event is
+ *   taken at sys_enter: the identity *before* a credential change.
+ *
+ * Overhead: every syscalls:* tracepoint used here fires only for its own syscall, all rare on a server; the
+ * sched/task tracepoints fire once per exec, fork and exit. capability:cap_capable fires on every capability
+ * check - often: the overcommit check of every private writable mmap asks for CAP_SYS_ADMIN - and costs a mask
+ * test for capabilities outside SEC_CAP_MASK, an LRU lookup otherwise. signal_deliver fires once per delivered
+ * signal. The exception is module_hook: raw. A program on raw_syscalls:sys_enter runs on EVERY syscall of every
+ * process; measured on this 2-core Linux 6.18 VM even a no-op one costs ~7% on redis-benchmark, more than the
+ * <=5% budget for all four probes together. So the default is module_hook: off: module loading cannot succeed
+ * on this kernel (no CONFIG_MODULES), and the exec of insmod/modprobe is still reported by exec. Turn it on
+ * where an attempt from a custom loader (a direct init_module/finit_module call) must be caught.
+ *
+ * Caveats:
+ *   - exit.code never has the 0x80 core-dump bit, and is -1 when no traced path saw the cause (probe started
+ *     after the exit began, or a kill that bypasses signal delivery).
+ *   - exec.memfd misses a memfd fd dup'ed to another number, received over a socket or numbered >= 128 unless the
+ *     exec used AT_EMPTY_PATH (comm check). A memfd fd closed and reused for a regular file can give a false
+ *     positive for an fd exec of that number.
+ *   - argv strings that are not resident read as missing and set RAVN_EXEC_ARGV_TRUNC.
+ *   - cap_capable's cred is the one checked, usually but not always current's; proc.* is current.
+ *   - this machine's kernel headers do not match the running kernel: nothing here reads task_struct or any
+ *     kernel struct; every field comes from tracepoint arguments, user memory or helpers.
+ */
+
+/* ------------------------------------------------------------------------------------------ parameters */
+#ifndef SEC_EXEC /* exec programs and their maps */
+#define SEC_EXEC 1
+#endif
+#ifndef SEC_FORK /* fork events from ravn_on_newtask */
+#define SEC_FORK 1
+#endif
+#ifndef SEC_EXIT /* exit events from ravn_on_exit, and the exit-code maps */
+#define SEC_EXIT 1
+#endif
+#ifndef SEC_MEMFD_TRACK /* per-process memfd fd bitmap (needed by exec.memfd) */
+#define SEC_MEMFD_TRACK 1
+#endif
+#ifndef SEC_CAP_MASK /* bit n set: capability n is reported */
+#define SEC_CAP_MASK 0ULL
+#endif
+#ifndef SEC_CAP_MODE /* 0 all, 1 denied only, 2 granted only */
+#define SEC_CAP_MODE 0
+#endif
+#ifndef SEC_CAP_WINDOW_NS
+#define SEC_CAP_WINDOW_NS 1000000000ULL
+#endif
+#ifndef SEC_BPF_CMD_MASK /* bit n set: bpf command n is reported */
+#define SEC_BPF_CMD_MASK 0xffffffffffffffffULL
+#endif
+#ifndef SEC_MAX_PENDING
+#define SEC_MAX_PENDING 10240
+#endif
+
+#include "ravn_common.bpf.h"
+
+/* x86_64 syscall numbers */
+#define SEC_NR_DUP2 33
+#define SEC_NR_EXECVE 59
+#define SEC_NR_EXIT 60
+#define SEC_NR_PTRACE 101
+#define SEC_NR_SETUID 105
+#define SEC_NR_SETGID 106
+#define SEC_NR_SETREUID 113
+#define SEC_NR_SETREGID 114
+#define SEC_NR_SETRESUID 117
+#define SEC_NR_SETRESGID 119
+#define SEC_NR_SETFSUID 122
+#define SEC_NR_SETFSGID 123
+#define SEC_NR_CAPSET 126
+#define SEC_NR_MOUNT 165
+#define SEC_NR_INIT_MODULE 175
+#define SEC_NR_DELETE_MODULE 176
+#define SEC_NR_EXIT_GROUP 231
+#define SEC_NR_UNSHARE 272
+#define SEC_NR_DUP3 292
+#define SEC_NR_SETNS 308
+#define SEC_NR_FINIT_MODULE 313
+#define SEC_NR_MEMFD_CREATE 319
+#define SEC_NR_BPF 321
+#define SEC_NR_EXECVEAT 322
+
+#define SEC_AT_FDCWD -100
+#define SEC_AT_EMPTY_PATH 0x1000
+#define SEC_MEMFD_MAX_FD 128
+
+/* ------------------------------------------------------------------------------------ tracepoint args */
+/* syscalls:sys_enter_<name>: int __syscall_nr at 8, then every argument in an 8-byte slot from 16.
+ * raw_syscalls:sys_enter: long id at 8 (its low 32 bits read as nr on little-endian x86_64), args[6] at 16. */
+struct sec_enter_args {
+	u64 __common;
+	s32 nr;
+	s32 __pad;
+	u64 a[6];
+};
+
+/* syscalls:sys_exit_<name>: int __syscall_nr at 8, long ret at 16. */
+struct sec_exit_args {
+	u64 __common;
+	s32 nr;
+	s32 __pad;
+	s64 ret;
+};
+
+/* sched:sched_process_exec */
+struct sec_exec_args {
+	u64 __common;
+	u32 filename_loc; /* __data_loc char[]: offset in the low 16 bits, length in the high 16 */
+	s32 pid;
+	s32 old_pid;
+};
+
+/* signal:signal_deliver */
+struct sec_signal_args {
+	u64 __common;
+	s32 sig;
+	s32 err;
+	s32 code;
+	s32 __pad;
+	u64 sa_handler;
+	u64 sa_flags;
+};
+
+/* capability:cap_capable */
+struct sec_capable_args {
+	u64 __common;
+	u64 cred;
+	u64 target_ns;
+	u64 capable_ns;
+	s32 cap;
+	s32 ret;
+};
+
+/* ---------------------------------------------------------------------------------------------- maps */
+BPF_HASH(sec_pending, u32, struct ravn_sec_event, SEC_MAX_PENDING);
+BPF_HASH(sec_mount_pending, u32, struct ravn_mount_event, 1024);
+BPF_PERCPU_ARRAY(sec_mount_scratch, struct ravn_mount_event, 1);
+#if SEC_EXEC
+BPF_HASH(sec_exec_pending, u32, struct ravn_exec_event, 1024);
+BPF_PERCPU_ARRAY(sec_exec_scratch, struct ravn_exec_event, 1);
+#endif
+#if SEC_MEMFD_TRACK
+struct sec_fdset {
+	u64 bits[SEC_MEMFD_MAX_FD / 64];
+};
+BPF_TABLE("lru_hash", u32, struct sec_fdset, sec_memfds, 8192); /* tgid -> memfd fds */
+#endif
+#if SEC_EXIT
+BPF_TABLE("lru_hash", u32, s32, sec_group_code, 16384);  /* tgid -> wait status; the first cause wins */
+BPF_TABLE("lru_hash", u32, s32, sec_thread_code, 16384); /* tid -> wait status from exit(2) */
+#endif
+struct sec_cap_key {
+	u32 tgid;
+	u16 cap;
+	u16 denied;
+};
+BPF_TABLE("lru_hash", struct sec_cap_key, u64, sec_cap_last, 16384);
+
+/* --------------------------------------------------------------------------------------------- helpers */
+/* Emit an event that has no result to wait for. */
+static __always_inline int sec_emit(u32 type, u32 nr, s64 a0, s64 a1, s64 ret, u32 nargs, const char *ustr,
+				    u64 pid_tgid, u64 uid_gid)
+{
+	struct ravn_sec_event *e = RAVN_RESERVE(struct ravn_sec_event);
+	if (!e)
+		return 0;
+	ravn_fill_hdr(&e->hdr, pid_tgid, uid_gid, type);
+	e->args[0] = a0;
+	e->args[1] = a1;
+	e->args[2] = 0;
+	e->args[3] = 0;
+	e->args[4] = 0;
+	e->args[5] = 0;
+	e->ret = ret;
+	e->nr = nr;
+	e->nargs = nargs;
+	e->str[0] = 0;
+	if (ustr)
+		bpf_probe_read_user_str(e->str, sizeof(e->str), ustr);
+	ravn_submit(e);
+	return 0;
+}
+
+/* Store the arguments of a paired syscall for this thread; ravn_sec_sys_exit adds the result and emits. */
+static __always_inline int sec_store(u32 type, u32 nr, s64 a0, s64 a1, s64 a2, s64 a3, u32 nargs, const char *ustr,
+				     u64 pid_tgid, u64 uid_gid)
+{
+	struct ravn_sec_event e = {};
+	ravn_fill_hdr(&e.hdr, pid_tgid, uid_gid, type);
+	e.args[0] = a0;
+	e.args[1] = a1;
+	e.args[2] = a2;
+	e.args[3] = a3;
+	e.nr = nr;
+	e.nargs = nargs;
+	if (ustr)
+		bpf_probe_read_user_str(e.str, sizeof(e.str), ustr);
+	u32 tid = (u32)pid_tgid;
+	if (sec_pending.update(&tid, &e) < 0)
+		ravn_count_drop();
+	return 0;
+}
+
+#if SEC_MEMFD_TRACK
+static __always_inline int sec_is_memfd(u32 tgid, s32 fd)
+{
+	if (fd < 0 || fd >= SEC_MEMFD_MAX_FD)
+		return 0;
+	struct sec_fdset *s = sec_memfds.lookup(&tgid);
+	if (!s)
+		return 0;
+	u64 word = fd >= 64 ? s->bits[1] : s->bits[0]; /* no variable offset: the verifier loses the bound */
+	return (word >> (fd & 63)) & 1;
+}
+
+static __always_inline void sec_add_memfd(u32 tgid, s64 fd)
+{
+	if (fd < 0 || fd >= SEC_MEMFD_MAX_FD)
+		return;
+	u64 bit = 1ULL << (fd & 63);
+	struct sec_fdset *s = sec_memfds.lookup(&tgid);
+	if (s) {
+		if (fd >= 64)
+			__sync_fetch_and_or(&s->bits[1], bit);
+		else
+			__sync_fetch_and_or(&s->bits[0], bit);
+	} else {
+		struct sec_fdset n = {};
+		if (fd >= 64)
+			n.bits[1] = bit;
+		else
+			n.bits[0] = bit;
+		sec_memfds.update(&tgid, &n);
+	}
+}
+#endif
+
+/* ================================================================================================ exec */
+#if SEC_EXEC
+static __always_inline int sec_at(const char *b, int pos, char c)
+{
+	return b[pos & 63] == c;
+}
+
+/* "/dev/fd/N", "/proc/self/fd/N", "/proc/thread-self/fd/N", "/proc/<pid>/fd/N" -> N (and the process owning the
+ * fd table), else -1. The first 63 bytes are copied to the stack so every index is a constant or masked. */
+static __always_inline s32 sec_fd_path(const char *path, u32 self, u32 *owner)
+{
+	char b[64] = {};
+	bpf_probe_read_kernel(b, sizeof(b) - 1, path);
+	int pos = -1;
+	*owner = self;
+	if (b[0] != '/')
+		return -1;
+	if (b[1] == 'd' && b[2] == 'e' && b[3] == 'v' && b[4] == '/' && b[5] == 'f' && b[6] == 'd' && b[7] == '/') {
+		pos = 8;
+	} else if (b[1] == 'p' && b[2] == 'r' && b[3] == 'o' && b[4] == 'c' && b[5] == '/') {
+		if (b[6] == 's' && b[7] == 'e' && b[8] == 'l' && b[9] == 'f' && b[10] == '/') {
+			pos = 11;
+		} else if (b[6] == 't' && b[7] == 'h' && b[8] == 'r' && b[9] == 'e' && b[10] == 'a' && b[11] == 'd' &&
+			   b[12] == '-' && b[13] == 's' && b[14] == 'e' && b[15] == 'l' && b[16] == 'f' && b[17] == '/') {
+			pos = 18;
+		} else {
+			u32 pid = 0;
+			int i, slash = 0;
+#pragma unroll
+			for (i = 6; i < 17; i++) {
+				char c = b[i];
+				if (c == '/') {
+					slash = i;
+					break;
+				}
+				if (c < '0' || c > '9')
+					return -1;
+				pid = pid * 10 + (c - '0');
+			}
+			if (slash <= 6)
+				return -1;
+			*owner = pid;
+			pos = slash + 1;
+		}
+		if (!sec_at(b, pos, 'f') || !sec_at(b, pos + 1, 'd') || !sec_at(b, pos + 2, '/'))
+			return -1;
+		pos += 3;
+	}
+	s32 fd = 0;
+	int n = 0;
+#pragma unroll
+	for (int j = 0; j < 5; j++) {
+		char c = b[(pos + j) & 63];
+		if (c == 0)
+			break;
+		if (c < '0' || c > '9')
+			return -1; /* not a number, or "/dev/fd/N/relative" */
+		fd = fd * 10 + (c - '0');
+		n++;
+	}
+	if (n == 0 || n == 5)
+		return -1;
+	return fd;
+}
+
+/* Store filename and argv of an execve/execveat for this thread. Not filtered here: the filter applies to the
+ * identity after the exec (ravn_sec_exec) or to the failed caller (ravn_sec_exec_exit). */
+static __always_inline int sec_exec_store(const char *filename, const char *const *argv, s32 dirfd, s64 flags)
+{
+	u32 zero = 0;
+	struct ravn_exec_event *e = sec_exec_scratch.lookup(&zero);
+	if (!e)
+		return 0;
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 tgid = pid_tgid >> 32;
+	u32 tid = (u32)pid_tgid;
+	e->ret = 0;
+	e->flags = 0;
+	e->argc = 0;
+	e->fd = -1;
+	e->filename[0] = 0;
+	bpf_probe_read_user_str(e->filename, sizeof(e->filename), filename);
+#pragma unroll
+	for (int i = 0; i < RAVN_SEC_ARGC; i++) {
+		const char *p = 0;
+		e->argv[i][0] = 0;
+		if (e->argc == i && bpf_probe_read_user(&p, sizeof(p), &argv[i]) == 0 && p) {
+			if (bpf_probe_read_user_str(e->argv[i], RAVN_SEC_ARG_LEN, p) > 0)
+				e->argc = i + 1;
+			else
+				e->flags |= RAVN_EXEC_ARGV_TRUNC;
+		}
+	}
+	if (e->argc == RAVN_SEC_ARGC) {
+		const char *p = 0;
+		if (bpf_probe_read_user(&p, sizeof(p), &argv[RAVN_SEC_ARGC]) == 0 && p)
+			e->flags |= RAVN_EXEC_ARGV_TRUNC;
+	}
+	u32 owner = tgid;
+	s32 fd;
+	if ((flags & SEC_AT_EMPTY_PATH) && e->filename[0] == 0)
+		fd = dirfd;
+	else
+		fd = sec_fd_path(e->filename, tgid, &owner);
+	if (fd >= 0) {
+		e->fd = fd;
+		e->flags |= RAVN_EXEC_FD;
+#if SEC_MEMFD_TRACK
+		if (sec_is_memfd(owner, fd))
+			e->flags |= RAVN_EXEC_MEMFD;
+#endif
+	} else if (dirfd >= 0) {
+		e->fd = dirfd; /* execveat relative to a directory fd */
+	}
+	if (sec_exec_pending.update(&tid, e) < 0)
+		ravn_count_drop();
+	return 0;
+}
+
+/* syscalls:sys_enter_execve(filename, argv, envp) */
+int ravn_sec_execve_enter(struct sec_enter_args *args)
+{
+	return sec_exec_store((const char *)args->a[0], (const char *const *)args->a[1], SEC_AT_FDCWD, 0);
+}
+
+/* syscalls:sys_enter_execveat(fd, filename, argv, envp, flags) */
+int ravn_sec_execveat_enter(struct sec_enter_args *args)
+{
+	return sec_exec_store((const char *)args->a[1], (const char *const *)args->a[2], (s32)args->a[0],
+			      (s32)args->a[4]);
+}
+
+/* sched:sched_process_exec - success; the new image is in place (comm, and uid for a setuid binary, are new). */
+int ravn_sec_exec(struct sec_exec_args *args)
+{
+	u32 old = args->old_pid;
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u64 uid_gid = bpf_get_current_uid_gid();
+#if SEC_EXIT
+	/* de_thread() killed the other threads with SIGKILL: that is not this process's exit status */
+	u32 tgid = pid_tgid >> 32;
+	sec_group_code.delete(&tgid);
+#endif
+	struct ravn_exec_event *e = sec_exec_pending.lookup(&old);
+	if (ravn_filtered(pid_tgid, uid_gid)) {
+		if (e)
+			sec_exec_pending.delete(&old);
+		return 0;
+	}
+	if (!e) { /* sys_enter not seen (probe attached mid-exec): no argv */
+		u32 zero = 0;
+		e = sec_exec_scratch.lookup(&zero);
+		if (!e)
+			return 0;
+		e->flags = RAVN_EXEC_NO_ARGS;
+		e->argc = 0;
+		e->fd = -1;
+	}
+	ravn_fill_hdr(&e->hdr, pid_tgid, uid_gid, RAVN_EVT_EXEC);
+	e->ret = 0;
+	bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), (char *)args + (args->filename_loc & 0xffff));
+	char *c = e->hdr.comm;
+	if ((e->flags & RAVN_EXEC_FD) && c[0] == 'm' && c[1] == 'e' && c[2] == 'm' && c[3] == 'f' && c[4] == 'd' &&
+	    c[5] == ':')
+		e->flags |= RAVN_EXEC_MEMFD;
+	if (ravn_events.ringbuf_output(e, sizeof(*e), 0) < 0)
+		ravn_count_drop();
+	sec_exec_pending.delete(&old);
+	return 0;
+}
+
+/* sys_exit_execve/execveat - failure (ret != 0): the caller is still the old image. Success went out above. */
+int ravn_sec_exec_exit(struct sec_exit_args *args)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 tid = (u32)pid_tgid;
+	struct ravn_exec_event *e = sec_exec_pending.lookup(&tid);
+	if (!e)
+		return 0;
+	u64 uid_gid = bpf_get_current_uid_gid();
+	if (args->ret != 0 && !ravn_filtered(pid_tgid, uid_gid)) {
+		ravn_fill_hdr(&e->hdr, pid_tgid, uid_gid, RAVN_EVT_EXEC);
+		e->ret = args->ret;
+		if (ravn_events.ringbuf_output(e, sizeof(*e), 0) < 0)
+			ravn_count_drop();
+	}
+	sec_exec_pending.delete(&tid);
+	return 0;
+}
+#endif /* SEC_EXEC */
+
+/* ========================================================================================== fork, exit */
+/* task:task_newtask, in the parent. Threads (CLONE_THREAD) are not reported. */
+int ravn_on_newtask(struct ravn_newtask_args *args)
+{
+	if (!(args->clone_flags & RAVN_CLONE_THREAD)) {
+		u64 pid_tgid = bpf_get_current_pid_tgid();
+		u32 child = args->pid;
+#if SEC_MEMFD_TRACK
+		u32 tgid = pid_tgid >> 32;
+		struct sec_fdset *s = sec_memfds.lookup(&tgid);
+		if (s) {
+			struct sec_fdset copy = *s; /* the child's fd table starts as a copy of the parent's */
+			sec_memfds.update(&child, &copy);
+		}
+#endif
+#if SEC_FORK
+		u64 uid_gid = bpf_get_current_uid_gid();
+		if (!ravn_filtered(pid_tgid, uid_gid))
+			sec_emit(RAVN_EVT_FORK, 0, child, child, 0, 2, 0, pid_tgid, uid_gid);
+#endif
+	}
+	return ravn_track_newtask(args);
+}
+
+/* sched:sched_process_exit, for every exiting thread; the event only for the last one (group_dead). */
+int ravn_on_exit(struct ravn_exit_args *args)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 tgid = pid_tgid >> 32;
+	u32 tid = (u32)pid_tgid;
+#if SEC_EXIT
+	s32 code = -1;
+	s32 *c = sec_thread_code.lookup(&tid);
+	if (c)
+		code = *c;
+	sec_thread_code.delete(&tid);
+#endif
+	if (args->group_dead) {
+#if SEC_MEMFD_TRACK
+		sec_memfds.delete(&tgid);
+#endif
+#if SEC_EXIT
+		c = sec_group_code.lookup(&tgid);
+		if (c)
+			code = *c;
+		sec_group_code.delete(&tgid);
+		u64 uid_gid = bpf_get_current_uid_gid();
+		if (!ravn_filtered(pid_tgid, uid_gid))
+			sec_emit(RAVN_EVT_EXIT, 0, code, 0, 0, 1, 0, pid_tgid, uid_gid);
+#endif
+	}
+	return ravn_track_exit(args); /* last: the exit event above still finds the ppid */
+}
+
+#if SEC_EXIT
+/* signal:signal_deliver - a signal whose default action terminates the process is its exit status. */
+int ravn_sec_signal(struct sec_signal_args *args)
+{
+	int sig = args->sig;
+	if (args->sa_handler != 0 /* SIG_DFL */ || sig <= 0 || sig > 64)
+		return 0;
+	/* default action ignore (CHLD 17, CONT 18, URG 23, WINCH 28) or stop (STOP 19, TSTP 20, TTIN 21, TTOU 22) */
+	if ((sig >= 17 && sig <= 23) || sig == 28)
+		return 0;
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	s32 status = sig;
+	sec_group_code.insert(&tgid, &status);
+	return 0;
+}
+#endif
+
+/* ========================================================================= paired and single syscalls */
+/* capset(hdr, data): args = target pid, effective, permitted, inheritable (64 bits: both data words of v2/v3) */
+static __always_inline int sec_capset(struct sec_enter_args *args, u64 pid_tgid, u64 uid_gid)
+{
+	struct {
+		u32 version;
+		s32 pid;
+	} h = {};
+	struct {
+		u32 effective;
+		u32 permitted;
+		u32 inheritable;
+	} d[2] = {};
+	bpf_probe_read_user(&h, sizeof(h), (void *)args->a[0]);
+	if (args->a[1]) {
+		if (h.version == 0x19980330 /* _LINUX_CAPABILITY_VERSION_1: one data word */)
+			bpf_probe_read_user(&d[0], sizeof(d[0]), (void *)args->a[1]);
+		else
+			bpf_probe_read_user(&d, sizeof(d), (void *)args->a[1]);
+	}
+	return sec_store(RAVN_EVT_CRED, SEC_NR_CAPSET, h.pid, d[0].effective | ((u64)d[1].effective << 32),
+			 d[0].permitted | ((u64)d[1].permitted << 32), d[0].inheritable | ((u64)d[1].inheritable << 32),
+			 4, 0, pid_tgid, uid_gid);
+}
+
+static __always_inline int sec_mount_enter(struct sec_enter_args *args, u64 pid_tgid, u64 uid_gid)
+{
+	u32 zero = 0;
+	struct ravn_mount_event *e = sec_mount_scratch.lookup(&zero);
+	if (!e)
+		return 0;
+	ravn_fill_hdr(&e->hdr, pid_tgid, uid_gid, RAVN_EVT_MOUNT);
+	e->ret = 0;
+	e->flags = args->a[3];
+	e->source[0] = 0;
+	e->target[0] = 0;
+	e->fstype[0] = 0;
+	if (args->a[0])
+		bpf_probe_read_user_str(e->source, sizeof(e->source), (void *)args->a[0]);
+	if (args->a[1])
+		bpf_probe_read_user_str(e->target, sizeof(e->target), (void *)args->a[1]);
+	if (args->a[2])
+		bpf_probe_read_user_str(e->fstype, sizeof(e->fstype), (void *)args->a[2]);
+	u32 tid = (u32)pid_tgid;
+	if (sec_mount_pending.update(&tid, e) < 0)
+		ravn_count_drop();
+	return 0;
+}
+
+/* syscalls:sys_enter_<every traced syscall but execve/execveat>. */
+int ravn_sec_sys_enter(struct sec_enter_args *args)
+{
+	int nr = args->nr;
+#if SEC_EXIT
+	/* exit statuses are recorded for every process (filters apply to the exit event, not to this) */
+	if (nr == SEC_NR_EXIT_GROUP || nr == SEC_NR_EXIT) {
+		u64 id = bpf_get_current_pid_tgid();
+		s32 status = ((s32)args->a[0] & 0xff) << 8;
+		if (nr == SEC_NR_EXIT) {
+			u32 tid = (u32)id;
+			sec_thread_code.update(&tid, &status);
+		} else {
+			u32 tgid = id >> 32;
+			sec_group_code.insert(&tgid, &status); /* insert: a fatal signal seen first wins */
+		}
+		return 0;
+	}
+#endif
+	/* dup2/dup3 matter only onto stdin/stdout/stderr: test before anything else */
+	if ((nr == SEC_NR_DUP2 || nr == SEC_NR_DUP3) && args->a[1] > 2)
+		return 0;
+	if (nr == SEC_NR_BPF) {
+		u64 cmd = args->a[0];
+		if (cmd > 63 || !((SEC_BPF_CMD_MASK >> cmd) & 1))
+			return 0;
+	}
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u64 uid_gid = bpf_get_current_uid_gid();
+	if (ravn_filtered(pid_tgid, uid_gid))
+		return 0;
+	s64 a0 = args->a[0], a1 = args->a[1], a2 = args->a[2];
+	switch (nr) {
+	case SEC_NR_SETUID:
+	case SEC_NR_SETGID:
+	case SEC_NR_SETFSUID:
+	case SEC_NR_SETFSGID:
+		return sec_store(RAVN_EVT_CRED, nr, (s32)a0, 0, 0, 0, 1, 0, pid_tgid, uid_gid);
+	case SEC_NR_SETREUID:
+	case SEC_NR_SETREGID:
+		return sec_store(RAVN_EVT_CRED, nr, (s32)a0, (s32)a1, 0, 0, 2, 0, pid_tgid, uid_gid);
+	case SEC_NR_SETRESUID:
+	case SEC_NR_SETRESGID:
+		return sec_store(RAVN_EVT_CRED, nr, (s32)a0, (s32)a1, (s32)a2, 0, 3, 0, pid_tgid, uid_gid);
+	case SEC_NR_CAPSET:
+		return sec_capset(args, pid_tgid, uid_gid);
+	case SEC_NR_PTRACE:
+		return sec_store(RAVN_EVT_PTRACE, nr, a0, (s32)a1, a2, args->a[3], 4, 0, pid_tgid, uid_gid);
+	case SEC_NR_MEMFD_CREATE:
+		return sec_store(RAVN_EVT_MEMFD_CREATE, nr, (u32)a1, 0, 0, 0, 1, (const char *)a0, pid_tgid, uid_gid);
+	case SEC_NR_UNSHARE:
+		return sec_store(RAVN_EVT_UNSHARE, nr, a0, 0, 0, 0, 1, 0, pid_tgid, uid_gid);
+	case SEC_NR_SETNS:
+		return sec_store(RAVN_EVT_SETNS, nr, (s32)a0, (s32)a1, 0, 0, 2, 0, pid_tgid, uid_gid);
+	case SEC_NR_DUP2:
+		return sec_store(RAVN_EVT_DUP, nr, (s32)a0, (s32)a1, 0, 0, 3, 0, pid_tgid, uid_gid);
+	case SEC_NR_DUP3:
+		return sec_store(RAVN_EVT_DUP, nr, (s32)a0, (s32)a1, (s32)a2, 0, 3, 0, pid_tgid, uid_gid);
+	case SEC_NR_MOUNT:
+		return sec_mount_enter(args, pid_tgid, uid_gid);
+	case SEC_NR_BPF: /* no result wanted: emitted now */
+		return sec_emit(RAVN_EVT_BPF, nr, a0, 0, 0, 1, 0, pid_tgid, uid_gid);
+	}
+	return 0;
+}
+
+/* syscalls:sys_exit_<every paired syscall>. */
+int ravn_sec_sys_exit(struct sec_exit_args *args)
+{
+	int nr = args->nr;
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	s64 ret = args->ret;
+#if SEC_MEMFD_TRACK
+	if (nr == SEC_NR_MEMFD_CREATE) /* tracked whatever the filters say: a child may exec it */
+		sec_add_memfd(bpf_get_current_pid_tgid() >> 32, ret);
+#endif
+	if (nr == SEC_NR_MOUNT) {
+		struct ravn_mount_event *m = sec_mount_pending.lookup(&tid);
+		if (!m)
+			return 0;
+		m->ret = ret;
+		if (ravn_events.ringbuf_output(m, sizeof(*m), 0) < 0)
+			ravn_count_drop();
+		sec_mount_pending.delete(&tid);
+		return 0;
+	}
+	struct ravn_sec_event *p = sec_pending.lookup(&tid);
+	if (!p)
+		return 0;
+	if (p->nr == nr) { /* else a stale entry of a call that never returned */
+		p->ret = ret;
+		if (ravn_events.ringbuf_output(p, sizeof(*p), 0) < 0)
+			ravn_count_drop();
+	}
+	sec_pending.delete(&tid);
+	return 0;
+}
+
+/* raw_syscalls:sys_enter (module_hook: raw). Runs for EVERY syscall: the number test comes first. */
+int ravn_sec_raw_enter(struct sec_enter_args *args)
+{
+	int nr = args->nr;
+	if (nr != SEC_NR_FINIT_MODULE && nr != SEC_NR_INIT_MODULE && nr != SEC_NR_DELETE_MODULE)
+		return 0;
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u64 uid_gid = bpf_get_current_uid_gid();
+	if (ravn_filtered(pid_tgid, uid_gid))
+		return 0;
+	if (nr == SEC_NR_FINIT_MODULE) /* finit_module(fd, uargs, flags) */
+		return sec_emit(RAVN_EVT_MODULE, nr, (s32)args->a[0], args->a[2], 0, 2, 0, pid_tgid, uid_gid);
+	if (nr == SEC_NR_DELETE_MODULE) /* delete_module(name, flags) */
+		return sec_emit(RAVN_EVT_MODULE, nr, -1, args->a[1], 0, 2, (const char *)args->a[0], pid_tgid,
+				uid_gid);
+	/* init_module(image, len, uargs) */
+	return sec_emit(RAVN_EVT_MODULE, nr, -1, args->a[1], 0, 2, 0, pid_tgid, uid_gid);
+}
+
+/* capability:cap_capable */
+int ravn_sec_capable(struct sec_capable_args *args)
+{
+	int cap = args->cap;
+	if (cap < 0 || cap > 63 || !((SEC_CAP_MASK >> cap) & 1))
+		return 0;
+	int ret = args->ret;
+#if SEC_CAP_MODE == 1
+	if (ret == 0)
+		return 0;
+#elif SEC_CAP_MODE == 2
+	if (ret != 0)
+		return 0;
+#endif
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u64 uid_gid = bpf_get_current_uid_gid();
+	if (ravn_filtered(pid_tgid, uid_gid))
+		return 0;
+	struct sec_cap_key k = {.tgid = pid_tgid >> 32, .cap = cap, .denied = ret != 0};
+	u64 now = bpf_ktime_get_ns();
+	u64 *last = sec_cap_last.lookup(&k);
+	if (last && now - *last < SEC_CAP_WINDOW_NS)
+		return 0;
+	sec_cap_last.update(&k, &now);
+	return sec_emit(RAVN_EVT_CAPABLE, 0, cap, 0, ret, 1, 0, pid_tgid, uid_gid);
+}
