@@ -183,7 +183,7 @@ class ProbeFilters(PluginConfig):
     exclude_uids: list[int] = Field(default_factory=list, description="real uids never reported")
     exclude_cgroups: list[int | str] = Field(
         default_factory=list,
-        description="cgroup v2 ids, or cgroup paths (absolute, or relative to /sys/fs/cgroup), never reported")
+        description="cgroup v2 ids, or cgroup paths (absolute, or relative to the cgroup2 mount), never reported")
 
     @field_validator("exclude_comms")
     @classmethod
@@ -306,11 +306,25 @@ def descendants(roots: Iterable[int], ppids: dict[int, int]) -> set[int]:
     return seen
 
 
+def cgroup2_root() -> Path:
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts)."""
+    try:
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 2 and parts[2] == "cgroup2":
+                return Path(parts[1])
+    except OSError:
+        pass
+    return Path("/sys/fs/cgroup")
+
+
 def cgroup_id(spec: int | str) -> int:
-    """A cgroup v2 id from an id or a path (the id is the inode of the cgroup's directory)."""
+    """A cgroup v2 id from an id or a path: bpf_get_current_cgroup_id() is the inode of the cgroup's directory.
+
+    A relative path is taken under the cgroup v2 mount (``system.slice/ssh.service``)."""
     if isinstance(spec, int):
         return spec
-    path = Path(spec) if spec.startswith("/") else Path("/sys/fs/cgroup") / spec
+    path = Path(spec) if spec.startswith("/") else cgroup2_root() / spec
     try:
         return os.stat(path).st_ino
     except OSError as exc:

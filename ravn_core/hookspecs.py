@@ -110,9 +110,9 @@ def ravn_configure(config: RavnConfig) -> None:
 # ---------------------------------------------------------------------------------------------- runtime
 @hookspec
 def ravn_runtime_started(runtime: Runtime, components: list[Component]) -> None:
-    """Every component is built and every thread started.
+    """Every component is built and the sources are attached; the threads start right after it returns.
 
-    Called once by ``Runtime.start()`` on the main thread.
+    Called once by ``Runtime.start()`` on the main thread, before any component error can fire.
     :param runtime: the running runtime; read-only use (``status()``, ``stats()``), e.g. by the HTTP endpoint.
     :param components: every component, in config order (sources, transport, analyzers, sinks, probes).
     Errors: logged with the plugin's name; the runtime goes on.

@@ -254,6 +254,7 @@ class Runtime:
                 tree.seed_from_proc()
             except OSError as exc:
                 log.warning("cannot seed the process tree from /proc: %s", exc)
+        self.host.runtime_started(self, self.components())
         for slot in self.sources:
             self._spawn(f"source:{slot.name}", self._source_loop, slot)
         if self._wants("sources"):
@@ -266,7 +267,6 @@ class Runtime:
                 self._spawn(f"analysis:{i}", self._analysis_loop, slots)
             self._spawn("sink", self._sink_loop)
         self._spawn("health", self._health_loop)
-        self.host.runtime_started(self, self.components())
         log.info("RAVN running (role %s, host %s, %d sources, %d analyzers, %d sinks)", self.role, self.hostname,
                  len(self.sources), len(self.analyzers[0]) if self.analyzers else 0, len(self.sinks))
 

@@ -207,6 +207,7 @@ class CountAnalyzerConfig(PluginConfigBase):
     score: int = 60
     fail_on_batch: int = -1  # raise on this batch number (and after, fail_times times)
     fail_times: int = 1
+    sleep_s: float = 0.0  # per batch, to make backpressure
 
 
 class CountAnalyzer(Analyzer):
@@ -224,6 +225,8 @@ class CountAnalyzer(Analyzer):
         if 0 <= cfg.fail_on_batch <= self.batches and self.failures < cfg.fail_times:
             self.failures += 1
             raise ValueError(f"{self.name} analyze failure {self.failures}")
+        if cfg.sleep_s:
+            time.sleep(cfg.sleep_s)
         alerts = []
         for ev in batch:
             self.seen.append(ev.get("evt.seq", -1))

@@ -1,0 +1,128 @@
+"""Helpers for kernel tests of BCC probes (``BccProbe`` subclasses): collect events, list loaded programs,
+spawn processes outside the probe's excluded tree, put a process in a fresh cgroup v2.
+
+Used by every probe's tests/ (``from ravn_core.bpf_testing import collect, ...``). Nothing here runs at import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ravn_core.bpf import cgroup2_root
+from ravn_core.components import Source
+from ravn_core.events import Batch, Event
+
+
+def collect(source: Source, predicate: Callable[[Event], bool], *, count: int | None = None,
+            timeout_s: float = 5.0, settle_s: float = 0.0) -> Batch:
+    """Poll ``source`` until ``count`` events match ``predicate`` (or, count=None, until ``timeout_s``).
+
+    :param settle_s: keep polling this long after reaching ``count`` (to catch extra, unwanted events).
+    """
+    got: Batch = []
+    deadline = time.monotonic() + timeout_s
+    reached: float | None = None
+    while time.monotonic() < deadline:
+        got.extend(e for e in source.poll(50) if predicate(e))
+        if count is not None and len(got) >= count:
+            if reached is None:
+                reached = time.monotonic()
+            if time.monotonic() - reached >= settle_s:
+                break
+    return got
+
+
+def bpf_programs() -> dict[int, str]:
+    """id -> name of every BPF program loaded in the kernel now (``bpftool prog list -j``)."""
+    out = subprocess.run(["bpftool", "prog", "list", "-j"], capture_output=True, text=True, check=True, timeout=30)
+    return {int(p["id"]): str(p.get("name", "")) for p in json.loads(out.stdout or "[]")}
+
+
+def ravn_programs() -> dict[int, str]:
+    """Loaded programs whose name starts with ``ravn_`` (BCC names programs after their function)."""
+    return {i: n for i, n in bpf_programs().items() if n.startswith("ravn_")}
+
+
+@contextmanager
+def bystander() -> Iterator[int]:
+    """A ``sleep`` child whose pid can serve as a probe's ``ravn_pid`` so the test process itself and its other
+    children stay visible (the real RAVN excludes itself and its descendants)."""
+    proc = subprocess.Popen(["sleep", "300"])
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+ORPHAN_WORKER = r"""
+import os, sys, time
+# Orphaned worker: reads one command line per job from a FIFO, runs it, writes "done <pid>" to the reply FIFO.
+cmd_fifo, reply_fifo = sys.argv[1], sys.argv[2]
+with open(reply_fifo, "w") as r:
+    r.write(f"ready {os.getpid()}\n"); r.flush()
+    with open(cmd_fifo) as c:
+        for line in c:
+            n = int(line)
+            for _ in range(n):
+                os.getppid()
+            r.write(f"done {os.getpid()}\n"); r.flush()
+"""
+
+
+class Orphan:
+    """A Python worker that is NOT a descendant of the test process in /proc (double-forked: its parent is init or
+    a subreaper). Start it BEFORE the probe: then it is outside the excluded tree of ``ravn_pid=os.getpid()``.
+    ``run(n)`` makes it call getppid() n times. Its pid is ``self.pid``."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="ravn-orphan-"))
+        self.cmd, self.reply = self.dir / "cmd", self.dir / "reply"
+        os.mkfifo(self.cmd)
+        os.mkfifo(self.reply)
+        script = self.dir / "worker.py"
+        script.write_text(ORPHAN_WORKER)
+        subprocess.run(["sh", "-c", f'"{sys.executable}" "{script}" "{self.cmd}" "{self.reply}" </dev/null '
+                                    f">/dev/null 2>&1 &"], check=True, timeout=10)
+        self._r = open(self.reply)
+        line = self._r.readline().split()
+        self.pid = int(line[1])
+        self._w = open(self.cmd, "w")
+
+    def run(self, n: int) -> None:
+        self._w.write(f"{n}\n")
+        self._w.flush()
+        self._r.readline()
+
+    def close(self) -> None:
+        self._w.close()  # EOF ends the worker
+        self._r.close()
+        for p in (self.cmd, self.reply, self.dir / "worker.py"):
+            p.unlink(missing_ok=True)
+        self.dir.rmdir()
+
+
+@contextmanager
+def fresh_cgroup() -> Iterator[Path]:
+    """A new, empty cgroup v2 directory (removed afterwards); write a pid to ``<dir>/cgroup.procs`` to move it.
+    Its id (what bpf_get_current_cgroup_id returns for its members) is ``os.stat(dir).st_ino``."""
+    path = cgroup2_root() / f"ravn-test-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        for _ in range(50):
+            try:
+                path.rmdir()
+                break
+            except OSError:
+                time.sleep(0.05)
