@@ -68,7 +68,7 @@ class RedisTransportConfig(RedisConnection):
     maxlen: int = Field(100_000, ge=100, description="approximate MAXLEN of each stream, in batches")
     group: str = Field("ravn-analyzers", min_length=1, description="consumer group of the analyzer workers")
     consumer: str = Field(
-        "", description="consumer name; empty = <hostname>-<pid> (unique). Set a stable one to recover own work")
+        "", description="consumer name; empty = <hostname>-<pid>-<random> (unique); a stable one recovers own work")
     block_ms: int = Field(500, ge=1, le=60_000, description="how long one XREADGROUP/BLMOVE may block")
     read_count: int = Field(16, ge=1, le=1000, description="batches fetched per read")
     claim_idle_ms: int = Field(

@@ -95,7 +95,7 @@ class RedisTransport(Transport):
         self.cfg = config
         self.keys = Keys(config)
         self.boot_id = f"{int(time.time()):x}{secrets.token_hex(3)}"
-        self.consumer = config.consumer or f"{_name_part(socket.gethostname())}-{os.getpid()}"
+        self.consumer = config.consumer or f"{_name_part(socket.gethostname())}-{os.getpid()}-{secrets.token_hex(2)}"
         client_name = config.client_name or f"ravn-{_name_part(context.host)}-{os.getpid()}"
         self.client = make_client(config, client_name)
         self.where = describe(config)
