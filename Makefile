@@ -15,7 +15,7 @@ run: setup
 
 test: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy ravn_core plugins/*/src plugins/analyzers/src
+	$(VENV)/bin/mypy ravn_core plugins/*/src
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: setup

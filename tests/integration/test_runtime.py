@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ravn_core.testing import CollectSink, ListSource, run_pipeline
+from ravn_core.testing import CollectSink, run_pipeline
 
 FAST = {"restart_backoff_s": 0.02, "restart_backoff_max_s": 0.05, "error_budget": 3, "error_window_s": 60}
 
@@ -70,7 +70,7 @@ def test_backpressure_every_event_is_delivered_or_counted() -> None:
         "sources": [{"plugin": "test_source", "batches": 30, "events_per_batch": 100}],
         "analyzers": [{"plugin": "test_analyzer", "sleep_s": 0.3}],  # slower than the stage queue's 0.25 s wait
     }
-    rt, stats = run_pipeline(config, until=lambda rt: rt.sources[0].component.sent == 30 and
+    _rt, stats = run_pipeline(config, until=lambda rt: rt.sources[0].component.sent == 30 and
                              rt.counters["analyzed"] + rt.sources[0].dropped == 3000)
     assert stats["accepted"] == 3000
     assert stats["dropped"] > 0, "the queues are tiny and the analyzer slow: something must have been dropped"
@@ -100,7 +100,7 @@ def test_failing_sink_is_counted_and_restarted() -> None:
         "sinks": [{"plugin": "test_sink", "fail_times": 1}],
     }
     before = len(CollectSink.instances)
-    rt, stats = run_pipeline(config, until=lambda rt: rt.counters["analyzed"] == 50 and rt.sinkq.qsize() == 0)
+    _rt, stats = run_pipeline(config, until=lambda rt: rt.counters["analyzed"] == 50 and rt.sinkq.qsize() == 0)
     sink = CollectSink.instances[before]
     assert sink.failures == 1
     # alerts that reach a sink while it waits out its restart backoff are counted as dropped for that sink
