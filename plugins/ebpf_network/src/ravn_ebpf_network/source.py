@@ -9,7 +9,6 @@ from pydantic import Field
 
 from ravn_core.bpf import BccProbe, BccProbeConfig
 from ravn_core.events import Event
-
 from ravn_ebpf_network.decode import make_decoders
 
 
