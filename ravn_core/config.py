@@ -288,7 +288,8 @@ def validate(
         return ComponentSpec(kind, name, section.plugin, model, reg)
 
     def build_list(kind: str, sections: list[Section]) -> list[ComponentSpec]:
-        specs = [build(kind, s, (kind, i)) for i, s in enumerate(sections) if s.enabled]
+        # Disabled sections are validated too (a typo is an error either way) but not built.
+        specs = [spec for i, s in enumerate(sections) if (spec := build(kind, s, (kind, i))) and s.enabled]
         seen: dict[str, int] = {}
         for i, spec in enumerate(specs):
             if spec.name in seen:
