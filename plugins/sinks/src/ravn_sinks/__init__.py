@@ -1,0 +1,1 @@
+"""RAVN operator sinks: ``webhook``, ``syslog`` and ``falco`` (see ``ravn_sinks.plugin``)."""
