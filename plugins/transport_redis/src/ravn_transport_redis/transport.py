@@ -131,6 +131,8 @@ class RedisTransport(Transport):
         self._inflight: set[tuple[str, Any]] = set()
         self._failed_acks: list[Token] = []
         self._heartbeat: threading.Thread | None = None
+        self._backlog = 0
+        self._backlog_at = 0.0
 
     # ============================================================================================ agent side
     def publish(self, host: str, batch: Batch) -> None:
@@ -215,6 +217,8 @@ class RedisTransport(Transport):
         if self._send_connected or self._send_backoff.failures in (2, 10) or self._send_backoff.failures % 100 == 0:
             self.log.warning("redis %s: %s; spooling, next try in %.2fs (attempt %d)", self.where,
                              self._last_error, delay, self._send_backoff.failures)
+        if self._send_connected:  # what waits in the spool now waits for a reconnect
+            self.counters["spooled"] += len(self._spool)
         self._send_connected = False
 
     def _register(self, key: str) -> None:
@@ -549,7 +553,7 @@ class RedisTransport(Transport):
                 counts = [p[0]["times_delivered"] if p else 0 for p in pipe.execute()]
                 for (eid, fields), times in zip(claimed, counts, strict=True):
                     if times > self.cfg.max_deliveries:
-                        self._dead_letter(key, eid, fields, f"delivered {times} times without an ack (poison batch?)")
+                        self._dead_letter(key, eid, fields, f"delivered {times} times without an ack (max_deliveries {self.cfg.max_deliveries}): poison batch?")
                         continue
                     self.counters["reclaimed"] += 1
                     with self._lock:
@@ -607,8 +611,28 @@ class RedisTransport(Transport):
 
     # ============================================================================================ lifecycle
     def pending(self) -> int:
+        """Batches in the spool, fetched and not handed out, and (once this instance consumes) not yet
+        delivered to any worker (stream: the group's ``lag``; list: LLEN). Cached for 100 ms; never raises."""
         with self._lock:
-            return len(self._spool) + len(self._ready)
+            local = len(self._spool) + len(self._ready)
+        if not self._worker_ready:
+            return local
+        now = time.monotonic()
+        if now - self._backlog_at > 0.1:
+            self._backlog_at = now
+            try:
+                if self.cfg.mode == "list":
+                    self._backlog = int(self.client.llen(self.keys.list))
+                else:
+                    self._backlog = 0
+                    for key in list(self._streams):
+                        for g in self.client.xinfo_groups(key):
+                            name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+                            if name == self.cfg.group:
+                                self._backlog += int(g.get("lag") or 0)
+            except _CLOSE_ERRORS:
+                pass
+        return local + self._backlog
 
     def health(self) -> Health:
         c = dict(self.counters)
