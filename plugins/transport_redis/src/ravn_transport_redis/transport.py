@@ -553,7 +553,8 @@ class RedisTransport(Transport):
                 counts = [p[0]["times_delivered"] if p else 0 for p in pipe.execute()]
                 for (eid, fields), times in zip(claimed, counts, strict=True):
                     if times > self.cfg.max_deliveries:
-                        self._dead_letter(key, eid, fields, f"delivered {times} times without an ack (max_deliveries {self.cfg.max_deliveries}): poison batch?")
+                        reason = f"delivered {times} times without an ack (max_deliveries {self.cfg.max_deliveries})"
+                        self._dead_letter(key, eid, fields, reason + ": poison batch?")
                         continue
                     self.counters["reclaimed"] += 1
                     with self._lock:
