@@ -529,7 +529,7 @@ int ravn_sec_signal(struct sec_signal_args *args)
 
 /* ========================================================================= paired and single syscalls */
 /* capset(hdr, data): args = target pid, effective, permitted, inheritable (64 bits: both data words of v2/v3) */
-static __always_inline int sec_capset(struct sec_enter_args *args, u64 pid_tgid, u64 uid_gid)
+static __always_inline int sec_capset(const u64 *a, u64 pid_tgid, u64 uid_gid)
 {
 	struct {
 		u32 version;
@@ -540,19 +540,19 @@ static __always_inline int sec_capset(struct sec_enter_args *args, u64 pid_tgid,
 		u32 permitted;
 		u32 inheritable;
 	} d[2] = {};
-	bpf_probe_read_user(&h, sizeof(h), (void *)args->a[0]);
-	if (args->a[1]) {
+	bpf_probe_read_user(&h, sizeof(h), (void *)a[0]);
+	if (a[1]) {
 		if (h.version == 0x19980330 /* _LINUX_CAPABILITY_VERSION_1: one data word */)
-			bpf_probe_read_user(&d[0], sizeof(d[0]), (void *)args->a[1]);
+			bpf_probe_read_user(&d[0], sizeof(d[0]), (void *)a[1]);
 		else
-			bpf_probe_read_user(&d, sizeof(d), (void *)args->a[1]);
+			bpf_probe_read_user(&d, sizeof(d), (void *)a[1]);
 	}
 	return sec_store(RAVN_EVT_CRED, SEC_NR_CAPSET, h.pid, d[0].effective | ((u64)d[1].effective << 32),
 			 d[0].permitted | ((u64)d[1].permitted << 32), d[0].inheritable | ((u64)d[1].inheritable << 32),
 			 4, 0, pid_tgid, uid_gid);
 }
 
-static __always_inline int sec_mount_enter(struct sec_enter_args *args, u64 pid_tgid, u64 uid_gid)
+static __always_inline int sec_mount_enter(const u64 *a, u64 pid_tgid, u64 uid_gid)
 {
 	u32 zero = 0;
 	struct ravn_mount_event *e = sec_mount_scratch.lookup(&zero);
@@ -560,31 +560,36 @@ static __always_inline int sec_mount_enter(struct sec_enter_args *args, u64 pid_
 		return 0;
 	ravn_fill_hdr(&e->hdr, pid_tgid, uid_gid, RAVN_EVT_MOUNT);
 	e->ret = 0;
-	e->flags = args->a[3];
+	e->flags = a[3];
 	e->source[0] = 0;
 	e->target[0] = 0;
 	e->fstype[0] = 0;
-	if (args->a[0])
-		bpf_probe_read_user_str(e->source, sizeof(e->source), (void *)args->a[0]);
-	if (args->a[1])
-		bpf_probe_read_user_str(e->target, sizeof(e->target), (void *)args->a[1]);
-	if (args->a[2])
-		bpf_probe_read_user_str(e->fstype, sizeof(e->fstype), (void *)args->a[2]);
+	if (a[0])
+		bpf_probe_read_user_str(e->source, sizeof(e->source), (void *)a[0]);
+	if (a[1])
+		bpf_probe_read_user_str(e->target, sizeof(e->target), (void *)a[1]);
+	if (a[2])
+		bpf_probe_read_user_str(e->fstype, sizeof(e->fstype), (void *)a[2]);
 	u32 tid = (u32)pid_tgid;
 	if (sec_mount_pending.update(&tid, e) < 0)
 		ravn_count_drop();
 	return 0;
 }
 
-/* syscalls:sys_enter_<every traced syscall but execve/execveat>. */
+/* syscalls:sys_enter_<every traced syscall but execve/execveat>.
+ * The arguments are copied with bpf_probe_read_kernel, not read as ctx fields: the kernel refuses to attach a
+ * program whose direct ctx reads go past the record of the tracepoint (exit_group's record has one argument,
+ * mount's five), and this one program serves them all. Slots past the syscall's arguments are garbage. */
 int ravn_sec_sys_enter(struct sec_enter_args *args)
 {
 	int nr = args->nr;
+	u64 a[6] = {};
+	bpf_probe_read_kernel(a, sizeof(a), (void *)((u64)args + 16 /* offset of a[] */));
 #if SEC_EXIT
 	/* exit statuses are recorded for every process (filters apply to the exit event, not to this) */
 	if (nr == SEC_NR_EXIT_GROUP || nr == SEC_NR_EXIT) {
 		u64 id = bpf_get_current_pid_tgid();
-		s32 status = ((s32)args->a[0] & 0xff) << 8;
+		s32 status = ((s32)a[0] & 0xff) << 8;
 		if (nr == SEC_NR_EXIT) {
 			u32 tid = (u32)id;
 			sec_thread_code.update(&tid, &status);
@@ -596,10 +601,10 @@ int ravn_sec_sys_enter(struct sec_enter_args *args)
 	}
 #endif
 	/* dup2/dup3 matter only onto stdin/stdout/stderr: test before anything else */
-	if ((nr == SEC_NR_DUP2 || nr == SEC_NR_DUP3) && args->a[1] > 2)
+	if ((nr == SEC_NR_DUP2 || nr == SEC_NR_DUP3) && (u32)a[1] > 2)
 		return 0;
 	if (nr == SEC_NR_BPF) {
-		u64 cmd = args->a[0];
+		u64 cmd = (u32)a[0];
 		if (cmd > 63 || !((SEC_BPF_CMD_MASK >> cmd) & 1))
 			return 0;
 	}
@@ -607,7 +612,7 @@ int ravn_sec_sys_enter(struct sec_enter_args *args)
 	u64 uid_gid = bpf_get_current_uid_gid();
 	if (ravn_filtered(pid_tgid, uid_gid))
 		return 0;
-	s64 a0 = args->a[0], a1 = args->a[1], a2 = args->a[2];
+	s64 a0 = a[0], a1 = a[1], a2 = a[2];
 	switch (nr) {
 	case SEC_NR_SETUID:
 	case SEC_NR_SETGID:
@@ -621,9 +626,9 @@ int ravn_sec_sys_enter(struct sec_enter_args *args)
 	case SEC_NR_SETRESGID:
 		return sec_store(RAVN_EVT_CRED, nr, (s32)a0, (s32)a1, (s32)a2, 0, 3, 0, pid_tgid, uid_gid);
 	case SEC_NR_CAPSET:
-		return sec_capset(args, pid_tgid, uid_gid);
+		return sec_capset(a, pid_tgid, uid_gid);
 	case SEC_NR_PTRACE:
-		return sec_store(RAVN_EVT_PTRACE, nr, a0, (s32)a1, a2, args->a[3], 4, 0, pid_tgid, uid_gid);
+		return sec_store(RAVN_EVT_PTRACE, nr, a0, (s32)a1, a2, a[3], 4, 0, pid_tgid, uid_gid);
 	case SEC_NR_MEMFD_CREATE:
 		return sec_store(RAVN_EVT_MEMFD_CREATE, nr, (u32)a1, 0, 0, 0, 1, (const char *)a0, pid_tgid, uid_gid);
 	case SEC_NR_UNSHARE:
@@ -635,9 +640,9 @@ int ravn_sec_sys_enter(struct sec_enter_args *args)
 	case SEC_NR_DUP3:
 		return sec_store(RAVN_EVT_DUP, nr, (s32)a0, (s32)a1, (s32)a2, 0, 3, 0, pid_tgid, uid_gid);
 	case SEC_NR_MOUNT:
-		return sec_mount_enter(args, pid_tgid, uid_gid);
+		return sec_mount_enter(a, pid_tgid, uid_gid);
 	case SEC_NR_BPF: /* no result wanted: emitted now */
-		return sec_emit(RAVN_EVT_BPF, nr, a0, 0, 0, 1, 0, pid_tgid, uid_gid);
+		return sec_emit(RAVN_EVT_BPF, nr, (s32)a0, 0, 0, 1, 0, pid_tgid, uid_gid);
 	}
 	return 0;
 }

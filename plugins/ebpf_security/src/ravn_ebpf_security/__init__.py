@@ -1,0 +1,1 @@
+"""RAVN's security probe (``ebpf_security``): process lifecycle and privilege-relevant syscalls from BPF."""

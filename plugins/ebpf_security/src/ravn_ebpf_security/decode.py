@@ -1,0 +1,228 @@
+"""ctypes mirrors of the security probe's structs in ``bpf/include/ravn_events.h`` and their decoders.
+
+Each decoder turns one ring-buffer record into a flat event dict (``ravn_core/events.py`` schema). Header fields
+come from ``BccProbe.event_header()``; the rest from the record.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from typing import Any, Final
+
+from ravn_core.bpf import EVENT_TYPE_IDS, Decoder, RavnHdr, unpacker
+from ravn_core.events import Event
+from ravn_ebpf_security.names import (
+    CRED_CALLS,
+    MODULE_CALLS,
+    bpf_command_name,
+    capability_name,
+    ptrace_request_name,
+)
+
+PATH_LEN: Final = 256  # RAVN_SEC_PATH_LEN
+ARGC: Final = 16  # RAVN_SEC_ARGC
+ARG_LEN: Final = 128  # RAVN_SEC_ARG_LEN
+STR_LEN: Final = 128  # RAVN_SEC_STR_LEN
+FSTYPE_LEN: Final = 32  # RAVN_SEC_FSTYPE_LEN
+
+# ravn_exec_event.flags
+EXEC_FD: Final = 0x1
+EXEC_MEMFD: Final = 0x2
+EXEC_ARGV_TRUNC: Final = 0x4
+EXEC_NO_ARGS: Final = 0x8
+
+
+class ExecEvent(ctypes.Structure):
+    """``struct ravn_exec_event`` (2376 bytes). ``argv`` is ``char[16][128]``, mirrored flat."""
+
+    _fields_ = [
+        ("hdr", RavnHdr),
+        ("ret", ctypes.c_int32),
+        ("flags", ctypes.c_uint32),
+        ("argc", ctypes.c_uint32),
+        ("fd", ctypes.c_int32),
+        ("filename", ctypes.c_char * PATH_LEN),
+        ("argv", ctypes.c_char * (ARGC * ARG_LEN)),
+    ]
+
+
+class SecEvent(ctypes.Structure):
+    """``struct ravn_sec_event`` (248 bytes): fork, exit, cred, ptrace, module, capable, memfd_create, bpf,
+    unshare, setns, dup."""
+
+    _fields_ = [
+        ("hdr", RavnHdr),
+        ("args", ctypes.c_int64 * 6),
+        ("ret", ctypes.c_int64),
+        ("nr", ctypes.c_uint32),
+        ("nargs", ctypes.c_uint32),
+        ("str", ctypes.c_char * STR_LEN),
+    ]
+
+
+class MountEvent(ctypes.Structure):
+    """``struct ravn_mount_event`` (488 bytes)."""
+
+    _fields_ = [
+        ("hdr", RavnHdr),
+        ("ret", ctypes.c_int64),
+        ("flags", ctypes.c_uint64),
+        ("source", ctypes.c_char * STR_LEN),
+        ("target", ctypes.c_char * PATH_LEN),
+        ("fstype", ctypes.c_char * FSTYPE_LEN),
+    ]
+
+
+#: C struct name -> mirror, checked by the ABI test
+MIRRORS: Final[dict[str, type[ctypes.Structure]]] = {
+    "ravn_exec_event": ExecEvent,
+    "ravn_sec_event": SecEvent,
+    "ravn_mount_event": MountEvent,
+}
+#: #defines of the security section the decoders rely on (checked by the ABI test)
+CONSTANTS: Final[dict[str, int]] = {
+    "RAVN_SEC_PATH_LEN": PATH_LEN, "RAVN_SEC_ARGC": ARGC, "RAVN_SEC_ARG_LEN": ARG_LEN, "RAVN_SEC_STR_LEN": STR_LEN,
+    "RAVN_SEC_FSTYPE_LEN": FSTYPE_LEN, "RAVN_EXEC_FD": EXEC_FD, "RAVN_EXEC_MEMFD": EXEC_MEMFD,
+    "RAVN_EXEC_ARGV_TRUNC": EXEC_ARGV_TRUNC, "RAVN_EXEC_NO_ARGS": EXEC_NO_ARGS,
+}
+
+Header = Callable[[tuple[Any, ...]], Event]
+
+
+def _str(b: bytes) -> str:
+    return b.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def exec_decoder(header: Header) -> Decoder:
+    """``ravn_exec_event`` -> exec event."""
+    unpack = unpacker(ExecEvent).unpack
+
+    def decode(buf: bytes) -> Event:
+        v = unpack(buf)  # 9 header values, ret, flags, argc, fd, filename, argv
+        ev = header(v)
+        argc = min(v[11], ARGC)
+        argv = v[14]
+        ev["exec.filename"] = _str(v[13])
+        ev["exec.argv"] = [_str(argv[i * ARG_LEN:(i + 1) * ARG_LEN]) for i in range(argc)]
+        ev["exec.ret"] = v[9]
+        ev["exec.memfd"] = bool(v[10] & EXEC_MEMFD)
+        return ev
+
+    return decode
+
+
+def mount_decoder(header: Header) -> Decoder:
+    """``ravn_mount_event`` -> mount event."""
+    unpack = unpacker(MountEvent).unpack
+
+    def decode(buf: bytes) -> Event:
+        v = unpack(buf)  # 9 header values, ret, flags, source, target, fstype
+        ev = header(v)
+        ev["mount.source"] = _str(v[11])
+        ev["mount.target"] = _str(v[12])
+        ev["mount.fstype"] = _str(v[13])
+        ev["mount.flags"] = v[10]
+        ev["mount.ret"] = v[9]
+        return ev
+
+    return decode
+
+
+# positions in the unpacked SecEvent tuple
+_A0, _A1, _A2, _A3 = 9, 10, 11, 12
+_RET, _NR, _NARGS, _STR = 15, 16, 17, 18
+
+Fields = Callable[[tuple[Any, ...], Event], None]
+
+
+def _fork(v: tuple[Any, ...], ev: Event) -> None:
+    ev["fork.child_pid"] = v[_A0]
+    ev["fork.child_tid"] = v[_A1]
+
+
+def _exit(v: tuple[Any, ...], ev: Event) -> None:
+    ev["exit.code"] = v[_A0]
+
+
+def _cred(v: tuple[Any, ...], ev: Event) -> None:
+    nr = v[_NR]
+    ev["cred.call"] = CRED_CALLS.get(nr, str(nr))
+    ev["cred.args"] = list(v[_A0:_A0 + min(v[_NARGS], 4)])
+    ev["cred.ret"] = v[_RET]
+
+
+def _ptrace(v: tuple[Any, ...], ev: Event) -> None:
+    ev["ptrace.request"] = v[_A0]
+    ev["ptrace.request_name"] = ptrace_request_name(v[_A0])
+    ev["ptrace.target"] = v[_A1]
+    ev["ptrace.ret"] = v[_RET]
+
+
+def _module(v: tuple[Any, ...], ev: Event) -> None:
+    nr = v[_NR]
+    ev["module.call"] = MODULE_CALLS.get(nr, str(nr))
+    ev["module.name"] = _str(v[_STR])
+    ev["module.fd"] = v[_A0]
+
+
+def _capable(v: tuple[Any, ...], ev: Event) -> None:
+    ev["cap.id"] = v[_A0]
+    ev["cap.name"] = capability_name(v[_A0])
+    ev["cap.ret"] = v[_RET]
+
+
+def _memfd(v: tuple[Any, ...], ev: Event) -> None:
+    ev["memfd.name"] = _str(v[_STR])
+    ev["memfd.flags"] = v[_A0]
+    ev["memfd.fd"] = v[_RET]
+
+
+def _bpf(v: tuple[Any, ...], ev: Event) -> None:
+    ev["bpf.cmd"] = v[_A0]
+    ev["bpf.cmd_name"] = bpf_command_name(v[_A0])
+
+
+def _unshare(v: tuple[Any, ...], ev: Event) -> None:
+    ev["ns.flags"] = v[_A0]
+    ev["ns.ret"] = v[_RET]
+
+
+def _setns(v: tuple[Any, ...], ev: Event) -> None:
+    ev["ns.fd"] = v[_A0]
+    ev["ns.flags"] = v[_A1]
+    ev["ns.ret"] = v[_RET]
+
+
+def _dup(v: tuple[Any, ...], ev: Event) -> None:
+    ev["dup.oldfd"] = v[_A0]
+    ev["dup.newfd"] = v[_A1]
+    ev["dup.ret"] = v[_RET]
+
+
+#: event type carried by ravn_sec_event -> its field builder
+SEC_FIELDS: Final[dict[str, Fields]] = {
+    "fork": _fork, "exit": _exit, "cred": _cred, "ptrace": _ptrace, "module": _module, "capable": _capable,
+    "memfd_create": _memfd, "bpf": _bpf, "unshare": _unshare, "setns": _setns, "dup": _dup,
+}
+
+
+def sec_decoder(header: Header, fields: Fields) -> Decoder:
+    """``ravn_sec_event`` -> the event of one type (``fields`` adds its fields)."""
+    unpack = unpacker(SecEvent).unpack
+
+    def decode(buf: bytes) -> Event:
+        v = unpack(buf)  # 9 header values, args[6], ret, nr, nargs, str
+        ev = header(v)
+        fields(v, ev)
+        return ev
+
+    return decode
+
+
+def decoders(header: Header) -> dict[int, Decoder]:
+    """Event type id -> decoder, for every event type the probe emits."""
+    out = {EVENT_TYPE_IDS["exec"]: exec_decoder(header), EVENT_TYPE_IDS["mount"]: mount_decoder(header)}
+    for name, fields in SEC_FIELDS.items():
+        out[EVENT_TYPE_IDS[name]] = sec_decoder(header, fields)
+    return out

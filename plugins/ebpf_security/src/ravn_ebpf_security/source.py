@@ -1,0 +1,86 @@
+"""SecuritySource: the ``ebpf_security`` probe (BPF side: ``bpf/security.bpf.c``)."""
+
+from __future__ import annotations
+
+from ravn_core.bpf import BccProbe, Decoder
+from ravn_ebpf_security.config import SecurityConfig
+from ravn_ebpf_security.decode import decoders
+
+CRED_SYSCALLS = ("setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid", "setfsgid",
+                 "capset")
+
+ENTER, EXIT = "ravn_sec_sys_enter", "ravn_sec_sys_exit"
+
+
+def _paired(*syscalls: str) -> list[tuple[str, str]]:
+    out = []
+    for sc in syscalls:
+        out += [(ENTER, f"syscalls:sys_enter_{sc}"), (EXIT, f"syscalls:sys_exit_{sc}")]
+    return out
+
+
+class SecuritySource(BccProbe):
+    """Process lifecycle (exec, fork, exit) and privilege-relevant syscalls, filtered in the kernel."""
+
+    plugin = "ebpf_security"
+    package = "ravn_ebpf_security"
+    bpf_file = "security.bpf.c"
+    config: SecurityConfig
+
+    def probe_cflags(self) -> list[str]:
+        c = self.config
+        return [
+            f"-DSEC_EXEC={int(c.enabled('exec'))}",
+            f"-DSEC_FORK={int(c.enabled('fork'))}",
+            f"-DSEC_EXIT={int(c.enabled('exit'))}",
+            f"-DSEC_MEMFD_TRACK={int(c.enabled('exec'))}",
+            f"-DSEC_CAP_MASK={c.capability_mask():#x}ULL",
+            f"-DSEC_CAP_MODE={('all', 'denied', 'granted').index(c.capable_report)}",
+            f"-DSEC_CAP_WINDOW_NS={c.capable_window_ms * 1_000_000}ULL",
+            f"-DSEC_BPF_CMD_MASK={c.bpf_command_mask():#x}ULL",
+            f"-DSEC_MAX_PENDING={c.max_pending}",
+        ]
+
+    def tracepoints(self) -> list[tuple[str, str]]:
+        """Only the tracepoints of the enabled event types (fork/exit events ride on the base's programs)."""
+        c = self.config
+        tps: list[tuple[str, str]] = []
+        if c.enabled("exec"):
+            tps += [
+                ("ravn_sec_execve_enter", "syscalls:sys_enter_execve"),
+                ("ravn_sec_execveat_enter", "syscalls:sys_enter_execveat"),
+                ("ravn_sec_exec_exit", "syscalls:sys_exit_execve"),
+                ("ravn_sec_exec_exit", "syscalls:sys_exit_execveat"),
+                ("ravn_sec_exec", "sched:sched_process_exec"),
+                (EXIT, "syscalls:sys_exit_memfd_create"),  # memfd fd tracking for exec.memfd
+            ]
+        if c.enabled("exit"):
+            tps += [
+                (ENTER, "syscalls:sys_enter_exit_group"),
+                (ENTER, "syscalls:sys_enter_exit"),
+                ("ravn_sec_signal", "signal:signal_deliver"),
+            ]
+        if c.enabled("cred"):
+            tps += _paired(*CRED_SYSCALLS)
+        if c.enabled("ptrace"):
+            tps += _paired("ptrace")
+        if c.enabled("module"):
+            tps.append(("ravn_sec_raw_enter", "raw_syscalls:sys_enter"))
+        if c.enabled("capable") and c.capabilities:
+            tps.append(("ravn_sec_capable", "capability:cap_capable"))
+        if c.enabled("memfd_create"):
+            tps += _paired("memfd_create")
+        if c.enabled("bpf") and c.bpf_commands:
+            tps.append((ENTER, "syscalls:sys_enter_bpf"))
+        if c.enabled("mount"):
+            tps += _paired("mount")
+        if c.enabled("unshare"):
+            tps += _paired("unshare")
+        if c.enabled("setns"):
+            tps += _paired("setns")
+        if c.enabled("dup"):
+            tps += _paired("dup2", "dup3")
+        return list(dict.fromkeys(tps))  # one attachment per tracepoint
+
+    def decoders(self) -> dict[int, Decoder]:
+        return decoders(self.event_header())
