@@ -175,15 +175,15 @@ def test_component_over_its_error_budget_is_quarantined_while_the_rest_runs_on()
 
 
 # ---------------------------------------------------------------------------------------------- memory
-def test_memory_over_the_limit_alerts_through_the_sinks_and_trims_caches() -> None:
+def test_memory_over_the_limit_alerts_through_the_sinks_and_trims_caches(tmp_path: Path) -> None:
     from ravn_core.builtin.health import rss_bytes
 
     limit_mb = max(1.0, rss_bytes() / 1048576 / 2)  # well below what this process already uses
     config = {"ravn": {**FAST, "memory_limit_mb": limit_mb},
               "sources": [{"plugin": "paced_source", "batches_per_s": 20}],
               "analyzers": [{"plugin": "test_analyzer"}], "sinks": [{"plugin": "test_sink"}]}
-    rt = Runtime(validate({**config, "ravn": {"state_dir": "/tmp/ravn-test-mem", **config["ravn"]}},
-                          host().registries()), host())
+    h = host()
+    rt = Runtime(validate({**config, "ravn": {"state_dir": str(tmp_path), **config["ravn"]}}, h.registries()), h)
     rt.start()
     try:
         tree = rt.trees[rt.hostname]
