@@ -48,6 +48,9 @@ class RulesConfig(PluginConfig):
     disabled_rules: list[str] = Field(default_factory=list, description="names of rules not to run")
     score_overrides: dict[str, int] = Field(default_factory=dict, description="rule name -> score (0-100)")
     lists: dict[str, list[str | int]] = Field(default_factory=dict, description="list name -> items (replaces)")
+    append_lists: dict[str, list[str | int]] = Field(
+        default_factory=dict, description="list name -> items added to the list (e.g. a watched temp dir)"
+    )
     macros: dict[str, str] = Field(default_factory=dict, description="macro name -> condition (replaces)")
     exceptions: dict[str, list[str]] = Field(
         default_factory=dict, description="rule name -> extra exception conditions (allowlist entries)"
@@ -135,7 +138,8 @@ class RulesAnalyzer(Analyzer):
         c = self.config
         return load_rules(
             list(self._paths()), disabled=set(c.disabled_rules), score_overrides=c.score_overrides,
-            list_overrides=dict(c.lists), macro_overrides=c.macros, extra_exceptions=c.exceptions,
+            list_overrides=dict(c.lists), append_lists=dict(c.append_lists), macro_overrides=c.macros,
+            extra_exceptions=c.exceptions,
         )
 
     def _install(self, ruleset: RuleSet) -> None:
@@ -198,10 +202,11 @@ class RulesAnalyzer(Analyzer):
         return ts / 1e9 if isinstance(ts, int) and ts > 0 else ctx.now
 
     def _key(self, rule: Rule, ev: Event, ctx: BatchContext) -> Any:
-        if rule.by == "host":
+        by = rule.step_by.get(ev.get("evt.type"), rule.by) if rule.step_by else rule.by  # type: ignore[arg-type]
+        if by == "host":
             return ctx.host
         funcs = self.ruleset.resolvers.funcs
-        return funcs[rule.by](ev) if rule.by in funcs else ev.get(rule.by)
+        return funcs[by](ev) if by in funcs else ev.get(by)
 
     def _on_simple(self, rule: Rule, ev: Event, ctx: BatchContext) -> Alert | None:
         return self._alert(rule, [ev], ctx)

