@@ -231,3 +231,21 @@ def test_consume_from_several_threads(redis_server: RedisServer, make_transport:
     for t in threads:
         t.join()
     assert sorted(seen) == list(range(1000))
+
+
+def test_prefetched_entries_reclaimed_by_another_worker_are_not_processed_twice(
+        redis_server: RedisServer, make_transport: Made) -> None:
+    agent = make_transport(redis_server)
+    for b in batches("h1", 0, 8, 10):
+        agent.publish("h1", b)
+    agent.flush(5)
+    slow = make_transport(redis_server, host="slow", read_count=8, claim_idle_ms=300)
+    d = slow.consume(2)
+    assert d is not None
+    slow.ack(d)  # the first batch is done; 7 more wait in slow's local queue
+    time.sleep(0.4)  # ... longer than claim_idle_ms
+    fast = make_transport(redis_server, host="fast", claim_idle_ms=300)
+    got = drain([fast], 70)
+    assert all_seqs(got) == list(range(10, 80)) and fast.health().counters["reclaimed"] == 7
+    assert slow.consume(0.2) is None  # its queued entries belong to fast now: dropped, not processed
+    assert slow.health().counters["lost_to_reclaim"] == 7

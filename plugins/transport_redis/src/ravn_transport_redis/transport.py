@@ -104,7 +104,7 @@ class RedisTransport(Transport):
         self.counters: dict[str, float] = dict.fromkeys(
             ("published", "published_events", "consumed", "consumed_events", "acked", "spooled", "dropped",
              "dropped_events", "dead_lettered", "reconnects", "reclaimed", "duplicates", "confirmed_on_reconnect",
-             "trimmed_unread", "send_errors"), 0)
+             "trimmed_unread", "send_errors", "lost_to_reclaim"), 0)
         self._last_error = ""
         # agent side
         self._seq = 0
@@ -121,7 +121,7 @@ class RedisTransport(Transport):
         self._recv_connected = True
         self._worker_ready = False
         self._setup_lock = threading.Lock()
-        self._ready: deque[tuple[str, Any, Any, bool]] = deque()  # (key, id or raw, fields or None, reclaimed)
+        self._ready: deque[tuple[str, Any, Any, float]] = deque()  # (key, id or raw, fields or None, fetched at)
         self._streams: list[str] = []
         self._groups: set[str] = set()
         self._next_discover = 0.0
@@ -363,7 +363,8 @@ class RedisTransport(Transport):
                     self.log.info("recovering %d batches from this worker's processing list", len(own))
                 proc = self.keys.processing(self.consumer)
                 with self._lock:
-                    self._ready.extend((proc, raw, None, True) for raw in reversed(own))
+                    now = time.monotonic()
+                    self._ready.extend((proc, raw, None, now) for raw in reversed(own))
                 self._heartbeat = threading.Thread(target=self._heartbeat_loop, name=f"ravn-{self.name}-heartbeat",
                                                    daemon=True)
                 self._heartbeat.start()
@@ -373,7 +374,8 @@ class RedisTransport(Transport):
                 for key in self._streams:
                     for _k, entries in self.client.xreadgroup(self.cfg.group, self.consumer, {key: "0"}) or []:
                         with self._lock:
-                            self._ready.extend((key, eid, f, True) for eid, f in entries)
+                            now = time.monotonic()
+                            self._ready.extend((key, eid, f, now) for eid, f in entries)
             self._worker_ready = True
 
     def _discover(self) -> None:
@@ -398,22 +400,26 @@ class RedisTransport(Transport):
             self._stop.wait(min(block_ms / 1000, self.cfg.discover_interval_s))
             self._next_discover = 0.0
             return
+        # COUNT applies per stream: split read_count over the streams so one read never prefetches more than
+        # max(read_count, streams) batches (prefetched entries age towards claim_idle_ms in our queue).
+        count = max(1, -(-self.cfg.read_count // len(streams)))
         if not self.cfg.cluster:
             reply = self.client.xreadgroup(self.cfg.group, self.consumer, dict.fromkeys(streams, ">"),
-                                           count=self.cfg.read_count, block=block_ms)
+                                           count=count, block=block_ms)
         else:
             # Cluster: one XREADGROUP may not span slots. One non-blocking read per stream, pipelined per node.
             pipe = self.client.pipeline()
             for key in streams:
-                pipe.xreadgroup(self.cfg.group, self.consumer, {key: ">"}, count=self.cfg.read_count)
+                pipe.xreadgroup(self.cfg.group, self.consumer, {key: ">"}, count=count)
             reply = [r for rs in pipe.execute() for r in (rs or [])]
             if not reply:
                 self._stop.wait(min(block_ms, 50) / 1000)
         got = 0
+        now = time.monotonic()
         for key, entries in reply or []:
             k = key.decode() if isinstance(key, bytes) else key
             with self._lock:
-                self._ready.extend((k, eid, f, False) for eid, f in entries)
+                self._ready.extend((k, eid, f, now) for eid, f in entries)
             got += len(entries)
 
     def _next_ready(self) -> Delivery | None:
@@ -421,8 +427,11 @@ class RedisTransport(Transport):
             with self._lock:
                 if not self._ready:
                     return None
-                key, entry, fields, reclaimed = self._ready.popleft()
+                key, entry, fields, fetched = self._ready.popleft()
             try:
+                if self.cfg.mode == "stream" and time.monotonic() - fetched > self.cfg.claim_idle_ms / 2000:
+                    if not self._still_mine(key, entry):
+                        continue  # waited here so long that another worker reclaimed it: it is theirs now
                 if self.cfg.mode == "stream":
                     if not fields:  # trimmed (MAXLEN) while pending: the data is gone
                         self.counters["trimmed_unread"] += 1
@@ -436,7 +445,7 @@ class RedisTransport(Transport):
                 continue
             except CONNECTION_ERRORS as exc:
                 with self._lock:
-                    self._ready.appendleft((key, entry, fields, reclaimed))
+                    self._ready.appendleft((key, entry, fields, fetched))
                 self._recv_failed(exc)
                 return None
             if not self._first_sight(key, entry, decoded):
@@ -444,6 +453,17 @@ class RedisTransport(Transport):
             self.counters["consumed"] += 1
             self.counters["consumed_events"] += len(decoded.events)
             return Delivery(decoded.host, decoded.events, Token(key, entry, decoded.batch_id, decoded.ts_ns))
+
+    def _still_mine(self, key: str, entry: Any) -> bool:
+        """For an entry that waited long in the local queue: is it still pending on us? Then touch it
+        (XCLAIM JUSTID resets its idle time) so nobody reclaims it while we work on it."""
+        p = self.client.xpending_range(key, self.cfg.group, min=entry, max=entry, count=1,
+                                       consumername=self.consumer)
+        if not p:
+            self.counters["lost_to_reclaim"] += 1
+            return False
+        self.client.xclaim(key, self.cfg.group, self.consumer, 0, [entry], justid=True)
+        return True
 
     def _first_sight(self, key: str, entry: Any, d: Decoded) -> bool:
         """Dedup: False for a batch id seen recently (its entry is acked unless it is our own in flight)."""
@@ -558,7 +578,7 @@ class RedisTransport(Transport):
                         continue
                     self.counters["reclaimed"] += 1
                     with self._lock:
-                        self._ready.append((key, eid, fields, True))
+                        self._ready.append((key, eid, fields, time.monotonic()))
                 self.log.info("reclaimed %d entries of %s left pending by dead consumers", len(claimed), key)
             if start in (b"0-0", "0-0"):
                 break
@@ -582,7 +602,8 @@ class RedisTransport(Transport):
             raw = self.client.blmove(src, proc, block_ms / 1000, "RIGHT", "LEFT")
             got = [raw] if raw is not None else []
         with self._lock:
-            self._ready.extend((proc, raw, None, False) for raw in got)
+            now = time.monotonic()
+            self._ready.extend((proc, raw, None, now) for raw in got)
 
     def _beat(self) -> None:
         self.client.set(self.keys.heartbeat(self.consumer), str(os.getpid()), px=self.cfg.heartbeat_ttl_ms)
