@@ -47,6 +47,17 @@ def bpf_programs() -> dict[int, str]:
     return {int(p["id"]): str(p.get("name", "")) for p in json.loads(out.stdout or "[]")}
 
 
+def program_map_ids(prog_ids: set[int]) -> set[int]:
+    """Ids of the maps these programs use (``bpftool prog show id N`` map_ids)."""
+    out: set[int] = set()
+    for pid in prog_ids:
+        res = subprocess.run(["bpftool", "prog", "show", "id", str(pid), "-j"], capture_output=True, text=True,
+                             timeout=30)
+        if res.returncode == 0:
+            out.update(int(m) for m in json.loads(res.stdout).get("map_ids", []))
+    return out
+
+
 def ravn_programs() -> dict[int, str]:
     """Loaded programs whose name starts with ``ravn_`` (BCC names programs after their function)."""
     return {i: n for i, n in bpf_programs().items() if n.startswith("ravn_")}

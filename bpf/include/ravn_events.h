@@ -187,7 +187,31 @@ _Static_assert(sizeof(struct ravn_net_event) == 112, "update NetEvent in ravn_eb
 /* ======================================================================================== end ebpf_network */
 
 /* ============================================================================================== ebpf_file */
-/* (owned by the ebpf_file probe: add its structs here) */
+/* One record for every file event type (open, unlink, rename, chmod, chown, link, symlink, truncate). */
+#define RAVN_FILE_PATH_MAX 256
+#define RAVN_FILE_F_MATCHED 0x01     /* a watched prefix matched in the kernel */
+#define RAVN_FILE_F_RELATIVE 0x02    /* path is relative to dirfd: user space resolves it and applies the prefixes */
+#define RAVN_FILE_F_NEWRELATIVE 0x04 /* newpath is relative to newdirfd */
+#define RAVN_FILE_F_SETID 0x08       /* reported because a chmod sets setuid/setgid */
+#define RAVN_FILE_F_ALL 0x10         /* reported because this event type is reported for every path */
+#define RAVN_FILE_F_FD 0x20          /* no path: the file is dirfd (fchmod); user space reads /proc/<pid>/fd */
+#define RAVN_FILE_F_TRUNCATED 0x40   /* a path was longer than RAVN_FILE_PATH_MAX - 1 bytes and is cut */
+struct ravn_file_event {
+	struct ravn_hdr hdr;
+	s64 ret;          /* syscall result: fd or -errno for open, 0 or -errno otherwise */
+	s64 size;         /* truncate: new length */
+	u32 flags;        /* open: O_* flags; unlinkat/linkat/fchownat/fchmodat2: AT_* flags; renameat2: RENAME_* */
+	u32 mode;         /* open: creation mode; chmod: new mode */
+	u32 uid;          /* chown: new owner (0xffffffff unchanged) */
+	u32 gid;          /* chown: new group */
+	s32 dirfd;        /* directory fd path is relative to (AT_FDCWD -100), or the fd of fchmod */
+	s32 newdirfd;     /* same for newpath */
+	u32 why;          /* RAVN_FILE_F_* */
+	u32 __pad;
+	char path[RAVN_FILE_PATH_MAX];    /* as passed (NUL-terminated) */
+	char newpath[RAVN_FILE_PATH_MAX]; /* rename/link: the new name; symlink: the link's path */
+};
+_Static_assert(sizeof(struct ravn_file_event) == 616, "update FileEvent in ravn_ebpf_file/decode.py");
 
 /* =========================================================================================== end ebpf_file */
 

@@ -15,22 +15,21 @@ from ravn_ebpf_syscall.syscalls import table
 #: mmap/brk/stat/openat/close/recvmsg/sendmsg/clock_*: they are most of any host's syscalls and say little.
 DEFAULT_SYSCALLS: tuple[str, ...] = (
     # process, code loading, signals
-    "execve", "execveat", "fork", "vfork", "clone", "clone3", "exit_group", "kill", "tkill", "tgkill",
-    "prctl", "seccomp", "personality", "pidfd_open", "pidfd_getfd",
+    "execve", "execveat", "fork", "vfork", "clone", "clone3", "exit_group", "kill", "tgkill",
+    "prctl", "seccomp", "pidfd_open", "pidfd_getfd",
     # credentials
     "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid", "setfsgid",
     "setgroups", "capset",
     # file metadata, links, special files
     "chmod", "fchmod", "fchmodat", "chown", "fchown", "lchown", "fchownat", "unlink", "unlinkat",
-    "rename", "renameat", "renameat2", "link", "linkat", "symlink", "symlinkat", "mknod", "mknodat",
+    "rename", "renameat", "renameat2", "link", "linkat", "symlink", "symlinkat", "mknodat",
     "open_by_handle_at",
     # network setup
     "socket", "connect", "bind", "listen", "accept", "accept4",
     # ptrace and other processes' memory
     "ptrace", "process_vm_readv", "process_vm_writev",
     # namespaces, mounts, root
-    "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "fsopen", "fsmount", "move_mount",
-    "open_tree",
+    "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "fsopen", "move_mount", "open_tree",
     # kernel interfaces an attacker loads code or hides through
     "bpf", "perf_event_open", "memfd_create", "userfaultfd", "keyctl", "add_key", "request_key", "iopl", "ioperm",
 )
@@ -65,7 +64,7 @@ class SyscallConfig(BccProbeConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> SyscallConfig:
-        if self.hook == "tracepoints" and not self.selected():
+        if self.hook == "tracepoints" and not self.syscalls:
             raise ValueError("hook: tracepoints needs a non-empty `syscalls` allow list")
         if self.return_values and self.mode == "summary":
             raise ValueError("return_values applies to mode: events only")

@@ -67,7 +67,7 @@ class SyscallSource(BccProbe):
     def on_loaded(self, bpf: BPF) -> None:
         if self.config.effective_hook() != "raw":
             return
-        sel = bpf["ravn_sc_sel"]
+        sel = bpf[b"ravn_sc_sel"]
         for name in self.config.selected():
             nr = table()[name].nr
             sel[ctypes.c_int(nr)] = ctypes.c_uint8(2 if self.with_ret and name in NORETURN else 1)
@@ -79,7 +79,7 @@ class SyscallSource(BccProbe):
         super().start()
         if self.summary:
             assert self.bpf is not None
-            self._flusher = SummaryFlusher(self.bpf["ravn_sc_summary"], self.event_header(), names_by_nr())
+            self._flusher = SummaryFlusher(self.bpf[b"ravn_sc_summary"], self.event_header(), names_by_nr())
             self._next_flush = time.monotonic() + self.config.flush_interval_ms / 1000
 
     def stop(self) -> None:

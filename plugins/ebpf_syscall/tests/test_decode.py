@@ -1,0 +1,124 @@
+"""ebpf_syscall without the kernel: ABI of its structs, config model, decoders."""
+
+from __future__ import annotations
+
+import ctypes
+
+import pydantic
+import pytest
+from ravn_ebpf_syscall.config import DEFAULT_SYSCALLS, SyscallConfig
+from ravn_ebpf_syscall.decode import MIRRORS, SummaryFlusher, SyscallEvent, SyscallSummary, event_decoder
+from ravn_ebpf_syscall.source import SyscallSource
+from ravn_ebpf_syscall.syscalls import names_by_nr, table
+
+from ravn_core.bpf import RavnHdr, check_abi
+from ravn_core.testing import make_context
+
+HOT = {"read", "write", "pread64", "pwrite64", "readv", "writev", "poll", "ppoll", "select", "pselect6",
+       "epoll_wait", "epoll_pwait", "epoll_pwait2", "futex", "mmap", "munmap", "mprotect", "brk", "openat", "close",
+       "fstat", "newfstatat", "statx", "lseek", "recvfrom", "sendto", "recvmsg", "sendmsg", "clock_gettime",
+       "nanosleep", "getpid", "gettid", "rt_sigprocmask", "sched_yield", "ioctl", "fcntl"}
+
+
+def test_abi() -> None:
+    assert check_abi(MIRRORS) == []
+    assert ctypes.sizeof(SyscallEvent) == 72
+    assert ctypes.sizeof(SyscallSummary) == 2248
+
+
+def test_table() -> None:
+    t = table()
+    assert t["getppid"].nr == 110 and t["kill"].nr == 62 and t["execve"].nr == 59
+    assert t["uname"].tracepoint == "newuname" and t["umount2"].tracepoint == "umount"
+    assert names_by_nr()[110] == "getppid" and names_by_nr()[511] == "nr511"
+
+
+def test_default_config() -> None:
+    cfg = SyscallConfig()
+    assert cfg.mode == "summary" and cfg.effective_hook() == "tracepoints"
+    assert 40 <= len(cfg.selected()) <= 70
+    assert not HOT & set(cfg.selected())
+    assert {"execve", "ptrace", "setuid", "bpf", "memfd_create", "mount", "connect"} <= set(DEFAULT_SYSCALLS)
+
+
+def test_config_errors() -> None:
+    with pytest.raises(pydantic.ValidationError, match="unknown x86_64 syscall"):
+        SyscallConfig(syscalls=["getppid", "nosuchcall"])
+    with pytest.raises(pydantic.ValidationError, match="non-empty"):
+        SyscallConfig(hook="tracepoints", syscalls=[])
+    with pytest.raises(pydantic.ValidationError, match="events only"):
+        SyscallConfig(mode="summary", return_values=True)
+    with pytest.raises(pydantic.ValidationError, match="power of two"):
+        SyscallConfig(ring_buffer_kb=1000)
+    with pytest.raises(pydantic.ValidationError, match="extra"):
+        SyscallConfig(bogus=1)  # type: ignore[call-arg]
+    assert SyscallConfig(syscalls=[]).effective_hook() == "raw"
+    assert SyscallConfig(exclude_syscalls=["kill"]).selected().count("kill") == 0
+
+
+def test_tracepoint_plan() -> None:
+    src = SyscallSource("ebpf_syscall", SyscallConfig(mode="events", return_values=True,
+                                                      syscalls=["getppid", "exit_group", "uname"]), make_context())
+    assert src.tracepoints() == [("ravn_sc_exit_tp", "syscalls:sys_exit_getppid"),
+                                 ("ravn_sc_enter_tp", "syscalls:sys_enter_exit_group"),
+                                 ("ravn_sc_exit_tp", "syscalls:sys_exit_newuname")]
+    raw = SyscallSource("ebpf_syscall", SyscallConfig(syscalls=[]), make_context())
+    assert raw.tracepoints() == [("ravn_sc_enter_raw", "raw_syscalls:sys_enter")]
+    assert "-DRAVN_SC_SUMMARY=1" in raw.cflags() and "-DRAVN_RINGBUF_PAGES=256" in raw.cflags()
+
+
+def _hdr(**kw: object) -> RavnHdr:
+    base = dict(ts_ns=5_000, pid=42, tid=43, ppid=1, uid=1000, gid=100, type=1, cgroup_id=9, comm=b"sh")
+    base.update(kw)
+    return RavnHdr(**base)
+
+
+def _header(v: tuple[object, ...]) -> dict[str, object]:
+    return {"proc.pid": v[1], "proc.tid": v[2], "evt.ts": v[0]}
+
+
+def test_event_decoder() -> None:
+    dec = event_decoder(_header, names_by_nr())
+    e = dec(bytes(SyscallEvent(hdr=_hdr(), ret=-3, nr=62, has_ret=1)))
+    assert e == {"proc.pid": 42, "proc.tid": 43, "evt.ts": 5_000, "syscall.nr": 62, "syscall.name": "kill",
+                 "syscall.ret": -3}
+    assert "syscall.ret" not in dec(bytes(SyscallEvent(hdr=_hdr(), ret=0, nr=110, has_ret=0)))
+
+
+class _Table:
+    """The two operations SummaryFlusher uses of a bcc table: items() and del."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[ctypes.c_uint32, SyscallSummary]] = []
+
+    def items(self) -> list[tuple[ctypes.c_uint32, SyscallSummary]]:
+        return list(self.entries)
+
+    def __delitem__(self, key: ctypes.c_uint32) -> None:
+        self.entries = [(k, v) for k, v in self.entries if k.value != key.value]
+
+
+def test_summary_deltas_and_exit() -> None:
+    """The flusher turns cumulative map values into per-flush deltas, and deletes exited entries."""
+    m = _Table()
+    s = SyscallSummary(hdr=_hdr(type=2))
+    m.entries.append((ctypes.c_uint32(42), s))
+    flusher = SummaryFlusher(m, _header, names_by_nr())
+
+    def bump(nr: int, n: int) -> None:
+        for _ in range(n):
+            s.counts[nr] += 1
+            s.total += 1
+            s.seq[s.seq_pos % 64] = nr
+            s.seq_pos += 1
+
+    bump(62, 3)
+    (e,) = flusher.flush()
+    assert e["syscall.counts"] == {"kill": 3} and e["syscall.seq"] == [62] * 3 and e["syscall.total"] == 3
+    assert flusher.flush() == []  # nothing new
+    bump(110, 100)
+    s.exited = 1
+    (e,) = flusher.flush()
+    assert e["syscall.counts"] == {"getppid": 100} and e["syscall.total"] == 100
+    assert e["syscall.seq"] == [110] * 64
+    assert m.entries == []  # exited: deleted after the last flush
