@@ -18,7 +18,8 @@
  *            CLONE_THREAD children are threads and are not reported. proc.* is the creator.
  *   exit     sched:sched_process_exit (ravn_on_exit), only when group_dead. The tracepoint carries no exit code:
  *            it is assembled from sys_enter_exit_group / sys_enter_exit ((code & 0xff) << 8, as wait() shows it)
- *            and signal:signal_deliver of a signal whose default action terminates (status = signal number).
+ *            and signal:signal_deliver of a signal whose default action terminates (status = signal number;
+ *            signal:signal_generate supplies the real number of a fatal signal the kernel turned into SIGKILL).
  *   cred     setuid setgid setreuid setregid setresuid setresgid setfsuid setfsgid capset: arguments and result.
  *   ptrace   request, pid, addr, data, result.
  *   module   init_module(175) delete_module(176) finit_module(313) through raw_syscalls:sys_enter (module_hook:
@@ -34,8 +35,8 @@
  * Overhead: every syscalls:* tracepoint used here fires only for its own syscall, all rare on a server; the
  * sched/task tracepoints fire once per exec, fork and exit. capability:cap_capable fires on every capability
  * check - often: the overcommit check of every private writable mmap asks for CAP_SYS_ADMIN - and costs a mask
- * test for capabilities outside SEC_CAP_MASK, an LRU lookup otherwise. signal_deliver fires once per delivered
- * signal. The exception is module_hook: raw. A program on raw_syscalls:sys_enter runs on EVERY syscall of every
+ * test for capabilities outside SEC_CAP_MASK, an LRU lookup otherwise. signal_generate/signal_deliver fire once
+ * per signal sent/delivered. The exception is module_hook: raw. A program on raw_syscalls:sys_enter runs on EVERY syscall of every
  * process; measured on this 2-core Linux 6.18 VM even a no-op one costs ~7% on redis-benchmark, more than the
  * <=5% budget for all four probes together. So the default is module_hook: off: module loading cannot succeed
  * on this kernel (no CONFIG_MODULES), and the exec of insmod/modprobe is still reported by exec. Turn it on
@@ -151,6 +152,18 @@ struct sec_signal_args {
 	u64 sa_flags;
 };
 
+/* signal:signal_generate */
+struct sec_siggen_args {
+	u64 __common;
+	s32 sig;
+	s32 err;
+	s32 code;
+	char comm[16];
+	s32 pid; /* the target task */
+	s32 group;
+	s32 result; /* enum trace_signal_result */
+};
+
 /* capability:cap_capable */
 struct sec_capable_args {
 	u64 __common;
@@ -178,6 +191,7 @@ BPF_TABLE("lru_hash", u32, struct sec_fdset, sec_memfds, 8192); /* tgid -> memfd
 #if SEC_EXIT
 BPF_TABLE("lru_hash", u32, s32, sec_group_code, 16384);  /* tgid -> wait status; the first cause wins */
 BPF_TABLE("lru_hash", u32, s32, sec_thread_code, 16384); /* tid -> wait status from exit(2) */
+BPF_TABLE("lru_hash", u32, s32, sec_sig_queued, 16384);  /* target pid -> last possibly fatal signal queued */
 #endif
 struct sec_cap_key {
 	u32 tgid;
@@ -492,6 +506,7 @@ int ravn_on_exit(struct ravn_exit_args *args)
 	if (c)
 		code = *c;
 	sec_thread_code.delete(&tid);
+	sec_sig_queued.delete(&tid);
 #endif
 	if (args->group_dead) {
 #if SEC_MEMFD_TRACK
@@ -502,6 +517,7 @@ int ravn_on_exit(struct ravn_exit_args *args)
 		if (c)
 			code = *c;
 		sec_group_code.delete(&tgid);
+		sec_sig_queued.delete(&tgid);
 		u64 uid_gid = bpf_get_current_uid_gid();
 		if (!ravn_filtered(pid_tgid, uid_gid))
 			sec_emit(RAVN_EVT_EXIT, 0, code, 0, 0, 1, 0, pid_tgid, uid_gid);
@@ -511,17 +527,46 @@ int ravn_on_exit(struct ravn_exit_args *args)
 }
 
 #if SEC_EXIT
-/* signal:signal_deliver - a signal whose default action terminates the process is its exit status. */
+/* Default action is to ignore (CHLD 17, CONT 18, URG 23, WINCH 28) or stop (STOP 19, TSTP 20, TTIN 21, TTOU 22). */
+static __always_inline int sec_sig_harmless(int sig)
+{
+	return sig <= 0 || sig > 64 || (sig >= 17 && sig <= 23) || sig == 28;
+}
+
+/* signal:signal_generate - remember the last signal queued to each task. A fatal signal without a handler and
+ * without a core dump (SIGTERM, SIGINT, SIGHUP, ...) is turned into SIGKILL for every thread right here in
+ * complete_signal(), so signal_deliver only ever shows SIGKILL for it; this map keeps the real number. */
+int ravn_sec_signal_generate(struct sec_siggen_args *args)
+{
+	int result = args->result;
+	int sig = args->sig;
+	if ((result != 0 /* DELIVERED */ && result != 4 /* LOSE_INFO */) || sec_sig_harmless(sig))
+		return 0;
+	u32 pid = args->pid;
+	s32 s = sig;
+	sec_sig_queued.update(&pid, &s);
+	return 0;
+}
+
+/* signal:signal_deliver - a signal with the default action that terminates gives the exit status. */
 int ravn_sec_signal(struct sec_signal_args *args)
 {
 	int sig = args->sig;
-	if (args->sa_handler != 0 /* SIG_DFL */ || sig <= 0 || sig > 64)
-		return 0;
-	/* default action ignore (CHLD 17, CONT 18, URG 23, WINCH 28) or stop (STOP 19, TSTP 20, TTIN 21, TTOU 22) */
-	if ((sig >= 17 && sig <= 23) || sig == 28)
-		return 0;
-	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32, tid = (u32)id;
 	s32 status = sig;
+	if (sig == 9) { /* SIGKILL: sent as such, or a fatal signal converted at generation (see above) */
+		s32 *q = sec_sig_queued.lookup(&tgid);
+		if (!q)
+			q = sec_sig_queued.lookup(&tid);
+		if (q)
+			status = *q;
+	} else {
+		sec_sig_queued.delete(&tgid); /* delivered: not pending any more */
+		sec_sig_queued.delete(&tid);
+	}
+	if (args->sa_handler != 0 /* SIG_DFL */ || sec_sig_harmless(sig))
+		return 0;
 	sec_group_code.insert(&tgid, &status);
 	return 0;
 }

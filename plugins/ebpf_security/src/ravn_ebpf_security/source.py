@@ -58,6 +58,7 @@ class SecuritySource(BccProbe):
             tps += [
                 (ENTER, "syscalls:sys_enter_exit_group"),
                 (ENTER, "syscalls:sys_enter_exit"),
+                ("ravn_sec_signal_generate", "signal:signal_generate"),
                 ("ravn_sec_signal", "signal:signal_deliver"),
             ]
         if c.enabled("cred"):

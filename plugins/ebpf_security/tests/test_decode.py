@@ -1,0 +1,161 @@
+"""No kernel needed: ABI of the mirrors, decoders on hand-built records, config and plugin registration."""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+
+import pytest
+from pydantic import ValidationError
+from ravn_ebpf_security.config import ALL_EVENTS, SecurityConfig
+from ravn_ebpf_security.decode import CONSTANTS, MIRRORS, ExecEvent, MountEvent, SecEvent, decoders
+from ravn_ebpf_security.names import BPF_COMMANDS, CAPABILITIES, PTRACE_REQUESTS
+from ravn_ebpf_security.source import SecuritySource
+
+from ravn_core.bpf import EVENT_TYPE_IDS, check_abi
+from ravn_core.events import EVENT_TYPES, field_names
+
+
+def test_abi_matches_c_header() -> None:
+    assert check_abi(MIRRORS, enum_constants=CONSTANTS) == []
+
+
+def test_every_security_event_type_has_a_decoder() -> None:
+    ours = {t for t, et in EVENT_TYPES.items() if et.source == "ebpf_security"}
+    assert ours == set(ALL_EVENTS)
+    assert set(decoders(lambda v: {})) == {EVENT_TYPE_IDS[t] for t in ours}
+
+
+def _header(v: tuple) -> dict:  # type: ignore[type-arg]
+    return {"evt.type": v[6], "proc.pid": v[1]}
+
+
+def _hdr(type_id: int) -> dict:  # type: ignore[type-arg]
+    return {"ts_ns": 1, "pid": 42, "tid": 43, "ppid": 1, "uid": 0, "gid": 0, "type": type_id, "cgroup_id": 7,
+            "comm": b"x"}
+
+
+def _fill(obj: ctypes.Structure, type_id: int) -> None:
+    for k, v in _hdr(type_id).items():
+        setattr(obj.hdr, k, v)
+
+
+def test_exec_decoder() -> None:
+    e = ExecEvent()
+    _fill(e, EVENT_TYPE_IDS["exec"])
+    e.ret, e.flags, e.argc, e.fd = -2, 0x3, 3, 4
+    e.filename = b"/dev/fd/4"
+    argv = bytearray(16 * 128)
+    for i, a in enumerate([b"a", b"bb", b"c c"]):
+        argv[i * 128:i * 128 + len(a)] = a
+    argv[3 * 128:3 * 128 + 5] = b"stale"  # beyond argc: ignored
+    ctypes.memmove(ctypes.addressof(e) + ExecEvent.argv.offset, bytes(argv), len(argv))
+    ev = decoders(_header)[EVENT_TYPE_IDS["exec"]](bytes(e))
+    assert ev["exec.filename"] == "/dev/fd/4"
+    assert ev["exec.argv"] == ["a", "bb", "c c"]
+    assert ev["exec.ret"] == -2
+    assert ev["exec.memfd"] is True
+    assert set(ev) - {"evt.type", "proc.pid"} == {f.name for f in EVENT_TYPES["exec"].fields}
+
+
+@pytest.mark.parametrize(("etype", "args", "ret", "nr", "nargs", "s", "expect"), [
+    ("fork", (10, 10), 0, 0, 2, b"", {"fork.child_pid": 10, "fork.child_tid": 10}),
+    ("exit", (256,), 0, 0, 1, b"", {"exit.code": 256}),
+    ("cred", (65534, 65534, 65534), 0, 117, 3, b"",
+     {"cred.call": "setresuid", "cred.args": [65534, 65534, 65534], "cred.ret": 0}),
+    ("ptrace", (16, 99, 0, 0), -1, 101, 4, b"",
+     {"ptrace.request": 16, "ptrace.request_name": "PTRACE_ATTACH", "ptrace.target": 99, "ptrace.ret": -1}),
+    ("module", (-1, 0), 0, 176, 2, b"nf_tables",
+     {"module.call": "delete_module", "module.name": "nf_tables", "module.fd": -1}),
+    ("capable", (21,), -1, 0, 1, b"", {"cap.id": 21, "cap.name": "CAP_SYS_ADMIN", "cap.ret": -1}),
+    ("memfd_create", (1,), 5, 319, 1, b"x", {"memfd.name": "x", "memfd.flags": 1, "memfd.fd": 5}),
+    ("bpf", (5,), 0, 321, 1, b"", {"bpf.cmd": 5, "bpf.cmd_name": "BPF_PROG_LOAD"}),
+    ("unshare", (0x20000,), 0, 272, 1, b"", {"ns.flags": 0x20000, "ns.ret": 0}),
+    ("setns", (3, 0x4000000), 0, 308, 2, b"", {"ns.fd": 3, "ns.flags": 0x4000000, "ns.ret": 0}),
+    ("dup", (3, 1, 0), 1, 33, 3, b"", {"dup.oldfd": 3, "dup.newfd": 1, "dup.ret": 1}),
+])
+def test_sec_decoders(etype: str, args: tuple[int, ...], ret: int, nr: int, nargs: int, s: bytes,
+                      expect: dict) -> None:  # type: ignore[type-arg]
+    e = SecEvent()
+    _fill(e, EVENT_TYPE_IDS[etype])
+    for i, a in enumerate(args):
+        e.args[i] = a
+    e.args[5] = 12345  # garbage past nargs never shows
+    e.ret, e.nr, e.nargs, e.str = ret, nr, nargs, s
+    ev = decoders(_header)[EVENT_TYPE_IDS[etype]](bytes(e))
+    for k, v in expect.items():
+        assert ev[k] == v, k
+    assert set(ev) - {"evt.type", "proc.pid"} == field_names(etype) - {
+        f for f in field_names(etype) if f.startswith(("evt.", "proc."))}
+
+
+def test_mount_decoder() -> None:
+    e = MountEvent()
+    _fill(e, EVENT_TYPE_IDS["mount"])
+    e.ret, e.flags, e.source, e.target, e.fstype = -16, 0x44000, b"none", b"/mnt/x", b"tmpfs"
+    ev = decoders(_header)[EVENT_TYPE_IDS["mount"]](bytes(e))
+    assert (ev["mount.source"], ev["mount.target"], ev["mount.fstype"], ev["mount.flags"], ev["mount.ret"]) == (
+        "none", "/mnt/x", "tmpfs", 0x44000, -16)
+
+
+def test_decoder_rejects_short_record() -> None:
+    with pytest.raises(struct.error):
+        decoders(_header)[EVENT_TYPE_IDS["exec"]](b"\0" * 100)
+
+
+def test_name_tables() -> None:
+    assert CAPABILITIES[21] == "CAP_SYS_ADMIN" and CAPABILITIES[40] == "CAP_CHECKPOINT_RESTORE"
+    assert BPF_COMMANDS[5] == "BPF_PROG_LOAD" and BPF_COMMANDS[28] == "BPF_LINK_CREATE"
+    assert PTRACE_REQUESTS[16] == "PTRACE_ATTACH" and PTRACE_REQUESTS[0x4206] == "PTRACE_SEIZE"
+
+
+# ------------------------------------------------------------------------------------------------------ config
+def _source(cfg: SecurityConfig) -> SecuritySource:
+    from ravn_core.testing import make_context
+
+    return SecuritySource("ebpf_security", cfg, make_context("sec"))
+
+
+def test_default_config_is_cheap() -> None:
+    """Default: only specific tracepoints; no raw_syscalls hook (it costs every syscall)."""
+    tps = [tp for _fn, tp in _source(SecurityConfig()).tracepoints()]
+    assert not [tp for tp in tps if tp.startswith("raw_syscalls:")]
+    assert len(tps) == len(set(tps))
+    assert "capability:cap_capable" in tps and "sched:sched_process_exec" in tps
+
+
+def test_module_hook_raw_adds_raw_syscalls() -> None:
+    tps = [tp for _fn, tp in _source(SecurityConfig(module_hook="raw")).tracepoints()]
+    assert "raw_syscalls:sys_enter" in tps
+    tps = [tp for _fn, tp in _source(SecurityConfig(module_hook="raw", events=["exec"])).tracepoints()]
+    assert "raw_syscalls:sys_enter" not in tps
+
+
+def test_events_select_tracepoints() -> None:
+    tps = {tp for _fn, tp in _source(SecurityConfig(events=["dup"])).tracepoints()}
+    assert tps == {"syscalls:sys_enter_dup2", "syscalls:sys_exit_dup2", "syscalls:sys_enter_dup3",
+                   "syscalls:sys_exit_dup3"}
+
+
+def test_cflags_carry_masks() -> None:
+    flags = _source(SecurityConfig(capabilities=["CAP_SYS_ADMIN", "CAP_NET_RAW"], bpf_commands=["BPF_PROG_LOAD"],
+                                   capable_report="denied", events=["exec", "capable"])).probe_cflags()
+    assert f"-DSEC_CAP_MASK={(1 << 21) | (1 << 13):#x}ULL" in flags
+    assert f"-DSEC_BPF_CMD_MASK={1 << 5:#x}ULL" in flags
+    assert "-DSEC_CAP_MODE=1" in flags and "-DSEC_FORK=0" in flags and "-DSEC_EXEC=1" in flags
+
+
+@pytest.mark.parametrize("bad", [{"capabilities": ["CAP_NOPE"]}, {"bpf_commands": ["BPF_NOPE"]},
+                                 {"module_hook": "kprobe"}, {"events": ["open"]}, {"nonsense": 1},
+                                 {"filters": {"exclude_comms": ["x" * 16]}}])
+def test_config_rejects(bad: dict) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ValidationError):
+        SecurityConfig(**bad)
+
+
+def test_plugin_registers_through_the_host(ravn_host) -> None:  # type: ignore[no-untyped-def]
+    """The entry point is found, and its hook registers the source with its config model."""
+    reg = ravn_host.sources.get("ebpf_security")
+    assert reg is not None
+    assert reg.factory is SecuritySource and reg.config_model is SecurityConfig
+    assert reg.distribution.startswith("ravn-ebpf-security")

@@ -1,0 +1,438 @@
+"""The security probe on the real kernel: a child process does each behaviour, the decoded event must match what
+the test knows (pids, uids, argv, fds, flags, results).
+
+One probe (module_hook: raw) serves most tests; its ``ravn_pid`` is a bystander ``sleep`` so the test process and
+its children are visible. Filters, RAVN self-exclusion and stop get probes of their own.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from ravn_ebpf_security.config import SecurityConfig
+from ravn_ebpf_security.source import SecuritySource
+
+from ravn_core.bpf_testing import bystander, collect
+from ravn_core.events import Batch, Event, field_names
+from ravn_core.testing import make_context, require_kernel
+
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+libc.ptrace.restype = ctypes.c_long
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+
+NOBODY = 65534
+CLONE_NEWNS, CLONE_NEWUTS = 0x00020000, 0x04000000
+MS_REC, MS_PRIVATE = 0x4000, 0x40000
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def in_child(body: Callable[[], None]) -> tuple[int, int]:
+    """Fork; the child runs ``body`` and exits 0 (99 on an exception). Returns (pid, wait status)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            body()
+        except BaseException:
+            code = 99
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return pid, status
+
+
+def of_pid(src: SecuritySource, pid: int, timeout_s: float = 5.0) -> Batch:
+    """Every event of process ``pid``, of its children and its parent's fork event for it, up to its exit."""
+    def mine(e: Event) -> bool:
+        return pid in (e["proc.pid"], e["proc.ppid"], e.get("fork.child_pid"))
+
+    got: Batch = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got += [e for e in src.poll(50) if mine(e)]
+        if any(e["evt.type"] == "exit" and e["proc.pid"] == pid for e in got):
+            break
+    return got
+
+
+def only(events: Batch, etype: str, **match: object) -> Event:
+    found = [e for e in events if e["evt.type"] == etype and all(e.get(k) == v for k, v in match.items())]
+    assert len(found) == 1, f"want one {etype} {match}, got {found} among {[e['evt.type'] for e in events]}"
+    return found[0]
+
+
+def schema_ok(ev: Event) -> None:
+    assert set(ev) == field_names(ev["evt.type"]), ev
+
+
+def comm_of_self() -> str:
+    return Path("/proc/self/comm").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def probe() -> Iterator[SecuritySource]:
+    require_kernel()
+    with bystander() as other:
+        src = SecuritySource("ebpf_security", SecurityConfig(module_hook="raw"), make_context("sec", ravn_pid=other))
+        src.start()
+        try:
+            yield src
+        finally:
+            src.stop()
+
+
+# ------------------------------------------------------------------------------------------------------ exec
+def test_exec_success(probe: SecuritySource) -> None:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execv("/bin/true", ["/bin/true", "alpha", "beta gamma", ""])
+        finally:
+            os._exit(127)
+    os.waitpid(pid, 0)
+    evs = of_pid(probe, pid)
+    ex = only(evs, "exec", **{"proc.pid": pid})
+    schema_ok(ex)
+    assert ex["exec.filename"] == "/bin/true"
+    assert ex["exec.argv"] == ["/bin/true", "alpha", "beta gamma", ""]
+    assert ex["exec.ret"] == 0 and ex["exec.memfd"] is False
+    assert (ex["proc.tid"], ex["proc.ppid"], ex["proc.uid"], ex["proc.gid"]) == (pid, os.getpid(), os.getuid(),
+                                                                                  os.getgid())
+    assert ex["proc.comm"] == "true"  # the comm after the exec
+    assert ex["proc.cgroup"] == os.stat(f"/sys/fs/cgroup{Path('/proc/self/cgroup').read_text().split('::')[1].strip()}"
+                                        ).st_ino
+    fork = only(evs, "fork", **{"fork.child_pid": pid})
+    assert fork["proc.pid"] == os.getpid() and fork["fork.child_tid"] == pid
+    assert only(evs, "exit", **{"proc.pid": pid})["exit.code"] == 0
+
+
+def test_exec_argv_is_bounded(probe: SecuritySource) -> None:
+    argv = ["/bin/true", "x" * 300, *[str(i) for i in range(20)]]
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execv("/bin/true", argv)
+        finally:
+            os._exit(127)
+    os.waitpid(pid, 0)
+    ex = only(of_pid(probe, pid), "exec")
+    assert len(ex["exec.argv"]) == 16
+    assert ex["exec.argv"][1] == "x" * 127  # 128 bytes with the NUL
+    assert ex["exec.argv"][2:] == argv[2:16]
+
+
+def test_exec_failure_reports_errno(probe: SecuritySource) -> None:
+    comm = comm_of_self()
+
+    def body() -> None:
+        try:
+            os.execv("/nonexistent/ravn-nope", ["nope", "-x"])
+        except FileNotFoundError:
+            os._exit(3)
+
+    pid, status = in_child(body)
+    assert os.waitstatus_to_exitcode(status) == 3
+    evs = of_pid(probe, pid)
+    ex = only(evs, "exec")
+    schema_ok(ex)
+    assert (ex["exec.filename"], ex["exec.argv"], ex["exec.ret"]) == ("/nonexistent/ravn-nope", ["nope", "-x"],
+                                                                      -errno.ENOENT)
+    assert ex["proc.comm"] == comm and ex["proc.ppid"] == os.getpid()
+    assert only(evs, "exit")["exit.code"] == 3 << 8
+
+
+# ------------------------------------------------------------------------------------------------ fork, exit
+def test_fork_and_exit_codes_threads_not_reported(probe: SecuritySource) -> None:
+    def body() -> None:
+        t = threading.Thread(target=time.sleep, args=(5,), daemon=True)
+        t.start()  # a thread, not a process: no fork event; exit_group's status wins over the thread's SIGKILL
+        os._exit(7)
+
+    pid = os.fork()
+    if pid == 0:
+        body()
+    os.waitpid(pid, 0)
+    evs = of_pid(probe, pid)
+    fork = only(evs, "fork", **{"fork.child_pid": pid})
+    schema_ok(fork)
+    assert fork["proc.pid"] == os.getpid()
+    assert not [e for e in evs if e["evt.type"] == "fork" and e["proc.pid"] == pid]  # the thread
+    ex = only(evs, "exit")
+    schema_ok(ex)
+    assert ex["exit.code"] == 7 << 8 and ex["proc.ppid"] == os.getpid()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_exit_by_signal(probe: SecuritySource, sig: int) -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    time.sleep(0.1)
+    child.send_signal(sig)
+    assert child.wait() == -sig
+    assert only(of_pid(probe, child.pid), "exit")["exit.code"] == sig
+
+
+# ------------------------------------------------------------------------------------------------------ cred
+def test_setresuid_in_child(probe: SecuritySource) -> None:
+    def body() -> None:
+        os.setresuid(NOBODY, NOBODY, NOBODY)
+        try:
+            os.setuid(0)
+        except PermissionError:
+            return
+        os._exit(5)
+
+    pid, status = in_child(body)
+    assert status == 0
+    evs = of_pid(probe, pid)
+    e = only(evs, "cred", **{"cred.call": "setresuid"})
+    schema_ok(e)
+    assert (e["cred.args"], e["cred.ret"], e["proc.uid"]) == ([NOBODY] * 3, 0, 0)  # identity before the change
+    e = only(evs, "cred", **{"cred.call": "setuid"})
+    assert (e["cred.args"], e["cred.ret"], e["proc.uid"]) == ([0], -errno.EPERM, NOBODY)
+
+
+class CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def test_capset_and_capable(probe: SecuritySource) -> None:
+    result: dict[str, int] = {}
+    r, w = os.pipe()
+
+    def body() -> None:
+        hdr = CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+        data = (CapData * 2)()
+        assert libc.syscall(125, ctypes.byref(hdr), data) == 0  # capget
+        data[0].effective &= ~(1 << 22)  # drop CAP_SYS_BOOT from the effective set
+        assert libc.syscall(126, ctypes.byref(hdr), data) == 0  # capset
+        eff = data[0].effective | (data[1].effective << 32)
+        perm = data[0].permitted | (data[1].permitted << 32)
+        inh = data[0].inheritable | (data[1].inheritable << 32)
+        os.write(w, f"{eff} {perm} {inh}".encode())
+        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close()  # CAP_NET_RAW granted
+        os.setresuid(NOBODY, NOBODY, NOBODY)
+        try:
+            socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)  # CAP_NET_RAW denied
+        except PermissionError:
+            return
+        os._exit(5)
+
+    pid, status = in_child(body)
+    os.close(w)
+    eff, perm, inh = (int(x) for x in os.read(r, 100).split())
+    os.close(r)
+    result.update(eff=eff)
+    assert status == 0
+    evs = of_pid(probe, pid)
+    e = only(evs, "cred", **{"cred.call": "capset"})
+    assert e["cred.args"] == [0, eff, perm, inh] and e["cred.ret"] == 0
+    assert not eff & (1 << 22)
+    granted = only(evs, "capable", **{"cap.id": 13, "cap.ret": 0})
+    schema_ok(granted)
+    assert granted["cap.name"] == "CAP_NET_RAW" and granted["proc.uid"] == 0
+    denied = only(evs, "capable", **{"cap.id": 13, "cap.ret": -errno.EPERM})
+    assert denied["proc.uid"] == NOBODY
+    assert not [e for e in evs if e["evt.type"] == "capable" and e["cap.name"] == "CAP_CHOWN"]  # not in the set
+
+
+# ---------------------------------------------------------------------------------------------------- ptrace
+def test_ptrace_attach(probe: SecuritySource) -> None:
+    target = subprocess.Popen(["sleep", "30"])
+    try:
+        time.sleep(0.05)
+        assert libc.ptrace(16, target.pid, None, None) == 0, ctypes.get_errno()  # PTRACE_ATTACH
+        os.waitpid(target.pid, 0)
+        assert libc.ptrace(17, target.pid, None, None) == 0  # PTRACE_DETACH
+    finally:
+        target.kill()
+        target.wait()
+    me = os.getpid()
+    evs = collect(probe, lambda e: e["proc.pid"] == me and e["evt.type"] == "ptrace", count=2)
+    att = only(evs, "ptrace", **{"ptrace.request_name": "PTRACE_ATTACH"})
+    schema_ok(att)
+    assert (att["ptrace.request"], att["ptrace.target"], att["ptrace.ret"]) == (16, target.pid, 0)
+    assert only(evs, "ptrace", **{"ptrace.request": 17})["ptrace.target"] == target.pid
+
+
+# ----------------------------------------------------------------------------------------------------- memfd
+TRUE = Path("/bin/true").read_bytes()
+
+
+def test_memfd_fexecve_is_fileless_exec(probe: SecuritySource) -> None:
+    fd_box = os.pipe()
+
+    def body() -> None:
+        fd = os.memfd_create("ravn-test")  # MFD_CLOEXEC, like most droppers
+        os.write(fd, TRUE)
+        os.write(fd_box[1], str(fd).encode())
+        os.execve(fd, ["memtrue", "z"], {})  # fexecve: execveat(fd, "", AT_EMPTY_PATH)
+
+    pid, status = in_child(body)
+    os.close(fd_box[1])
+    fd = int(os.read(fd_box[0], 20))
+    os.close(fd_box[0])
+    assert status == 0
+    evs = of_pid(probe, pid)
+    mc = only(evs, "memfd_create")
+    schema_ok(mc)
+    assert (mc["memfd.name"], mc["memfd.flags"], mc["memfd.fd"]) == ("ravn-test", os.MFD_CLOEXEC, fd)
+    ex = only(evs, "exec")
+    assert ex["exec.memfd"] is True and ex["exec.ret"] == 0
+    assert ex["exec.filename"] == f"/dev/fd/{fd}"  # what the kernel calls an AT_EMPTY_PATH exec
+    assert ex["exec.argv"] == ["memtrue", "z"]
+    assert ex["proc.comm"] == "memfd:ravn-test"
+
+
+def test_memfd_exec_via_proc_path_in_forked_child(probe: SecuritySource) -> None:
+    """The memfd is created by the parent; a forked child execs it as /proc/self/fd/N (no comm hint)."""
+    def body() -> None:
+        fd = os.memfd_create("ravn-other", 0)
+        os.write(fd, TRUE)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.execv(f"/proc/self/fd/{fd}", ["x"])
+            finally:
+                os._exit(127)
+        os.waitpid(pid, 0)
+
+    parent, _ = in_child(body)
+    evs = of_pid(probe, parent)
+    child = only(evs, "fork", **{"proc.pid": parent})["fork.child_pid"]
+    ex = only(evs, "exec", **{"proc.pid": child})
+    assert ex["exec.memfd"] is True and ex["exec.filename"].startswith("/proc/self/fd/")
+
+
+def test_exec_of_regular_file_through_fd_is_not_memfd(probe: SecuritySource, tmp_path: Path) -> None:
+    copy = tmp_path / "true-copy"
+    shutil.copy("/bin/true", copy)
+
+    def body() -> None:
+        fd = os.open(copy, os.O_RDONLY)
+        os.execve(fd, ["copy"], {})
+
+    pid, _ = in_child(body)
+    ex = only(of_pid(probe, pid), "exec")
+    assert ex["exec.ret"] == 0 and ex["exec.memfd"] is False and ex["exec.filename"].startswith("/dev/fd/")
+
+
+# ---------------------------------------------------------------------------------------------------- module
+def test_module_load_attempts_fail_and_are_seen(probe: SecuritySource) -> None:
+    results: list[int] = []
+    r, w = os.pipe()
+
+    def body() -> None:
+        fd = os.open("/bin/true", os.O_RDONLY)
+        out = [libc.syscall(313, fd, b"", 0)]  # finit_module
+        img = ctypes.create_string_buffer(TRUE[:4096])
+        out.append(libc.syscall(175, img, 4096, b""))  # init_module
+        out.append(libc.syscall(176, b"ravn_nomod", 0))  # delete_module
+        os.write(w, f"{fd} {' '.join(map(str, out))}".encode())
+
+    pid, _ = in_child(body)
+    os.close(w)
+    fd, *results = (int(x) for x in os.read(r, 100).split())
+    os.close(r)
+    assert results == [-1, -1, -1]  # no module support on this kernel
+    evs = of_pid(probe, pid)
+    e = only(evs, "module", **{"module.call": "finit_module"})
+    schema_ok(e)
+    assert (e["module.fd"], e["module.name"]) == (fd, "")
+    assert only(evs, "module", **{"module.call": "init_module"})["module.fd"] == -1
+    assert only(evs, "module", **{"module.call": "delete_module"})["module.name"] == "ravn_nomod"
+
+
+# ------------------------------------------------------------------------------------------------------- bpf
+def test_bpf_from_child(probe: SecuritySource) -> None:
+    def body() -> None:
+        attr = (ctypes.c_uint32 * 32)(2, 4, 4, 1)  # BPF_MAP_TYPE_ARRAY, key 4, value 4, 1 entry
+        fd = libc.syscall(321, 0, attr, ctypes.sizeof(attr))  # BPF_MAP_CREATE
+        assert fd >= 0
+        key, val = ctypes.c_uint32(0), ctypes.c_uint32(0)
+        la = (ctypes.c_uint64 * 4)(fd, ctypes.addressof(key), ctypes.addressof(val), 0)
+        assert libc.syscall(321, 1, la, ctypes.sizeof(la)) == 0  # BPF_MAP_LOOKUP_ELEM: not in the default set
+
+    pid, status = in_child(body)
+    assert status == 0
+    evs = [e for e in of_pid(probe, pid) if e["evt.type"] == "bpf"]
+    assert len(evs) == 1, evs
+    schema_ok(evs[0])
+    assert (evs[0]["bpf.cmd"], evs[0]["bpf.cmd_name"]) == (0, "BPF_MAP_CREATE")
+
+
+# ----------------------------------------------------------------------------------------- namespaces, mount
+def test_unshare_mount_setns(probe: SecuritySource) -> None:
+    target = tempfile.mkdtemp(prefix="ravn-mnt-")
+    try:
+        def body() -> None:
+            assert libc.unshare(CLONE_NEWNS) == 0
+            assert libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) == 0
+            assert libc.mount(b"ravn-src", target.encode(), b"tmpfs", 0, None) == 0
+            fd = os.open("/proc/self/ns/uts", os.O_RDONLY)
+            assert libc.setns(fd, CLONE_NEWUTS) == 0
+
+        pid, status = in_child(body)
+        assert status == 0
+        assert not os.path.ismount(target)  # the mount lived in the child's namespace only
+    finally:
+        os.rmdir(target)
+    evs = of_pid(probe, pid)
+    u = only(evs, "unshare")
+    schema_ok(u)
+    assert (u["ns.flags"], u["ns.ret"]) == (CLONE_NEWNS, 0)
+    m = only(evs, "mount", **{"mount.fstype": "tmpfs"})
+    schema_ok(m)
+    assert (m["mount.source"], m["mount.target"], m["mount.flags"], m["mount.ret"]) == ("ravn-src", target, 0, 0)
+    p = only(evs, "mount", **{"mount.target": "/"})
+    assert (p["mount.flags"], p["mount.source"], p["mount.fstype"]) == (MS_REC | MS_PRIVATE, "", "")
+    s = only(evs, "setns")
+    schema_ok(s)
+    assert (s["ns.flags"], s["ns.ret"]) == (CLONE_NEWUTS, 0) and s["ns.fd"] >= 3
+
+
+# ------------------------------------------------------------------------------------------------------- dup
+def test_dup_onto_stdio_only(probe: SecuritySource) -> None:
+    r, w = os.pipe()
+
+    def body() -> None:
+        fd = os.open("/dev/null", os.O_WRONLY)
+        os.write(w, str(fd).encode())
+        os.dup2(fd, 7)  # not stdio: filtered in the kernel
+        os.dup2(fd, 1)  # dup2
+        os.dup2(fd, 2, inheritable=False)  # dup3(fd, 2, O_CLOEXEC)
+
+    pid, status = in_child(body)
+    os.close(w)
+    fd = int(os.read(r, 20))
+    os.close(r)
+    assert status == 0
+    dups = [e for e in of_pid(probe, pid) if e["evt.type"] == "dup"]
+    assert sorted((e["dup.oldfd"], e["dup.newfd"], e["dup.ret"]) for e in dups) == [(fd, 1, 1), (fd, 2, 2)]
+    schema_ok(dups[0])
+
+
+# ---------------------------------------------------------------------------------------------------- health
+def test_health_counts_every_program(probe: SecuritySource) -> None:
+    h = probe.health()
+    assert h.state == "ok", h.detail
+    assert h.counters["programs_attached"] == h.counters["programs_expected"] == len(probe.tracepoints()) + 2
+    assert h.counters["decode_errors"] == 0
