@@ -21,7 +21,7 @@
  *  - ravn_fill_hdr(h, pid_tgid, uid_gid, type): the common header;
  *  - ravn_track_newtask / ravn_track_exit and the RAVN_PROC_PROGRAMS macro: the two programs the base class
  *    attaches to every probe, ravn_on_newtask (task:task_newtask) and ravn_on_exit (sched:sched_process_exit),
- *    which each .bpf.c must define (BCC only loads functions of the main file as programs).
+ *    which each .bpf.c must define (with the macro, or by hand to add its own fork/exit work).
  *
  * Why task:task_newtask and not sched:sched_process_fork: both fire in the parent, in copy_process, for every new
  * task, threads included. sched_process_fork gives parent_pid/child_pid, which are *thread* ids, and nothing
@@ -210,9 +210,9 @@ static __always_inline int ravn_track_exit(struct ravn_exit_args *args)
 	return 0;
 }
 
-/* BCC only turns functions of the main .bpf.c file into programs, so every probe defines the two programs the
- * base class attaches, ravn_on_newtask and ravn_on_exit, in its own file: either with this macro, or by hand
- * when it needs to see forks/exits itself (do its work, then return ravn_track_newtask(args) /
+/* Every probe defines the two programs the base class attaches, ravn_on_newtask and ravn_on_exit, in its own
+ * file (one program per tracepoint and probe, so a probe can add its own fork/exit work without a second
+ * attachment): either with this macro, or by hand (do its work, then return ravn_track_newtask(args) /
  * ravn_track_exit(args)). */
 #define RAVN_PROC_PROGRAMS                                                  \
 	int ravn_on_newtask(struct ravn_newtask_args *args)                 \
