@@ -85,8 +85,9 @@ def test_daemon_runs_every_probe_with_exactly_the_unit_capabilities(tmp_path: Pa
 
     bset = ",".join(f"+{c[4:].lower()}" for c in usable)
     ravn = str(Path(sys.executable).parent / "ravn")
+    out_f, err_f = (tmp_path / "stdout").open("w"), (tmp_path / "stderr").open("w")
     proc = subprocess.Popen(["setpriv", f"--bounding-set=-all,{bset}", "--", ravn, "--config", str(cfg_path),
-                             "--duration", "60"], stdout=(tmp_path / "stdout").open("w"), stderr=(tmp_path / "stderr").open("w"))
+                             "--duration", "60"], stdout=out_f, stderr=err_f)
     err = ""
     try:
         def running() -> bool:
