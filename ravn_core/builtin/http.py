@@ -229,6 +229,17 @@ class RavnCollector:
             lvl.add_metric([host], float(LEVEL_VALUE.get(t["level"], 0)))
         yield from (score, lvl)
 
+        # ---- process tree (bounded by ravn.proctree_max)
+        pt = GaugeMetricFamily("ravn_proctree_processes", "processes held in the process tree", labels=["host"])
+        pe = CounterMetricFamily("ravn_proctree_evictions", "processes evicted from the tree by its bound (LRU)",
+                                 labels=["host"])
+        for host, tree in list(rt.trees.items()):
+            pt.add_metric([host], float(len(tree)))
+            pe.add_metric([host], float(tree.evictions))
+        yield from (pt, pe)
+        yield GaugeMetricFamily("ravn_proctree_max", "bound of each process tree (ravn.proctree_max)",
+                                value=float(rt.core.proctree_max))
+
         # ---- supervision
         cu = GaugeMetricFamily("ravn_component_up", "1 when the component reports ok", labels=["component"])
         cr = CounterMetricFamily("ravn_component_restarts", "restarts of a component after an error",
