@@ -142,7 +142,7 @@ def test_prefilter_by_event_type(tmp_path: Path) -> None:
     an = make(tmp_path, rule("proc.comm = bash", "[exec]"))
     assert not run(an, [ev("open", file__path="/x")])  # the rule is not even evaluated on open
     assert an.matched == 0
-    assert "open" not in an._by_type
+    assert "open" not in an._dispatch
 
 
 # ---------------------------------------------------------------------------------------------- lists, macros

@@ -143,14 +143,19 @@ class RulesAnalyzer(Analyzer):
         )
 
     def _install(self, ruleset: RuleSet) -> None:
-        """Build the dispatch table: evt.type -> [(match, handler, rule)], and fresh state tables."""
+        """Build the dispatch table: evt.type -> (one generated function over all its rules, [(handler, rule)]),
+        and fresh state tables."""
         handlers: dict[str, Handler] = {"simple": self._on_simple, "sequence": self._on_sequence,
                                         "threshold": self._on_threshold}
-        by_type: dict[str, list[tuple[Callable[[Event], bool], Handler, Rule]]] = {}
+        per_type: dict[str, list[Rule]] = {}
         for rule in ruleset.rules:
             for t in rule.events:
-                by_type.setdefault(t, []).append((rule.match, handlers[rule.kind], rule))
-        self._by_type = by_type
+                per_type.setdefault(t, []).append(rule)
+        self._dispatch = {
+            t: (ruleset.compiler.make_dispatch([r.srcs[t] for r in rules], f"dispatch_{t}"),
+                [(handlers[r.kind], r) for r in rules])
+            for t, rules in per_type.items()
+        }
         self._tables = {r.name: _Table(self.config.max_state_keys) for r in ruleset.rules if r.kind != "simple"}
         self.ruleset = ruleset
 
@@ -170,18 +175,22 @@ class RulesAnalyzer(Analyzer):
         res = self.ruleset.resolvers
         res.tree = ctx.proctree
         res.host = ctx.host
-        by_type = self._by_type
+        dispatch = self._dispatch
         alerts: list[Alert] = []
         for ev in batch:
-            entries = by_type.get(ev.get("evt.type"))  # type: ignore[arg-type]
-            if entries is None:
+            entry = dispatch.get(ev.get("evt.type"))  # type: ignore[arg-type]
+            if entry is None:
+                continue  # no rule applies to this event type: it costs one dict lookup
+            hits = entry[0](ev)
+            if hits is None:
                 continue
-            for match, handler, rule in entries:
-                if match(ev):
-                    self.matched += 1
-                    alert = handler(rule, ev, ctx)
-                    if alert is not None:
-                        alerts.append(alert)
+            handlers = entry[1]
+            for i in hits:
+                handler, rule = handlers[i]
+                self.matched += 1
+                alert = handler(rule, ev, ctx)
+                if alert is not None:
+                    alerts.append(alert)
         if batch:
             ts = batch[-1].get("evt.ts")
             if isinstance(ts, int) and ts / 1e9 > self._clock:
@@ -213,10 +222,13 @@ class RulesAnalyzer(Analyzer):
 
     def _on_sequence(self, rule: Rule, ev: Event, ctx: BatchContext) -> Alert | None:
         """Advance the key's progress through the steps; alert when the last step matches in the window."""
-        now = self._now(ev, ctx)
         key = self._key(rule, ev, ctx)
         table = self._tables[rule.name]
         st = table.d.get(key)
+        etype = ev.get("evt.type")
+        if st is None and not rule.inherit and etype not in rule.steps[0].events:
+            return None  # a later step with nothing in progress for this key: the common case, kept cheap
+        now = self._now(ev, ctx)
         inherited = False
         if st is None and rule.inherit and ev.get("proc.ppid"):
             st = table.d.get(ev["proc.ppid"])  # a child continuing its parent's progress
@@ -225,7 +237,6 @@ class RulesAnalyzer(Analyzer):
             if not inherited:
                 del table.d[key]
             st = None
-        etype = ev.get("evt.type")
         if st is not None:
             step = rule.steps[st.idx]
             if etype in step.events and step.match(ev) and _joined(step.join, ev, st.events[-1]):

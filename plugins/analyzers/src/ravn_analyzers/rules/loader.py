@@ -127,6 +127,7 @@ class Step:
     events: tuple[str, ...]
     match: Predicate
     join: tuple[tuple[str, str], ...]
+    src: str = ""
 
 
 @dataclass
@@ -150,6 +151,7 @@ class Rule:
     distinct: str = ""
     count: int = 0
     step_by: dict[str, str] = field(default_factory=dict)  # event type -> key field, for steps with their own by
+    srcs: dict[str, str] = field(default_factory=dict)  # event type -> Python expression of ``match`` for it
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "score": self.score, "tags": self.tags,
@@ -163,6 +165,7 @@ class RuleSet:
     lists: dict[str, list[Any]]
     macros: dict[str, str]
     resolvers: Resolvers
+    compiler: Compiler
 
     def by_name(self) -> dict[str, Rule]:
         return {r.name: r for r in self.rules}
@@ -287,7 +290,7 @@ def load_rules(
         if score_overrides and name in score_overrides:
             rule.score = score_overrides[name]
         rules.append(rule)
-    return RuleSet(rules, [d[0] for d in docs], env.lists, env.macros, resolvers)
+    return RuleSet(rules, [d[0] for d in docs], env.lists, env.macros, resolvers, compiler)
 
 
 def _names(docs: list[tuple[str, Any, Any]]) -> str:
@@ -377,7 +380,7 @@ def _compile_rule(raw: _Raw, compiler: Compiler, resolvers: Resolvers, extra_exc
         for i, st in enumerate(seq.steps):
             evs = check_events(st.events, "sequence", "steps", i, "events")
             allowed = fields_of(evs)
-            match = _rule_predicate(item, st.condition, extra_exc, compiler, allowed, fail,
+            match, src = _rule_predicate(item, st.condition, extra_exc, compiler, allowed, fail,
                                     ("sequence", "steps", i, "condition"))
             for mine, theirs in st.join.items():
                 if i == 0:
@@ -390,7 +393,7 @@ def _compile_rule(raw: _Raw, compiler: Compiler, resolvers: Resolvers, extra_exc
                     raise fail(f"by: {st.by!r} is not a field of this step's events", "sequence", "steps", i, "by")
                 for e in evs:
                     step_by[e] = st.by
-            steps.append(Step(evs, match, tuple(st.join.items())))
+            steps.append(Step(evs, match, tuple(st.join.items()), src))
             all_events.extend(evs)
             prev_fields = allowed
         events = tuple(dict.fromkeys(all_events))
@@ -405,6 +408,7 @@ def _compile_rule(raw: _Raw, compiler: Compiler, resolvers: Resolvers, extra_exc
             return any(t in s.events and s.match(ev) for s in step_list)
 
         rule_match: Predicate = any_step
+        srcs = {t: " or ".join(f"({s.src})" for s in steps if t in s.events) for t in events}
         render_fields = set().union(*(fields_of(s.events) for s in steps))
     else:
         if not item.events:
@@ -413,7 +417,8 @@ def _compile_rule(raw: _Raw, compiler: Compiler, resolvers: Resolvers, extra_exc
             raise fail("condition: is required", "condition")
         events = check_events(item.events, "events")
         allowed = fields_of(events)
-        rule_match = _rule_predicate(item, item.condition, extra_exc, compiler, allowed, fail, ("condition",))
+        rule_match, src = _rule_predicate(item, item.condition, extra_exc, compiler, allowed, fail, ("condition",))
+        srcs = {t: src for t in events}
         render_fields = allowed
         by = item.threshold.by if item.threshold else "proc.pid"
         if item.threshold is not None:
@@ -428,7 +433,7 @@ def _compile_rule(raw: _Raw, compiler: Compiler, resolvers: Resolvers, extra_exc
             raise fail(f"description: {{{f}}} is not a field of the rule's events", "description")
 
     rule = Rule(item.rule, kind, item.description, compile_template(item.description, resolvers), item.score,
-                list(item.tags), events, rule_match, source, item.details, by=by)
+                list(item.tags), events, rule_match, source, item.details, by=by, srcs=srcs)
     if item.sequence is not None:
         rule.window, rule.steps, rule.inherit = item.sequence.window, steps, item.sequence.inherit
         rule.step_by = step_by
@@ -440,7 +445,7 @@ def _compile_rule(raw: _Raw, compiler: Compiler, resolvers: Resolvers, extra_exc
 
 
 def _rule_predicate(item: RuleItem, text: str, extra: list[str], compiler: Compiler, allowed: set[str], fail: Any,
-                    path: tuple[str | int, ...]) -> Predicate:
+                    path: tuple[str | int, ...]) -> tuple[Predicate, str]:
     try:
         compiler.compile(text, allowed)
     except ConditionError as exc:
@@ -452,6 +457,7 @@ def _rule_predicate(item: RuleItem, text: str, extra: list[str], compiler: Compi
             raise fail(f"exceptions[{i}] ({e.name}): {exc}", "exceptions", i, "condition") from None
     texts = [e.condition for e in item.exceptions] + list(extra)
     try:
-        return compiler.compile_rule(text, texts, allowed)
+        src = compiler.rule_source(text, texts, allowed)
+        return compiler.make(src), src
     except ConditionError as exc:
         raise fail(f"exceptions from the analyzer_rules config: {exc}", "exceptions") from None
