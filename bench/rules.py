@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from ravn_analyzers.rules.engine import RulesAnalyzer, RulesConfig
+
 from ravn_core.components import BatchContext
 from ravn_core.proctree import ProcessTree
 from ravn_core.testing import make_context
