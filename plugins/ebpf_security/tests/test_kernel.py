@@ -156,6 +156,23 @@ def test_exec_failure_reports_errno(probe: SecuritySource) -> None:
     assert only(evs, "exit")["exit.code"] == 3 << 8
 
 
+def test_exec_from_a_non_leader_thread(probe: SecuritySource) -> None:
+    """The kernel gives the exec'ing thread the leader's pid (sched_process_exec old_pid != pid) and kills the other
+    threads with SIGKILL: the event must still carry the argv, and the exit status must not be 9."""
+    def body() -> None:
+        t = threading.Thread(target=os.execv, args=("/bin/true", ["/bin/true", "from-thread"]))
+        t.start()
+        time.sleep(5)
+
+    pid, status = in_child(body)
+    assert status == 0
+    evs = of_pid(probe, pid)
+    ex = only(evs, "exec")
+    assert (ex["proc.pid"], ex["proc.tid"], ex["exec.argv"], ex["exec.ret"]) == (
+        pid, pid, ["/bin/true", "from-thread"], 0)
+    assert only(evs, "exit")["exit.code"] == 0
+
+
 # ------------------------------------------------------------------------------------------------ fork, exit
 def test_fork_and_exit_codes_threads_not_reported(probe: SecuritySource) -> None:
     def body() -> None:
