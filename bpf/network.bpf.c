@@ -51,12 +51,14 @@ RAVN_PROC_PROGRAMS
  * number (int, padded to 8), then each argument in 8 bytes; the exit record has the return value. */
 struct net_sys_enter {
 	u64 __common;
-	s64 nr;
+	s32 nr;      /* int __syscall_nr at offset 8; the 4 bytes after it are NOT zeroed */
+	s32 __pad;
 	u64 a[6];
 };
 struct net_sys_exit {
 	u64 __common;
-	s64 nr;
+	s32 nr;      /* int __syscall_nr at offset 8; the 4 bytes after it are NOT zeroed */
+	s32 __pad;
 	s64 ret;
 };
 

@@ -1,0 +1,419 @@
+/* SPDX-License-Identifier: Apache-2.0
+ *
+ * file.bpf.c: the ebpf_file probe. Opens, unlinks, renames, chmods, chowns, links, symlinks and truncates of
+ * watched paths, filtered in the kernel by path prefix.
+ *
+ * What it traces (specific syscall tracepoints only; never raw_syscalls): one program, ravn_file_enter, on the
+ * sys_enter_* tracepoint of open, openat, openat2, creat, unlink, unlinkat, rmdir, rename, renameat, renameat2,
+ * chmod, fchmodat, fchmodat2, fchmod (setuid/setgid modes only), chown, lchown, fchownat, link, linkat, symlink,
+ * symlinkat and truncate (it dispatches on the x86_64 syscall number), and one, ravn_file_exit, on their
+ * sys_exit_* tracepoints: it adds the result and submits the record kept since the enter.
+ *
+ * Matching: ravn_file_rules is an LPM trie keyed by path bytes; user space inserts one entry per configured
+ * prefix with its class (read: every open is reported; write: opens with write intent and every change;
+ * exclude: nothing). The longest (most specific) matching prefix decides. A prefix may hold ONE whole-component
+ * wildcard, "/home/X/.ssh/" with X = '*': its root ("/home/") goes in ravn_file_wild, and a path under that root
+ * is looked up a second time with its first component after the root replaced by '*'. Everything is bounded:
+ * one or two trie lookups per path, fixed-size compares.
+ *   Always reported: chmod/fchmod that sets S_ISUID or S_ISGID (whatever the path), and the event types named in
+ *   RAVN_FILE_ALL_MASK (default: rename, so a mass-rename rule sees every rename).
+ *
+ * Overhead: each traced syscall costs one program run: a user-string read (<= 256 bytes) and one LPM lookup
+ * (two under a wildcard root); a hash update + a ring record only for reported events. The exit program costs
+ * one hash lookup for the traced syscalls. Opens are by far the most frequent: the read set is kept small
+ * (credentials, keys, history) so the loader's reads of /etc/ld.so.cache and /usr/lib are not reported.
+ *
+ * Caveats:
+ *   - relative paths (openat(AT_FDCWD, "shadow") in /etc) cannot be prefix-matched here. With
+ *     RAVN_FILE_RELATIVE=1 a relative path is sent to user space when the open has write intent, for every
+ *     change (unlink, rename, ...), and for a read open whose whole path is the last component of a read
+ *     prefix (ravn_file_names: "shadow", "id_rsa", ...); user space joins it with /proc/<pid>/cwd (or the
+ *     dirfd's path) and applies the same prefixes. A process gone by then cannot be resolved (counted, dropped);
+ *   - paths are matched as passed: "/etc/../etc/shadow", symlinked and bind-mounted aliases, /proc/self/root
+ *     and openat(dirfd, ...) with a dirfd under a watched directory are not normalised;
+ *   - paths longer than 255 bytes are cut (RAVN_FILE_F_TRUNCATED); fd-based calls other than fchmod
+ *     (fchown, ftruncate, write on an already open fd) are not traced;
+ *   - x86_64 syscall numbers (the dispatch); io_uring opens (IORING_OP_OPENAT) bypass syscalls entirely.
+ */
+#include "ravn_events.h"
+#include "ravn_common.bpf.h"
+
+RAVN_PROC_PROGRAMS
+
+#ifndef RAVN_FILE_MAX_RULES
+#define RAVN_FILE_MAX_RULES 1024
+#endif
+#ifndef RAVN_FILE_MAX_INFLIGHT
+#define RAVN_FILE_MAX_INFLIGHT 8192
+#endif
+#ifndef RAVN_FILE_ALL_MASK
+#define RAVN_FILE_ALL_MASK (1 << RAVN_EVT_RENAME) /* event types reported for every path */
+#endif
+#ifndef RAVN_FILE_RELATIVE
+#define RAVN_FILE_RELATIVE 1
+#endif
+#define RAVN_FILE_MAX_WILD 4   /* wildcard roots */
+#define RAVN_FILE_WILD_LEN 32  /* a root is at most 31 bytes */
+#define RAVN_FILE_COMP_MAX 64  /* the wildcard component is at most 63 bytes */
+#define RAVN_FILE_NAME_LEN 32  /* basenames of read prefixes (relative read opens) */
+
+#define FILE_CLASS_READ 1
+#define FILE_CLASS_WRITE 2
+#define FILE_CLASS_EXCLUDE 4
+
+#define R_O_WRONLY 01
+#define R_O_RDWR 02
+#define R_O_CREAT 0100
+#define R_O_TRUNC 01000
+#define R_S_ISUID 04000
+#define R_S_ISGID 02000
+#define R_AT_FDCWD -100
+
+struct file_sys_enter {
+	u64 __common;
+	s32 nr;      /* int __syscall_nr at offset 8; the 4 bytes after it are NOT zeroed */
+	s32 __pad;
+	u64 a[6];
+};
+struct file_sys_exit {
+	u64 __common;
+	s32 nr;      /* int __syscall_nr at offset 8; the 4 bytes after it are NOT zeroed */
+	s32 __pad;
+	s64 ret;
+};
+
+struct file_key {
+	u32 prefixlen; /* bits */
+	char data[RAVN_FILE_PATH_MAX];
+};
+struct file_rule {
+	u32 klass;     /* FILE_CLASS_* */
+	u32 len;       /* prefix length in bytes: the most specific of two matches wins */
+};
+struct file_wild_root {
+	u64 w[RAVN_FILE_WILD_LEN / 8];    /* the root, zero-padded */
+	u64 mask[RAVN_FILE_WILD_LEN / 8]; /* 0xff for each byte of the root */
+	u32 len;
+	u32 pad;
+};
+struct file_name_key {
+	char s[RAVN_FILE_NAME_LEN];
+};
+
+BPF_LPM_TRIE(ravn_file_rules, struct file_key, struct file_rule, RAVN_FILE_MAX_RULES);
+BPF_ARRAY(ravn_file_wild, struct file_wild_root, RAVN_FILE_MAX_WILD);
+BPF_HASH(ravn_file_names, struct file_name_key, u8, 256);
+BPF_PERCPU_ARRAY(ravn_file_keys, struct file_key, 2);
+BPF_PERCPU_ARRAY(ravn_file_scratch, struct ravn_file_event, 1);
+BPF_HASH(ravn_file_inflight, u32, struct ravn_file_event, RAVN_FILE_MAX_INFLIGHT);
+
+/* Read the user path into dst (the event's field) and classify it. Returns the FILE_CLASS_* of the most
+ * specific matching prefix (0: none); *relative set when the path does not start with '/'. */
+static __always_inline u32 file_classify(const char *upath, char *dst, u32 *why, u32 rel_flag)
+{
+	u32 zero = 0, one = 1;
+	struct file_key *k = ravn_file_keys.lookup(&zero);
+	struct file_key *k2 = ravn_file_keys.lookup(&one);
+	if (!k || !k2 || !upath)
+		return 0;
+	long n = bpf_probe_read_user_str(k->data, sizeof(k->data), upath);
+	if (n <= 0)
+		return 0;
+	bpf_probe_read_kernel(dst, RAVN_FILE_PATH_MAX, k->data);
+	if (n >= RAVN_FILE_PATH_MAX)
+		*why |= RAVN_FILE_F_TRUNCATED;
+	if (k->data[0] != '/') {
+		*why |= rel_flag;
+		return 0;
+	}
+	k->prefixlen = (n - 1) * 8;
+	u32 klass = 0, best = 0;
+	struct file_rule *r = ravn_file_rules.lookup(k);
+	if (r) {
+		klass = r->klass;
+		best = r->len;
+	}
+	for (u32 i = 0; i < RAVN_FILE_MAX_WILD; i++) {
+		u32 idx = i;
+		struct file_wild_root *w = ravn_file_wild.lookup(&idx);
+		if (!w)
+			continue;
+		u32 wl = w->len & (RAVN_FILE_WILD_LEN - 1); /* bounded for the verifier; user space keeps it < 31 */
+		if (wl == 0 || wl == RAVN_FILE_WILD_LEN - 1)
+			continue;
+		/* root compare: 4 masked words (user space zero-pads the root and sets mask bytes to 0xff) */
+		u64 words[RAVN_FILE_WILD_LEN / 8];
+		bpf_probe_read_kernel(words, sizeof(words), k->data);
+		if (((words[0] & w->mask[0]) != w->w[0]) || ((words[1] & w->mask[1]) != w->w[1]) ||
+		    ((words[2] & w->mask[2]) != w->w[2]) || ((words[3] & w->mask[3]) != w->w[3]))
+			continue;
+		char comp[RAVN_FILE_COMP_MAX];
+		bpf_probe_read_kernel(comp, sizeof(comp), &k->data[wl]);
+		u32 end = 0;
+		for (u32 j = 1; j < RAVN_FILE_COMP_MAX; j++) {
+			if (comp[j] == '/') {
+				end = wl + j;
+				break;
+			}
+			if (comp[j] == 0)
+				break;
+		}
+		if (!end)
+			continue;
+		/* k2 = root + "*" + path[end:] */
+		bpf_probe_read_kernel(k2->data, RAVN_FILE_WILD_LEN, w->w);
+		u32 off = wl;
+		k2->data[off] = '*';
+		long m = bpf_probe_read_user_str(&k2->data[off + 1],
+						 RAVN_FILE_PATH_MAX - RAVN_FILE_WILD_LEN, upath + end);
+		if (m <= 0)
+			continue;
+		k2->prefixlen = (off + m) * 8;
+		struct file_rule *r2 = ravn_file_rules.lookup(k2);
+		if (r2 && r2->len > best) {
+			klass = r2->klass;
+			best = r2->len;
+		}
+	}
+	if (klass)
+		*why |= RAVN_FILE_F_MATCHED;
+	return klass;
+}
+
+#if RAVN_FILE_RELATIVE
+/* A relative path that is exactly the last component of a read prefix ("shadow"): worth resolving. */
+static __always_inline int file_relative_name(const char *upath)
+{
+	struct file_name_key nk = {};
+	if (bpf_probe_read_user_str(nk.s, sizeof(nk.s), upath) <= 0)
+		return 0;
+	return ravn_file_names.lookup(&nk) != 0;
+}
+#endif
+
+static __always_inline struct ravn_file_event *file_begin(u64 *id, u64 *ug)
+{
+	*id = bpf_get_current_pid_tgid();
+	*ug = bpf_get_current_uid_gid();
+	if (ravn_filtered(*id, *ug))
+		return 0;
+	u32 zero = 0;
+	struct ravn_file_event *e = ravn_file_scratch.lookup(&zero);
+	if (!e)
+		return 0;
+	e->ret = 0;
+	e->size = 0;
+	e->flags = 0;
+	e->mode = 0;
+	e->uid = 0;
+	e->gid = 0;
+	e->dirfd = R_AT_FDCWD;
+	e->newdirfd = R_AT_FDCWD;
+	e->why = 0;
+	e->__pad = 0;
+	e->newpath[0] = 0;
+	return e;
+}
+
+/* Keep e until the syscall exits (ravn_file_exit adds the result and submits it). */
+static __always_inline int file_keep(struct ravn_file_event *e, u64 id, u64 ug, u32 type)
+{
+	ravn_fill_hdr(&e->hdr, id, ug, type);
+	u32 tid = (u32)id;
+	if (ravn_file_inflight.update(&tid, e) != 0)
+		ravn_count_drop();
+	return 0;
+}
+
+/* Report decision for a change (not an open) of one or two paths. */
+static __always_inline int file_change_wanted(u32 type, u32 c1, u32 c2, u32 why)
+{
+	if ((c1 & FILE_CLASS_EXCLUDE) && (c2 == 0 || (c2 & FILE_CLASS_EXCLUDE)))
+		return 0;
+	if ((c1 | c2) & (FILE_CLASS_READ | FILE_CLASS_WRITE))
+		return 1;
+	if (RAVN_FILE_ALL_MASK & (1 << type))
+		return 1;
+#if RAVN_FILE_RELATIVE
+	if (why & (RAVN_FILE_F_RELATIVE | RAVN_FILE_F_NEWRELATIVE))
+		return 1;
+#endif
+	return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------- enter */
+
+/* x86_64 syscall numbers of the traced syscalls (one program for all of them: the classifier is inlined once
+ * per path instead of once per syscall, which keeps the compile short) */
+#define NR_truncate 76
+#define NR_rename 82
+#define NR_rmdir 84
+#define NR_creat 85
+#define NR_link 86
+#define NR_unlink 87
+#define NR_symlink 88
+#define NR_chmod 90
+#define NR_fchmod 91
+#define NR_chown 92
+#define NR_lchown 94
+#define NR_open 2
+#define NR_openat 257
+#define NR_fchownat 260
+#define NR_unlinkat 263
+#define NR_renameat 264
+#define NR_linkat 265
+#define NR_symlinkat 266
+#define NR_fchmodat 268
+#define NR_renameat2 316
+#define NR_openat2 437
+#define NR_fchmodat2 452
+
+/* attached to the sys_enter_* tracepoint of every syscall listed above */
+int ravn_file_enter(struct file_sys_enter *args)
+{
+	u32 type = 0, flags = 0, mode = 0, uid = 0, gid = 0;
+	s32 dfd = R_AT_FDCWD, ndfd = R_AT_FDCWD;
+	s64 size = 0;
+	const char *p1 = 0, *p2 = 0;
+	int target = 0; /* p1 is a symlink target (text, never resolved) */
+	/* one program on tracepoints of different record sizes: reading args->a[5] directly would exceed the
+	 * smallest record (unlink's) and the attach would fail, so copy the argument words with a probe read */
+	u64 a[6] = {};
+	bpf_probe_read_kernel(a, sizeof(a), args->a);
+	long nr = args->nr;
+	switch (nr) {
+	case NR_open:
+		type = RAVN_EVT_OPEN; p1 = (const char *)a[0]; flags = a[1]; mode = a[2];
+		break;
+	case NR_openat:
+		type = RAVN_EVT_OPEN; dfd = a[0]; p1 = (const char *)a[1]; flags = a[2]; mode = a[3];
+		break;
+	case NR_openat2: {
+		u64 how[2] = {}; /* struct open_how: u64 flags, u64 mode, u64 resolve (user ABI) */
+		bpf_probe_read_user(how, sizeof(how), (const void *)a[2]);
+		type = RAVN_EVT_OPEN; dfd = a[0]; p1 = (const char *)a[1]; flags = how[0]; mode = how[1];
+		break;
+	}
+	case NR_creat:
+		type = RAVN_EVT_OPEN; p1 = (const char *)a[0]; flags = R_O_CREAT | R_O_WRONLY | R_O_TRUNC; mode = a[1];
+		break;
+	case NR_unlink:
+		type = RAVN_EVT_UNLINK; p1 = (const char *)a[0];
+		break;
+	case NR_rmdir:
+		type = RAVN_EVT_UNLINK; p1 = (const char *)a[0]; flags = 0x200; /* AT_REMOVEDIR */
+		break;
+	case NR_unlinkat:
+		type = RAVN_EVT_UNLINK; dfd = a[0]; p1 = (const char *)a[1]; flags = a[2];
+		break;
+	case NR_chmod:
+		type = RAVN_EVT_CHMOD; p1 = (const char *)a[0]; mode = a[1];
+		break;
+	case NR_fchmodat:
+	case NR_fchmodat2:
+		type = RAVN_EVT_CHMOD; dfd = a[0]; p1 = (const char *)a[1]; mode = a[2];
+		flags = nr == NR_fchmodat2 ? a[3] : 0;
+		break;
+	case NR_fchmod:
+		/* no path: reported only when it sets setuid/setgid; user space resolves the fd */
+		type = RAVN_EVT_CHMOD; dfd = a[0]; mode = a[1];
+		if (!(mode & (R_S_ISUID | R_S_ISGID)))
+			return 0;
+		break;
+	case NR_chown:
+	case NR_lchown:
+		type = RAVN_EVT_CHOWN; p1 = (const char *)a[0]; uid = a[1]; gid = a[2];
+		flags = nr == NR_lchown ? 0x100 : 0; /* AT_SYMLINK_NOFOLLOW */
+		break;
+	case NR_fchownat:
+		type = RAVN_EVT_CHOWN; dfd = a[0]; p1 = (const char *)a[1]; uid = a[2]; gid = a[3]; flags = a[4];
+		break;
+	case NR_truncate:
+		type = RAVN_EVT_TRUNCATE; p1 = (const char *)a[0]; size = a[1];
+		break;
+	case NR_rename:
+		type = RAVN_EVT_RENAME; p1 = (const char *)a[0]; p2 = (const char *)a[1];
+		break;
+	case NR_renameat:
+	case NR_renameat2:
+		type = RAVN_EVT_RENAME; dfd = a[0]; p1 = (const char *)a[1]; ndfd = a[2]; p2 = (const char *)a[3];
+		flags = nr == NR_renameat2 ? a[4] : 0;
+		break;
+	case NR_link:
+		type = RAVN_EVT_LINK; p1 = (const char *)a[0]; p2 = (const char *)a[1];
+		break;
+	case NR_linkat:
+		type = RAVN_EVT_LINK; dfd = a[0]; p1 = (const char *)a[1]; ndfd = a[2]; p2 = (const char *)a[3];
+		flags = a[4];
+		break;
+	case NR_symlink:
+		type = RAVN_EVT_SYMLINK; p1 = (const char *)a[0]; p2 = (const char *)a[1]; target = 1;
+		break;
+	case NR_symlinkat:
+		type = RAVN_EVT_SYMLINK; p1 = (const char *)a[0]; ndfd = a[1]; p2 = (const char *)a[2]; target = 1;
+		break;
+	default:
+		return 0;
+	}
+
+	u64 id, ug;
+	struct ravn_file_event *e = file_begin(&id, &ug);
+	if (!e)
+		return 0;
+	e->path[0] = 0;
+	u32 c1 = 0, c2 = 0;
+	if (p1)
+		c1 = file_classify(p1, e->path, &e->why, target ? 0 : RAVN_FILE_F_RELATIVE);
+	if (p2)
+		c2 = file_classify(p2, e->newpath, &e->why, RAVN_FILE_F_NEWRELATIVE);
+
+	int wanted = 0;
+	if (type == RAVN_EVT_OPEN) {
+		int write = (flags & (R_O_WRONLY | R_O_RDWR | R_O_CREAT | R_O_TRUNC)) != 0;
+		if (c1 & FILE_CLASS_EXCLUDE)
+			wanted = 0;
+		else if (c1 & FILE_CLASS_READ)
+			wanted = 1;
+		else if (c1 & FILE_CLASS_WRITE)
+			wanted = write;
+		else
+			wanted = (RAVN_FILE_ALL_MASK & (1 << RAVN_EVT_OPEN)) != 0;
+#if RAVN_FILE_RELATIVE
+		if (!wanted && (e->why & RAVN_FILE_F_RELATIVE))
+			wanted = write || file_relative_name(p1);
+#endif
+	} else if (type == RAVN_EVT_CHMOD && (mode & (R_S_ISUID | R_S_ISGID))) {
+		e->why |= RAVN_FILE_F_SETID | (p1 ? 0 : RAVN_FILE_F_FD);
+		wanted = 1;
+	} else {
+		wanted = file_change_wanted(type, c1, c2, e->why);
+	}
+	if (!wanted)
+		return 0;
+	if (!(e->why & (RAVN_FILE_F_MATCHED | RAVN_FILE_F_RELATIVE | RAVN_FILE_F_NEWRELATIVE | RAVN_FILE_F_SETID)))
+		e->why |= RAVN_FILE_F_ALL;
+	e->dirfd = dfd;
+	e->newdirfd = ndfd;
+	e->flags = flags;
+	e->mode = mode;
+	e->uid = uid;
+	e->gid = gid;
+	e->size = size;
+	return file_keep(e, id, ug, type);
+}
+
+/* ---------------------------------------------------------------------------------------------------- exit */
+
+/* attached to the sys_exit_* of every syscall above */
+int ravn_file_exit(struct file_sys_exit *args)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct ravn_file_event *e = ravn_file_inflight.lookup(&tid);
+	if (!e)
+		return 0;
+	e->ret = args->ret;
+	if (ravn_events.ringbuf_output(e, sizeof(*e), 0) != 0)
+		ravn_count_drop();
+	ravn_file_inflight.delete(&tid);
+	return 0;
+}

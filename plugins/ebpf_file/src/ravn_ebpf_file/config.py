@@ -1,0 +1,175 @@
+"""Config of the ebpf_file source and the path rules it compiles for the kernel (and for user space).
+
+Prefix semantics (the same in the kernel's LPM trie and in :class:`PathRules`):
+
+- a prefix is raw bytes: ``/etc/sudoers`` matches ``/etc/sudoers`` and ``/etc/sudoers.d/x``; end a directory with
+  ``/`` to leave its siblings out (``/etc/pam.d/`` does not match ``/etc/pam.d.bak``);
+- one whole path component may be ``*``: ``/home/*/.ssh/`` matches ``/home/alice/.ssh/id_rsa``. The part before
+  the ``*`` is a *root* (at most 30 bytes, at most 4 distinct roots);
+- the most specific (longest) matching prefix decides, so an exclude can carve a hole in a watched directory;
+- classes: ``read_prefixes`` report every open (and every change), ``write_prefixes`` report opens with write
+  intent (O_WRONLY, O_RDWR, O_CREAT, O_TRUNC) and every change, ``exclude_prefixes`` report nothing (except a
+  setuid/setgid chmod, which is always reported).
+
+Why these defaults: reads are reported only where a read alone is the signal (credentials, private keys, shell
+history), because reads under /etc, /usr/lib and /lib happen on every exec (the dynamic loader opens
+/etc/ld.so.cache and the libraries). Writes are reported under the wider set of places attackers persist or
+tamper with: all of /etc (passwd, group, pam.d, cron, systemd units, ld.so.preload), binaries and libraries, boot,
+cron spools, shell start-up files, logs (clearing), and the kernel knobs used for escapes (core_pattern,
+modprobe, cgroup v1 release_agent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ravn_core.bpf import BccProbeConfig
+
+PATH_MAX: Final = 256  # RAVN_FILE_PATH_MAX
+WILD_LEN: Final = 32  # RAVN_FILE_WILD_LEN: a root is at most WILD_LEN - 2 bytes
+MAX_WILD: Final = 4  # RAVN_FILE_MAX_WILD
+COMP_MAX: Final = 64  # RAVN_FILE_COMP_MAX: the component matched by '*' is at most 63 bytes
+NAME_LEN: Final = 32  # RAVN_FILE_NAME_LEN
+CLASS_READ: Final = 1
+CLASS_WRITE: Final = 2
+CLASS_EXCLUDE: Final = 4
+
+FileEventType = Literal["open", "unlink", "rename", "chmod", "chown", "link", "symlink", "truncate"]
+
+DEFAULT_READ: Final[tuple[str, ...]] = (
+    "/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/security/opasswd", "/etc/ssh/ssh_host_",
+    "/root/.ssh/", "/home/*/.ssh/", "/root/.gnupg/", "/home/*/.gnupg/", "/root/.aws/", "/home/*/.aws/",
+    "/root/.kube/", "/home/*/.kube/",
+    "/root/.bash_history", "/home/*/.bash_history", "/root/.zsh_history", "/home/*/.zsh_history",
+    "/root/.python_history", "/home/*/.python_history",
+)
+DEFAULT_WRITE: Final[tuple[str, ...]] = (
+    "/etc/",
+    "/bin/", "/sbin/", "/usr/bin/", "/usr/sbin/", "/usr/local/bin/", "/usr/local/sbin/",
+    "/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/", "/usr/local/lib/", "/boot/",
+    "/var/spool/cron/", "/var/log/",
+    "/root/.bashrc", "/root/.bash_profile", "/root/.profile", "/root/.bash_logout", "/root/.config/autostart/",
+    "/home/*/.bashrc", "/home/*/.bash_profile", "/home/*/.profile", "/home/*/.bash_logout",
+    "/home/*/.config/autostart/", "/home/*/.config/systemd/", "/root/.config/systemd/",
+    "/proc/sys/kernel/core_pattern", "/proc/sys/kernel/modprobe", "/proc/sysrq-trigger",
+    "/sys/fs/cgroup/*/release_agent",
+)
+
+
+def _default_report_all() -> list[FileEventType]:
+    return ["rename"]
+
+
+def _check_prefix(p: str) -> str:
+    raw = p.encode()
+    if not p.startswith("/"):
+        raise ValueError(f"prefix {p!r} must be absolute")
+    if len(raw) >= PATH_MAX:
+        raise ValueError(f"prefix {p!r} is longer than {PATH_MAX - 1} bytes")
+    if "\0" in p:
+        raise ValueError(f"prefix {p!r} contains NUL")
+    if p.count("*") > 1:
+        raise ValueError(f"prefix {p!r}: at most one '*'")
+    if "*" in p:
+        root, _, rest = p.partition("*")
+        if not root.endswith("/") or not (rest == "" or rest.startswith("/")):
+            raise ValueError(f"prefix {p!r}: '*' must be a whole path component ('/home/*/.ssh/')")
+        if len(root.encode()) > WILD_LEN - 2:
+            raise ValueError(f"prefix {p!r}: the part before '*' must be at most {WILD_LEN - 2} bytes")
+    return p
+
+
+class FileConfig(BccProbeConfig):
+    """Config of the ebpf_file source (YAML: ``sources: [{plugin: ebpf_file, ...}]``); see the module doc."""
+
+    read_prefixes: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_READ),
+        description="every open (read or write) and every change under these is reported: keep it to places "
+                    "where a read alone matters (credentials, keys, history)")
+    write_prefixes: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_WRITE),
+        description="opens with write intent and every change (unlink, rename, chmod, ...) under these are "
+                    "reported; reads are not (the loader reads /etc and /usr/lib on every exec)")
+    exclude_prefixes: list[str] = Field(
+        default_factory=list,
+        description="nothing under these is reported when it is the most specific match (setuid chmods still are)")
+    report_all: list[FileEventType] = Field(
+        default_factory=lambda: _default_report_all(),
+        description="event types reported for every path, watched or not: by default renames, so a mass-rename "
+                    "(ransomware) rule sees them all; a rename costs far more than its event")
+    relative_paths: bool = Field(
+        True, description="send relative-path writes and changes (and reads whose path is a read prefix's last "
+                          "component, e.g. 'shadow') to user space, which resolves them via /proc/<pid>/cwd and "
+                          "applies the prefixes")
+    max_rules: int = Field(1024, ge=16, description="capacity of the kernel prefix trie")
+    max_inflight: int = Field(8192, ge=64, description="traced file syscalls in flight at once (enter to exit)")
+
+    @field_validator("read_prefixes", "write_prefixes", "exclude_prefixes")
+    @classmethod
+    def _prefixes(cls, v: list[str]) -> list[str]:
+        return [_check_prefix(p) for p in v]
+
+    @model_validator(mode="after")
+    def _capacity(self) -> FileConfig:
+        rules = PathRules.from_config(self)
+        if len(rules.roots) > MAX_WILD:
+            raise ValueError(f"at most {MAX_WILD} distinct roots before '*' (got {', '.join(rules.roots)})")
+        if len(rules.classes) > self.max_rules:
+            raise ValueError(f"{len(rules.classes)} prefixes exceed max_rules={self.max_rules}")
+        return self
+
+
+@dataclass(frozen=True)
+class PathRules:
+    """The compiled prefixes: ``classes`` prefix -> CLASS_*, wildcard ``roots``, and read-prefix ``names``."""
+
+    classes: dict[str, int]
+    roots: tuple[str, ...]
+    names: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, cfg: FileConfig) -> PathRules:
+        classes: dict[str, int] = {}
+        for p in cfg.write_prefixes:
+            classes[p] = CLASS_WRITE
+        for p in cfg.read_prefixes:
+            classes[p] = CLASS_READ  # read implies write
+        for p in cfg.exclude_prefixes:
+            classes[p] = CLASS_EXCLUDE
+        roots = tuple(dict.fromkeys(p.partition("*")[0] for p in classes if "*" in p))
+        names = tuple(dict.fromkeys(
+            name for p in cfg.read_prefixes
+            if not p.endswith("/") and "*" not in (name := p.rsplit("/", 1)[1])
+            and 0 < len(name.encode()) < NAME_LEN))
+        return cls(classes, roots, names)
+
+    def classify(self, path: str) -> int:
+        """CLASS_* of the most specific prefix matching ``path`` (0: none), exactly as the kernel does."""
+        best, klass = 0, 0
+        candidates = [path]
+        for root in self.roots:
+            if path.startswith(root):
+                end = path.find("/", len(root) + 1)
+                if 0 < end < len(root) + COMP_MAX:
+                    candidates.append(root + "*" + path[end:])
+        for cand in candidates:
+            for prefix, c in self.classes.items():
+                n = len(prefix)
+                if n > best and cand.startswith(prefix):
+                    best, klass = n, c
+        return klass
+
+    def wanted(self, event_type: str, path: str, newpath: str | None, write: bool, report_all: bool) -> bool:
+        """Whether an event with these (absolute) paths passes the prefixes, as in file.bpf.c."""
+        c1 = self.classify(path)
+        if event_type == "open":
+            if c1 & CLASS_EXCLUDE:
+                return False
+            return bool(c1 & CLASS_READ or (c1 & CLASS_WRITE and write) or report_all)
+        c2 = self.classify(newpath) if newpath else 0
+        if c1 & CLASS_EXCLUDE and (c2 == 0 or c2 & CLASS_EXCLUDE):
+            return False
+        return bool((c1 | c2) & (CLASS_READ | CLASS_WRITE) or report_all)

@@ -1,0 +1,94 @@
+"""The ebpf_file source: loads bpf/file.bpf.c through ravn_core.bpf.BccProbe, fills its prefix maps, decodes."""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar
+
+from ravn_core.bpf import EVENT_TYPE_IDS, BccProbe
+from ravn_core.components import RuntimeContext
+from ravn_core.events import Batch, Event
+from ravn_ebpf_file.config import PATH_MAX, WILD_LEN, FileConfig, PathRules
+from ravn_ebpf_file.decode import DROP, make_decoders
+
+if TYPE_CHECKING:
+    from bcc import BPF
+
+#: syscalls whose sys_enter_* gets ravn_file_enter and sys_exit_* gets ravn_file_exit
+SYSCALLS: tuple[str, ...] = (
+    "open", "openat", "openat2", "creat", "unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2",
+    "chmod", "fchmodat", "fchmodat2", "fchmod", "chown", "lchown", "fchownat", "link", "linkat", "symlink",
+    "symlinkat", "truncate",
+)
+
+
+class FileSource(BccProbe):
+    """Opens, unlinks, renames, chmods, chowns, links, symlinks and truncates of watched paths."""
+
+    plugin: ClassVar[str] = "ebpf_file"
+    package: ClassVar[str] = "ravn_ebpf_file"
+    bpf_file: ClassVar[str] = "file.bpf.c"
+
+    config: FileConfig
+
+    def __init__(self, name: str, config: FileConfig, context: RuntimeContext) -> None:
+        super().__init__(name, config, context)
+        self.rules = PathRules.from_config(config)
+        self.counters.update(relative_resolved=0, relative_unresolved=0, relative_filtered=0)
+
+    def tracepoints(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for sc in SYSCALLS:
+            out += [("ravn_file_enter", f"syscalls:sys_enter_{sc}"), ("ravn_file_exit", f"syscalls:sys_exit_{sc}")]
+        return out
+
+    def probe_cflags(self) -> list[str]:
+        c = self.config
+        mask = 0
+        for t in c.report_all:
+            mask |= 1 << EVENT_TYPE_IDS[t]
+        return [
+            f"-DRAVN_FILE_ALL_MASK={mask}",
+            f"-DRAVN_FILE_RELATIVE={int(c.relative_paths)}",
+            f"-DRAVN_FILE_MAX_RULES={c.max_rules}",
+            f"-DRAVN_FILE_MAX_INFLIGHT={c.max_inflight}",
+        ]
+
+    def on_loaded(self, bpf: BPF) -> None:
+        trie = bpf["ravn_file_rules"]
+        for prefix, klass in self.rules.classes.items():
+            raw = prefix.encode()
+            key = trie.Key()
+            key.prefixlen = len(raw) * 8
+            key.data = raw
+            leaf = trie.Leaf()
+            leaf.klass = klass
+            leaf.len = len(raw)
+            trie[key] = leaf
+        wild = bpf["ravn_file_wild"]
+        for i, root in enumerate(self.rules.roots):
+            raw = root.encode().ljust(WILD_LEN, b"\0")
+            leaf = wild.Leaf()
+            for w in range(WILD_LEN // 8):
+                leaf.w[w] = int.from_bytes(raw[w * 8:(w + 1) * 8], "little")
+                n = max(0, min(8, len(root.encode()) - w * 8))
+                leaf.mask[w] = int.from_bytes(b"\xff" * n + b"\0" * (8 - n), "little")
+            leaf.len = len(root.encode())
+            wild[ctypes.c_int(i)] = leaf
+        if self.config.relative_paths:
+            names = bpf["ravn_file_names"]
+            for name in self.rules.names:
+                key = names.Key()
+                key.s = name.encode()
+                names[key] = ctypes.c_uint8(1)
+        assert ctypes.sizeof(trie.Key()) == 4 + PATH_MAX
+
+    def decoders(self) -> dict[int, Callable[[bytes], Event]]:
+        return make_decoders(self.event_header(), self.rules, frozenset(self.config.report_all), self.counters)
+
+    def poll(self, timeout_ms: int) -> Batch:
+        return [e for e in super().poll(timeout_ms) if e is not DROP]
+
+    def drain(self) -> Batch:
+        return [e for e in super().drain() if e is not DROP]
