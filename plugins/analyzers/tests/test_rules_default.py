@@ -294,3 +294,24 @@ def test_benign_low_signals_are_low(analyzer: RulesAnalyzer) -> None:
     interactive_tmp = [X("/tmp/build/hello")]
     alerts = analyze(analyzer, interactive_tmp)
     assert [(a.rule, a.score) for a in alerts] == [("exec_from_tmp", 45)]
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_attack_fires_inside_a_login_session(analyzer: RulesAnalyzer, name: str) -> None:
+    """Allowlists must not key on ancestors every process has (systemd, sshd): the same attacks run from a
+    shell under sshd under systemd must still fire."""
+    session = [X("/usr/lib/systemd/systemd", comm="systemd", pid=1, ppid=0),
+               X("/usr/sbin/sshd", comm="sshd", pid=2, ppid=1), X("/bin/bash", comm="bash", pid=3, ppid=2)]
+    events = [dict(e) for e in ATTACKS[name]]
+    for e in events:
+        if e["proc.ppid"] == 1:
+            e["proc.ppid"] = 3
+    tree = ProcessTree()
+    tree.update(session)
+    tree.update(events)
+    for e in events:  # processes the tree learned from their exec keep the session as ancestry
+        info = tree.get(e["proc.pid"])
+        if info is not None and info.ppid in (0, 1):
+            info.ppid = 3
+    alerts = analyzer.analyze(events, BatchContext("h", tree, time.time()))
+    assert name in {a.rule for a in alerts}
