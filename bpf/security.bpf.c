@@ -67,6 +67,9 @@
 #ifndef SEC_MEMFD_TRACK /* per-process memfd fd bitmap (needed by exec.memfd) */
 #define SEC_MEMFD_TRACK 1
 #endif
+#ifndef SEC_EXEC_ENOENT /* 0: drop failed execs with -ENOENT (execvp trying each PATH directory) */
+#define SEC_EXEC_ENOENT 1
+#endif
 #ifndef SEC_CAP_MASK /* bit n set: capability n is reported */
 #define SEC_CAP_MASK 0ULL
 #endif
@@ -75,6 +78,9 @@
 #endif
 #ifndef SEC_CAP_WINDOW_NS
 #define SEC_CAP_WINDOW_NS 1000000000ULL
+#endif
+#ifndef SEC_CAP_SKIP_VM /* 1: drop CAP_SYS_ADMIN checks made by memory accounting (see ravn_sec_capable) */
+#define SEC_CAP_SKIP_VM 1
 #endif
 #ifndef SEC_BPF_CMD_MASK /* bit n set: bpf command n is reported */
 #define SEC_BPF_CMD_MASK 0xffffffffffffffffULL
@@ -459,9 +465,10 @@ int ravn_sec_exec_exit(struct sec_exit_args *args)
 	if (!e)
 		return 0;
 	u64 uid_gid = bpf_get_current_uid_gid();
-	if (args->ret != 0 && !ravn_filtered(pid_tgid, uid_gid)) {
+	s64 ret = args->ret;
+	if (ret != 0 && (SEC_EXEC_ENOENT || ret != -2 /* ENOENT */) && !ravn_filtered(pid_tgid, uid_gid)) {
 		ravn_fill_hdr(&e->hdr, pid_tgid, uid_gid, RAVN_EVT_EXEC);
-		e->ret = args->ret;
+		e->ret = ret;
 		if (ravn_events.ringbuf_output(e, sizeof(*e), 0) < 0)
 			ravn_count_drop();
 	}
@@ -756,6 +763,30 @@ int ravn_sec_capable(struct sec_capable_args *args)
 #elif SEC_CAP_MODE == 2
 	if (ret != 0)
 		return 0;
+#endif
+#if SEC_CAP_SKIP_VM
+	/* The overcommit accounting (__vm_enough_memory) asks cap_capable(CAP_SYS_ADMIN, noaudit) on every mmap, brk,
+	 * mprotect, mremap, fork and exec of every process: one event per process, never a privileged action. The
+	 * syscall in progress is orig_ax of the task's saved user registers (struct pt_regs is uapi: stable). */
+	if (cap == 21 /* CAP_SYS_ADMIN */) {
+		struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs((struct task_struct *)bpf_get_current_task_btf());
+		long sc = -1;
+		bpf_probe_read_kernel(&sc, sizeof(sc), &regs->orig_ax);
+		switch (sc) {
+		case 9:   /* mmap */
+		case 10:  /* mprotect */
+		case 12:  /* brk */
+		case 25:  /* mremap */
+		case 56:  /* clone */
+		case 57:  /* fork */
+		case 58:  /* vfork */
+		case 59:  /* execve */
+		case 322: /* execveat */
+		case 329: /* pkey_mprotect */
+		case 435: /* clone3 */
+			return 0;
+		}
+	}
 #endif
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u64 uid_gid = bpf_get_current_uid_gid();

@@ -143,6 +143,9 @@ def test_cflags_carry_masks() -> None:
     assert f"-DSEC_CAP_MASK={(1 << 21) | (1 << 13):#x}ULL" in flags
     assert f"-DSEC_BPF_CMD_MASK={1 << 5:#x}ULL" in flags
     assert "-DSEC_CAP_MODE=1" in flags and "-DSEC_FORK=0" in flags and "-DSEC_EXEC=1" in flags
+    assert "-DSEC_EXEC_ENOENT=1" in flags and "-DSEC_CAP_SKIP_VM=1" in flags
+    flags = _source(SecurityConfig(exec_enoent=False, capable_skip_overcommit=False)).probe_cflags()
+    assert "-DSEC_EXEC_ENOENT=0" in flags and "-DSEC_CAP_SKIP_VM=0" in flags
 
 
 @pytest.mark.parametrize("bad", [{"capabilities": ["CAP_NOPE"]}, {"bpf_commands": ["BPF_NOPE"]},

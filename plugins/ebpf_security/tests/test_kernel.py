@@ -271,6 +271,26 @@ def test_capset_and_capable(probe: SecuritySource) -> None:
     assert not [e for e in evs if e["evt.type"] == "capable" and e["cap.name"] == "CAP_CHOWN"]  # not in the set
 
 
+def test_capable_skips_overcommit_checks_only(probe: SecuritySource) -> None:
+    """mmap/brk/fork/exec ask for CAP_SYS_ADMIN (memory accounting) in every process: not reported. unshare's
+    CAP_SYS_ADMIN check is a real one: reported."""
+    import mmap
+
+    def memory_only() -> None:
+        maps = [mmap.mmap(-1, 1 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) for _ in range(20)]
+        del maps
+        bytearray(50 << 20)  # brk/mmap by the allocator
+
+    def unshare_uts() -> None:
+        assert libc.unshare(CLONE_NEWUTS) == 0
+
+    a, _ = in_child(memory_only)
+    b, _ = in_child(unshare_uts)
+    evs = until_exit(probe, b)  # a's events come first
+    admin = [e for e in evs if e["evt.type"] == "capable" and e["cap.id"] == 21 and e["proc.pid"] in (a, b)]
+    assert [(e["proc.pid"], e["cap.ret"]) for e in admin] == [(b, 0)]
+
+
 # ---------------------------------------------------------------------------------------------------- ptrace
 def test_ptrace_attach(probe: SecuritySource) -> None:
     target = subprocess.Popen(["sleep", "30"])
@@ -467,9 +487,12 @@ def until_exit(src: SecuritySource, pid: int, timeout_s: float = 5.0) -> Batch:
     return got
 
 
-def test_filters_exclude_uid_and_comm() -> None:
+def test_filters_exclude_uid_and_comm(tmp_path: Path) -> None:
     require_kernel()
-    cfg = SecurityConfig(events=["cred", "dup", "exit"],
+    junk = str(tmp_path / "junk")
+    Path(junk).write_bytes(b"\0\1\2\3 not a program")
+    os.chmod(junk, 0o755)
+    cfg = SecurityConfig(events=["cred", "dup", "exit", "exec"], exec_enoent=False,
                          filters={"exclude_uids": [NOBODY], "exclude_comms": ["ravn-hidden"]})
     with bystander() as other:
         src = SecuritySource("ebpf_security", cfg, make_context("sec-filters", ravn_pid=other))
@@ -485,12 +508,23 @@ def test_filters_exclude_uid_and_comm() -> None:
 
             a, _ = in_child(as_nobody)
             b, _ = in_child(renamed)
-            c, _ = in_child(lambda: os.dup2(1, 1))  # control: reported
+
+            def control() -> None:
+                for path in ("/nonexistent/ravn-x", junk):  # ENOENT (dropped), ENOEXEC (reported)
+                    try:
+                        os.execv(path, [path])
+                    except OSError:
+                        pass
+                os.dup2(1, 1)
+
+            c, _ = in_child(control)  # reported
             evs = until_exit(src, c)
         finally:
             src.stop()
     only(evs, "dup", **{"proc.pid": c})
     only(evs, "exit", **{"proc.pid": c})
+    failed = [(e["exec.filename"], e["exec.ret"]) for e in evs if e["evt.type"] == "exec" and e["proc.pid"] == c]
+    assert failed == [(junk, -errno.ENOEXEC)]  # exec_enoent: false drops only ENOENT
     # the setresuid itself still ran as root (the filter sees the identity at sys_enter) ...
     assert only(evs, "cred", **{"proc.pid": a})["proc.uid"] == 0
     # ... after it, nothing from uid 65534; nothing at all from the renamed process

@@ -34,6 +34,9 @@ class SecurityConfig(BccProbeConfig):
         default_factory=lambda: list(ALL_EVENTS),
         description="event types to trace; each attaches only its own tracepoints (module also needs "
                     "module_hook: raw)")
+    exec_enoent: bool = Field(
+        True, description="report execs that failed with ENOENT (false drops them in the kernel: execvp and "
+                          "shells try each PATH directory, so most ENOENT failures are lookups, not attacks)")
     module_hook: Literal["raw", "off"] = Field(
         "off", description="raw: see init_module/finit_module/delete_module through raw_syscalls:sys_enter (this "
                            "kernel has no module syscall tracepoints); costs every syscall of every process ~7% on "
@@ -45,6 +48,9 @@ class SecurityConfig(BccProbeConfig):
     capable_window_ms: int = Field(
         1000, ge=0, description="report a (process, capability, granted/denied) at most once per this many ms "
                                 "(cap_capable fires on every check; 0 reports every check)")
+    capable_skip_overcommit: bool = Field(
+        True, description="drop the CAP_SYS_ADMIN checks the kernel's memory overcommit accounting makes inside "
+                          "mmap/brk/mprotect/mremap/fork/exec (one per process, never a privileged action)")
     bpf_commands: list[str] = Field(default_factory=lambda: list(DEFAULT_BPF_COMMANDS),
                                     description="bpf() commands reported (BPF_* names); default all but map "
                                                 "element operations")

@@ -34,9 +34,11 @@ class SecuritySource(BccProbe):
             f"-DSEC_FORK={int(c.enabled('fork'))}",
             f"-DSEC_EXIT={int(c.enabled('exit'))}",
             f"-DSEC_MEMFD_TRACK={int(c.enabled('exec'))}",
+            f"-DSEC_EXEC_ENOENT={int(c.exec_enoent)}",
             f"-DSEC_CAP_MASK={c.capability_mask():#x}ULL",
             f"-DSEC_CAP_MODE={('all', 'denied', 'granted').index(c.capable_report)}",
             f"-DSEC_CAP_WINDOW_NS={c.capable_window_ms * 1_000_000}ULL",
+            f"-DSEC_CAP_SKIP_VM={int(c.capable_skip_overcommit)}",
             f"-DSEC_BPF_CMD_MASK={c.bpf_command_mask():#x}ULL",
             f"-DSEC_MAX_PENDING={c.max_pending}",
         ]
