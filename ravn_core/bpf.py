@@ -23,8 +23,11 @@ ctypes mirror (:func:`unpacker`) and build one dict.
 from __future__ import annotations
 
 import ctypes
+import gc
 import importlib.resources
+import mmap
 import os
+import select
 import struct
 import subprocess
 import tempfile
@@ -332,6 +335,126 @@ def cgroup_id(spec: int | str) -> int:
         raise UnusableEnvironment(f"filters.exclude_cgroups: cannot stat {path}: {exc.strerror}") from None
 
 
+# ------------------------------------------------------------------------------------------------ ring reader
+
+_BUSY, _DISCARD, _RB_HDR = 1 << 31, 1 << 30, 8
+_U32 = struct.Struct("<I").unpack_from
+_U64 = struct.Struct("<Q")
+
+
+class RingReader:
+    """Consumes a BPF ring buffer map directly from Python: no libbpf callback per record.
+
+    libbpf's ring_buffer__poll calls a C callback per record, which BCC turns into a ctypes call into Python
+    (~1.3 us each here) and the record into bytes (string_at, ~1 us): more than the decode itself. The ring's
+    protocol is small (kernel/bpf/ringbuf.c, tools/lib/bpf/ringbuf.c), so this reads it the way libbpf does:
+    mmap the consumer page read-write and the producer page + data (mapped twice, so a record that wraps is
+    contiguous) read-only; walk records from consumer_pos to producer_pos, each an 8-byte header (length with
+    BUSY/DISCARD bits, page offset) then the sample, 8-byte aligned; stop at a record still BUSY; publish the new
+    consumer_pos. x86-64 loads/stores are ordered enough for the acquire/release pairs libbpf uses. Waiting is
+    epoll on the map fd (EPOLLIN while producer_pos != consumer_pos; the kernel wakes a caught-up consumer).
+
+    Each decoder gets a memoryview slice of exactly the record (bytes-like: ``struct.unpack`` it, do not keep it).
+
+    Fast path (``fast=(record_size, decode_many)``, for probes whose ring carries one fixed-size record type): a
+    run of k committed records is recognised with one strided read of their length words and handed to
+    ``decode_many(memoryview of k frames)`` at once (a list comprehension over ``struct.iter_unpack``, each
+    frame being the 8-byte ring header + the record padded to 8). Records of another size, BUSY or DISCARDed ones
+    end the run and take the per-record path.
+    """
+
+    FAST_CHUNK = 4096  # records per fast-path call; consumer_pos is published after each
+
+    def __init__(self, map_fd: int, size: int, decoders: dict[int, Decoder], pending: Batch,
+                 counters: dict[str, int], max_batch: int,
+                 fast: tuple[int, Callable[[memoryview], Batch]] | None = None) -> None:
+        page = mmap.PAGESIZE
+        self.size, self.mask, self.base = size, size - 1, page
+        self._cons_map = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self._data_map = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._cons = memoryview(self._cons_map)
+        self._data = memoryview(self._data_map)
+        self._data32 = self._data.cast("I")
+        self.fast = fast
+        self._ep = select.epoll()
+        self._ep.register(map_fd, select.EPOLLIN)
+        self.decoders: list[Decoder | None] = [decoders.get(i) for i in range(256)]
+        self.pending = pending
+        self.counters = counters
+        self.max_batch = max_batch
+
+    def wait(self, timeout_ms: int) -> None:
+        self._ep.poll(timeout_ms / 1000)
+
+    def consume(self) -> int:
+        """Decode the committed records into ``pending`` (up to max_batch in it); return how many were read."""
+        data, cons_mv = self._data, self._cons
+        cons = _U64.unpack_from(cons_mv, 0)[0]
+        prod = _U64.unpack_from(data, 0)[0]
+        if cons == prod:
+            return 0
+        base, mask, decoders, pending = self.base, self.mask, self.decoders, self.pending
+        room = self.max_batch - len(pending)
+        append = pending.append
+        n = errors = 0
+        fast = self.fast
+        if fast is not None:
+            rec_size, decode_many = fast
+            frame = (rec_size + _RB_HDR + 7) & ~7
+            fw, d32 = frame // 4, self._data32
+        while cons < prod and n < room:
+            if fast is not None:
+                k = min((prod - cons) // frame, room - n, self.FAST_CHUNK)
+                if k > 1:
+                    off = base + (cons & mask)
+                    i = off >> 2
+                    lens = d32[i:i + k * fw:fw].tolist()  # the length word of each frame
+                    good = k
+                    if lens.count(rec_size) != k:
+                        good = next(j for j, x in enumerate(lens) if x != rec_size)
+                    if good:
+                        try:
+                            pending.extend(decode_many(data[off:off + good * frame]))
+                        except Exception:
+                            errors += good
+                        cons += good * frame
+                        n += good
+                        _U64.pack_into(cons_mv, 0, cons)
+                        continue
+            off = base + (cons & mask)
+            ln = _U32(data, off)[0]
+            if ln & _BUSY:
+                break
+            size = ln & ~(_BUSY | _DISCARD)
+            cons += (size + _RB_HDR + 7) & ~7
+            n += 1
+            if not ln & _DISCARD:
+                rec = off + _RB_HDR
+                try:
+                    append(decoders[data[rec + HDR_TYPE_OFFSET]](data[rec:rec + size]))  # None: decode error
+                except Exception:
+                    errors += 1
+            if not n & 63:
+                _U64.pack_into(cons_mv, 0, cons)  # hand space back to the producers while we decode
+        _U64.pack_into(cons_mv, 0, cons)
+        if errors:
+            self.counters["decode_errors"] += errors
+        return n
+
+    def close(self) -> None:
+        self._ep.close()
+        self._cons.release()
+        self._data32.release()
+        self._data.release()
+        try:
+            self._cons_map.close()
+            self._data_map.close()
+        except BufferError:  # a decoder kept a slice: collect it, then unmap (else the map outlives stop())
+            gc.collect()
+            self._cons_map.close()
+            self._data_map.close()
+
+
 # ------------------------------------------------------------------------------------------------- base probe
 
 Decoder = Callable[[bytes], Event]
@@ -369,7 +492,7 @@ class BccProbe(Source):
         self._expected: list[tuple[str, str]] = []
         self._ts_offset = 0
         self._rate_mark = (time.monotonic(), 0)
-        self._cb: Any = None  # keeps the ctypes callback alive while the ring buffer is open
+        self._ring: RingReader | None = None
 
     # ------------------------------------------------------------------ what subclasses provide
     def tracepoints(self) -> list[tuple[str, str]]:
@@ -386,6 +509,11 @@ class BccProbe(Source):
     def probe_cflags(self) -> list[str]:
         """Extra ``-D`` flags for this probe's program."""
         return []
+
+    def fast_decoder(self) -> tuple[int, Callable[[memoryview], Batch]] | None:
+        """Optional: (record size, decode_many) when every record in the ring has that one size and type; see
+        RingReader. decode_many must give exactly what the per-record decoder gives (test both)."""
+        return None
 
     def on_loaded(self, bpf: BPF) -> None:
         """Fill the probe's own maps after compile, before any probe tracepoint is attached."""
@@ -519,52 +647,38 @@ class BccProbe(Source):
         return header
 
     def _open_ring(self, bpf: BPF) -> None:
-        from bcc.table import _RINGBUF_CB_TYPE  # bcc 0.26: (ctx, data, size) -> int
-
-        table = bpf[b"ravn_events"]
-        decoders = self.decoders()
-        table_ = [decoders.get(i) for i in range(256)]
-        pending = self._pending
-        counters = self.counters
-        max_batch = self.config.max_batch
-        string_at = ctypes.string_at
-
-        def on_record(_ctx: Any, data: int, size: int) -> int:
-            buf = string_at(data, size)
-            try:
-                pending.append(table_[buf[HDR_TYPE_OFFSET]](buf))  # type: ignore[misc]
-            except Exception:
-                counters["decode_errors"] += 1
-            # a negative return stops this ring_buffer_poll after this record (already consumed): bounded batches
-            return -1 if len(pending) >= max_batch else 0
-
-        self._cb = _RINGBUF_CB_TYPE(on_record)
-        bpf._open_ring_buffer(table.map_fd, self._cb, None)
+        self._ring = RingReader(bpf[b"ravn_events"].map_fd, self.config.ring_buffer_kb * 1024, self.decoders(),
+                                self._pending, self.counters, self.config.max_batch, self.fast_decoder())
 
     def poll(self, timeout_ms: int) -> Batch:
-        bpf = self.bpf
-        if bpf is None:
+        ring = self._ring
+        if ring is None:
             time.sleep(timeout_ms / 1000)
             return []
-        if not self._pending:
-            bpf.ring_buffer_poll(timeout_ms)
+        if not self._pending and not ring.consume():
+            ring.wait(timeout_ms)
+            ring.consume()
         return self._take()
 
     def _take(self) -> Batch:
         batch = self._pending[:]
-        self._pending.clear()  # the callback holds this list object
+        self._pending.clear()  # the reader holds this list object
         self.counters["events"] += len(batch)
         return batch
 
     def drain(self) -> Batch:
-        if self.bpf is not None:
-            self.bpf.ring_buffer_consume()
+        if self._ring is not None:
+            while self._ring.consume():
+                pass
         return self._take()
 
     def stop(self) -> None:
         self._teardown()
 
     def _teardown(self) -> None:
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            ring.close()  # before the map fd goes: the mmap would keep the map alive
         bpf, self.bpf = self.bpf, None
         if bpf is None:
             return
@@ -574,8 +688,7 @@ class BccProbe(Source):
         if len(tps) > 2:
             with ThreadPoolExecutor(max_workers=min(32, len(tps))) as pool:
                 list(pool.map(bpf.detach_tracepoint, tps))
-        bpf.cleanup()  # detaches the rest, closes programs and maps, frees the ring buffer
-        self._cb = None
+        bpf.cleanup()  # detaches the rest, closes programs and maps
 
     def close(self) -> None:
         self._teardown()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ravn_core.bpf import EVENT_TYPE_IDS, TRACEFS, BccProbe, Decoder
@@ -11,7 +12,7 @@ from ravn_core.components import RuntimeContext
 from ravn_core.errors import UnusableEnvironment
 from ravn_core.events import Batch
 from ravn_ebpf_syscall.config import SyscallConfig
-from ravn_ebpf_syscall.decode import SummaryFlusher, event_decoder
+from ravn_ebpf_syscall.decode import SummaryFlusher, event_decoder, events_batch_decoder
 from ravn_ebpf_syscall.syscalls import NORETURN, names_by_nr, table
 
 if TYPE_CHECKING:
@@ -74,6 +75,11 @@ class SyscallSource(BccProbe):
 
     def decoders(self) -> dict[int, Decoder]:
         return {EVENT_TYPE_IDS["syscall"]: event_decoder(self.event_header(), names_by_nr())}
+
+    def fast_decoder(self) -> tuple[int, Callable[[memoryview], Batch]] | None:
+        if self.summary or self.with_ret:
+            return None  # summary: nothing in the ring; with ret: the syscall.ret key depends on the record
+        return events_batch_decoder(self.event_header(), names_by_nr())
 
     def start(self) -> None:
         super().start()
