@@ -60,9 +60,10 @@ def _go(child: subprocess.Popen[str]) -> None:
 
 
 def throughput(storm: str, n: int, ring_kb: int, ravn_pid: int, reps: int = 3) -> dict[str, Any]:
-    from ravn_core.testing import make_context
     from ravn_ebpf_syscall.config import SyscallConfig
     from ravn_ebpf_syscall.source import SyscallSource
+
+    from ravn_core.testing import make_context
 
     cfg = SyscallConfig(mode="events", syscalls=["getppid"], ring_buffer_kb=ring_kb)
 
@@ -135,9 +136,10 @@ def throughput(storm: str, n: int, ring_kb: int, ravn_pid: int, reps: int = 3) -
 
 
 def latency(storm: str, n: int, ravn_pid: int) -> dict[str, Any]:
-    from ravn_core.testing import make_context
     from ravn_ebpf_syscall.config import SyscallConfig
     from ravn_ebpf_syscall.source import SyscallSource
+
+    from ravn_core.testing import make_context
 
     src = SyscallSource("ebpf_syscall", SyscallConfig(mode="events", syscalls=["getppid"]),
                         make_context("bench", ravn_pid=ravn_pid))
