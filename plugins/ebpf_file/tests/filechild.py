@@ -1,0 +1,76 @@
+"""Child process for the ebpf_file kernel tests: file operations under a temp dir, ground truth as JSON.
+
+Run with /usr/bin/python3 (stdlib only). argv: scenario, base dir[, comm].
+"""
+
+import ctypes
+import json
+import os
+import sys
+import time
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+AT_FDCWD = -100
+
+
+def raw_syscall(nr: int, *args: int | bytes) -> int:
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_char_p(a) if isinstance(a, bytes) else ctypes.c_long(a)
+                                          for a in args])
+    return r if r >= 0 else -ctypes.get_errno()
+
+
+def main() -> None:
+    scenario, base = sys.argv[1], sys.argv[2]
+    if len(sys.argv) > 3:
+        libc.prctl(15, sys.argv[3].encode(), 0, 0, 0)  # PR_SET_NAME
+    out: dict = {"pid": os.getpid(), "ppid": os.getppid(), "uid": os.getuid(), "gid": os.getgid()}
+    w, s, o = f"{base}/watch", f"{base}/secret", f"{base}/outside"
+    if scenario == "main":
+        fd = os.open(f"{s}/key", os.O_RDONLY)  # read under a read prefix: reported
+        out["read_fd"] = fd
+        os.close(fd)
+        fd = os.open(f"{w}/new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)  # write under a write prefix
+        out["write_fd"], out["write_flags"] = fd, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        os.close(fd)
+        os.close(os.open(f"{w}/new", os.O_RDONLY))  # read under a write prefix: not reported
+        fd = os.open(f"{o}/x", os.O_WRONLY | os.O_CREAT, 0o644)  # outside: not reported
+        os.close(os.open(f"{w}/skip/y", os.O_WRONLY | os.O_CREAT, 0o644))  # excluded: not reported
+        os.chmod(f"{w}/new", 0o600)  # reported (watched)
+        os.chmod(f"{o}/x", 0o755)  # not reported
+        os.chmod(f"{o}/x", 0o4755)  # setuid outside the prefixes: reported
+        os.fchmod(fd, 0o2755)  # setgid through an fd: reported, path from /proc
+        os.close(fd)
+        os.chown(f"{w}/new", 1, -1)
+        os.rename(f"{o}/x", f"{o}/x2")  # every rename is reported by default
+        os.rename(f"{w}/new", f"{w}/new2")
+        os.link(f"{w}/new2", f"{o}/hard")  # old path watched
+        os.symlink(f"{s}/key", f"{o}/sym")  # target under a read prefix
+        os.truncate(f"{w}/new2", 3)
+        os.unlink(f"{o}/hard")  # not reported
+        os.unlink(f"{w}/new2")
+        os.mkdir(f"{w}/dir")
+        os.rmdir(f"{w}/dir")
+        out["open2_fd"] = raw_syscall(2, f"{w}/viaopen".encode(), os.O_WRONLY | os.O_CREAT, 0o600)  # open(2)
+        how = (ctypes.c_uint64 * 3)(os.O_RDWR | os.O_CREAT, 0o600, 0)
+        out["openat2_fd"] = libc.syscall(ctypes.c_long(437), ctypes.c_long(AT_FDCWD),
+                                         ctypes.c_char_p(f"{w}/viaopenat2".encode()), ctypes.byref(how),
+                                         ctypes.c_long(24))
+        out["creat_fd"] = raw_syscall(85, f"{w}/viacreat".encode(), 0o640)
+        out["missing_ret"] = raw_syscall(257, AT_FDCWD, f"{s}/missing".encode(), os.O_RDONLY, 0)
+        os.chdir(w)
+        os.close(os.open("rel", os.O_WRONLY | os.O_CREAT, 0o600))  # relative, resolved in user space
+        os.chdir(o)
+        os.close(os.open("rel2", os.O_WRONLY | os.O_CREAT, 0o600))  # relative, outside: dropped
+        os.chdir(s)
+        os.close(os.open("cred", os.O_RDONLY))  # relative read of a read prefix's last component
+        time.sleep(0.3)  # stay alive while the probe resolves /proc/<pid>/cwd
+    elif scenario == "chown_denied":
+        out["ret"] = raw_syscall(92, f"{w}/owned".encode(), 0, 0)  # chown as nobody: -EPERM
+    elif scenario == "write":
+        os.close(os.open(f"{w}/by-{os.getpid()}", os.O_WRONLY | os.O_CREAT, 0o600))
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""ebpf_file on the real kernel: a child (tests/filechild.py, /usr/bin/python3) works in temp dirs given as prefixes."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ravn_ebpf_file.config import FileConfig
+from ravn_ebpf_file.source import FileSource
+
+from ravn_core.events import field_names
+from ravn_core.testing import make_context, require_kernel
+
+pytestmark = pytest.mark.kernel
+
+CHILD = str(Path(__file__).with_name("filechild.py"))
+PY = "/usr/bin/python3"
+NOBODY = 65534
+
+
+def collect_until_quiet(src: FileSource, settle_s: float = 0.3, timeout_s: float = 2.0) -> list[dict[str, Any]]:
+    got: list[dict[str, Any]] = []
+    deadline, quiet = time.monotonic() + timeout_s, time.monotonic()
+    while time.monotonic() < deadline:
+        batch = src.poll(50)
+        if batch:
+            got += batch
+            quiet = time.monotonic()
+        elif time.monotonic() - quiet > settle_s:
+            break
+    return got
+
+
+def run_child(src: FileSource | None, *args: str, user: int | None = None
+              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run filechild.py, polling ``src`` while it runs (as the daemon does); (ground truth, its events)."""
+    proc = subprocess.Popen([PY, CHILD, *args], stdout=subprocess.PIPE, text=True, user=user, group=user)
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 20
+    while proc.poll() is None and time.monotonic() < deadline:
+        if src is not None:
+            seen += src.poll(20)
+        else:
+            time.sleep(0.02)
+    out, _ = proc.communicate(timeout=5)
+    assert proc.returncode == 0, out
+    truth = json.loads(out)
+    if src is None:
+        return truth, []
+    return truth, [e for e in seen + collect_until_quiet(src) if e["proc.pid"] == truth["pid"]]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    b = tmp_path_factory.mktemp("ravnfile")
+    for d in ("watch", "watch/skip", "secret", "outside"):
+        (b / d).mkdir()
+    (b / "secret" / "key").write_text("k")
+    (b / "secret" / "cred").write_text("c")
+    (b / "watch" / "owned").write_text("o")
+    os.chmod(b, 0o755)
+    for d in ("watch", "outside"):
+        os.chmod(b / d, 0o777)
+    return b
+
+
+@pytest.fixture(scope="module")
+def bystander() -> Iterator[int]:
+    p = subprocess.Popen(["sleep", "300"])
+    yield p.pid
+    p.kill()
+    p.wait()
+
+
+def config(base: Path, **kw: Any) -> FileConfig:
+    return FileConfig.model_validate({
+        "read_prefixes": [f"{base}/secret/", f"{base}/secret/cred"],
+        "write_prefixes": [f"{base}/watch/"],
+        "exclude_prefixes": [f"{base}/watch/skip/"],
+        **kw,
+    })
+
+
+@pytest.fixture(scope="module")
+def probe(base: Path, bystander: int) -> Iterator[FileSource]:
+    require_kernel()
+    src = FileSource("ebpf_file", config(base, filters={"exclude_comms": ["ravn-fexcl"]}),
+                     make_context("file", ravn_pid=bystander))
+    src.start()
+    try:
+        yield src
+    finally:
+        src.stop()
+
+
+def test_every_operation_decoded(probe: FileSource, base: Path) -> None:
+    truth, events = run_child(probe, "main", str(base))
+    w, s, o = f"{base}/watch", f"{base}/secret", f"{base}/outside"
+    for e in events:
+        assert (e["proc.pid"], e["proc.tid"], e["proc.ppid"]) == (truth["pid"], truth["pid"], os.getpid())
+        assert (e["proc.uid"], e["proc.gid"], e["proc.comm"]) == (0, 0, "python3")
+        assert e["evt.source"] == "ebpf_file" and abs(e["evt.ts"] / 1e9 - time.time()) < 30
+        assert set(e) == field_names(e["evt.type"]), e
+    got = [(e["evt.type"], e["file.path"], e.get("file.newpath")) for e in events]
+    cloexec = os.O_CLOEXEC
+    assert got == [
+        ("open", f"{s}/key", None),
+        ("open", f"{w}/new", None),
+        ("chmod", f"{w}/new", None),
+        ("chmod", f"{o}/x", None),
+        ("chmod", f"{o}/x", None),
+        ("chown", f"{w}/new", None),
+        ("rename", f"{o}/x", f"{o}/x2"),
+        ("rename", f"{w}/new", f"{w}/new2"),
+        ("link", f"{w}/new2", f"{o}/hard"),
+        ("symlink", f"{s}/key", f"{o}/sym"),
+        ("truncate", f"{w}/new2", None),
+        ("unlink", f"{w}/new2", None),
+        ("unlink", f"{w}/dir", None),
+        ("open", f"{w}/viaopen", None),
+        ("open", f"{w}/viaopenat2", None),
+        ("open", f"{w}/viacreat", None),
+        ("open", f"{s}/missing", None),
+        ("open", f"{w}/rel", None),
+        ("open", f"{s}/cred", None),
+    ], got
+    ev = events
+    # opens: flags, mode, result, write intent
+    assert (ev[0]["file.flags"], ev[0]["file.mode"], ev[0]["file.ret"], ev[0]["file.write"]) == \
+        (os.O_RDONLY | cloexec, 0, truth["read_fd"], False)
+    assert (ev[1]["file.flags"], ev[1]["file.mode"], ev[1]["file.ret"], ev[1]["file.write"]) == \
+        (truth["write_flags"], 0o640, truth["write_fd"], True)
+    assert (ev[13]["file.flags"], ev[13]["file.mode"], ev[13]["file.ret"]) == \
+        (os.O_WRONLY | os.O_CREAT, 0o600, truth["open2_fd"])
+    assert (ev[14]["file.flags"], ev[14]["file.mode"], ev[14]["file.ret"]) == \
+        (os.O_RDWR | os.O_CREAT, 0o600, truth["openat2_fd"])
+    assert (ev[15]["file.flags"], ev[15]["file.mode"], ev[15]["file.ret"]) == \
+        (os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640, truth["creat_fd"])
+    assert ev[16]["file.ret"] == truth["missing_ret"] == -2
+    assert ev[17]["file.write"] and not ev[18]["file.write"]
+    # chmod: the watched one, then setuid and setgid (fchmod: path read from /proc/<pid>/fd) outside prefixes
+    assert [e["file.mode"] for e in ev[2:5]] == [0o600, 0o4755, 0o2755]
+    assert stat.S_ISUID & ev[3]["file.mode"] and stat.S_ISGID & ev[4]["file.mode"]
+    assert (ev[5]["file.uid"], ev[5]["file.gid"]) == (1, -1)
+    assert ev[10]["file.size"] == 3
+    assert all(e["file.ret"] == 0 for e in ev[2:13])
+
+
+def test_result_and_uid_of_a_denied_change(probe: FileSource, base: Path) -> None:
+    truth, events = run_child(probe, "chown_denied", str(base), user=NOBODY)
+    (e,) = events
+    assert (e["evt.type"], e["file.path"], e["file.uid"], e["file.gid"]) == ("chown", f"{base}/watch/owned", 0, 0)
+    assert e["file.ret"] == truth["ret"] and truth["ret"] in (-1, -13)  # EPERM, or EACCES on the way there
+    assert (e["proc.uid"], e["proc.gid"]) == (NOBODY, NOBODY) == (truth["uid"], truth["gid"])
+
+
+def test_excluded_comm_reports_nothing(probe: FileSource, base: Path) -> None:
+    _, excluded = run_child(probe, "write", str(base), "ravn-fexcl")
+    truth, seen = run_child(probe, "write", str(base))
+    assert excluded == []
+    assert [(e["evt.type"], e["file.path"]) for e in seen] == [("open", f"{base}/watch/by-{truth['pid']}")]
+
+
+def test_nothing_attached_after_stop(base: Path, bystander: int) -> None:
+    require_kernel()
+    src = FileSource("ebpf_file", config(base, relative_paths=False, report_all=[]),
+                     make_context("file", ravn_pid=bystander))
+    src.start()
+    try:
+        assert src.bpf is not None
+        ids = []
+        for fn in src.bpf.funcs.values():
+            for line in Path(f"/proc/self/fdinfo/{fn.fd}").read_text().splitlines():
+                if line.startswith("prog_id:"):
+                    ids.append(int(line.split()[1]))
+        h = src.health()
+        assert h.state == "ok" and h.counters["programs_attached"] == h.counters["programs_expected"] == 46
+        assert len(ids) == 4  # enter, exit + the base's fork/exit programs
+    finally:
+        src.stop()
+    assert src.bpf is None and src.health().state == "stopped"
+    shown = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True, check=True).stdout
+    assert not {p["id"] for p in json.loads(shown)} & set(ids)
+    run_child(None, "write", str(base))
+    assert src.poll(50) == []
+
+
+def test_wildcard_component_and_kernel_agrees_with_path_rules(bystander: int) -> None:
+    """'/root/*/.ssh/' in the kernel matches exactly what PathRules.classify says (one whole component)."""
+    require_kernel()
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="rf", dir="/tmp")  # short: the part before '*' is at most 30 bytes
+    try:
+        cfg = FileConfig(read_prefixes=[f"{root}/*/.ssh/"], write_prefixes=[f"{root}/"], report_all=[])
+        src = FileSource("ebpf_file", cfg, make_context("file", ravn_pid=bystander))
+        paths = [f"{root}/alice/.ssh/id", f"{root}/alice/notes", f"{root}/a/b/.ssh/k", f"{root}/bob/.sshx/k",
+                 f"{root}/{'c' * 70}/.ssh/k", f"{root}/.ssh/k"]
+        for p in paths:
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            Path(p).write_text("x")
+        src.start()
+        try:
+            for p in paths:  # read opens, from this (not excluded) process
+                os.close(os.open(p, os.O_RDONLY))
+            os.close(os.open(f"{root}/alice/notes", os.O_WRONLY))
+            events = [e for e in collect_until_quiet(src) if e["proc.pid"] == os.getpid()]
+        finally:
+            src.stop()
+        got = [(e["file.path"], e["file.write"]) for e in events if e["file.path"].startswith(root)]
+        assert got == [(f"{root}/alice/.ssh/id", False), (f"{root}/alice/notes", True)]
+        rules = src.rules
+        expected = [p for p in paths if rules.wanted("open", p, None, False, False)]
+        assert expected == [f"{root}/alice/.ssh/id"]
+    finally:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
