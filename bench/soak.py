@@ -1,0 +1,263 @@
+"""Soak: the real daemon with every probe of a config, under a steady exec/open/connect load, for N minutes.
+
+Starts ``ravn --config <config with state/log paths moved to a temp dir>`` as a child process, drives a load
+generator process (``--rate`` execs, file opens and TCP connects per second, each), samples the daemon's RSS
+every second and its /status every 5 s, then stops it with SIGTERM and reads the final counters. Optionally,
+after the measurement window, ``--forks N`` short-lived processes are forked and exited as fast as Python can
+(the process-tree bound under a fork storm: ``ravn_proctree_processes`` must stay <= ``ravn.proctree_max``).
+
+Reports: RSS at the end of warm-up and at the end, growth after warm-up (mean of the first vs the last 30 s after
+warm-up), max RSS, events accepted/dropped/analyzed per source, unaccounted loss (accepted - dropped - analyzed
+after a clean stop), kernel drops, and the fork-storm figures. The last line is one JSON object.
+
+    sudo .venv/bin/python bench/soak.py --minutes 10 --rate 50 --forks 100000
+    sudo .venv/bin/python bench/soak.py --minutes 3 --skip-missing   # plugins not installed are left out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+# ---------------------------------------------------------------------------------------------- load generator
+def load(rate: float, seconds: float, workdir: str) -> None:
+    """execs, opens and connects, ``rate`` of each per second, for ``seconds``."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connects are refused (still a connect event)
+    port = closed.getsockname()[1]
+    path = os.path.join(workdir, "soak-file")
+    interval = 1.0 / rate
+    nxt = time.monotonic()
+    end = nxt + seconds
+    n = 0
+    while time.monotonic() < end:
+        pid = os.posix_spawn("/bin/true", ["/bin/true"], os.environ)
+        with open(path, "w") as f:
+            f.write("x")
+        with socket.socket() as c:
+            c.connect_ex(("127.0.0.1", port))
+        os.waitpid(pid, 0)
+        n += 1
+        nxt += interval
+        delay = nxt - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    print(json.dumps({"load_iterations": n}), flush=True)
+
+
+FORK_C = r"""
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    long n = atol(argv[1]);
+    for (long i = 0; i < n; i++) {
+        pid_t p = fork();
+        if (p == 0) _exit(0);
+        if (p < 0) return 1;
+        waitpid(p, 0, 0);
+    }
+    return 0;
+}
+"""
+
+
+def fork_storm(count: int, workdir: Path) -> float:
+    """Fork ``count`` children that exit at once (a C loop when a C compiler exists); returns the seconds."""
+    src, exe = workdir / "forkloop.c", workdir / "forkloop"
+    src.write_text(FORK_C)
+    compiled = subprocess.run(["cc", "-O2", "-o", str(exe), str(src)], capture_output=True).returncode == 0
+    t0 = time.monotonic()
+    if compiled:
+        subprocess.run([str(exe), str(count)], check=True, timeout=3600)
+    else:
+        for _ in range(count):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+    return time.monotonic() - t0
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        data: dict[str, Any] = json.loads(r.read())
+        return data
+
+
+def get_metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_config(src: Path, tmp: Path, port: int, skip_missing: bool,
+                exclude: list[str], overrides: list[str]) -> tuple[Path, list[str], list[str]]:
+    config = yaml.safe_load(src.read_text())
+    for item in overrides:
+        key, _, value = item.partition("=")
+        config.setdefault("ravn", {})[key] = yaml.safe_load(value)
+    config.setdefault("ravn", {}).update({"state_dir": str(tmp / "state"), "http_listen": f"127.0.0.1:{port}"})
+    for sink in config.get("sinks", []):
+        if sink.get("plugin") == "jsonl":
+            sink["path"] = str(tmp / "alerts.jsonl")
+    skipped: list[str] = []
+    for key in ("sources", "analyzers", "sinks"):
+        skipped += [s["plugin"] for s in config.get(key, []) if s["plugin"] in exclude]
+        config[key] = [s for s in config.get(key, []) if s["plugin"] not in exclude]
+    if skip_missing:
+        from ravn_core.cli import load_host
+
+        registries = load_host().registries()
+        for key in ("sources", "analyzers", "sinks"):
+            keep = [s for s in config.get(key, []) if s["plugin"] in registries[key]]
+            skipped += [s["plugin"] for s in config.get(key, []) if s not in keep]
+            config[key] = keep
+    path = tmp / "ravn.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, [s.get("name", s["plugin"]) for s in config.get("sources", [])], skipped
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=10.0, help="length of the soak (default 10)")
+    p.add_argument("--warmup", type=float, default=60.0, help="seconds before RSS growth is measured")
+    p.add_argument("--rate", type=float, default=50.0, help="execs, opens and connects per second, each")
+    p.add_argument("--forks", type=int, default=0, help="after the soak window, fork+exit this many processes")
+    p.add_argument("--config", default=str(ROOT / "config" / "ravn.yaml"))
+    p.add_argument("--skip-missing", action="store_true", help="leave out plugins that are not installed")
+    p.add_argument("--exclude", action="append", default=[], help="leave out this plugin (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a ravn: core key, e.g. --set memory_limit_mb=1024 (YAML value)")
+    p.add_argument("--load", nargs=3, metavar=("RATE", "SECONDS", "DIR"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.load:
+        load(float(args.load[0]), float(args.load[1]), args.load[2])
+        return 0
+
+    tmp = Path(tempfile.mkdtemp(prefix="ravn-soak-"))
+    port = free_port()
+    cfg, sources, skipped = make_config(Path(args.config), tmp, port, args.skip_missing, args.exclude, args.set)
+    base = f"http://127.0.0.1:{port}"
+    seconds = args.minutes * 60
+    out_f, err_f = (tmp / "stdout").open("w"), (tmp / "stderr").open("w")
+    ravn = str(Path(sys.executable).parent / "ravn")
+    daemon = subprocess.Popen([ravn, "--config", str(cfg)], stdout=out_f, stderr=err_f)
+    print(f"soak: daemon pid {daemon.pid}, config {cfg}, sources {sources}, skipped {skipped}", flush=True)
+    deadline = time.monotonic() + 120
+    while True:
+        if daemon.poll() is not None:
+            print((tmp / "stderr").read_text()[-3000:], file=sys.stderr)
+            return 1
+        try:
+            get_json(f"{base}/healthz")
+            break
+        except urllib.error.HTTPError as exc:  # 503: up but degraded (named in /healthz); soak anyway
+            print(f"soak: daemon up but degraded: {exc.read().decode()[:500]}", flush=True)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                print("soak: the daemon did not answer /healthz within 120 s", file=sys.stderr)
+                daemon.kill()
+                return 1
+            time.sleep(0.5)
+    started = time.monotonic()
+    loadgen = subprocess.Popen([sys.executable, __file__, "--load", str(args.rate), str(seconds), str(tmp)],
+                               stdout=subprocess.PIPE, text=True)
+    samples: list[tuple[float, int]] = []
+    statuses: list[dict[str, Any]] = []
+    while time.monotonic() - started < seconds:
+        t = time.monotonic() - started
+        samples.append((t, rss(daemon.pid)))
+        if len(samples) % 5 == 0:
+            st = get_json(f"{base}/status")
+            statuses.append({"t": round(t), "accepted": st["stats"]["accepted"], "analyzed": st["stats"]["analyzed"],
+                             "dropped": st["stats"]["dropped"], "rss": samples[-1][1],
+                             "proctree": get_metric(f"{base}/metrics", "ravn_proctree_processes")})
+            if len(statuses) % 12 == 0:
+                print(f"soak: t={t:.0f}s rss={samples[-1][1] / 1048576:.1f} MB accepted={statuses[-1]['accepted']} "
+                      f"dropped={statuses[-1]['dropped']} proctree={statuses[-1]['proctree']:.0f}", flush=True)
+        time.sleep(max(0.0, started + len(samples) - time.monotonic()))
+    load_out = loadgen.communicate(timeout=60)[0].strip().splitlines()
+    load_iterations = json.loads(load_out[-1])["load_iterations"] if load_out else 0
+
+    storm: dict[str, Any] = {}
+    if args.forks:
+        before = rss(daemon.pid)
+        took = fork_storm(args.forks, tmp)
+        time.sleep(5)  # let the daemon catch up
+        storm = {"forks": args.forks, "seconds": round(took, 1), "forks_per_s": round(args.forks / took),
+                 "proctree_processes": get_metric(f"{base}/metrics", "ravn_proctree_processes"),
+                 "proctree_evictions": get_metric(f"{base}/metrics", "ravn_proctree_evictions_total"),
+                 "proctree_max": get_metric(f"{base}/metrics", "ravn_proctree_max"),
+                 "rss_before_mb": round(before / 1048576, 1), "rss_after_mb": round(rss(daemon.pid) / 1048576, 1),
+                 "kernel_drops": get_json(f"{base}/status")["stats"]["sources"]}
+        storm["kernel_drops"] = {n: s["kernel_drops"] for n, s in storm["kernel_drops"].items()}
+        storm["bounded"] = storm["proctree_processes"] <= storm["proctree_max"]
+
+    daemon.send_signal(signal.SIGTERM)
+    code = daemon.wait(120)
+    final = json.loads((tmp / "state" / "status.json").read_text())
+    st = final["stats"]
+
+    after = [r for t, r in samples if t >= args.warmup]
+    window = min(30, max(1, len(after) // 4))
+    start_rss = sum(after[:window]) / window if after else 0
+    end_rss = sum(after[-window:]) / window if after else 0
+    kernel_drops = sum(s["kernel_drops"] for s in st["sources"].values())
+    result = {
+        "minutes": args.minutes, "rate_per_kind": args.rate, "overrides": args.set, "load_iterations": load_iterations,
+        "sources": sources, "skipped": skipped, "exit_code": code,
+        "rss_after_warmup_mb": round(start_rss / 1048576, 1), "rss_end_mb": round(end_rss / 1048576, 1),
+        "rss_growth_pct": round(100 * (end_rss - start_rss) / start_rss, 2) if start_rss else None,
+        "rss_max_mb": round(max(r for _, r in samples) / 1048576, 1),
+        "accepted": st["accepted"], "dropped": st["dropped"], "analyzed": st["analyzed"],
+        "kernel_drops": kernel_drops, "unaccounted": st["accepted"] - st["dropped"] - st["analyzed"],
+        "per_source": {n: {"accepted": s["accepted"], "dropped": s["dropped"], "kernel_drops": s["kernel_drops"]}
+                       for n, s in st["sources"].items()},
+        "alerts": st["alerts_emitted"], "self_alerts": st["self_alerts"],
+        "fork_storm": storm,
+    }
+    (tmp / "samples.json").write_text(json.dumps({"rss": samples, "status": statuses}))
+    print(f"soak: RSS after warm-up {result['rss_after_warmup_mb']} MB, end {result['rss_end_mb']} MB "
+          f"({result['rss_growth_pct']}%), max {result['rss_max_mb']} MB; accepted {st['accepted']} dropped "
+          f"{st['dropped']} analyzed {st['analyzed']} kernel drops {kernel_drops} unaccounted {result['unaccounted']}"
+          f"; samples in {tmp / 'samples.json'}")
+    print(json.dumps(result))
+    return 0 if code == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
