@@ -1,0 +1,403 @@
+"""analyzer_onnx: per-process windows of syscalls and probe events scored by an ONNX language model.
+
+Each process's events become a token stream (tokens.py). Once a process has a full window pending, the window
+(with ``context`` tokens of the previous one in front) goes into this batch's inference: every ready window of
+every process in the batch is stacked and scored in ONE ``session.run``. The model returns each token's
+surprise (negative log-likelihood, nats); a process's score is the mean surprise over its last ``horizon``
+scored tokens. That mean is mapped to 0-100 through the model's calibration (the threshold at ``fa_rate`` on
+held-back normal processes maps to 50, the one at ``strong_fa_rate`` to 75) and an alert is raised when it
+reaches ``alert_score``. Exits and idle processes (``tick``) flush their partial window for a final score.
+
+The analyzer never folds or threat-scores: that is the core's job (ravn_core/threat.py).
+
+Fallback: with no usable model (missing, unreadable, wrong inputs, bad metadata), after an inference error, or
+after ``budget_strikes`` batches in a row whose inference went over ``latency_budget_ms``, the analyzer steps
+aside: ``analyze`` returns no alerts and drops its per-process state, ``health()`` is "degraded" with the reason,
+and the rules analyzer carries on alone. ``reload()`` (SIGHUP) or a changed model file (mtime, checked in
+``tick``) brings the model back; after a latency or inference fallback it also retries by itself every
+``retry_after_s``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from importlib import resources
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from ravn_analyzers.onnx.model import (
+    UNK,
+    ModelError,
+    RunningScore,
+    Scorer,
+    ScoringParams,
+    Windower,
+    pack,
+    score_to_100,
+)
+from ravn_analyzers.onnx.tokens import TECHNIQUE_HINTS, display, event_tokens
+from ravn_core.components import Alert, Analyzer, BatchContext, Health, Level, PluginConfig, RuntimeContext
+from ravn_core.errors import DidNotEnable
+from ravn_core.events import Batch
+
+DEFAULT_MODEL = "default"
+
+
+def default_model_path() -> str:
+    """The packaged model (ravn_analyzers/onnx/data/default.onnx)."""
+    return str(resources.files("ravn_analyzers.onnx").joinpath("data/default.onnx"))
+
+
+class OnnxConfig(PluginConfig):
+    """The ``analyzers: [{plugin: analyzer_onnx, ...}]`` section."""
+
+    model_path: str = Field(DEFAULT_MODEL, description="ONNX model file; 'default' is the packaged benign model")
+    window: int | None = Field(None, ge=8, le=4096, description="tokens per window (default: the model's)")
+    stride: int | None = Field(None, ge=1, le=4096,
+                               description="new tokens per window (default: window minus the model's context)")
+    fa_rate: float = Field(0.01, gt=0, lt=1, description="calibrated false-alarm rate whose threshold maps to 50")
+    strong_fa_rate: float = Field(0.001, gt=0, lt=1, description="calibrated rate whose threshold maps to 75")
+    threshold: float | None = Field(None, gt=0, description="override: mean surprise (nats) that maps to 50")
+    alert_score: int = Field(50, ge=1, le=100, description="alert when a process's 0-100 score reaches this")
+    min_events: int | None = Field(None, ge=1, description="scored tokens before a live process can alert "
+                                                           "(default: the model's calibration setting)")
+    exit_min_events: int | None = Field(None, ge=1, description="scored tokens for a final score at exit/idle")
+    horizon: int | None = Field(None, ge=8, description="a process's score: mean over its last N scored tokens")
+    latency_budget_ms: float = Field(50.0, gt=0, description="max inference time per batch (one session.run)")
+    budget_strikes: int = Field(3, ge=1, description="batches in a row over budget before falling back")
+    retry_after_s: float = Field(300.0, ge=0, description="retry after a latency/inference fallback (0: never; "
+                                                         "SIGHUP or a new model file always retries)")
+    max_windows_per_batch: int = Field(4096, ge=1, description="windows scored per analyze call; the rest wait")
+    idle_flush_s: float = Field(10.0, ge=0, description="tick scores the partial window of a process idle this "
+                                                        "long (0: only at exit)")
+    max_processes: int = Field(16384, ge=16, description="processes tracked at once (least recent dropped)")
+    realert_s: float = Field(300.0, ge=0, description="no new alert for a process within this, unless its "
+                                                      "score rose by 10 or more")
+    threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads")
+    other_events: bool = Field(True, description="include non-syscall probe events as tokens (@exec, @connect..)")
+    evidence_tokens: int = Field(64, ge=1, le=4096, description="tokens of the high window kept in evidence")
+
+
+class _Proc:
+    __slots__ = ("alerted_at", "alerted_score", "best", "comm", "last", "pending_toks", "recent", "score", "win")
+
+    def __init__(self, window: int, context: int, horizon: int) -> None:
+        self.win = Windower(window, context)
+        self.pending_toks: list[str] = []  # token strings beside win.pending's ids (for evidence)
+        self.score = RunningScore(horizon)
+        self.comm = ""
+        self.last = 0.0
+        self.alerted_at = 0.0
+        self.alerted_score = 0
+        self.recent: list[str] = []  # tokens of the window just scored (evidence)
+        self.best: tuple[float, list[str]] = (-1.0, [])  # highest-scoring window: (mean, tokens)
+
+
+class OnnxAnalyzer(Analyzer):
+    """Scores per-process windows of syscalls and probe events with an ONNX sequence model."""
+
+    config: OnnxConfig
+
+    def __init__(self, name: str, config: OnnxConfig, context: RuntimeContext) -> None:
+        super().__init__(name, config, context)
+        try:
+            import onnxruntime  # noqa: F401 - only checks that it is importable
+        except ImportError as exc:
+            raise DidNotEnable(f"onnxruntime is not installed ({exc}); pip install 'ravn-analyzers[onnx]'") from exc
+        self.model_path = self._resolve(config.model_path)
+        self.scorer: Scorer | None = None
+        self._ids: dict[str, int] = {}
+        self.reason = ""
+        self.retryable = False
+        self.degraded_since = 0.0
+        self._mtime: float | None = None
+        self._strikes = 0
+        self._procs: OrderedDict[tuple[str, int], _Proc] = OrderedDict()
+        self.counters: dict[str, float] = {
+            "batches": 0, "runs": 0, "windows": 0, "tokens": 0, "alerts": 0, "fallbacks": 0, "reloads": 0,
+            "last_run_ms": 0.0, "max_run_ms": 0.0, "over_budget": 0,
+        }
+        self._load()
+
+    # ------------------------------------------------------------------------------------------ model
+    def _resolve(self, path: str) -> str:
+        if path == DEFAULT_MODEL:
+            return default_model_path()
+        if not os.path.isabs(path) and self.context.config_path:
+            return os.path.join(os.path.dirname(self.context.config_path), path)
+        return path
+
+    def _stat(self) -> float | None:
+        try:
+            return os.stat(self.model_path).st_mtime_ns / 1e9
+        except OSError:
+            return None
+
+    def _load(self) -> bool:
+        """Load the model file; on failure keep a working model, or step aside. True when a new one loaded."""
+        self._mtime = self._stat()
+        try:
+            scorer = Scorer(self.model_path, threads=self.config.threads)
+            self._check(scorer)
+        except ModelError as exc:
+            if self.scorer is not None and not self.reason:
+                self.log.error("model %s not reloaded, keeping %s %s: %s", self.model_path,
+                               self.scorer.info.name, self.scorer.info.version, exc)
+                return False
+            self._degrade(f"no usable model: {exc}", retryable=False)
+            return False
+        self.scorer = scorer
+        self._ids = scorer.ids
+        info = scorer.info
+        self.window = self.config.window or info.window
+        stride = self.config.stride or (self.window - info.context)
+        self.ctx_len = max(0, self.window - min(stride, self.window))
+        sc = info.scoring
+        self.scoring = ScoringParams(self.config.min_events or sc.min_events,
+                                     self.config.exit_min_events or sc.exit_min_events,
+                                     self.config.horizon or sc.horizon)
+        self.t50 = self.config.threshold or info.calibration.threshold(self.config.fa_rate)
+        self._procs.clear()
+        self._strikes = 0
+        if self.reason:
+            self.log.warning("model %s %s back in use (was: %s)", info.name, info.version, self.reason)
+        self.reason = ""
+        self.retryable = False
+        self.log.info("model %s %s loaded from %s (window %d, context %d, threshold %.3f nats)", info.name,
+                      info.version, self.model_path, self.window, self.ctx_len, self.t50)
+        return True
+
+    def _check(self, scorer: Scorer) -> None:
+        """One tiny inference: a model that loads but cannot run on [N, window] int64 is not usable."""
+        w = self.config.window or scorer.info.window
+        probe = np.full((2, w), 2, dtype=np.int64)
+        try:
+            scorer.run(probe)
+        except ModelError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own types on shape/type errors at run time
+            raise ModelError(f"test inference failed on int64 [2, {w}]: {type(exc).__name__}: {exc}") from exc
+
+    def _degrade(self, reason: str, retryable: bool) -> None:
+        if not self.reason:
+            self.counters["fallbacks"] += 1
+            self.log.error("analyzer %s steps aside, rules carry on: %s", self.name, reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.degraded_since = time.monotonic()
+        self.scorer = None
+        self._procs.clear()
+
+    def reload(self) -> None:
+        self.counters["reloads"] += 1
+        self._load()
+
+    # ------------------------------------------------------------------------------------------ analysis
+    def analyze(self, batch: Batch, ctx: BatchContext) -> list[Alert]:
+        if self.scorer is None:
+            return []
+        self.counters["batches"] += 1
+        procs = self._procs
+        host = ctx.host
+        now = ctx.now
+        other = self.config.other_events
+        ready: list[tuple[tuple[str, int], _Proc]] = []
+        exited: list[tuple[tuple[str, int], _Proc]] = []
+        touched: dict[tuple[str, int], _Proc] = {}
+        for ev in batch:
+            etype = ev.get("evt.type")
+            if not other and etype not in ("syscall", "syscall_summary"):
+                continue
+            toks = event_tokens(ev)
+            pid = ev.get("proc.pid", 0)
+            key = (host, pid)
+            p = procs.get(key)
+            if p is None:
+                if not toks:
+                    continue
+                p = procs[key] = _Proc(self.window, self.ctx_len, self.scoring.horizon)
+                if len(procs) > self.config.max_processes:
+                    procs.popitem(last=False)
+            else:
+                procs.move_to_end(key)
+            p.comm = ev.get("proc.comm", p.comm) or p.comm
+            p.last = now
+            if toks:
+                p.win.pending.extend(self._encode(toks))
+                p.pending_toks.extend(toks)
+                touched[key] = p
+                self.counters["tokens"] += len(toks)
+            if etype == "exit":
+                exited.append((key, p))
+        exited_keys = {k for k, _ in exited}
+        for key, p in touched.items():
+            if p.win.ready() and key not in exited_keys:
+                ready.append((key, p))
+        alerts = self._score(ready, exited, ctx)
+        for key, _ in exited:
+            procs.pop(key, None)
+        return alerts
+
+    def _encode(self, toks: list[str]) -> list[int]:
+        ids = self._ids
+        return [ids.get(t, UNK) for t in toks]
+
+    def tick(self, ctx: BatchContext) -> list[Alert]:
+        mtime = self._stat()
+        if mtime != self._mtime:  # a new (or removed) model file
+            self.log.info("model file %s changed; loading it", self.model_path)
+            self._load()
+        elif (self.scorer is None and self.retryable and self.config.retry_after_s > 0
+              and time.monotonic() - self.degraded_since >= self.config.retry_after_s):
+            self._load()
+        if self.scorer is None or self.config.idle_flush_s <= 0:
+            return []
+        idle = [(k, p) for k, p in self._procs.items()
+                if p.win.pending and ctx.now - p.last >= self.config.idle_flush_s]
+        return self._score([], idle, ctx) if idle else []
+
+    def _score(self, ready: list[tuple[tuple[str, int], _Proc]], final: list[tuple[tuple[str, int], _Proc]],
+               ctx: BatchContext) -> list[Alert]:
+        """Cut the windows of ready processes (full windows) and final ones (everything left), run them in one
+        session.run, update scores, return alerts."""
+        scorer = self.scorer
+        if scorer is None:
+            return []
+        cap = self.config.max_windows_per_batch
+        cuts: list[tuple[_Proc, tuple[str, int], list[int], list[str], int, bool]] = []
+        final_keys = {k for k, _ in final}
+        for key, p in [*ready, *final]:
+            is_final = key in final_keys
+            while len(cuts) < cap:
+                item = p.win.take(partial=is_final)
+                if item is None:
+                    break
+                ids, start = item
+                n_new = len(ids) - start
+                new_toks = p.pending_toks[:n_new]
+                del p.pending_toks[:n_new]
+                toks = (p.recent[-start:] if start else []) + new_toks
+                p.recent = toks
+                cuts.append((p, key, ids, toks, start, is_final))
+            if len(cuts) >= cap:
+                break  # the rest stays pending for the next batch
+        if not cuts:
+            return []
+        arr = pack([c[2] for c in cuts], self.window)
+        t0 = time.perf_counter()
+        try:
+            nll = scorer.run(arr)
+        except Exception as exc:
+            self._degrade(f"inference error: {type(exc).__name__}: {exc}", retryable=True)
+            return []
+        ms = (time.perf_counter() - t0) * 1000.0
+        c = self.counters
+        c["runs"] += 1
+        c["windows"] += len(cuts)
+        c["last_run_ms"] = ms
+        c["max_run_ms"] = max(c["max_run_ms"], ms)
+        if ms > self.config.latency_budget_ms:
+            c["over_budget"] += 1
+            self._strikes += 1
+            if self._strikes >= self.config.budget_strikes:
+                self._degrade(f"inference over its latency budget: {self._strikes} batches in a row above "
+                              f"{self.config.latency_budget_ms:g} ms (last {ms:.1f} ms for {len(cuts)} windows)",
+                              retryable=True)
+                return []
+        else:
+            self._strikes = 0
+        alerts: list[Alert] = []
+        sc = self.scoring
+        for j, (p, key, ids, toks, start, is_final) in enumerate(cuts):
+            n = len(ids) - start
+            s = float(nll[j, start : len(ids)].sum())
+            p.score.add(s, n)
+            wmean = s / n if n else 0.0
+            if wmean > p.best[0]:
+                p.best = (wmean, toks[start:])
+            last_of_proc = j + 1 == len(cuts) or cuts[j + 1][0] is not p
+            if not last_of_proc:
+                continue
+            enough = p.score.seen >= sc.min_events or (is_final and p.score.seen >= sc.exit_min_events)
+            if not enough:
+                continue
+            alert = self._maybe_alert(p, key, ctx, is_final)
+            if alert is not None:
+                alerts.append(alert)
+        c["alerts"] += len(alerts)
+        return alerts
+
+    def _maybe_alert(self, p: _Proc, key: tuple[str, int], ctx: BatchContext, is_final: bool) -> Alert | None:
+        scorer = self.scorer
+        assert scorer is not None
+        value = p.score.mean()
+        cal = scorer.info.calibration
+        if self.config.threshold:
+            t50 = self.config.threshold
+            score = int(max(0, min(100, round(50 * value / t50 if value <= t50 else 50 + 25 * (value - t50) /
+                                              (0.25 * t50)))))
+        else:
+            t50 = cal.threshold(self.config.fa_rate)
+            score = score_to_100(value, cal, self.config.fa_rate, self.config.strong_fa_rate)
+        if score < self.config.alert_score:
+            return None
+        now = ctx.now
+        if p.alerted_at and now - p.alerted_at < self.config.realert_s and score < p.alerted_score + 10:
+            return None
+        p.alerted_at = now
+        p.alerted_score = score
+        pid = key[1]
+        info = scorer.info
+        best_mean, best_toks = p.best
+        shown = [display(t) for t in best_toks[-self.config.evidence_tokens:]]
+        tags = ["anomaly"]
+        for t in dict.fromkeys(best_toks):
+            hint = TECHNIQUE_HINTS.get(t)
+            if hint and hint not in tags:
+                tags.append(hint)
+        level: Level = "HIGH" if score >= 75 else "MEDIUM"
+        return Alert(
+            analyzer=self.name,
+            rule=info.name,
+            score=score,
+            description=(f"unusual syscall/event sequence for {p.comm or '?'} (pid {pid}): mean surprise "
+                         f"{value:.2f} nats over its last {p.score.count} events, above the "
+                         f"{self.config.fa_rate:.1%} false-alarm threshold {t50:.2f} of model {info.name} "
+                         f"{info.version}"),
+            pid=pid,
+            comm=p.comm,
+            tags=tags,
+            evidence={
+                "model": info.name,
+                "model_version": info.version,
+                "process_score_nats": round(value, 4),
+                "threshold_nats": round(t50, 4),
+                "events_scored": p.score.seen,
+                "final": is_final,
+                "window": {"mean_nats": round(best_mean, 4), "tokens": shown},
+                "lineage": ctx.proctree.lineage(pid),
+            },
+            host=ctx.host,
+            level=level,
+        )
+
+    # ------------------------------------------------------------------------------------------ status
+    def health(self) -> Health:
+        counters = dict(self.counters)
+        counters["processes"] = len(self._procs)
+        if self.scorer is None:
+            return Health("degraded", self.reason, counters)
+        info = self.scorer.info
+        return Health("ok", f"model {info.name} {info.version}", counters)
+
+    def describe(self) -> dict[str, Any]:
+        return {"model_path": self.model_path, "reason": self.reason,
+                "model": None if self.scorer is None else self.scorer.info.name}
+
+    def close(self) -> None:
+        self.scorer = None
+        self._procs.clear()

@@ -1,0 +1,230 @@
+"""analyzer_onnx on real onnxruntime sessions: alerts, batching, evidence, and every fallback made to happen."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ravn_analyzers.onnx.analyzer import OnnxAnalyzer, OnnxConfig, default_model_path
+from ravn_analyzers.onnx.tokens import display
+
+from ravn_core.components import BatchContext
+from ravn_core.errors import DidNotEnable
+from ravn_core.proctree import ProcessTree
+from ravn_core.testing import make_context
+
+
+def syscalls(pid: int, nrs: list[int], comm: str = "worker") -> list[dict[str, Any]]:
+    return [{"evt.type": "syscall", "evt.source": "ebpf_syscall", "proc.pid": pid, "proc.tid": pid,
+             "proc.comm": comm, "syscall.nr": n} for n in nrs]
+
+
+def cyclic(n: int, start: int = 0) -> list[int]:
+    return [(start + i) % 10 for i in range(n)]
+
+
+def scrambled(n: int) -> list[int]:
+    # deterministic, never "i then i+1": steps of 3 (mod 10)
+    return [(3 * i) % 10 for i in range(n)]
+
+
+def ctx(tree: ProcessTree | None = None, now: float | None = None) -> BatchContext:
+    return BatchContext("testhost", tree or ProcessTree(), time.time() if now is None else now)
+
+
+def build(model: Path | str, **cfg: Any) -> OnnxAnalyzer:
+    return OnnxAnalyzer("analyzer_onnx", OnnxConfig(model_path=str(model), **cfg), make_context("onnx"))
+
+
+def test_normal_stream_is_quiet_and_anomalous_one_alerts_with_evidence(cyclic_model: Any) -> None:
+    an = build(cyclic_model())
+    assert an.health().state == "ok"
+    tree = ProcessTree()
+    tree.update([{"evt.type": "exec", "proc.pid": 300, "proc.ppid": 1, "proc.comm": "evil",
+                  "exec.filename": "/tmp/evil", "exec.argv": ["/tmp/evil"], "exec.ret": 0}])
+    batch = syscalls(200, cyclic(200), "good") + syscalls(300, scrambled(200), "evil")
+    alerts = an.analyze(batch, ctx(tree))
+    assert [a.pid for a in alerts] == [300]
+    a = alerts[0]
+    assert a.analyzer == "analyzer_onnx" and a.rule == "cyclic-test" and a.comm == "evil"
+    assert a.score == 100 and a.level == "HIGH" and a.tags[0] == "anomaly"
+    ev = a.evidence
+    assert ev["model"] == "cyclic-test" and ev["model_version"] == "0.0.1"
+    assert ev["process_score_nats"] > 6 and ev["threshold_nats"] == 1.0
+    names = {display(str(i)) for i in range(10)}
+    assert set(ev["window"]["tokens"]) <= names and len(ev["window"]["tokens"]) >= 16
+    assert display("0") in ("read", "nr0") and display("@exec") == "@exec"
+    assert ev["lineage"][0]["exe"] == "/tmp/evil"
+    # one session.run for both processes' windows
+    assert an.counters["runs"] == 1 and an.counters["windows"] >= 2
+    # no repeat alert for the same process while its score does not rise
+    assert an.analyze(syscalls(300, scrambled(64)), ctx(tree)) == []
+
+
+def test_windows_of_many_processes_go_in_one_run_per_batch(cyclic_model: Any) -> None:
+    an = build(cyclic_model())
+    batch: list[dict[str, Any]] = []
+    for pid in range(1000, 1050):
+        batch += syscalls(pid, cyclic(70, pid))
+    assert an.analyze(batch, ctx()) == []
+    assert an.counters["runs"] == 1
+    assert an.counters["windows"] == 100  # 70 tokens: a window of 32 new, one of 1 context + 31 new, 7 pending
+    assert an.health().counters["processes"] == 50
+
+
+def test_exit_and_idle_flush_score_partial_windows(cyclic_model: Any) -> None:
+    an = build(cyclic_model(), idle_flush_s=5)
+    # 20 scrambled tokens: under min_events (32) and under one window -> nothing yet
+    assert an.analyze(syscalls(7, scrambled(20)), ctx(now=100.0)) == []
+    # an exit flushes: 20 >= exit_min_events (8) -> final score
+    alerts = an.analyze([{"evt.type": "exit", "proc.pid": 7, "proc.comm": "worker", "exit.code": 0}], ctx(now=101))
+    assert len(alerts) == 1 and alerts[0].evidence["final"] is True
+    # idle process: tick flushes after idle_flush_s
+    assert an.analyze(syscalls(8, scrambled(20)), ctx(now=200.0)) == []
+    assert an.tick(ctx(now=202.0)) == []
+    alerts = an.tick(ctx(now=206.0))
+    assert [a.pid for a in alerts] == [8]
+
+
+def test_other_probe_events_are_tokens(cyclic_model: Any) -> None:
+    an = build(cyclic_model())
+    exec_ev = {"evt.type": "exec", "proc.pid": 9, "proc.comm": "sh", "exec.filename": "/bin/sh", "exec.ret": 0}
+    batch = syscalls(9, cyclic(10)) + [exec_ev] * 30 + syscalls(9, cyclic(10))
+    alerts = an.analyze([*batch, {"evt.type": "exit", "proc.pid": 9}], ctx())
+    assert len(alerts) == 1  # @exec:shell is not in the model's vocabulary: unknown tokens are surprising
+    assert "@exec:shell" in alerts[0].evidence["window"]["tokens"] and "T1059.004" in alerts[0].tags
+    quiet = build(cyclic_model("b.onnx"), other_events=False)
+    assert quiet.analyze([*batch, {"evt.type": "exit", "proc.pid": 9}], ctx()) == []
+
+
+# ---------------------------------------------------------------------------------------------- fallbacks
+def test_missing_model_steps_aside_and_a_new_file_brings_it_back(tmp_path: Path, cyclic_model: Any) -> None:
+    path = tmp_path / "later.onnx"
+    an = build(path)
+    h = an.health()
+    assert h.state == "degraded" and "does not exist" in h.detail
+    assert an.analyze(syscalls(1, scrambled(100)), ctx()) == []
+    path.write_bytes(cyclic_model("src.onnx").read_bytes())
+    an.tick(ctx())  # mtime changed: loads it
+    assert an.health().state == "ok"
+    assert len(an.analyze(syscalls(1, scrambled(100)), ctx())) == 1
+
+
+def test_truncated_model_file(tmp_path: Path, cyclic_model: Any) -> None:
+    data = cyclic_model().read_bytes()
+    bad = tmp_path / "truncated.onnx"
+    bad.write_bytes(data[: len(data) // 2])
+    an = build(bad)
+    h = an.health()
+    assert h.state == "degraded" and "not a loadable ONNX model" in h.detail
+    assert an.analyze(syscalls(1, scrambled(100)), ctx()) == []
+    bad.write_bytes(data)
+    os.utime(bad, (time.time() + 5, time.time() + 5))
+    an.tick(ctx())
+    assert an.health().state == "ok"
+
+
+def test_wrong_input_shape(wrong_input_model: Path) -> None:
+    h = build(wrong_input_model).health()
+    assert h.state == "degraded" and "model input must be tokens int64 [N, W]" in h.detail
+
+
+@pytest.mark.parametrize(("key", "value", "expect"), [
+    ("ravn.schema_version", "99", "feature schema version '99'"),
+    ("ravn.schema", "someone-else", "feature schema 'someone-else'"),
+    ("ravn.calibration", "{}", "bad RAVN metadata"),
+])
+def test_mismatched_metadata(cyclic_model: Any, key: str, value: str, expect: str) -> None:
+    h = build(cyclic_model(**{key: value})).health()
+    assert h.state == "degraded" and expect in h.detail
+
+
+def test_bad_reload_keeps_the_working_model(tmp_path: Path, cyclic_model: Any) -> None:
+    path = cyclic_model()
+    an = build(path)
+    path.write_bytes(b"not onnx at all")
+    an.reload()
+    assert an.health().state == "ok"  # old model kept; the error was logged
+    assert len(an.analyze(syscalls(1, scrambled(100)), ctx())) == 1
+
+
+def test_inference_error_steps_aside_then_sighup_retries(fails_at_run_model: Path, cyclic_model: Any) -> None:
+    an = build(fails_at_run_model)
+    assert an.health().state == "ok"  # loads, and its 2-window test inference passes
+    batch = syscalls(1, scrambled(40)) + syscalls(2, scrambled(40)) + syscalls(3, scrambled(40))
+    assert an.analyze(batch, ctx()) == []
+    h = an.health()
+    assert h.state == "degraded" and h.detail.startswith("inference error:")
+    fails_at_run_model.write_bytes(cyclic_model().read_bytes())
+    an.reload()  # SIGHUP
+    assert an.health().state == "ok"
+    assert len(an.analyze(batch, ctx())) == 3
+
+
+def test_latency_budget_fallback_and_recovery(cyclic_model: Any) -> None:
+    an = build(cyclic_model(), latency_budget_ms=0.0001, budget_strikes=3, retry_after_s=0.2)
+    for i in range(2):
+        an.analyze(syscalls(10 + i, cyclic(40)), ctx())
+        assert an.health().state == "ok"
+    an.analyze(syscalls(20, cyclic(40)), ctx())
+    h = an.health()
+    assert h.state == "degraded" and "latency budget: 3 batches in a row" in h.detail
+    assert h.counters["over_budget"] == 3
+    assert an.analyze(syscalls(21, scrambled(100)), ctx()) == []
+    time.sleep(0.25)
+    an.tick(ctx())  # retry_after_s elapsed: model back (and it will strike out again with this budget)
+    assert an.health().state == "ok"
+
+
+def test_default_model_path_is_packaged() -> None:
+    assert OnnxConfig().model_path == "default"
+    assert Path(default_model_path()).name == "default.onnx"
+
+
+def test_onnxruntime_missing_raises_did_not_enable(tmp_path: Path) -> None:
+    """A real interpreter in which `import onnxruntime` fails (a sitecustomize meta-path blocker)."""
+    (tmp_path / "sitecustomize.py").write_text(textwrap.dedent("""
+        import sys
+        class _Block:
+            def find_spec(self, name, path=None, target=None):
+                if name == "onnxruntime" or name.startswith("onnxruntime."):
+                    raise ImportError("blocked by test: onnxruntime is not installed")
+                return None
+        sys.meta_path.insert(0, _Block())
+    """))
+    code = textwrap.dedent("""
+        from ravn_core.errors import DidNotEnable
+        from ravn_core.testing import make_context
+        from ravn_analyzers.onnx.analyzer import OnnxAnalyzer, OnnxConfig
+        try:
+            OnnxAnalyzer("analyzer_onnx", OnnxConfig(), make_context("x"))
+        except DidNotEnable as exc:
+            print("DidNotEnable:", exc)
+    """)
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "DidNotEnable: onnxruntime is not installed" in out.stdout
+    assert DidNotEnable.__name__ == "DidNotEnable"
+
+
+def test_registered_through_the_plugin_host() -> None:
+    import argparse
+
+    from ravn_core.plugins import PluginHost
+
+    host = PluginHost()
+    host.load()
+    host.register_components()
+    entry = host.analyzers.get("analyzer_onnx")
+    assert entry is not None and entry.config_model is OnnxConfig and entry.distribution.startswith("ravn-analyzers")
+    parser = argparse.ArgumentParser()
+    host.add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "--events", "x.jsonl", "--output", "m.onnx"])
+    assert args.command == "train" and callable(args.func)
