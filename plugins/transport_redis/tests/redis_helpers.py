@@ -68,6 +68,8 @@ def drain(workers: Iterable[RedisTransport], want: int, timeout_s: float = 10.0,
             if d is not None:
                 got[i].extend(e[key] for e in d.batch)
                 w.ack(d)
+    for w in workers:
+        w.flush(0)  # queued acks out, as the runtime's shutdown does
     return got
 
 

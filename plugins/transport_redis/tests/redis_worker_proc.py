@@ -27,6 +27,7 @@ def main() -> None:
             print("HOLD", flush=True)  # mid-batch: analyzers running, never acked
             time.sleep(3600)
         t.ack(d)
+        t.flush(0)  # the XACK is on the server before we say so
         print("ACKED", " ".join(str(e["test.seq"]) for e in d.batch), flush=True)
         done += 1
 

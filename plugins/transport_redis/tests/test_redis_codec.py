@@ -23,6 +23,11 @@ def test_stream_round_trip_keeps_types() -> None:
     assert isinstance(d.events[-1]["syscall.seq"], list)
 
 
+def test_event_order_is_kept_across_keysets() -> None:
+    batch = [{"a": i} if i % 3 else {"b": i, "c": [i]} for i in range(30)]
+    assert codec.unpack_events(codec.pack_events(batch), 30) == batch
+
+
 def test_stream_entry_is_compact() -> None:
     batch = [event(i) for i in range(1000)]
     fields = codec.stream_fields("h1", "h1:b:1", batch, 0)
@@ -38,8 +43,13 @@ def test_stream_entry_is_compact() -> None:
         ({b"v": b"x"}, "format version field 'v' is missing or not a number"),
         ({b"d": b"\x92\x91"}, "payload is not valid msgpack"),
         ({b"n": b"5"}, "payload holds 3 events, the header says 5"),
-        ({b"d": msgpack.packb([[["a"]], [[0, 1, 2]]])}, "payload holds 1 events"),
-        ({b"d": msgpack.packb({"a": 1})}, "payload is not [keysets, rows]"),
+        ({b"d": msgpack.packb([[["a"]], [[[0]]], [0]])}, "payload holds 1 events, the header says 3"),
+        ({b"d": msgpack.packb({"a": 1})}, "payload is not [keysets, groups, order]"),
+        ({b"d": msgpack.packb([[["a"]], [[[0], [1]]], [0, 0, 0]])}, "groups do not match"),
+        ({b"d": msgpack.packb([[["a"]], [[[0], [1], [2, 3]]], [0, 0, 0]])}, "row does not match its keyset"),
+        ({b"d": msgpack.packb([[["a"], ["b"]], [[[0], [1]], [[2]]], [0, 1, 1]])}, "order does not match"),
+        ({b"d": msgpack.packb([[["a"]], [[[0], [1], [2]]], [0, 0, 5]])}, "order does not match"),
+        ({b"d": msgpack.packb([[[1]], [[[0], [1], [2]]], [0, 0, 0]])}, "keyset is not a list of field names"),
     ],
 )
 def test_stream_decode_refuses_clearly(change: dict[bytes, bytes], reason: str) -> None:
@@ -59,7 +69,7 @@ def test_stream_decode_truncated_payload() -> None:
 
 def test_row_not_matching_keyset() -> None:
     fields = codec.stream_fields("h1", "h1:b:1", [event(1)], 0)
-    fields[b"d"] = msgpack.packb([[["a", "b"]], [[0, 1]]])
+    fields[b"d"] = msgpack.packb([[["a", "b"]], [[[0, 1, 2]]], [0]])
     with pytest.raises(DecodeError, match="does not match its keyset"):
         codec.decode_stream(fields)
 

@@ -62,7 +62,7 @@ def test_two_ravn_analyze_workers_share_the_fleet(redis_server: RedisServer, mak
     for w in range(2):
         cfg = _yaml(tmp_path / f"w{w}.yaml", {
             "ravn": {"host": f"worker{w}", "state_dir": str(tmp_path / f"w{w}"), "http_listen": ""},
-            "transport": _transport(redis_server.port),
+            "transport": {**_transport(redis_server.port), "read_count": 1},
             "analyzers": [{"plugin": "analyzer_rules", "rule_files": [str(rules)]}],
             "sinks": [{"plugin": "jsonl", "path": str(tmp_path / f"w{w}.jsonl")},
                       {"plugin": "redis", "port": redis_server.port}],
@@ -70,7 +70,19 @@ def test_two_ravn_analyze_workers_share_the_fleet(redis_server: RedisServer, mak
         procs.append(subprocess.Popen([RAVN, "analyze", "--config", str(cfg)], stdout=subprocess.DEVNULL,
                                       stderr=open(tmp_path / f"w{w}.log", "w")))
     try:
+        r = redis.Redis(port=redis_server.port)
+
+        def workers_up() -> bool:
+            names = {c["name"] for c in r.client_list()}
+            return all(any(n.startswith(f"ravn-worker{w}-") for n in names) for w in range(2))
+
+        assert wait_for(workers_up, 20), (tmp_path / "w0.log").read_text()[-2000:]
         agents = [make_transport(redis_server, host=f"agent{a}") for a in range(3)]
+        for a, agent in enumerate(agents):  # streams exist and both workers read them before the real load
+            agent.publish(f"agent{a}", [event(10_000 + a)])
+            agent.flush(5)
+
+        time.sleep(1.0)  # both workers found the streams (discover_interval_s 0.2) and block in XREADGROUP
         for n in range(60):
             agents[n % 3].publish(f"agent{n % 3}", _marker_batch(n))
         for a in agents:
@@ -94,11 +106,10 @@ def test_two_ravn_analyze_workers_share_the_fleet(redis_server: RedisServer, mak
     got = alerts()
     numbers = sorted(int(a["description"].rsplit("batch-", 1)[1]) for a in got)
     assert numbers == list(range(60))  # every batch analyzed exactly once across the two workers
-    per_worker = [sum(1 for line in (tmp_path / f"w{w}.jsonl").read_text().splitlines() if "fleet_test_marker"
-                      in line) if (tmp_path / f"w{w}.jsonl").exists() else 0 for w in range(2)]
+    per_worker = [sum(1 for line in (tmp_path / f"w{w}.jsonl").read_text().splitlines()
+                      if json.loads(line).get("rule") == "fleet_test_marker") for w in range(2)]
     assert all(per_worker), per_worker  # both took a share
     assert {a["host"] for a in got} == {"agent0", "agent1", "agent2"}  # alerts name the host of the events
-    r = redis.Redis(port=redis_server.port)
     assert r.xlen("ravn:alerts") == 60  # the redis sink of both workers
     assert r.get("ravn:threat_level") in (b"MEDIUM", b"HIGH")
     for a in range(3):

@@ -118,7 +118,7 @@ def test_bad_entries_are_dead_lettered_and_the_worker_goes_on(redis_server: Redi
     assert "not valid msgpack" in reasons[1]
     assert "transport format version 7, this worker understands [1]" in reasons[2]
     assert f"event schema version {SCHEMA_VERSION + 1}, this worker understands [{SCHEMA_VERSION}]" in reasons[3]
-    assert "not [keysets, rows]" in reasons[4]
+    assert "not [keysets, groups, order]" in reasons[4]
     assert dl[1][1][b"orig.d"] == truncated[b"d"]  # the original entry is kept for inspection
     assert worker.health().counters["dead_lettered"] == 5
     assert r.xpending(key, "ravn-analyzers")["pending"] == 0  # dead-lettered entries are acked
@@ -243,6 +243,7 @@ def test_prefetched_entries_reclaimed_by_another_worker_are_not_processed_twice(
     d = slow.consume(2)
     assert d is not None
     slow.ack(d)  # the first batch is done; 7 more wait in slow's local queue
+    slow.flush(0)
     time.sleep(0.4)  # ... longer than claim_idle_ms
     fast = make_transport(redis_server, host="fast", claim_idle_ms=300)
     got = drain([fast], 70)

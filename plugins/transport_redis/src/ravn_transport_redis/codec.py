@@ -6,9 +6,10 @@ Stream mode, one entry per batch (field names are one byte to keep entries small
 
     XADD <prefix>events:{<host>} MAXLEN ~ N * v 1 s <schema> h <host> b <batch id> n <events> t <ns> d <msgpack>
 
-``d`` is msgpack of ``[keysets, rows]``: ``keysets`` lists each distinct tuple of field names in the batch
-once, and each event is a row ``(keyset index, *values)``. Field names are not repeated per event, which makes
-entries about 3x smaller than a list of maps and decoding about 1.5x faster. ``b`` is
+``d`` is msgpack of ``[keysets, groups, order]``: ``keysets`` lists each distinct tuple of field names in the
+batch once, ``groups[i]`` holds the value rows of the events with keyset ``i`` and ``order[j]`` says which
+group event ``j`` comes from. Field names are not repeated per event: entries are about 2.7x smaller than a
+list of maps, and decoding is about 1.3x faster (dicts are built by ``dict(zip(keys, row))`` per group). ``b`` is
 ``<host>:<boot id>:<sequence>``, unique per batch and readable without decoding ``d`` (the agent checks it
 after a reconnect, workers drop duplicates by it).
 
@@ -57,16 +58,18 @@ def stream_fields(host: str, batch_id: str, batch: Batch, ts_ns: int) -> dict[by
 
 
 def pack_events(batch: Batch) -> bytes:
-    """``[keysets, rows]`` as msgpack (see the module docstring)."""
-    table: dict[tuple[str, ...], int] = {}
-    rows = []
+    """``[keysets, groups, order]`` as msgpack (see the module docstring)."""
+    groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    order_keys = []
     for event in batch:
         keys = tuple(event)
-        idx = table.get(keys)
-        if idx is None:
-            idx = table[keys] = len(table)
-        rows.append((idx, *event.values()))
-    return msgpack.packb([list(table), rows], use_bin_type=True)
+        rows = groups.get(keys)
+        if rows is None:
+            rows = groups[keys] = []
+        rows.append(tuple(event.values()))
+        order_keys.append(keys)
+    index = {keys: i for i, keys in enumerate(groups)}
+    return msgpack.packb([list(groups), list(groups.values()), [index[k] for k in order_keys]], use_bin_type=True)
 
 
 def unpack_events(payload: bytes, n: int) -> Batch:
@@ -74,18 +77,25 @@ def unpack_events(payload: bytes, n: int) -> Batch:
         doc = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise DecodeError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})") from None
-    if not (isinstance(doc, list) and len(doc) == 2 and isinstance(doc[0], list) and isinstance(doc[1], list)):
-        raise DecodeError("payload is not [keysets, rows]")
-    keysets, rows = doc
-    for keys in keysets:
+    if not (isinstance(doc, list) and len(doc) == 3 and all(isinstance(x, list) for x in doc)):
+        raise DecodeError("payload is not [keysets, groups, order]")
+    keysets, groups, order = doc
+    if len(order) != n:
+        raise DecodeError(f"payload holds {len(order)} events, the header says {n} (truncated?)")
+    if len(keysets) != len(groups) or sum(map(len, groups)) != n:
+        raise DecodeError("payload groups do not match its keysets and order")
+    for keys, rows in zip(keysets, groups, strict=True):
         if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
             raise DecodeError("a keyset is not a list of field names")
-    if len(rows) != n:
-        raise DecodeError(f"payload holds {len(rows)} events, the header says {n} (truncated?)")
+        if not all(isinstance(r, list) for r in rows) or set(map(len, rows)) - {len(keys)}:
+            raise DecodeError("an event row does not match its keyset")
+    # lengths were checked above; strict zips would cost ~20% of the decode
+    nexts = [iter([dict(zip(keys, row, strict=False)) for row in rows]).__next__
+             for keys, rows in zip(keysets, groups, strict=False)]
     try:
-        return [dict(zip(keysets[r[0]], r[1:], strict=True)) for r in rows]
-    except (IndexError, TypeError, ValueError) as exc:
-        raise DecodeError(f"an event row does not match its keyset ({exc})") from None
+        return [nexts[i]() for i in order]
+    except (IndexError, TypeError, StopIteration) as exc:
+        raise DecodeError(f"the event order does not match the groups ({type(exc).__name__})") from None
 
 
 def _version(raw: Any, what: str) -> int:

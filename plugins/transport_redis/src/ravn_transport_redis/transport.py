@@ -7,8 +7,8 @@ which of the batches that were in flight when the connection broke it already ha
 agent's own key, matched by batch id), drops those and sends the rest in order.
 
 Worker side (``consume``/``ack``): stream mode reads the per-host streams (found in the registry set the
-agents SADD to) through a consumer group, XACKs after ``ack()``, XAUTOCLAIMs entries a dead consumer left
-pending for ``claim_idle_ms``, and dead-letters entries that do not decode or were delivered
+agents SADD to) through a consumer group, XACKs after ``ack()`` (batched: see ``ack``), XAUTOCLAIMs entries
+a dead consumer left pending for ``claim_idle_ms``, and dead-letters entries that do not decode or were delivered
 ``max_deliveries`` times. List mode BLMOVEs elements into a per-worker processing list, LREMs them after
 ``ack()``, keeps a heartbeat key alive, and requeues the processing lists of workers whose heartbeat expired.
 Both drop batches whose id this worker has seen recently (``dedup_window``).
@@ -129,7 +129,7 @@ class RedisTransport(Transport):
         self._claim_lock = threading.Lock()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._inflight: set[tuple[str, Any]] = set()
-        self._failed_acks: list[Token] = []
+        self._acks: list[Token] = []  # acked by the runtime, XACK not yet sent
         self._heartbeat: threading.Thread | None = None
         self._backlog = 0
         self._backlog_at = 0.0
@@ -286,15 +286,14 @@ class RedisTransport(Transport):
         self._send_resync = False
 
     def flush(self, timeout_s: float) -> None:
-        """Wait until the spool is sent (or ``timeout_s``); then retry acks that failed."""
+        """Wait until the spool is sent (or ``timeout_s``); then send queued acks."""
         deadline = time.monotonic() + timeout_s
         while (len(self._spool) or self._in_flight) and time.monotonic() < deadline and self._sender is not None:
             time.sleep(0.01)
-        if self._failed_acks:
-            try:
-                self._retry_acks()
-            except CONNECTION_ERRORS:
-                pass
+        try:
+            self._send_acks()
+        except CONNECTION_ERRORS:
+            pass
 
     # ============================================================================================ worker side
     def consume(self, timeout_s: float) -> Delivery | None:
@@ -311,8 +310,8 @@ class RedisTransport(Transport):
                 continue
             try:
                 self._worker_setup()
-                if self._failed_acks:
-                    self._retry_acks()
+                if self._acks:
+                    self._send_acks()
                 if now >= self._next_discover:
                     self._discover()
                 if now >= self._next_claim:
@@ -396,9 +395,8 @@ class RedisTransport(Transport):
 
     def _read_streams(self, block_ms: int) -> None:
         streams = self._streams
-        if not streams:
-            self._stop.wait(min(block_ms / 1000, self.cfg.discover_interval_s))
-            self._next_discover = 0.0
+        if not streams:  # no agent has registered a stream yet
+            self._stop.wait(min(block_ms / 1000, max(0.0, self._next_discover - time.monotonic())))
             return
         # COUNT applies per stream: split read_count over the streams so one read never prefetches more than
         # max(read_count, streams) batches (prefetched entries age towards claim_idle_ms in our queue).
@@ -490,18 +488,22 @@ class RedisTransport(Transport):
         return True
 
     def ack(self, delivery: Delivery) -> None:
+        """Queue the XACK (LREM in list mode). Queued acks go out in one pipeline, grouped per stream
+        (``XACK key group id id ...``), before this instance's next read from Redis, when ``read_count`` of
+        them are queued, and at ``flush``/``close``: one round trip per read instead of one per batch. A
+        worker that dies with acks queued has those batches redelivered (at-least-once, as ever)."""
         token = delivery.token
         if not isinstance(token, Token):
             return
         with self._lock:
             self._inflight.discard((token.key, token.entry))
-        try:
-            self._ack_raw(token.key, token.entry)
-            self.counters["acked"] += 1
-        except CONNECTION_ERRORS as exc:
-            with self._lock:
-                self._failed_acks.append(token)
-            self._recv_failed(exc)
+            self._acks.append(token)
+            full = len(self._acks) >= self.cfg.read_count
+        if full:
+            try:
+                self._send_acks()
+            except CONNECTION_ERRORS as exc:
+                self._recv_failed(exc)
 
     def _ack_raw(self, key: str, entry: Any) -> None:
         if self.cfg.mode == "stream":
@@ -509,17 +511,29 @@ class RedisTransport(Transport):
         else:
             self.client.lrem(key, 1, entry)
 
-    def _retry_acks(self) -> None:
+    def _send_acks(self) -> None:
+        """Send the queued acks; on a connection error they stay queued for the next try."""
         with self._lock:
-            todo, self._failed_acks = self._failed_acks, []
-        for i, token in enumerate(todo):
-            try:
-                self._ack_raw(token.key, token.entry)
-                self.counters["acked"] += 1
-            except CONNECTION_ERRORS:
-                with self._lock:
-                    self._failed_acks.extend(todo[i:])
-                raise
+            todo, self._acks = self._acks, []
+        if not todo:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            if self.cfg.mode == "stream":
+                by_key: dict[str, list[Any]] = {}
+                for t in todo:
+                    by_key.setdefault(t.key, []).append(t.entry)
+                for key, ids in by_key.items():
+                    pipe.xack(key, self.cfg.group, *ids)
+            else:
+                for t in todo:
+                    pipe.lrem(t.key, 1, t.entry)
+            pipe.execute()
+        except CONNECTION_ERRORS:
+            with self._lock:
+                self._acks[:0] = todo
+            raise
+        self.counters["acked"] += len(todo)
 
     def _dead_letter(self, key: str, entry: Any, fields: dict[bytes, bytes] | None, reason: str) -> None:
         """Park an entry that cannot be processed in the dead-letter stream, with the reason; ack it."""
@@ -674,6 +688,7 @@ class RedisTransport(Transport):
             if t is not None:
                 t.join(2)
         try:
+            self._send_acks()
             if self.cfg.mode == "list" and self._worker_ready:
                 # give back what we took and did not finish; then leave the worker set
                 proc = self.keys.processing(self.consumer)

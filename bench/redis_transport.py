@@ -1,0 +1,235 @@
+"""Redis transport throughput and latency: agent process -> one redis-server -> 1 or 2 worker processes.
+
+Measured in one run, on the same machine, so the ratios mean something:
+  - ``redis-benchmark -P 32 -n 200000 XADD s '*' f v`` against the same server (Redis's own XADD rate);
+  - end to end events/s with one and with two worker processes: a separate agent process publishes pre-built
+    batches of realistic events (13-15 fields; open/connect/exec mixed) through ``RedisTransport.publish`` as fast
+    as it can; workers ``consume`` (decode) and ``ack``, reading ``evt.type`` of every event; the clock runs from
+    the first publish to the last event consumed;
+  - latency publish -> consume (p50/p99) at a paced rate below saturation, and at saturation (includes backlog);
+  - the embedded transport in one process (publisher thread -> consumer thread reading ``evt.type``).
+
+    .venv/bin/python bench/redis_transport.py [--events 2000000] [--batch 1000]
+
+Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import redis
+
+from ravn_core.testing import RedisServer, make_context
+
+HERE = os.path.abspath(__file__)
+
+
+def make_events(n: int, seed: int = 1) -> list[dict[str, Any]]:
+    rnd = random.Random(seed)
+    comms = ["bash", "python3", "curl", "sshd", "nginx", "postgres", "systemd", "cron"]
+    out: list[dict[str, Any]] = []
+    for i in range(n):
+        pid = rnd.randrange(300, 60000)
+        uid = rnd.choice([0, 1000])
+        base = {"evt.source": "", "evt.ts": 1_764_100_000_000_000_000 + i * 1000, "proc.pid": pid,
+                "proc.tid": pid + rnd.randrange(3), "proc.ppid": rnd.randrange(1, 3000), "proc.uid": uid,
+                "proc.gid": uid, "proc.comm": rnd.choice(comms), "proc.cgroup": rnd.randrange(1, 9000)}
+        kind = rnd.random()
+        if kind < 0.6:
+            base.update({"evt.type": "open", "evt.source": "ebpf_file",
+                         "file.path": f"/var/lib/app/{rnd.randrange(10**6)}.db", "file.flags": rnd.choice([0, 1, 577]),
+                         "file.ret": rnd.randrange(3, 200), "file.write": rnd.random() < 0.3})
+        elif kind < 0.9:
+            base.update({"evt.type": "connect", "evt.source": "ebpf_network", "net.family": "ipv4",
+                         "net.proto": "tcp", "net.saddr": "10.0.0.5", "net.sport": rnd.randrange(32768, 60999),
+                         "net.daddr": f"10.0.{rnd.randrange(256)}.{rnd.randrange(256)}", "net.dport": 443,
+                         "net.fd": rnd.randrange(3, 100), "net.ret": 0})
+        else:
+            base.update({"evt.type": "exec", "evt.source": "ebpf_security", "exec.filename": "/usr/bin/curl",
+                         "exec.argv": ["curl", "-s", f"https://example.com/{rnd.randrange(1000)}"], "exec.ret": 0,
+                         "exec.memfd": False})
+        out.append(base)
+    return out
+
+
+def transport(port: int, host: str, **kw: Any) -> Any:
+    from ravn_transport_redis.config import RedisTransportConfig
+    from ravn_transport_redis.transport import RedisTransport
+
+    cfg = RedisTransportConfig(port=port, block_ms=50, discover_interval_s=0.2, **kw)
+    return RedisTransport("redis", cfg, make_context(host, state_dir=tempfile.mkdtemp(prefix="ravn-bench-"), host=host))
+
+
+# ------------------------------------------------------------------------------------------------ child roles
+def role_agent(port: int, events: int, batch: int, rate: float) -> None:
+    pool = [make_events(batch, seed=s) for s in range(8)]
+    t = transport(port, "bench-agent", pipeline_batches=32)
+    n_batches = events // batch
+    start = time.time()
+    for i in range(n_batches):
+        if rate:
+            due = start + i * batch / rate
+            delay = due - time.time()
+            if delay > 0:
+                time.sleep(delay)
+        t.publish("bench-agent", list(pool[i % len(pool)]))
+    t.flush(120)
+    end = time.time()
+    h = t.health().counters
+    t.close()
+    print(json.dumps({"start": start, "end": end, "published": h["published_events"]}), flush=True)
+
+
+def role_worker(port: int, total: int) -> None:
+    t = transport(port, "bench-worker", read_count=8)
+    r = redis.Redis(port=port)
+    n = 0
+    lat: list[float] = []
+    first = last = 0.0
+    while True:
+        d = t.consume(0.1)
+        if d is None:
+            if int(r.get("bench:consumed") or 0) >= total:
+                break
+            continue
+        now = time.time()
+        first = first or now
+        last = now
+        for e in d.batch:  # the least an analyzer does
+            _ = e["evt.type"]
+        lat.append(now - d.token.published_ns / 1e9)
+        t.ack(d)
+        n += len(d.batch)
+        r.incrby("bench:consumed", len(d.batch))
+    t.close()
+    print(json.dumps({"events": n, "first": first, "last": last, "lat": lat}), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ parent
+def spawn(*args: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, HERE, *map(str, args)], stdout=subprocess.PIPE, text=True)
+
+
+def result(p: subprocess.Popen[str]) -> dict[str, Any]:
+    out, _ = p.communicate(timeout=600)
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def run_e2e(server: RedisServer, workers: int, events: int, batch: int, rate: float = 0) -> dict[str, Any]:
+    r = redis.Redis(port=server.port)
+    r.flushall()
+    ws = [spawn("--role", "worker", "--port", server.port, "--events", events) for _ in range(workers)]
+    time.sleep(0.5)  # workers connected and blocked in XREADGROUP
+    agent = spawn("--role", "agent", "--port", server.port, "--events", events, "--batch", batch, "--rate", rate)
+    a = result(agent)
+    rs = [result(w) for w in ws]
+    got = sum(x["events"] for x in rs)
+    end = max(x["last"] for x in rs)
+    lat = sorted(v for x in rs for v in x["lat"])
+    secs = end - a["start"]
+    return {"workers": workers, "events": got, "expected": (events // batch) * batch, "seconds": round(secs, 3),
+            "events_per_s": round(got / secs), "agent_publish_s": round(a["end"] - a["start"], 3),
+            "per_worker": [x["events"] for x in rs],
+            "latency_ms_p50": round(1000 * statistics.median(lat), 2),
+            "latency_ms_p99": round(1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2)}
+
+
+def redis_benchmark_xadd(port: int) -> float:
+    out = subprocess.run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-P", "32", "-n", "200000", "-q",
+                          "XADD", "s", "*", "f", "v"], capture_output=True, text=True, timeout=120).stdout
+    m = re.findall(r"([\d.]+) requests per second", out.replace("\r", "\n"))
+    return float(m[-1]) if m else 0.0
+
+
+def embedded(events: int, batch: int) -> float:
+    from ravn_core.builtin.transport_embedded import EmbeddedConfig, EmbeddedTransport
+
+    pool = [make_events(batch, seed=s) for s in range(8)]
+    t = EmbeddedTransport("embedded", EmbeddedConfig(), make_context("embedded"))
+    n_batches = events // batch
+
+    def pub() -> None:
+        for i in range(n_batches):
+            t.publish("h", list(pool[i % len(pool)]))
+
+    start = time.perf_counter()
+    th = threading.Thread(target=pub)
+    th.start()
+    n = 0
+    while n < n_batches * batch:
+        d = t.consume(1)
+        if d is None:
+            break
+        for e in d.batch:
+            _ = e["evt.type"]
+        t.ack(d)
+        n += len(d.batch)
+    th.join()
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--role", default="parent")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--events", type=int, default=2_000_000)
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--rate", type=float, default=0.0)
+    ap.add_argument("--paced-rate", type=float, default=100_000, help="events/s of the latency run")
+    args = ap.parse_args()
+    if args.role == "agent":
+        return role_agent(args.port, args.events, args.batch, args.rate)
+    if args.role == "worker":
+        return role_worker(args.port, args.events)
+
+    server = RedisServer().start()
+    try:
+        xadd = redis_benchmark_xadd(server.port)
+        print(f"redis-benchmark -P 32 -n 200000 XADD s '*' f v: {xadd:,.0f} XADD/s")
+        one = run_e2e(server, 1, args.events, args.batch)
+        print(f"end to end, 1 worker:  {one['events_per_s']:,} events/s ({one['events']:,} events in "
+              f"{one['seconds']} s; agent published in {one['agent_publish_s']} s); latency at saturation "
+              f"p50 {one['latency_ms_p50']} ms p99 {one['latency_ms_p99']} ms")
+        two = run_e2e(server, 2, args.events, args.batch)
+        print(f"end to end, 2 workers: {two['events_per_s']:,} events/s (split {two['per_worker']}); latency at "
+              f"saturation p50 {two['latency_ms_p50']} ms p99 {two['latency_ms_p99']} ms")
+        paced_events = int(args.paced_rate * 5)
+        paced = run_e2e(server, 1, paced_events, args.batch, rate=args.paced_rate)
+        print(f"paced at {args.paced_rate:,.0f} events/s, 1 worker: latency publish->consume p50 "
+              f"{paced['latency_ms_p50']} ms p99 {paced['latency_ms_p99']} ms")
+        info = redis.Redis(port=server.port).info("memory")
+    finally:
+        server.stop()
+    emb = embedded(args.events, args.batch)
+    print(f"embedded transport (1 process, publisher thread -> consumer thread): {emb:,.0f} events/s")
+    best = max(one["events_per_s"], two["events_per_s"])
+    print(json.dumps({
+        "bench": "redis_transport", "batch": args.batch, "events": args.events,
+        "redis_benchmark_xadd_per_s": round(xadd), "e2e_1_worker_events_per_s": one["events_per_s"],
+        "e2e_2_workers_events_per_s": two["events_per_s"],
+        "batches_per_s_1_worker": round(one["events_per_s"] / args.batch),
+        "ratio_events_to_redis_benchmark_xadd": round(best / xadd, 2) if xadd else None,
+        "ratio_batches_to_redis_benchmark_xadd": round(best / args.batch / xadd, 4) if xadd else None,
+        "latency_saturated_ms_p50": one["latency_ms_p50"], "latency_saturated_ms_p99": one["latency_ms_p99"],
+        "paced_rate": args.paced_rate, "latency_paced_ms_p50": paced["latency_ms_p50"],
+        "latency_paced_ms_p99": paced["latency_ms_p99"], "embedded_events_per_s": round(emb),
+        "ratio_to_embedded": round(best / emb, 3),
+        "lost": one["expected"] - one["events"] + two["expected"] - two["events"],
+        "redis_used_memory_peak": info.get("used_memory_peak_human"),
+    }))
+
+
+if __name__ == "__main__":
+    main()
