@@ -77,7 +77,8 @@ def main() -> int:
         levels = [a["level"] for a in r.matching()]
         rows.append([
             r.scenario.technique, r.scenario.name, "yes" if r.detected else "NO",
-            max(levels, key=LEVELS.__getitem__) if levels else "-", f"{r.latency_s * 1000:.0f} ms" if r.latency_s is not None else "-",
+            max(levels, key=LEVELS.__getitem__) if levels else "-",
+            f"{r.latency_s * 1000:.0f} ms" if r.latency_s is not None else "-",
             _cell(_best(r.alerts, ANALYZER_NAMES["rules"], r.scenario.technique))
             if args.analyzers != "onnx" else "n/a",
             _cell(_best(r.alerts, ANALYZER_NAMES["onnx"], None)) if args.analyzers != "rules" else "n/a",
