@@ -39,8 +39,9 @@ def main() -> None:
         os.chmod(f"{w}/new", 0o600)  # reported (watched)
         os.chmod(f"{o}/x", 0o755)  # not reported
         os.chmod(f"{o}/x", 0o4755)  # setuid outside the prefixes: reported
-        os.fchmod(fd, 0o2755)  # setgid through an fd: reported, path from /proc
         os.close(fd)
+        fd = os.open(f"{o}/fx", os.O_WRONLY | os.O_CREAT, 0o644)  # outside: not reported
+        os.fchmod(fd, 0o2755)  # setgid through an fd: reported, path read from /proc/<pid>/fd (kept open below)
         os.chown(f"{w}/new", 1, -1)
         os.rename(f"{o}/x", f"{o}/x2")  # every rename is reported by default
         os.rename(f"{w}/new", f"{w}/new2")
@@ -58,13 +59,18 @@ def main() -> None:
                                          ctypes.c_long(24))
         out["creat_fd"] = raw_syscall(85, f"{w}/viacreat".encode(), 0o640)
         out["missing_ret"] = raw_syscall(257, AT_FDCWD, f"{s}/missing".encode(), os.O_RDONLY, 0)
+        # relative paths are resolved in user space with the cwd at decode time (milliseconds later): the
+        # child stays in each directory long enough for that (a chdir right after would race; documented)
         os.chdir(w)
         os.close(os.open("rel", os.O_WRONLY | os.O_CREAT, 0o600))  # relative, resolved in user space
+        time.sleep(0.15)
         os.chdir(o)
         os.close(os.open("rel2", os.O_WRONLY | os.O_CREAT, 0o600))  # relative, outside: dropped
+        time.sleep(0.15)
         os.chdir(s)
         os.close(os.open("cred", os.O_RDONLY))  # relative read of a read prefix's last component
-        time.sleep(0.3)  # stay alive while the probe resolves /proc/<pid>/cwd
+        time.sleep(0.3)  # stay alive (fd open) while the probe resolves /proc/<pid>/cwd and /proc/<pid>/fd
+        os.close(fd)
     elif scenario == "chown_denied":
         out["ret"] = raw_syscall(92, f"{w}/owned".encode(), 0, 0)  # chown as nobody: -EPERM
     elif scenario == "write":

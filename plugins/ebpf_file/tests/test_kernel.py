@@ -115,7 +115,7 @@ def test_every_operation_decoded(probe: FileSource, base: Path) -> None:
         ("open", f"{w}/new", None),
         ("chmod", f"{w}/new", None),
         ("chmod", f"{o}/x", None),
-        ("chmod", f"{o}/x", None),
+        ("chmod", f"{o}/fx", None),
         ("chown", f"{w}/new", None),
         ("rename", f"{o}/x", f"{o}/x2"),
         ("rename", f"{w}/new", f"{w}/new2"),
