@@ -41,6 +41,8 @@ def client_kwargs(cfg: RedisConnection, client_name: str) -> dict[str, Any]:
         "socket_keepalive": True,
         "health_check_interval": 30,
         "retry": Retry(NoBackoff(), 0),
+        # RESP2 pinned: reply shapes (XREADGROUP, XAUTOCLAIM) differ under RESP3 and between redis-py releases
+        "protocol": 2,
     }
     if cfg.tls.enabled:
         kw.update(
