@@ -8,7 +8,8 @@
  * What it traces:
  *   exec     syscalls:sys_enter_execve/execveat store filename and argv (RAVN_SEC_ARGC x RAVN_SEC_ARG_LEN bytes)
  *            per thread; sched:sched_process_exec emits successes (after the exec: new comm, new uid of a setuid
- *            binary, the kernel's filename); sys_exit_execve/execveat emit failures with -errno.
+ *            binary, the kernel's filename); sys_exit_execve/execveat emit failures with -errno (ENOENT ones
+ *            dropped with exec_enoent: false). Records are cut after the last argv slot in use.
  *            exec.memfd: the exec went through an fd - execveat(fd, "", AT_EMPTY_PATH), which the kernel names
  *            "/dev/fd/N" (verified: sched_process_exec does NOT show "/memfd:x (deleted)"), or a /proc/<pid>/fd/N
  *            or /dev/fd/N path - and that fd came from memfd_create (a per-process bitmap of fds 0..127 set at
@@ -417,6 +418,16 @@ int ravn_sec_execveat_enter(struct sec_enter_args *args)
 			      (s32)args->a[4]);
 }
 
+/* Bytes of an exec record worth sending: the header, filename and the argv slots in use (a 3-argument exec is
+ * 712 bytes instead of 2376, so the ring holds 3x more execs in a burst). User space pads the rest with zeros. */
+static __always_inline u32 sec_exec_size(const struct ravn_exec_event *e)
+{
+	u32 n = e->argc;
+	if (n > RAVN_SEC_ARGC)
+		n = RAVN_SEC_ARGC;
+	return __builtin_offsetof(struct ravn_exec_event, argv) + n * RAVN_SEC_ARG_LEN;
+}
+
 /* sched:sched_process_exec - success; the new image is in place (comm, and uid for a setuid binary, are new). */
 int ravn_sec_exec(struct sec_exec_args *args)
 {
@@ -450,7 +461,7 @@ int ravn_sec_exec(struct sec_exec_args *args)
 	if ((e->flags & RAVN_EXEC_FD) && c[0] == 'm' && c[1] == 'e' && c[2] == 'm' && c[3] == 'f' && c[4] == 'd' &&
 	    c[5] == ':')
 		e->flags |= RAVN_EXEC_MEMFD;
-	if (ravn_events.ringbuf_output(e, sizeof(*e), 0) < 0)
+	if (ravn_events.ringbuf_output(e, sec_exec_size(e), 0) < 0)
 		ravn_count_drop();
 	sec_exec_pending.delete(&old);
 	return 0;
@@ -469,7 +480,7 @@ int ravn_sec_exec_exit(struct sec_exit_args *args)
 	if (ret != 0 && (SEC_EXEC_ENOENT || ret != -2 /* ENOENT */) && !ravn_filtered(pid_tgid, uid_gid)) {
 		ravn_fill_hdr(&e->hdr, pid_tgid, uid_gid, RAVN_EVT_EXEC);
 		e->ret = ret;
-		if (ravn_events.ringbuf_output(e, sizeof(*e), 0) < 0)
+		if (ravn_events.ringbuf_output(e, sec_exec_size(e), 0) < 0)
 			ravn_count_drop();
 	}
 	sec_exec_pending.delete(&tid);

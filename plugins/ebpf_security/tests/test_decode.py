@@ -8,7 +8,15 @@ import struct
 import pytest
 from pydantic import ValidationError
 from ravn_ebpf_security.config import ALL_EVENTS, SecurityConfig
-from ravn_ebpf_security.decode import CONSTANTS, MIRRORS, ExecEvent, MountEvent, SecEvent, decoders
+from ravn_ebpf_security.decode import (
+    CONSTANTS,
+    EXEC_MIN_SIZE,
+    MIRRORS,
+    ExecEvent,
+    MountEvent,
+    SecEvent,
+    decoders,
+)
 from ravn_ebpf_security.names import BPF_COMMANDS, CAPABILITIES, PTRACE_REQUESTS
 from ravn_ebpf_security.source import SecuritySource
 
@@ -98,9 +106,21 @@ def test_mount_decoder() -> None:
         "none", "/mnt/x", "tmpfs", 0x44000, -16)
 
 
-def test_decoder_rejects_short_record() -> None:
+def test_exec_records_are_cut_after_the_last_argv_slot() -> None:
+    e = ExecEvent()
+    _fill(e, EVENT_TYPE_IDS["exec"])
+    e.argc = 1
+    e.filename = b"/bin/sh"
+    ctypes.memmove(ctypes.addressof(e) + ExecEvent.argv.offset, b"sh", 2)
+    decode = decoders(_header)[EVENT_TYPE_IDS["exec"]]
+    cut = bytes(e)[:EXEC_MIN_SIZE + 128]
+    assert decode(cut)["exec.argv"] == ["sh"]
+    assert decode(memoryview(cut))["exec.argv"] == ["sh"]  # the base hands decoders memoryview slices
+    assert decode(bytes(e)[:EXEC_MIN_SIZE])["exec.filename"] == "/bin/sh"  # argc 0 (argv empty) still decodes
+    with pytest.raises(ValueError):
+        decode(b"\0" * 100)
     with pytest.raises(struct.error):
-        decoders(_header)[EVENT_TYPE_IDS["exec"]](b"\0" * 100)
+        decoders(_header)[EVENT_TYPE_IDS["fork"]](b"\0" * 100)
 
 
 def test_name_tables() -> None:

@@ -74,6 +74,9 @@ class MountEvent(ctypes.Structure):
     ]
 
 
+#: the shortest exec record the kernel sends: everything before argv
+EXEC_MIN_SIZE: Final = ExecEvent.argv.offset
+
 #: C struct name -> mirror, checked by the ABI test
 MIRRORS: Final[dict[str, type[ctypes.Structure]]] = {
     "ravn_exec_event": ExecEvent,
@@ -97,8 +100,13 @@ def _str(b: bytes) -> str:
 def exec_decoder(header: Header) -> Decoder:
     """``ravn_exec_event`` -> exec event."""
     unpack = unpacker(ExecEvent).unpack
+    full = ctypes.sizeof(ExecEvent)
 
     def decode(buf: bytes) -> Event:
+        if len(buf) < full:  # the kernel sends only the argv slots in use
+            if len(buf) < EXEC_MIN_SIZE:
+                raise ValueError(f"exec record of {len(buf)} bytes")
+            buf = bytes(buf) + bytes(full - len(buf))  # buf may be a memoryview
         v = unpack(buf)  # 9 header values, ret, flags, argc, fd, filename, argv
         ev = header(v)
         argc = min(v[11], ARGC)
