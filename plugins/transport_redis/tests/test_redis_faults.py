@@ -182,3 +182,26 @@ def test_batches_whose_reply_was_lost_are_not_sent_twice(redis_server: RedisServ
     got = drain([worker], 6)
     assert all_seqs(got) == [0, 1, 2, 3, 4, 5]
     assert agent.health().counters["confirmed_on_reconnect"] == 3
+
+
+@pytest.mark.parametrize("mode", ["stream", "list"])
+def test_restart_without_persistence_recovers_groups(make_transport: Made, mode: str) -> None:
+    """A Redis without persistence restarted: what it held is gone (documented), but agents re-register
+    their streams, workers recreate the consumer group (NOGROUP) and the flow resumes on its own."""
+    server = RedisServer().start()
+    try:
+        agent = make_transport(server, mode=mode)
+        worker = make_transport(server, host="w", mode=mode)
+        for b in batches("h1", 0, 5, 10):
+            agent.publish("h1", b)
+        agent.flush(5)
+        assert all_seqs(drain([worker], 50)) == list(range(50))
+        server.kill(signal.SIGKILL)
+        server.start()
+        for b in batches("h1", 50, 5, 10):
+            agent.publish("h1", b)
+        agent.flush(5)
+        assert all_seqs(drain([worker], 50, timeout_s=10)) == list(range(50, 100))
+        assert agent.health().state == "ok" and worker.health().state == "ok"
+    finally:
+        server.stop()
