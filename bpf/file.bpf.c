@@ -412,7 +412,9 @@ int ravn_file_exit(struct file_sys_exit *args)
 	if (!e)
 		return 0;
 	e->ret = args->ret;
-	if (ravn_events.ringbuf_output(e, sizeof(*e), 0) != 0)
+	/* one-path events leave newpath out of the record (360 instead of 616 bytes of ring space) */
+	u64 size = e->newpath[0] ? sizeof(*e) : RAVN_FILE_SHORT_SIZE;
+	if (ravn_events.ringbuf_output(e, size, 0) != 0)
 		ravn_count_drop();
 	ravn_file_inflight.delete(&tid);
 	return 0;

@@ -212,6 +212,9 @@ struct ravn_file_event {
 	char newpath[RAVN_FILE_PATH_MAX]; /* rename/link: the new name; symlink: the link's path */
 };
 _Static_assert(sizeof(struct ravn_file_event) == 616, "update FileEvent in ravn_ebpf_file/decode.py");
+/* events without a newpath are sent without it: the record is the struct up to newpath */
+#define RAVN_FILE_SHORT_SIZE 360
+_Static_assert(__builtin_offsetof(struct ravn_file_event, newpath) == RAVN_FILE_SHORT_SIZE, "short record");
 
 /* =========================================================================================== end ebpf_file */
 

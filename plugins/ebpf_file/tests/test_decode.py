@@ -172,3 +172,14 @@ def test_fchmod_path_from_proc(tmp_path: Any) -> None:
     finally:
         os.close(fd)
     assert (e["file.path"], e["file.mode"]) == (str(p), 0o4755)
+
+
+def test_short_records_without_newpath() -> None:
+    """The kernel sends one-path events without the newpath field (RAVN_FILE_SHORT_SIZE bytes)."""
+    from ravn_ebpf_file.decode import SHORT_SIZE
+
+    assert SHORT_SIZE == 360
+    decs, _ = decoders()
+    full = record("unlink", path="/etc/x", why=F_MATCHED, ret=0)
+    e = decs[EVENT_TYPE_IDS["unlink"]](memoryview(full)[:SHORT_SIZE])
+    assert (e["file.path"], e["file.ret"]) == ("/etc/x", 0)

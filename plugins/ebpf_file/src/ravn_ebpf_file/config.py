@@ -104,6 +104,8 @@ class FileConfig(BccProbeConfig):
         True, description="send relative-path writes and changes (and reads whose path is a read prefix's last "
                           "component, e.g. 'shadow') to user space, which resolves them via /proc/<pid>/cwd and "
                           "applies the prefixes")
+    ring_buffer_kb: int = Field(4096, description="BPF ring buffer size in KiB (power of two, at least 4); "
+                                                  "file records are 360 or 616 bytes, so larger than the default")
     max_rules: int = Field(1024, ge=16, description="capacity of the kernel prefix trie")
     max_inflight: int = Field(8192, ge=64, description="traced file syscalls in flight at once (enter to exit)")
 

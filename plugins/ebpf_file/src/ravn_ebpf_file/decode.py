@@ -53,6 +53,8 @@ class FileEvent(ctypes.Structure):
 
 MIRRORS: Final[dict[str, type[ctypes.Structure]]] = {"ravn_file_event": FileEvent}
 _FILE: Final = unpacker(FileEvent)
+SHORT_SIZE: Final = FileEvent.newpath.offset  # RAVN_FILE_SHORT_SIZE: records without a newpath stop here
+_PAD_NEWPATH: Final = bytes(ctypes.sizeof(FileEvent) - SHORT_SIZE)
 _RET, _SIZE, _FLAGS, _MODE, _UID, _GID, _DIRFD, _NEWDIRFD, _WHY, _PAD, _PATH, _NEWPATH = range(9, 21)
 
 
@@ -114,7 +116,7 @@ def make_decoders(header: Callable[[tuple[Any, ...]], Event], rules: PathRules, 
 
     def decoder(etype: str, extra: Callable[[Event, tuple[Any, ...]], None]) -> Callable[[bytes], Event]:
         def decode(buf: bytes) -> Event:
-            v = unpack(buf)
+            v = unpack(buf if len(buf) > SHORT_SIZE else bytes(buf) + _PAD_NEWPATH)
             p = paths(v, etype)
             if p is None:
                 return DROP
