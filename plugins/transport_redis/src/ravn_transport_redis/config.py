@@ -41,7 +41,7 @@ class RedisConnection(PluginConfig):
     username: str | None = Field(None, description="ACL user; None = the default user")
     password: SecretRef | None = Field(None, description="password, as {$env: NAME} or {$file: /path}, never inline")
     tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings")
-    client_name: str = Field("", description="CLIENT SETNAME; empty = ravn-<role>-<host>")
+    client_name: str = Field("", description="CLIENT SETNAME; empty = ravn-<host>-<pid> (sink: ravn-sink-<host>-<pid>)")
     cluster: bool = Field(False, description="use the Redis Cluster client (keys hash-tagged per host)")
     prefix: str = Field("ravn:", description="prefix of every key RAVN writes (may carry a {hash tag})")
     connect_timeout_s: float = Field(2.0, gt=0, le=60, description="TCP/TLS connect timeout")
@@ -81,7 +81,7 @@ class RedisTransportConfig(RedisConnection):
     pipeline_batches: int = Field(64, ge=1, le=10_000, description="batches sent per pipeline round trip")
     spool_memory_mb: float = Field(64.0, ge=0, description="batches waiting for Redis kept in memory up to this")
     spool_file_mb: float = Field(
-        512.0, ge=0, description="then spilled to <state_dir>/redis-spool-<host>.bin up to this; then dropped")
+        512.0, ge=0, description="then spilled to <state_dir>/redis-spool-<host>-<name>.bin up to this; then dropped")
     dedup_window: int = Field(100_000, ge=0, description="batch ids remembered per worker to drop duplicates")
     heartbeat_ttl_ms: int = Field(
         10_000, ge=500, description="list mode: a worker whose heartbeat key expired is dead; its list is requeued")
