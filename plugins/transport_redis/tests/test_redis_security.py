@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import redis
 from pydantic import ValidationError
-from ravn_transport_redis.config import RedisTransportConfig
+from ravn_transport_redis.config import RedisSinkConfig, RedisTransportConfig
+from ravn_transport_redis.sink import RedisSink
 from redis_helpers import Made, all_seqs, batches, drain
 
-from ravn_core.testing import RedisServer, free_port, wait_for
+from ravn_core.components import Alert, ThreatUpdate
+from ravn_core.testing import RedisServer, free_port, make_context, wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -47,19 +49,30 @@ def test_requirepass(make_transport: Made, monkeypatch: pytest.MonkeyPatch, tmp_
         server.stop()
 
 
-def test_acl_user_limited_to_the_prefix(make_transport: Made, monkeypatch: pytest.MonkeyPatch) -> None:
-    server = RedisServer("--user", "default", "off", "--user", "ravn-agent", "on", ">agent-pw", "~ravn:*",
-                         "+@all", "-@dangerous", "+client|setname", "+info",
+ACL = ["~ravn:*", "&ravn:*", "+@stream", "+@list", "+@set", "+@sortedset", "+@hash", "+@string", "+@keyspace",
+       "+@connection", "+@pubsub", "-@dangerous"]  # the README's minimal ACL
+
+
+@pytest.mark.parametrize("mode", ["stream", "list"])
+def test_acl_user_limited_to_the_prefix(make_transport: Made, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    server = RedisServer("--user", "default", "off", "--user", "ravn", "on", ">agent-pw", *ACL,
                          "--user", "admin", "on", ">admin-pw", "~*", "&*", "+@all").start()
     try:
         monkeypatch.setenv("RAVN_TEST_REDIS_PW", "agent-pw")
-        _round_trip(make_transport, port=server.port, username="ravn-agent", password={"$env": "RAVN_TEST_REDIS_PW"})
-        r = redis.Redis(port=server.port, username="ravn-agent", password="agent-pw")
+        auth = {"port": server.port, "username": "ravn", "password": {"$env": "RAVN_TEST_REDIS_PW"}}
+        _round_trip(make_transport, mode=mode, **auth)
+        sink = RedisSink("redis", RedisSinkConfig(**auth), make_context("sink", host="h1"))  # type: ignore[arg-type]
+        sink.emit_alerts([Alert("a", "r", 60, "d", host="h1")])
+        sink.emit_threat(ThreatUpdate("h1", "MEDIUM", 60, "LOW", []))
+        assert sink.health().state == "ok", sink.health().detail
+        sink.close()
+        r = redis.Redis(port=server.port, username="ravn", password="agent-pw")
         with pytest.raises(redis.exceptions.NoPermissionError):
             r.set("other:key", 1)  # the ACL really restricts: the transport stays inside ravn:*
         admin = redis.Redis(port=server.port, username="admin", password="admin-pw")
         names = [c["name"] for c in admin.client_list()]
         assert any(n.startswith("ravn-h1-") for n in names)  # CLIENT SETNAME per host
+        assert admin.xlen("ravn:alerts") == 1 and admin.get("ravn:threat_level") == b"MEDIUM"
     finally:
         server.stop()
 
