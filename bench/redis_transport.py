@@ -194,6 +194,7 @@ def main() -> None:
     if args.role == "worker":
         return role_worker(args.port, args.events)
 
+    load_before = os.getloadavg()[0]
     server = RedisServer().start()
     try:
         xadd = redis_benchmark_xadd(server.port)
@@ -228,6 +229,7 @@ def main() -> None:
         "ratio_to_embedded": round(best / emb, 3),
         "lost": one["expected"] - one["events"] + two["expected"] - two["events"],
         "redis_used_memory_peak": info.get("used_memory_peak_human"),
+        "loadavg_1m_before": round(load_before, 2), "loadavg_1m_after": round(os.getloadavg()[0], 2),
     }))
 
 

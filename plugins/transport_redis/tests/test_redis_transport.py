@@ -250,3 +250,21 @@ def test_prefetched_entries_reclaimed_by_another_worker_are_not_processed_twice(
     assert all_seqs(got) == list(range(10, 80)) and fast.health().counters["reclaimed"] == 7
     assert slow.consume(0.2) is None  # its queued entries belong to fast now: dropped, not processed
     assert slow.health().counters["lost_to_reclaim"] == 7
+
+
+def test_idle_consumers_that_own_nothing_are_forgotten(redis_server: RedisServer, make_transport: Made) -> None:
+    agent = make_transport(redis_server)
+    agent.publish("h1", [event(0)])
+    agent.flush(5)
+    r = redis.Redis(port=redis_server.port)
+    key = "ravn:events:{h1}"
+    r.xreadgroup("ravn-analyzers", "ghost-empty", {key: ">"}, count=1)  # takes the entry ...
+    r.xautoclaim(key, "ravn-analyzers", "ghost-owner", 0, "0-0")  # ... which ghost-owner now holds
+    r.xreadgroup("ravn-analyzers", "ghost-empty2", {key: ">"}, count=1)
+    time.sleep(1.1)  # > 10 x claim_idle_ms
+    worker = make_transport(redis_server, host="w", claim_idle_ms=100)
+    got = drain([worker], 1)
+    assert all_seqs(got) == [0]  # reclaimed from ghost-owner
+    names = {c["name"] for c in r.xinfo_consumers(key, "ravn-analyzers")}
+    assert b"ghost-empty" not in names and b"ghost-empty2" not in names
+    assert worker.consumer.encode() in names

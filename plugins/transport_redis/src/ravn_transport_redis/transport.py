@@ -40,6 +40,20 @@ from ravn_transport_redis.connection import CONNECTION_ERRORS, Backoff, describe
 from ravn_transport_redis.spool import Entry, Spool
 
 _CLOSE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, redis.exceptions.ResponseError)
+# KEYS[1] stream; ARGV group, idle threshold (ms), our own name. XINFO CONSUMERS replies (RESP2) are flat
+# arrays: name, <name>, pending, <n>, idle, <ms>, ...
+_FORGET_LUA = """
+local n = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['name'] ~= ARGV[3] and f['pending'] == 0 and f['idle'] > tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    n = n + 1
+  end
+end
+return n
+"""
 _SAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 
 
@@ -133,6 +147,7 @@ class RedisTransport(Transport):
         self._heartbeat: threading.Thread | None = None
         self._backlog = 0
         self._backlog_at = 0.0
+        self._forget_script = self.client.register_script(_FORGET_LUA)
 
     # ============================================================================================ agent side
     def publish(self, host: str, batch: Batch) -> None:
@@ -599,11 +614,13 @@ class RedisTransport(Transport):
         self._forget_dead_consumers(key)
 
     def _forget_dead_consumers(self, key: str) -> None:
-        """Delete consumers that own nothing and were idle for 10x claim_idle_ms (keeps XINFO readable)."""
-        for c in self.client.xinfo_consumers(key, self.cfg.group):
-            name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
-            if name != self.consumer and c["pending"] == 0 and c["idle"] > 10 * self.cfg.claim_idle_ms:
-                self.client.xgroup_delconsumer(key, self.cfg.group, name)
+        """Delete consumers that own nothing and were idle for 10x claim_idle_ms (keeps XINFO readable).
+
+        Atomic (a script): a check-then-delete from here could delete a consumer that just read entries,
+        and XGROUP DELCONSUMER drops its pending entries with it."""
+        deleted = self._forget_script(keys=[key], args=[self.cfg.group, 10 * self.cfg.claim_idle_ms, self.consumer])
+        if deleted:
+            self.log.info("forgot %d idle consumers of %s", deleted, key)
 
     # -------------------------------------------------------------------------------- list mode
     def _read_list(self, block_ms: int) -> None:
