@@ -12,7 +12,8 @@ The probe runs in a separate agent process, as RAVN does (its own pid excluded, 
 by event type and discarded). Reported: medians per state, slowdowns vs off, and the events per type the agent
 saw during the last ``default`` round. Then, with kernel.bpf_stats_enabled=1, one more redis run per probe state
 gives the BPF programs' own run time (bpftool run_time_ns): the kernel-side cost without the noise of a shared
-machine. The last line is one JSON object.
+machine, and the same for an exec storm (with the agent's own CPU time: decoding every event in Python). The
+last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -61,10 +62,12 @@ def agent(state: str) -> int:
     t.start()
     ids = own_prog_ids()
     stats0 = prog_stats(ids)
+    cpu0 = os.times()
     print(json.dumps({"ready": True}), flush=True)
     sys.stdin.read()
     stop.set()
     t.join(5)
+    cpu1 = os.times()
     stats1 = prog_stats(ids)
     health = src.health().counters
     src.stop()
@@ -73,7 +76,9 @@ def agent(state: str) -> int:
         c0, n0 = stats0.get(pid, (name, 0, 0))[1:]
         if cnt - c0:
             runs[name] = {"runs": cnt - c0, "ns": ns - n0}
-    print(json.dumps({"events": dict(counts), "health": health, "bpf": runs}), flush=True)
+    cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    print(json.dumps({"events": dict(counts), "health": health, "bpf": runs, "agent_cpu_s": round(cpu, 3)}),
+          flush=True)
     return 0
 
 
@@ -141,6 +146,8 @@ def main() -> int:
                                               "exec_storm_s": {s: [] for s in STATES}}
     seen: dict[str, Any] = {}
     bpf_cost: dict[str, Any] = {}
+    bpf_exec_cost: dict[str, Any] = {}
+    agent_cpu: dict[str, list[float]] = {s: [] for s in STATES[1:]}
     redis = RedisServer().start()
     try:
         redis_rps(redis.port, args.redis_requests // 4)  # warm-up
@@ -153,12 +160,14 @@ def main() -> int:
                 storm = exec_storm(args.execs)
                 if a:
                     out = a.stop()
+                    agent_cpu[state].append(out["agent_cpu_s"])
                     if state == "default":
                         seen = out
                 res["redis_rps"][state].append(rps)
                 res["exec_storm_s"][state].append(storm)
                 log(f"  round {r + 1} {state:7}: redis {rps:,.0f} req/s, {args.execs} execs in {storm:.2f} s")
-        # kernel-side cost, measured directly: BPF run time per program during one redis run per probe state
+        # kernel-side cost, measured directly: BPF run time per program during one redis run and one exec storm
+        # per probe state
         stats_path = Path("/proc/sys/kernel/bpf_stats_enabled")
         old = stats_path.read_text().strip()
         stats_path.write_text("1")
@@ -175,6 +184,15 @@ def main() -> int:
                                    "ns_per_request": round(total_ns / (2 * args.redis_requests), 1),
                                    "programs": out["bpf"]}
                 log(f"  bpf stats {state:7}: {total_ns / 1e6:.1f} ms of BPF time in {wall:.1f} s of redis-benchmark")
+                a = Agent(state)
+                wall = exec_storm(args.execs)
+                out = a.stop()
+                total_ns = sum(v["ns"] for v in out["bpf"].values())
+                bpf_exec_cost[state] = {"wall_s": round(wall, 2), "bpf_ms": round(total_ns / 1e6, 2),
+                                        "ns_per_exec": round(total_ns / args.execs), "agent_cpu_s": out["agent_cpu_s"],
+                                        "events": out["events"], "programs": out["bpf"]}
+                log(f"  bpf stats {state:7}: {total_ns / 1e6:.1f} ms of BPF time for {args.execs} execs; agent "
+                    f"{out['agent_cpu_s']:.2f} s CPU")
         finally:
             stats_path.write_text(old)
     finally:
@@ -187,6 +205,8 @@ def main() -> int:
         "exec_slowdown_pct": {s: round((med["exec_storm_s"][s] - off_storm) / off_storm * 100, 2)
                               for s in STATES[1:]},
         "bpf_cost_during_redis": bpf_cost,
+        "bpf_cost_during_exec_storm": bpf_exec_cost,
+        "agent_cpu_s_per_round_median": {k: statistics.median(v) for k, v in agent_cpu.items()},
         "default_events_last_round": seen.get("events", {}),
         "default_health_last_round": seen.get("health", {}),
         "rounds": args.rounds, "redis_requests": args.redis_requests, "execs": args.execs, "raw": res,

@@ -437,7 +437,8 @@ int ravn_sec_exec(struct sec_exec_args *args)
 #if SEC_EXIT
 	/* de_thread() killed the other threads with SIGKILL: that is not this process's exit status */
 	u32 tgid = pid_tgid >> 32;
-	sec_group_code.delete(&tgid);
+	if (sec_group_code.lookup(&tgid))
+		sec_group_code.delete(&tgid);
 #endif
 	struct ravn_exec_event *e = sec_exec_pending.lookup(&old);
 	if (ravn_filtered(pid_tgid, uid_gid)) {
@@ -515,27 +516,34 @@ int ravn_on_newtask(struct ravn_newtask_args *args)
 /* sched:sched_process_exit, for every exiting thread; the event only for the last one (group_dead). */
 int ravn_on_exit(struct ravn_exit_args *args)
 {
+	/* Deletes only after a hit: most keys are absent, and a lookup is lock-free where a delete takes the bucket
+	 * lock (this runs for every exiting thread of the host). */
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u32 tgid = pid_tgid >> 32;
 	u32 tid = (u32)pid_tgid;
 #if SEC_EXIT
 	s32 code = -1;
 	s32 *c = sec_thread_code.lookup(&tid);
-	if (c)
+	if (c) {
 		code = *c;
-	sec_thread_code.delete(&tid);
-	sec_sig_queued.delete(&tid);
+		sec_thread_code.delete(&tid);
+	}
+	if (sec_sig_queued.lookup(&tid))
+		sec_sig_queued.delete(&tid);
 #endif
 	if (args->group_dead) {
 #if SEC_MEMFD_TRACK
-		sec_memfds.delete(&tgid);
+		if (sec_memfds.lookup(&tgid))
+			sec_memfds.delete(&tgid);
 #endif
 #if SEC_EXIT
 		c = sec_group_code.lookup(&tgid);
-		if (c)
+		if (c) {
 			code = *c;
-		sec_group_code.delete(&tgid);
-		sec_sig_queued.delete(&tgid);
+			sec_group_code.delete(&tgid);
+		}
+		if (tgid != tid && sec_sig_queued.lookup(&tgid))
+			sec_sig_queued.delete(&tgid);
 		u64 uid_gid = bpf_get_current_uid_gid();
 		if (!ravn_filtered(pid_tgid, uid_gid))
 			sec_emit(RAVN_EVT_EXIT, 0, code, 0, 0, 1, 0, pid_tgid, uid_gid);
@@ -580,8 +588,10 @@ int ravn_sec_signal(struct sec_signal_args *args)
 		if (q)
 			status = *q;
 	} else {
-		sec_sig_queued.delete(&tgid); /* delivered: not pending any more */
-		sec_sig_queued.delete(&tid);
+		if (sec_sig_queued.lookup(&tgid)) /* delivered: not pending any more */
+			sec_sig_queued.delete(&tgid);
+		if (tid != tgid && sec_sig_queued.lookup(&tid))
+			sec_sig_queued.delete(&tid);
 	}
 	if (args->sa_handler != 0 /* SIG_DFL */ || sec_sig_harmless(sig))
 		return 0;
