@@ -28,9 +28,13 @@
  *     RAVN_FILE_RELATIVE=1 a relative path is sent to user space when the open has write intent, for every
  *     change (unlink, rename, ...), and for a read open whose whole path is the last component of a read
  *     prefix (ravn_file_names: "shadow", "id_rsa", ...); user space joins it with /proc/<pid>/cwd (or the
- *     dirfd's path) and applies the same prefixes. A process gone by then cannot be resolved (counted, dropped);
- *   - paths are matched as passed: "/etc/../etc/shadow", symlinked and bind-mounted aliases, /proc/self/root
- *     and openat(dirfd, ...) with a dirfd under a watched directory are not normalised;
+ *     dirfd's path) and applies the same prefixes. That happens when the record is decoded, milliseconds
+ *     later: a process gone by then is not resolved (counted, dropped), and one that changed directory in
+ *     between is resolved against its new cwd. Relative read opens of other names are not seen at all;
+ *   - fchmod (setuid/setgid) names its file by fd: the path is read from /proc/<pid>/fd/<fd> at decode time
+ *     (empty if the fd is closed by then; it shows the file's current name if it was renamed);
+ *   - paths are matched as passed: "/etc/../etc/shadow", symlinked and bind-mounted aliases and /proc/self/root
+ *     are not normalised;
  *   - paths longer than 255 bytes are cut (RAVN_FILE_F_TRUNCATED); fd-based calls other than fchmod
  *     (fchown, ftruncate, write on an already open fd) are not traced;
  *   - x86_64 syscall numbers (the dispatch); io_uring opens (IORING_OP_OPENAT) bypass syscalls entirely.
