@@ -28,6 +28,15 @@ def test_event_order_is_kept_across_keysets() -> None:
     assert codec.unpack_events(codec.pack_events(batch), 30) == batch
 
 
+def test_values_outside_the_schema_do_not_fail_publish() -> None:
+    class Odd:
+        def __str__(self) -> str:
+            return "odd"
+
+    batch = [{"a": {3}, "b": Odd(), "c": b"\x00raw", "d": 1.5}]
+    assert codec.unpack_events(codec.pack_events(batch), 1) == [{"a": [3], "b": "odd", "c": b"\x00raw", "d": 1.5}]
+
+
 def test_stream_entry_is_compact() -> None:
     batch = [event(i) for i in range(1000)]
     fields = codec.stream_fields("h1", "h1:b:1", batch, 0)

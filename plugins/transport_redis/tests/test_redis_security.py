@@ -176,3 +176,27 @@ def test_cluster_list_mode_needs_a_tagged_prefix() -> None:
 
 def test_cluster_list_mode(cluster: list[RedisServer], make_transport: Made) -> None:
     _round_trip(make_transport, port=cluster[1].port, cluster=True, mode="list", prefix="{ravn}:")
+
+
+def test_cluster_down_at_startup_spools_then_delivers(make_transport: Made) -> None:
+    nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-node-timeout", "2000", "--cluster-port",
+                         str(free_port())) for _ in range(3)]
+    agent = make_transport(port=nodes[0].port, cluster=True, backoff_max_s=0.2)  # nothing listens yet
+    for b in batches("h1", 0, 3, 10):
+        agent.publish("h1", b)
+    assert wait_for(lambda: agent.health().state == "degraded", 5)
+    try:
+        for n in nodes:
+            n.start()
+        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=30)
+        for n in nodes:
+            rn = redis.Redis(port=n.port)
+            assert wait_for(lambda rn=rn: b"cluster_state:ok" in rn.execute_command("CLUSTER", "INFO"), 10)
+        agent.flush(10)
+        assert agent.health().state == "ok", agent.health().detail
+        worker = make_transport(port=nodes[1].port, cluster=True, host="w")
+        assert all_seqs(drain([worker], 30)) == list(range(30))
+    finally:
+        for n in nodes:
+            n.stop()

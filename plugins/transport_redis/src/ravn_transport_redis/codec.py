@@ -69,7 +69,15 @@ def pack_events(batch: Batch) -> bytes:
         rows.append(tuple(event.values()))
         order_keys.append(keys)
     index = {keys: i for i, keys in enumerate(groups)}
-    return msgpack.packb([list(groups), list(groups.values()), [index[k] for k in order_keys]], use_bin_type=True)
+    return msgpack.packb([list(groups), list(groups.values()), [index[k] for k in order_keys]], use_bin_type=True,
+                         default=_fallback)
+
+
+def _fallback(value: Any) -> Any:
+    """Values outside the event schema's types must not make ``publish`` fail: sets become lists, the rest str."""
+    if isinstance(value, set | frozenset):
+        return list(value)
+    return str(value)
 
 
 def unpack_events(payload: bytes, n: int) -> Batch:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 from typing import Any
 
@@ -22,6 +23,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ClusterError,
     redis.exceptions.ReadOnlyError,
     redis.exceptions.MasterDownError,
+    # the cluster client's "no node reachable / slots not covered" (we never send cross-slot commands, its other use)
+    redis.exceptions.RedisClusterException,
     OSError,
 )
 
@@ -61,10 +64,7 @@ def make_client(cfg: RedisConnection, client_name: str) -> Any:
     kw = client_kwargs(cfg, client_name)
     if cfg.cluster:
         kw.pop("health_check_interval")
-        kw["retry"] = Retry(NoBackoff(), 0)
-        if cfg.url:
-            return RedisCluster.from_url(cfg.url, require_full_coverage=True, **kw)
-        return RedisCluster(host=cfg.host, port=cfg.port, require_full_coverage=True, **kw)
+        return LazyCluster(cfg, kw)
     if cfg.url:
         if cfg.tls.enabled and cfg.url.startswith("redis://"):
             kw.pop("ssl")  # from_url picks the connection class from the scheme; rediss:// means TLS
@@ -73,6 +73,37 @@ def make_client(cfg: RedisConnection, client_name: str) -> Any:
             kw.pop("ssl", None)
         return redis.Redis.from_url(cfg.url, **kw)
     return redis.Redis(host=cfg.host, port=cfg.port, db=cfg.db, **kw)
+
+
+class LazyCluster:
+    """``RedisCluster`` connects to discover the slots in its constructor; this builds it on first use, so a
+    cluster that is down at startup is a reconnect with backoff (and a spool), not a failed start."""
+
+    def __init__(self, cfg: RedisConnection, kw: dict[str, Any]) -> None:
+        self._cfg = cfg
+        self._kw = kw
+        self._client: RedisCluster | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> RedisCluster:
+        with self._lock:
+            if self._client is None:
+                try:
+                    if self._cfg.url:
+                        self._client = RedisCluster.from_url(self._cfg.url, require_full_coverage=True, **self._kw)
+                    else:
+                        self._client = RedisCluster(host=self._cfg.host, port=self._cfg.port,
+                                                    require_full_coverage=True, **self._kw)
+                except redis.exceptions.RedisClusterException as exc:  # no node reachable
+                    raise redis.exceptions.ConnectionError(str(exc)) from exc
+            return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
 
 def describe(cfg: RedisConnection) -> str:

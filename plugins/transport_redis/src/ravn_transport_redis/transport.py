@@ -147,7 +147,7 @@ class RedisTransport(Transport):
         self._heartbeat: threading.Thread | None = None
         self._backlog = 0
         self._backlog_at = 0.0
-        self._forget_script = self.client.register_script(_FORGET_LUA)
+        self._forget_script: Any = None  # registered on first use (the cluster client connects lazily)
 
     # ============================================================================================ agent side
     def publish(self, host: str, batch: Batch) -> None:
@@ -618,6 +618,8 @@ class RedisTransport(Transport):
 
         Atomic (a script): a check-then-delete from here could delete a consumer that just read entries,
         and XGROUP DELCONSUMER drops its pending entries with it."""
+        if self._forget_script is None:
+            self._forget_script = self.client.register_script(_FORGET_LUA)
         deleted = self._forget_script(keys=[key], args=[self.cfg.group, 10 * self.cfg.claim_idle_ms, self.consumer])
         if deleted:
             self.log.info("forgot %d idle consumers of %s", deleted, key)
