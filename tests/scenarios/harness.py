@@ -5,15 +5,17 @@ Contract with the runtime: ``.venv/bin/ravn --config CFG`` prints "RAVN running"
 started; the ``jsonl`` sink writes one JSON object per line, flushed each (``kind`` = "alert" or "threat");
 SIGTERM stops it cleanly.
 
-Attribution: each simulation runs in its own process (``python -m tests.scenarios.simulations run NAME DIR``);
-an alert belongs to it when that process is the alerting process or one of its ancestors (the alert's
-``evidence.ancestry``, from the daemon's process tree) or the parent of a triggering event. Alerts from the
+Attribution: each simulation runs in its own process (``python -m tests.scenarios.simulations run NAME DIR``)
+inside its own cgroup v2; an alert belongs to it when a triggering event carries that cgroup's id
+(``proc.cgroup``), or, without cgroups, when that process is the alerting process or one of its ancestors (the
+alert's ``evidence.ancestry``, from the daemon's process tree) or the parent of a triggering event. Alerts from the
 rest of the host (other tests, other users) are ignored, so the suite can run on a busy CI machine.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -39,6 +41,7 @@ def config(base: Path, analyzers: str = "rules") -> dict[str, Any]:
     as watched prefixes and as entries of the rules' path lists, so persistence and tampering can be simulated
     on copies instead of the real /etc."""
     from ravn_ebpf_file.config import DEFAULT_READ, DEFAULT_WRITE
+    from ravn_ebpf_security.config import ALL_EVENTS
 
     work = f"{base}/work/"
     rules = {
@@ -59,7 +62,8 @@ def config(base: Path, analyzers: str = "rules") -> dict[str, Any]:
     return {
         "ravn": {"state_dir": f"{base}/state", "log_level": "info", "memory_limit_mb": 2048},
         "sources": [
-            {"plugin": "ebpf_security"},
+            # every family but `capable` (no rule reads it, and cap_capable is the busiest tracepoint)
+            {"plugin": "ebpf_security", "events": [e for e in ALL_EVENTS if e != "capable"]},
             {"plugin": "ebpf_network"},
             {"plugin": "ebpf_file",
              "read_prefixes": [*DEFAULT_READ, work, "/proc/*/mem"],
@@ -180,10 +184,15 @@ class Daemon:
         shutil.rmtree(self.base, ignore_errors=True)
 
     # ------------------------------------------------------------------------------------------ running
-    def _spawn(self, args: list[str]) -> tuple[int, float, float, str]:
+    def _spawn(self, args: list[str], cgroup: Path | None) -> tuple[int, float, float, str]:
+        def enter_cgroup() -> None:  # in the child, before exec: it and all its descendants share the cgroup
+            if cgroup is not None:
+                (cgroup / "cgroup.procs").write_text("0")
+
         started = time.time()
         proc = subprocess.Popen([sys.executable, "-m", "tests.scenarios.simulations", *args], cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=enter_cgroup if cgroup is not None else None)
         try:
             _, err = proc.communicate(timeout=180)
         except subprocess.TimeoutExpired:
@@ -192,38 +201,88 @@ class Daemon:
         error = "" if proc.returncode == 0 else f"exit {proc.returncode}: {err.strip()[-500:]}"
         return proc.pid, started, time.time(), error
 
-    def attributed(self, root: int) -> list[dict[str, Any]]:
-        return [a for a in self.alerts() if _belongs(a, root)]
+    def _cgroup(self, name: str) -> tuple[Path | None, int]:
+        """A cgroup v2 directory for one simulation: every event of its processes carries its id (proc.cgroup),
+        whichever probe reports it and in whatever order, so attribution does not depend on the process tree."""
+        root = next((p for p in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
+                     if (p / "cgroup.procs").exists()), None)
+        if root is None:
+            return None, 0
+        path = root / f"ravn-scn-{os.getpid()}-{name}"
+        try:
+            path.mkdir(exist_ok=True)
+            return path, path.stat().st_ino
+        except OSError:
+            return None, 0
 
-    def run(self, sc: Scenario, wait_s: float = 2.5) -> Result:
+    @staticmethod
+    def _remove_cgroup(path: Path | None) -> None:
+        if path is None:
+            return
+        for _ in range(50):  # the simulation's last processes may still be exiting
+            try:
+                path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.1)
+
+    def attributed(self, root: int, cgroup_id: int = 0) -> list[dict[str, Any]]:
+        return [a for a in self.alerts() if _belongs(a, root, cgroup_id)]
+
+    def warm_up(self, timeout_s: float = 90.0) -> float:
+        """Run the canary (an exec, a file read and a connect) until its three alerts come back: every probe is
+        attached and the pipeline is flowing (the start-up backlog drained). Returns the seconds it took."""
+        t0 = time.time()
+        want = {"exec_from_dev_shm", "sensitive_file_read", "crypto_miner_pool_port"}
+        while time.time() - t0 < timeout_s:
+            res = self.run(SCENARIOS["canary"], wait_s=5.0, until=lambda r: want <= {a["rule"] for a in r.alerts})
+            if want <= {a["rule"] for a in res.alerts}:
+                return time.time() - t0
+        raise RuntimeError(f"the daemon produced no canary alerts within {timeout_s:.0f} s:\n"
+                           f"{''.join(self.stderr_lines[-20:])}")
+
+    def run(self, sc: Scenario, wait_s: float = 10.0, until: Any = None) -> Result:
         work = self.base / "work" / sc.name
         work.mkdir(mode=0o755)
-        pid, started, ended, error = self._spawn(["run", sc.name, str(work)])
-        res = Result(sc, pid, started, ended, error=error)
-        deadline = time.time() + wait_s
-        while True:
-            res.alerts = self.attributed(pid)
-            if res.detected or time.time() > deadline:
-                break
-            time.sleep(0.05)
-        shutil.rmtree(work, ignore_errors=True)
+        cgroup, cgroup_id = self._cgroup(sc.name)
+        try:
+            pid, started, ended, error = self._spawn(["run", sc.name, str(work)], cgroup)
+            res = Result(sc, pid, started, ended, error=error)
+            deadline = time.time() + wait_s
+            done = until or (lambda r: r.detected)
+            while True:
+                res.alerts = self.attributed(pid, cgroup_id)
+                if done(res) or time.time() > deadline:
+                    break
+                time.sleep(0.05)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            self._remove_cgroup(cgroup)
         return res
 
     def run_benign(self, settle_s: float = 2.5) -> Result:
         work = self.base / "work" / "benign"
         work.mkdir(mode=0o755)
         sc = Scenario("benign", "", (), "benign workload", lambda p: None)
-        pid, started, ended, error = self._spawn(["benign", str(work)])
-        time.sleep(settle_s)
-        res = Result(sc, pid, started, ended, self.attributed(pid), error)
-        shutil.rmtree(work, ignore_errors=True)
+        cgroup, cgroup_id = self._cgroup("benign")
+        try:
+            pid, started, ended, error = self._spawn(["benign", str(work)], cgroup)
+            time.sleep(settle_s)
+            res = Result(sc, pid, started, ended, self.attributed(pid, cgroup_id), error)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            self._remove_cgroup(cgroup)
         return res
 
 
-def _belongs(alert: dict[str, Any], root: int) -> bool:
+def _belongs(alert: dict[str, Any], root: int, cgroup_id: int = 0) -> bool:
     if alert.get("pid") == root:
         return True
     ev = alert.get("evidence") or {}
+    if cgroup_id and any(e.get("proc.cgroup") == cgroup_id for e in ev.get("events") or []):
+        return True
     if any(p.get("pid") == root for p in ev.get("ancestry") or []):
         return True
     return any(e.get("proc.pid") == root or e.get("proc.ppid") == root for e in ev.get("events") or [])

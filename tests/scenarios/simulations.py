@@ -109,6 +109,14 @@ libc.ptrace.restype = ctypes.c_long
 libc.syscall.restype = ctypes.c_long
 
 
+# ---------------------------------------------------------------------------------------------- canary
+def canary(work: Path) -> None:
+    """Not an attack scenario: the harness runs it until its alerts come back, to know the daemon is ready."""
+    devshm_exec(work)
+    shadow_read(work)
+    miner_pool(work)
+
+
 # ---------------------------------------------------------------------------------------------- execution
 @scenario("T1059.004", "bash reverse shell over /dev/tcp to a loopback listener",
           "reverse_shell_dev_tcp", "reverse_shell_stdio_to_socket")
@@ -477,6 +485,10 @@ def benign(work: Path) -> None:
         os.rename(src, logs / f"app.log.{i + 1}")
     (logs / "app.log").write_text("")
     subprocess.run(["gzip", str(logs / "app.log.2")], **run)  # type: ignore[call-overload]
+
+
+SCENARIOS["canary"] = Scenario("canary", "T1059", (), "harness readiness check", canary)
+ATTACKS = [n for n in SCENARIOS if n != "canary"]
 
 
 def main(argv: list[str]) -> int:

@@ -14,7 +14,7 @@ import pytest
 
 from ravn_core.testing import require_kernel
 from tests.scenarios.harness import Daemon
-from tests.scenarios.simulations import SCENARIOS
+from tests.scenarios.simulations import ATTACKS, SCENARIOS
 
 pytestmark = pytest.mark.kernel
 
@@ -27,6 +27,7 @@ def daemon() -> Iterator[Daemon]:
     require_kernel()
     d = Daemon()
     try:
+        d.warm_up()
         yield d
     finally:
         rc = d.stop()
@@ -39,7 +40,7 @@ def _show(alerts: list[dict[str, object]]) -> str:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("name", list(SCENARIOS))
+@pytest.mark.parametrize("name", ATTACKS)
 def test_attack_detected(daemon: Daemon, name: str) -> None:
     res = daemon.run(SCENARIOS[name])
     assert not res.error, f"the simulation itself failed: {res.error}"

@@ -159,7 +159,7 @@ ATTACKS: dict[str, list[dict[str, Any]]] = {
     "write_below_binary_dir": [Open("/usr/bin/sshd2", write=True, comm="curl")],
     "write_below_lib_dir": [Open("/usr/lib/x86_64-linux-gnu/libaudit.so.9", write=True, comm="curl")],
     "write_below_etc": [Open("/etc/hosts", write=True, comm="python3")],
-    "system_binary_symlinked_over_sensitive": [E("symlink", file__path="/etc/shadow", file__newpath="/tmp/s",
+    "link_over_sensitive_file": [E("symlink", file__path="/etc/shadow", file__newpath="/tmp/s",
                                                  file__ret=0)],
     "files_below_dev": [Open("/dev/.udev_cache", write=True)],
     "log_file_cleared": [Open("/var/log/auth.log", write=True, flags=0o1001)],
