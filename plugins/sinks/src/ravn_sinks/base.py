@@ -46,7 +46,7 @@ class QueueOptions(PluginConfig):
 
 
 class HttpOptions(QueueOptions):
-    url: str = Field(..., pattern=r"^https?://", description="receiver URL (http:// or https://)")
+    url: str = Field("http://127.0.0.1:8080/", pattern=r"^https?://", description="receiver URL (http:// or https://)")
     headers: dict[str, str] = Field(default_factory=dict, description="extra request headers (not secrets)")
     secret_headers: dict[str, SecretRef] = Field(
         default_factory=dict, description="headers whose values are secrets: {Authorization: {$env: RAVN_HOOK}} "

@@ -31,6 +31,8 @@ FALCO_PRIORITIES = ("Emergency", "Alert", "Critical", "Error", "Warning", "Notic
 class FalcoConfig(HttpOptions):
     """Config of the ``falco`` sink."""
 
+    url: str = Field("http://127.0.0.1:2801/", pattern=r"^https?://",
+                     description="receiver URL; falcosidekick listens on port 2801 by default")
     batch_size: int = Field(1, ge=1, le=1, description="Falco's HTTP output sends one alert per request")
     threat_updates: bool = Field(False, description="also send threat level changes (rule 'RAVN threat level')")
     source: str = Field("syscall", description="the Falco event source named in each alert")
