@@ -9,15 +9,17 @@ decoders of its event structs, and gets the rest:
 - ``-I bpf/include`` and ``-D`` cflags (ring size, map sizes, which filters are compiled in) - never text edits;
 - the in-kernel filters of ``bpf/include/ravn_common.bpf.h`` filled from :class:`ProbeFilters`; RAVN's own pid
   and all its descendants always excluded; the pid -> ppid map seeded from /proc;
-- the ring buffer opened with a callback that turns each record into a flat event dict
-  (``ravn_core/events.py`` schema; ``evt.ts`` is wall-clock ns = kernel monotonic + an offset taken at start);
+- the ring buffer read directly (:class:`RingReader`: mmap + epoll, no per-record ctypes callback), each record
+  turned into a flat event dict by the probe's decoders (``ravn_core/events.py`` schema; ``evt.ts`` is wall-clock
+  ns = kernel monotonic + an offset taken at start);
 - ``poll(timeout_ms)`` returning the batch, ``stop()`` detaching everything, ``health()`` with counters, and
   ``dump()`` for ``ravn --dump-bpf``.
 
 The ctypes mirrors of ``bpf/include/ravn_events.h`` live next to their decoders (the header's here, each probe's
 in its ``decode.py``); :func:`check_abi` compiles the header with the host C compiler and compares every field.
 Per-event Python work is the budget: decoders unpack the record with one ``struct.Struct`` derived from the
-ctypes mirror (:func:`unpacker`) and build one dict.
+ctypes mirror (:func:`unpacker`) and build one dict; a probe with one fixed-size record type can decode whole runs
+of records at once (:meth:`BccProbe.fast_decoder`).
 """
 
 from __future__ import annotations
@@ -696,22 +698,24 @@ class BccProbe(Source):
     # ------------------------------------------------------------------ health
     def drops(self) -> int:
         """Records the kernel could not put in the ring buffer (sum of the per-CPU ravn_drops counter)."""
-        if self.bpf is None:
+        bpf = self.bpf
+        if bpf is None:
             return 0
-        return int(sum(self.bpf[b"ravn_drops"][ctypes.c_int(0)]))
+        return int(sum(bpf[b"ravn_drops"][ctypes.c_int(0)]))
 
     def attached(self) -> int:
-        """Expected programs that are attached now (their perf event fd is open)."""
-        if self.bpf is None:
+        """Expected programs that are attached now: their perf event fd is still open and still a perf event."""
+        bpf = self.bpf
+        if bpf is None:
             return 0
-        fds = self.bpf.tracepoint_fds
+        fds = bpf.tracepoint_fds
         n = 0
         for _fn, tp in self._expected:
             fd = fds.get(tp.encode())
             if fd is not None:
                 try:
-                    os.fstat(fd)
-                    n += 1
+                    if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[perf_event]":
+                        n += 1
                 except OSError:
                     pass
         return n
@@ -732,8 +736,18 @@ class BccProbe(Source):
         return self._fdinfo_ids((f.fd for f in self.bpf.funcs.values()), "prog_id:") if self.bpf else set()
 
     def health(self) -> Health:
-        if self.bpf is None:
+        """Called from the health thread; tolerates a concurrent stop() (reports "stopped")."""
+        bpf = self.bpf
+        if bpf is None:
             return Health("stopped", f"{self.plugin} not loaded", dict(self.counters))
+        try:
+            return self._health(bpf)
+        except Exception as exc:  # torn down under us: maps closed
+            if self.bpf is None:
+                return Health("stopped", f"{self.plugin} not loaded", dict(self.counters))
+            return Health("failed", f"health check failed: {type(exc).__name__}: {exc}", dict(self.counters))
+
+    def _health(self, bpf: BPF) -> Health:
         now, events = time.monotonic(), self.counters["events"]
         t0, e0 = self._rate_mark
         rate = (events - e0) / (now - t0) if now > t0 else 0.0
@@ -742,7 +756,7 @@ class BccProbe(Source):
         counters: dict[str, float] = {**self.counters, "drops": self.drops(), "programs_attached": attached,
                                       "programs_expected": expected, "events_per_s": round(rate, 1)}
         if attached < expected:
-            missing = [tp for _fn, tp in self._expected if tp.encode() not in self.bpf.tracepoint_fds]
+            missing = [tp for _fn, tp in self._expected if tp.encode() not in bpf.tracepoint_fds]
             return Health("failed", f"{attached}/{expected} programs attached; missing {', '.join(missing)}",
                           counters)
         return Health("ok", "", counters)
