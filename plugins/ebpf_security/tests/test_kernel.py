@@ -232,7 +232,6 @@ class CapData(ctypes.Structure):
 
 
 def test_capset_and_capable(probe: SecuritySource) -> None:
-    result: dict[str, int] = {}
     r, w = os.pipe()
 
     def body() -> None:
@@ -257,7 +256,6 @@ def test_capset_and_capable(probe: SecuritySource) -> None:
     os.close(w)
     eff, perm, inh = (int(x) for x in os.read(r, 100).split())
     os.close(r)
-    result.update(eff=eff)
     assert status == 0
     evs = of_pid(probe, pid)
     e = only(evs, "cred", **{"cred.call": "capset"})
@@ -374,7 +372,6 @@ def test_exec_of_regular_file_through_fd_is_not_memfd(probe: SecuritySource, tmp
 
 # ---------------------------------------------------------------------------------------------------- module
 def test_module_load_attempts_fail_and_are_seen(probe: SecuritySource) -> None:
-    results: list[int] = []
     r, w = os.pipe()
 
     def body() -> None:
