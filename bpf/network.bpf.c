@@ -40,7 +40,8 @@
  *     getsockname(); nothing else is read from kernel structures (the headers here are not the running kernel's);
  *   - UDP connect() reports no local address (no struct sock is reachable from the syscall);
  *   - the seen-destination set is an LRU per (process, destination): a destination evicted by many others is
- *     reported again.
+ *     reported again; sendmmsg() is checked by its first message's address only;
+ *   - only AF_INET/AF_INET6 sockets; TCP state changes of MPTCP/SCTP sockets are ignored.
  */
 #include "ravn_events.h"
 #include "ravn_common.bpf.h"

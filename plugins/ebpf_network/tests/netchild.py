@@ -52,6 +52,16 @@ def main() -> None:
         c = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         c.connect(("::ffff:127.0.0.1", ls.getsockname()[1]))
         out.update(port=ls.getsockname()[1], client_fd=c.fileno(), client=list(c.getsockname()[:2]))
+        # dual-stack IPv6 listener accepting an IPv4 client: the peer is an IPv4-mapped IPv6 address
+        ds = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        ds.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        ds.bind(("::", 0))
+        ds.listen()
+        c4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c4.connect(("127.0.0.1", ds.getsockname()[1]))
+        a, peer = ds.accept()
+        out.update(ds_port=ds.getsockname()[1], ds_fd=a.fileno(), ds_peer=list(peer[:2]),
+                   c4=list(c4.getsockname()))
     elif scenario == "udp":
         r1 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         r1.bind(("127.0.0.1", 0))

@@ -123,11 +123,19 @@ def test_tcp_connect_accept_close_bind_listen(probe: NetworkSource, scenario: st
 
 def test_mapped_ipv4_in_ipv6(probe: NetworkSource) -> None:
     truth, events = run_child(probe, "tcp_mapped")
-    (conn,) = [e for e in events if e["evt.type"] == "connect"]
+    (conn,) = [e for e in events if e["evt.type"] == "connect" and e["net.family"] == "ipv6"]
     assert conn["net.family"] == "ipv6"
     assert conn["net.daddr"] == "::ffff:127.0.0.1" and conn["net.dport"] == truth["port"]
     assert conn["net.saddr"] == truth["client"][0] == "::ffff:127.0.0.1"
     assert conn["net.sport"] == truth["client"][1] and conn["net.fd"] == truth["client_fd"]
+    (acc,) = [e for e in events if e["evt.type"] == "accept"]
+    assert truth["ds_peer"] == ["::ffff:127.0.0.1", truth["c4"][1]]
+    assert (acc["net.family"], acc["net.daddr"], acc["net.dport"]) == ("ipv6", "::ffff:127.0.0.1", truth["c4"][1])
+    assert (acc["net.saddr"], acc["net.sport"], acc["net.fd"]) == ("::ffff:127.0.0.1", truth["ds_port"],
+                                                                    truth["ds_fd"])
+    v4 = [e for e in events if e["evt.type"] == "connect" and e["net.family"] == "ipv4"]
+    assert [(e["net.daddr"], e["net.dport"], e["net.sport"]) for e in v4] == \
+        [("127.0.0.1", truth["ds_port"], truth["c4"][1])]
 
 
 def test_udp_send_new_destinations_only(probe: NetworkSource) -> None:
