@@ -33,7 +33,9 @@
  *     state change or a successful datagram connect tells; their closes are reported only on the two transitions
  *     that always run in the closing process (ESTABLISHED->FIN_WAIT1, CLOSE_WAIT->LAST_ACK);
  *   - accept(fd, NULL, NULL): the kernel returns no peer; user space resolves it from /proc/<pid>/fd and
- *     /proc/<pid>/net/tcp{,6} (best effort, the connection may already be gone);
+ *     /proc/<pid>/net/tcp{,6} (best effort, the connection may already be gone). Such accepts are reported
+ *     only for listening sockets created while the probe runs (others may be AF_UNIX: not worth a /proc read);
+ *   - TCP Fast Open (sendto with MSG_FASTOPEN) connects without connect(): not reported as a connect;
  *   - UDP: the local side (and the destination of a send on a connected socket) is read from struct sock_common
  *     at fixed offsets (skc_daddr 0, skc_rcv_saddr 4, skc_dport 12, skc_num 14, skc_v6_daddr 56,
  *     skc_v6_rcv_saddr 72). These have not moved for a decade and are checked by the kernel tests against

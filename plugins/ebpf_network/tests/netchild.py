@@ -103,6 +103,27 @@ def main() -> None:
         fds = [libc.accept(ls.fileno(), None, None) for _ in range(2)]
         out.update(null_accept_fds=fds, c=list(c.getsockname()))
         time.sleep(0.3)  # keep the sockets open while the probe resolves the peers
+    if scenario == "backlog":
+        # listen(0): the second and third SYN are dropped until the first connection is accepted, so their
+        # non-blocking connect() returns -EINPROGRESS long before the handshake ends (SYN retransmit, ~1 s)
+        import select
+
+        ls = socket.socket()
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(0)
+        socks = []
+        for _ in range(3):
+            c = socket.socket()
+            c.setblocking(False)
+            out.setdefault("rets", []).append(-c.connect_ex(ls.getsockname()))
+            socks.append(c)
+        time.sleep(0.05)
+        ls.accept()
+        for c in socks:
+            select.select([], [c], [], 3)
+        out.update(port=ls.getsockname()[1], fds=[c.fileno() for c in socks],
+                   sports=[c.getsockname()[1] for c in socks],
+                   errs=[c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) for c in socks])
     print(json.dumps(out), flush=True)
 
 

@@ -173,6 +173,17 @@ def test_refused_nonblocking_and_null_accept(probe: NetworkSource) -> None:
     assert all(e["net.sport"] == truth["nb_port"] and e["net.daddr"] == "127.0.0.1" for e in accepts)
 
 
+def test_connect_completing_after_the_syscall(probe: NetworkSource) -> None:
+    """A non-blocking connect still in SYN_SENT at its exit is reported when the handshake ends, with the
+    source port and the process of the syscall (the state change itself runs in softirq)."""
+    truth, events = run_child(probe, "backlog")
+    conns = sorted((e["net.fd"], e["net.sport"], e["net.ret"], e["net.dport"], e["proc.comm"])
+                   for e in events if e["evt.type"] == "connect")
+    assert truth["rets"] == [-115, -115, -115] and truth["errs"] == [0, 0, 0]
+    assert conns == sorted(zip(truth["fds"], truth["sports"], truth["rets"], [truth["port"]] * 3,
+                               ["python3"] * 3, strict=True))
+
+
 def test_filters_exclude_comm_and_pid(bystander: int) -> None:
     require_kernel()
     waiting = subprocess.Popen([PY, CHILD, "wait"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
