@@ -117,18 +117,18 @@ def test_poison_batch_dead_lettered_after_max_deliveries(redis_server: RedisServ
 def test_agent_spools_to_file_while_redis_is_away_and_resends_after_restart(make_transport: Made,
                                                                             tmp_path: Path) -> None:
     server = RedisServer()
-    state = str(tmp_path / "agent")  # redis never started: everything goes to the spool
-    agent = make_transport(server, state_dir=state, spool_memory_mb=0.05, spool_file_mb=1, backoff_max_s=0.1)
-    for b in batches("h1", 0, 50, 20):
-        agent.publish("h1", b)
-    time.sleep(0.3)
-    h = agent.health()
-    assert h.state == "degraded" and h.counters["spooled"] == 50 and h.counters["spool_batches"] == 50
-    assert h.counters["spilled"] > 0 and h.counters["dropped"] == 0
-    agent.close()  # the agent stops with Redis still away: the spool file keeps the batches
-    assert os.path.getsize(f"{state}/redis-spool-h1-redis.bin") > 0
-    server.start()
     try:
+        state = str(tmp_path / "agent")  # redis never started: everything goes to the spool
+        agent = make_transport(server, state_dir=state, spool_memory_mb=0.05, spool_file_mb=1, backoff_max_s=0.1)
+        for b in batches("h1", 0, 50, 20):
+            agent.publish("h1", b)
+        time.sleep(0.3)
+        h = agent.health()
+        assert h.state == "degraded" and h.counters["spooled"] == 50 and h.counters["spool_batches"] == 50
+        assert h.counters["spilled"] > 0 and h.counters["dropped"] == 0
+        agent.close()  # the agent stops with Redis still away: the spool file keeps the batches
+        assert os.path.getsize(f"{state}/redis-spool-h1-redis.bin") > 0
+        server.start()
         again = make_transport(server, state_dir=state)
         worker = make_transport(server, host="w")
         again.publish("h1", [{"test.seq": 1000}])  # first publish of the new run sends the old spool first
@@ -142,6 +142,7 @@ def test_agent_spools_to_file_while_redis_is_away_and_resends_after_restart(make
 
 def test_spool_full_drops_and_counts(make_transport: Made) -> None:
     server = RedisServer()  # never started
+    server.stop()  # (its temp dir)
     agent = make_transport(server, spool_memory_mb=0.02, spool_file_mb=0.05)
     for b in batches("h1", 0, 100, 20):
         agent.publish("h1", b)

@@ -131,8 +131,10 @@ def test_mutual_tls(make_transport: Made, pki: Path) -> None:
 def cluster() -> Iterator[list[RedisServer]]:
     # cluster-port: the bus port is otherwise port+10000, past 65535 for high ephemeral ports
     nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-node-timeout", "2000", "--cluster-port",
-                         str(free_port())).start() for _ in range(3)]
+                         str(free_port())) for _ in range(3)]
     try:
+        for n in nodes:
+            n.start()
         subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
                         "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=30)
         r = redis.Redis(port=nodes[0].port)
@@ -181,11 +183,11 @@ def test_cluster_list_mode(cluster: list[RedisServer], make_transport: Made) -> 
 def test_cluster_down_at_startup_spools_then_delivers(make_transport: Made) -> None:
     nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-node-timeout", "2000", "--cluster-port",
                          str(free_port())) for _ in range(3)]
-    agent = make_transport(port=nodes[0].port, cluster=True, backoff_max_s=0.2)  # nothing listens yet
-    for b in batches("h1", 0, 3, 10):
-        agent.publish("h1", b)
-    assert wait_for(lambda: agent.health().state == "degraded", 5)
     try:
+        agent = make_transport(port=nodes[0].port, cluster=True, backoff_max_s=0.2)  # nothing listens yet
+        for b in batches("h1", 0, 3, 10):
+            agent.publish("h1", b)
+        assert wait_for(lambda: agent.health().state == "degraded", 5)
         for n in nodes:
             n.start()
         subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
