@@ -56,7 +56,10 @@ RAVN_PROC_PROGRAMS
 #ifndef RAVN_FILE_RELATIVE
 #define RAVN_FILE_RELATIVE 1
 #endif
-#define RAVN_FILE_MAX_WILD 4   /* wildcard roots */
+#define RAVN_FILE_MAX_WILD 4   /* wildcard roots (map size) */
+#ifndef RAVN_FILE_N_WILD
+#define RAVN_FILE_N_WILD RAVN_FILE_MAX_WILD /* roots in use: the loop below runs this many times (0: none) */
+#endif
 #define RAVN_FILE_WILD_LEN 32  /* a root is at most 31 bytes */
 #define RAVN_FILE_COMP_MAX 64  /* the wildcard component is at most 63 bytes */
 #define RAVN_FILE_NAME_LEN 32  /* basenames of read prefixes (relative read opens) */
@@ -137,7 +140,7 @@ static __always_inline u32 file_classify(const char *upath, char *dst, u32 *why,
 		klass = r->klass;
 		best = r->len;
 	}
-	for (u32 i = 0; i < RAVN_FILE_MAX_WILD; i++) {
+	for (u32 i = 0; i < RAVN_FILE_N_WILD && i < RAVN_FILE_MAX_WILD; i++) {
 		u32 idx = i;
 		struct file_wild_root *w = ravn_file_wild.lookup(&idx);
 		if (!w)
