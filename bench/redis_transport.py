@@ -21,6 +21,7 @@ import json
 import os
 import random
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -73,9 +74,15 @@ def transport(port: int, host: str, **kw: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ child roles
+def cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def role_agent(port: int, events: int, batch: int, rate: float) -> None:
     pool = [make_events(batch, seed=s) for s in range(8)]
     t = transport(port, "bench-agent", pipeline_batches=32)
+    cpu0 = cpu_s()
     n_batches = events // batch
     start = time.time()
     for i in range(n_batches):
@@ -89,7 +96,8 @@ def role_agent(port: int, events: int, batch: int, rate: float) -> None:
     end = time.time()
     h = t.health().counters
     t.close()
-    print(json.dumps({"start": start, "end": end, "published": h["published_events"]}), flush=True)
+    print(json.dumps({"start": start, "end": end, "published": h["published_events"], "cpu": cpu_s() - cpu0}),
+          flush=True)
 
 
 def role_worker(port: int, total: int) -> None:
@@ -98,6 +106,7 @@ def role_worker(port: int, total: int) -> None:
     n = 0
     lat: list[float] = []
     first = last = 0.0
+    cpu0 = 0.0
     while True:
         d = t.consume(0.1)
         if d is None:
@@ -105,7 +114,8 @@ def role_worker(port: int, total: int) -> None:
                 break
             continue
         now = time.time()
-        first = first or now
+        if not first:
+            first, cpu0 = now, cpu_s()
         last = now
         for e in d.batch:  # the least an analyzer does
             _ = e["evt.type"]
@@ -113,8 +123,9 @@ def role_worker(port: int, total: int) -> None:
         t.ack(d)
         n += len(d.batch)
         r.incrby("bench:consumed", len(d.batch))
+    cpu = cpu_s() - cpu0
     t.close()
-    print(json.dumps({"events": n, "first": first, "last": last, "lat": lat}), flush=True)
+    print(json.dumps({"events": n, "first": first, "last": last, "lat": lat, "cpu": cpu}), flush=True)
 
 
 # ------------------------------------------------------------------------------------------------ parent
@@ -130,6 +141,7 @@ def result(p: subprocess.Popen[str]) -> dict[str, Any]:
 def run_e2e(server: RedisServer, workers: int, events: int, batch: int, rate: float = 0) -> dict[str, Any]:
     r = redis.Redis(port=server.port)
     r.flushall()
+    redis_cpu0 = _redis_cpu(r)
     ws = [spawn("--role", "worker", "--port", server.port, "--events", events) for _ in range(workers)]
     time.sleep(0.5)  # workers connected and blocked in XREADGROUP
     agent = spawn("--role", "agent", "--port", server.port, "--events", events, "--batch", batch, "--rate", rate)
@@ -139,11 +151,20 @@ def run_e2e(server: RedisServer, workers: int, events: int, batch: int, rate: fl
     end = max(x["last"] for x in rs)
     lat = sorted(v for x in rs for v in x["lat"])
     secs = end - a["start"]
-    return {"workers": workers, "events": got, "expected": (events // batch) * batch, "seconds": round(secs, 3),
+    redis_cpu = _redis_cpu(r) - redis_cpu0
+    return {"cpu_us_per_event_agent": round(1e6 * a["cpu"] / got, 3),
+            "cpu_us_per_event_workers": round(1e6 * sum(x["cpu"] for x in rs) / got, 3),
+            "cpu_us_per_event_redis": round(1e6 * redis_cpu / got, 3),
+            "workers": workers, "events": got, "expected": (events // batch) * batch, "seconds": round(secs, 3),
             "events_per_s": round(got / secs), "agent_publish_s": round(a["end"] - a["start"], 3),
             "per_worker": [x["events"] for x in rs],
             "latency_ms_p50": round(1000 * statistics.median(lat), 2),
             "latency_ms_p99": round(1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2)}
+
+
+def _redis_cpu(r: redis.Redis) -> float:
+    info = r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def redis_benchmark_xadd(port: int) -> float:
@@ -165,6 +186,7 @@ def embedded(events: int, batch: int) -> float:
             t.publish("h", list(pool[i % len(pool)]))
 
     start = time.perf_counter()
+    cpu0 = cpu_s()
     th = threading.Thread(target=pub)
     th.start()
     n = 0
@@ -177,7 +199,7 @@ def embedded(events: int, batch: int) -> float:
         t.ack(d)
         n += len(d.batch)
     th.join()
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), 1e6 * (cpu_s() - cpu0) / n
 
 
 def main() -> None:
@@ -213,8 +235,14 @@ def main() -> None:
         info = redis.Redis(port=server.port).info("memory")
     finally:
         server.stop()
-    emb = embedded(args.events, args.batch)
-    print(f"embedded transport (1 process, publisher thread -> consumer thread): {emb:,.0f} events/s")
+    emb, emb_cpu = embedded(args.events, args.batch)
+    print(f"embedded transport (1 process, publisher thread -> consumer thread): {emb:,.0f} events/s, "
+          f"{emb_cpu:.3f} CPU us/event")
+    cpu_total = one["cpu_us_per_event_agent"] + one["cpu_us_per_event_workers"] + one["cpu_us_per_event_redis"]
+    print(f"CPU per event (1 worker run): agent {one['cpu_us_per_event_agent']} us, worker "
+          f"{one['cpu_us_per_event_workers']} us, redis-server {one['cpu_us_per_event_redis']} us; "
+          f"total {cpu_total:.2f} us = {1e6 / cpu_total:,.0f} events/s per core of CPU, "
+          f"one worker core alone: {1e6 / one['cpu_us_per_event_workers']:,.0f} events/s")
     best = max(one["events_per_s"], two["events_per_s"])
     print(json.dumps({
         "bench": "redis_transport", "batch": args.batch, "events": args.events,
@@ -227,6 +255,11 @@ def main() -> None:
         "paced_rate": args.paced_rate, "latency_paced_ms_p50": paced["latency_ms_p50"],
         "latency_paced_ms_p99": paced["latency_ms_p99"], "embedded_events_per_s": round(emb),
         "ratio_to_embedded": round(best / emb, 3),
+        "cpu_us_per_event_agent": one["cpu_us_per_event_agent"],
+        "cpu_us_per_event_worker": one["cpu_us_per_event_workers"],
+        "cpu_us_per_event_redis": one["cpu_us_per_event_redis"],
+        "cpu_us_per_event_embedded": round(emb_cpu, 3),
+        "worker_core_capacity_events_per_s": round(1e6 / one["cpu_us_per_event_workers"]),
         "lost": one["expected"] - one["events"] + two["expected"] - two["events"],
         "redis_used_memory_peak": info.get("used_memory_peak_human"),
         "loadavg_1m_before": round(load_before, 2), "loadavg_1m_after": round(os.getloadavg()[0], 2),
