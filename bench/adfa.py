@@ -137,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     s_va = score_sequences(scorer, enc_va)
     s_at = score_sequences(scorer, enc_at)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    unscored = int(np.isnan(s_va).sum() + np.isnan(s_at).sum())
+    if unscored:
+        print(f"{unscored} traces too short for a score (under exit_min_events): scored as 0")
+        s_va, s_at = np.nan_to_num(s_va, nan=0.0), np.nan_to_num(s_at, nan=0.0)
     n_sc = sum(map(len, enc_va)) + sum(map(len, enc_at))
     sps = n_sc / dt
     sps_cpu = n_sc / cpu

@@ -41,10 +41,10 @@ ravn:
   log_level: warning
   http_listen: ""
 sources:
-  - plugin: ebpf_syscall
-  - plugin: ebpf_network
-  - plugin: ebpf_security
-  - plugin: ebpf_file
+  - {{plugin: ebpf_syscall, ring_buffer_kb: 8192, filters: {{exclude_comms: {noise}}}}}
+  - {{plugin: ebpf_network, ring_buffer_kb: 8192, filters: {{exclude_comms: {noise}}}}}
+  - {{plugin: ebpf_security, ring_buffer_kb: 8192, filters: {{exclude_comms: {noise}}}}}
+  - {{plugin: ebpf_file, ring_buffer_kb: 8192, filters: {{exclude_comms: {noise}}}}}
 transport:
   plugin: embedded
 analyzers: []
@@ -187,6 +187,10 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=300, help="how long to run the workload")
     ap.add_argument("--config", default="", help="ravn config for recording (default: four probes, no analyzers)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--keep-raw", action="store_true", help="keep the unfiltered recording and the recorder log")
+    ap.add_argument("--exclude-comm", action="append", default=[],
+                    help="comm of unrelated busy processes to filter in the kernel (less load, fewer drops; "
+                         "their events would be dropped from the output anyway)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("record_benign: run as root (the probes need it)", file=sys.stderr)
@@ -196,7 +200,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="ravn-benign-"))
     cfg = Path(args.config) if args.config else work / "record.yaml"
     if not args.config:
-        cfg.write_text(RECORD_CONFIG.format(state=work / "state"))
+        noise = json.dumps(args.exclude_comm)
+        cfg.write_text(RECORD_CONFIG.format(state=work / "state", noise=noise))
     raw = work / "raw.jsonl"
     cg, cg_id = cgroup_create()
     print(f"record_benign: cgroup {cg} id {cg_id}; raw events in {raw}", file=sys.stderr)
@@ -250,6 +255,8 @@ def main() -> int:
         cg.rmdir()
     except OSError:
         pass
+    if not args.keep_raw:
+        shutil.rmtree(work, ignore_errors=True)
     print(f"record_benign: kept {kept} of {total} events (the workload's cgroup) -> {args.output}",
           file=sys.stderr)
     return 0 if kept else 1

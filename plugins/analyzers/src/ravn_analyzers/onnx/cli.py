@@ -110,6 +110,6 @@ def cmd_train(args: argparse.Namespace, host: Any = None) -> int:
     th = ", ".join(f"{r:g}: {v:.3f}" for r, v in sorted(res.thresholds.items(), reverse=True))
     print(f"ravn train: wrote {args.output} ({len(res.model)} bytes): vocabulary {len(res.vocab)} tokens, "
           f"fit {res.fit_seconds:.1f} s ({time.perf_counter() - t0:.1f} s total), "
-          f"calibrated on {res.heldout_sequences} held-back processes: thresholds (false-alarm rate: nats) {th}",
+          f"calibrated on {res.heldout_sequences} scored held-back processes: thresholds (false-alarm rate: nats) {th}",
           file=sys.stderr)
     return EXIT_OK

@@ -67,8 +67,8 @@ class ScoringParams:
     :ivar horizon: the running score is the mean NLL over the process's last ``horizon`` scored tokens.
     """
 
-    min_events: int = 128
-    exit_min_events: int = 16
+    min_events: int = 64
+    exit_min_events: int = 8
     horizon: int = 4096
 
 
@@ -251,7 +251,7 @@ def score_sequences(scorer: Scorer, sequences: Sequence[Sequence[int]], scoring:
                     batch_windows: int = 64) -> np.ndarray:
     """Score whole sequences the way the analyzer scores processes: the maximum over the stream of the running
     score, taken after each window once ``min_events`` tokens were scored, and at the end (exit) when at least
-    ``exit_min_events`` were. Sequences too short for any score get 0. Batched: one session.run per
+    ``exit_min_events`` were. Sequences too short for any score get NaN. Batched: one session.run per
     ``batch_windows`` windows.
     """
     sc = scoring or scorer.info.scoring
@@ -278,7 +278,6 @@ def score_sequences(scorer: Scorer, sequences: Sequence[Sequence[int]], scoring:
         for j, k in enumerate(chunk):
             _, ids, start, _ = cuts[k]
             sums[k] = float(nll[j, start : len(ids)].sum())
-    out = np.zeros(len(sequences), dtype=np.float64)
     best = np.full(len(sequences), -np.inf)
     states: dict[int, RunningScore] = {}
     last_of: dict[int, int] = {}
@@ -292,9 +291,8 @@ def score_sequences(scorer: Scorer, sequences: Sequence[Sequence[int]], scoring:
             best[i] = max(best[i], st.mean())
         if final:
             del states[i]
-    ok = np.isfinite(best)
-    out[ok] = best[ok]
-    return out
+    best[~np.isfinite(best)] = np.nan
+    return best
 
 
 def score_to_100(value: float, calibration: Calibration, fa_rate: float, strong_fa_rate: float) -> int:

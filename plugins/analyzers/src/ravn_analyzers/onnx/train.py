@@ -291,14 +291,21 @@ def train(sequences: Sequence[Sequence[str]], params: TrainParams | None = None,
         "ravn.architecture": json.dumps({k: v for k, v in asdict(p).items() if k != "scoring"}),
     }
     draft = export_onnx(weights, p, meta)
-    # calibrate on the held-back sequences (or, without any, on the training ones: documented as optimistic)
+    # calibrate on the held-back sequences (or, without any, on the training ones: documented as optimistic).
+    # Only processes that get a score at all (at least exit_min_events tokens) count: the false-alarm rate is
+    # per scored process.
     calib_seqs = hold if hold else fit_seqs
     scorer = Scorer(draft, threads=max(1, p.threads))
-    scores = score_sequences(scorer, [scorer.encode(s) for s in calib_seqs], p.scoring)
+    raw = score_sequences(scorer, [scorer.encode(s) for s in calib_seqs], p.scoring)
+    scores = raw[np.isfinite(raw)]
+    if len(scores) == 0:
+        raise ValueError(f"no held-back sequence has the {p.scoring.exit_min_events} tokens needed for a score; "
+                         "record longer or lower exit_min_events")
     thresholds = {r: float(np.quantile(scores, 1.0 - r, method="higher")) for r in CALIBRATION_RATES}
     meta["ravn.calibration"] = json.dumps({
-        "thresholds": {str(r): v for r, v in thresholds.items()}, "n_heldout": len(calib_seqs),
+        "thresholds": {str(r): v for r, v in thresholds.items()}, "n_heldout": len(scores),
+        "n_heldout_unscored": int(len(raw) - len(scores)),
         "score": "max running mean NLL per process (nats)", "heldout": bool(hold)})
     final = export_onnx(weights, p, meta)
-    return TrainResult(final, vocab, fit_s, len(fit_seqs), int(sum(map(len, fit_seqs))), len(hold), thresholds,
+    return TrainResult(final, vocab, fit_s, len(fit_seqs), int(sum(map(len, fit_seqs))), len(scores), thresholds,
                        loss)
