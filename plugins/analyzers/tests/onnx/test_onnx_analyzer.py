@@ -228,3 +228,15 @@ def test_registered_through_the_plugin_host() -> None:
     host.add_commands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", "--events", "x.jsonl", "--output", "m.onnx"])
     assert args.command == "train" and callable(args.func)
+
+
+def test_window_cap_per_call_leaves_the_rest_for_the_next_call(cyclic_model: Any) -> None:
+    an = build(cyclic_model(), max_windows_per_batch=10)
+    batch: list[dict[str, Any]] = []
+    for pid in range(1, 11):
+        batch += syscalls(pid, scrambled(64))  # 2 full windows each: 20 windows
+    first = an.analyze(batch, ctx())
+    assert an.counters["windows"] == 10 and an.counters["runs"] == 1
+    second = an.analyze([], ctx())  # nothing new arrives: the backlog is still scored
+    assert an.counters["windows"] == 20 and an.counters["runs"] == 2
+    assert sorted(a.pid for a in first + second) == list(range(1, 11))

@@ -71,7 +71,8 @@ class OnnxConfig(PluginConfig):
     budget_strikes: int = Field(3, ge=1, description="batches in a row over budget before falling back")
     retry_after_s: float = Field(300.0, ge=0, description="retry after a latency/inference fallback (0: never; "
                                                          "SIGHUP or a new model file always retries)")
-    max_windows_per_batch: int = Field(4096, ge=1, description="windows scored per analyze call; the rest wait")
+    max_windows_per_batch: int = Field(128, ge=1, description="windows scored per analyze call (bounds its latency); "
+                                                                  "the rest wait for the next call")
     idle_flush_s: float = Field(10.0, ge=0, description="tick scores the partial window of a process idle this "
                                                         "long (0: only at exit)")
     max_processes: int = Field(16384, ge=16, description="processes tracked at once (least recent dropped)")
@@ -117,6 +118,7 @@ class OnnxAnalyzer(Analyzer):
         self._mtime: float | None = None
         self._strikes = 0
         self._procs: OrderedDict[tuple[str, int], _Proc] = OrderedDict()
+        self._backlog: set[tuple[str, int]] = set()
         self.counters: dict[str, float] = {
             "batches": 0, "runs": 0, "windows": 0, "tokens": 0, "alerts": 0, "fallbacks": 0, "reloads": 0,
             "last_run_ms": 0.0, "max_run_ms": 0.0, "over_budget": 0,
@@ -234,6 +236,11 @@ class OnnxAnalyzer(Analyzer):
             if etype == "exit":
                 exited.append((key, p))
         exited_keys = {k for k, _ in exited}
+        for key in self._backlog:  # ready windows left over by an earlier call's cap go first
+            bp = procs.get(key)
+            if bp is not None and key not in touched:
+                touched[key] = bp
+        self._backlog.clear()
         for key, p in touched.items():
             if p.win.ready() and key not in exited_keys:
                 ready.append((key, p))
@@ -284,7 +291,9 @@ class OnnxAnalyzer(Analyzer):
                 p.recent = toks
                 cuts.append((p, key, ids, toks, start, is_final))
             if len(cuts) >= cap:
-                break  # the rest stays pending for the next batch
+                break
+        # processes with full windows still pending are served first by the next call
+        self._backlog.update(k for k, p in ready if p.win.ready())
         if not cuts:
             return []
         arr = pack([c[2] for c in cuts], self.window)

@@ -4,7 +4,7 @@ Used by ``ravn train`` and by bench/adfa.py (the same code path). torch is neede
 extra); the exported graph is built op by op with the ``onnx`` helper API from the trained weights, so the
 file the analyzer loads holds nothing but Gather, Conv, Relu, MatMul, LogSoftmax and GatherElements.
 
-Architecture (defaults): embedding 32 -> causal Conv1d(k=4, 64, dilation 1) -> ReLU -> causal Conv1d(k=4, 64,
+Architecture (defaults): embedding 32 -> causal Conv1d(k=4, 32, dilation 1) -> ReLU -> causal Conv1d(k=4, 32,
 dilation 2) -> ReLU -> Linear(vocab) -> log-softmax; position t sees tokens t-10 .. t-1. Trained on random
 crops of the normal sequences (next-token cross-entropy, Adam, one-cycle schedule). A small share of tokens
 is replaced by the unknown token during training so that a syscall never seen in training costs a finite
@@ -46,7 +46,7 @@ class TrainParams:
     """Hyper-parameters; the defaults are the ones chosen on ADFA-LD (docs/MODEL.md)."""
 
     embed: int = 32
-    hidden: int = 64
+    hidden: int = 32
     kernel: int = 4
     layers: int = 2
     window: int = 256
