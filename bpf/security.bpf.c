@@ -27,6 +27,9 @@
  *            raw): this kernel has no module support, so those syscalls have no syscalls:* tracepoints.
  *   capable  capability:cap_capable for capabilities in SEC_CAP_MASK, at most once per (process, capability,
  *            granted/denied) per SEC_CAP_WINDOW_NS; optionally denied-only or granted-only (SEC_CAP_MODE).
+ *            CAP_SYS_ADMIN checks made inside mmap/mprotect/brk/mremap/fork/clone/execve (the overcommit
+ *            accounting, one per process) are dropped (SEC_CAP_SKIP_VM): the syscall in progress is orig_ax of
+ *            bpf_task_pt_regs(current) - struct pt_regs is uapi, so its layout is safe to read.
  *   memfd_create (name, flags, fd), bpf (commands in SEC_BPF_CMD_MASK), mount (source, target, fstype, flags,
  *            result), unshare, setns, dup2/dup3 onto fd 0, 1 or 2 (filtered at sys_enter).
  *   Calls with a result are paired: sys_enter stores the arguments in a per-thread hash (sec_pending,
@@ -34,14 +37,19 @@
  *   taken at sys_enter: the identity *before* a credential change.
  *
  * Overhead: every syscalls:* tracepoint used here fires only for its own syscall, all rare on a server; the
- * sched/task tracepoints fire once per exec, fork and exit. capability:cap_capable fires on every capability
- * check - often: the overcommit check of every private writable mmap asks for CAP_SYS_ADMIN - and costs a mask
- * test for capabilities outside SEC_CAP_MASK, an LRU lookup otherwise. signal_generate/signal_deliver fire once
- * per signal sent/delivered. The exception is module_hook: raw. A program on raw_syscalls:sys_enter runs on EVERY syscall of every
- * process; measured on this 2-core Linux 6.18 VM even a no-op one costs ~7% on redis-benchmark, more than the
- * <=5% budget for all four probes together. So the default is module_hook: off: module loading cannot succeed
- * on this kernel (no CONFIG_MODULES), and the exec of insmod/modprobe is still reported by exec. Turn it on
- * where an attempt from a custom loader (a direct init_module/finit_module call) must be caught.
+ * sched/task tracepoints fire once per exec, fork and exit; signal_generate/signal_deliver once per signal.
+ * capability:cap_capable fires on every capability check - often: the overcommit check of every mmap, brk, fork
+ * and exec asks for CAP_SYS_ADMIN - and costs a mask test outside SEC_CAP_MASK, a pt_regs read (to skip those
+ * memory-accounting checks) and an LRU lookup inside it. Measured with kernel.bpf_stats_enabled on the 2-core
+ * 6.18 VM (bench/security.py, docs/BENCHMARKS.md): default config during redis-benchmark, 0.18% of one core of
+ * BPF run time (none of it on redis's own path: host process churn and capability checks); a fork+exec+exit
+ * costs ~14 us of BPF time (newtask ~3 us, exit ~3 us, exec ~3 us, execve enter ~1 us).
+ * The exception is module_hook: raw. A program on raw_syscalls:sys_enter runs on EVERY syscall of every process:
+ * ~45 ns of program time per syscall (2.3% of one core during redis-benchmark) plus the tracepoint dispatch that
+ * bpf_stats does not count; the lead measured ~7% redis-benchmark slowdown for even a no-op program there, more
+ * than the <=5% budget for all four probes together. So the default is module_hook: off: module loading cannot
+ * succeed on this kernel (no CONFIG_MODULES), and the exec of insmod/modprobe is still reported by exec. Turn it
+ * on where an attempt from a custom loader (a direct init_module/finit_module call) must be caught.
  *
  * Caveats:
  *   - exit.code never has the 0x80 core-dump bit, and is -1 when no traced path saw the cause (probe started
@@ -51,8 +59,12 @@
  *     positive for an fd exec of that number.
  *   - argv strings that are not resident read as missing and set RAVN_EXEC_ARGV_TRUNC.
  *   - cap_capable's cred is the one checked, usually but not always current's; proc.* is current.
- *   - this machine's kernel headers do not match the running kernel: nothing here reads task_struct or any
- *     kernel struct; every field comes from tracepoint arguments, user memory or helpers.
+ *   - fork with CLONE_PARENT: proc.* is the creator, while its proc.ppid in later events is the creator's parent.
+ *   - the CAP_SYS_ADMIN skip list is by syscall: a genuine CAP_SYS_ADMIN check inside one of those syscalls is
+ *     dropped too (none is known to matter: they are memory-accounting checks).
+ *   - this machine's kernel headers do not match the running kernel: nothing here reads task_struct or another
+ *     kernel struct whose layout comes from them; fields come from tracepoint arguments, user memory, helpers and
+ *     the uapi struct pt_regs.
  */
 
 /* ------------------------------------------------------------------------------------------ parameters */
