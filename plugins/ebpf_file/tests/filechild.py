@@ -14,6 +14,13 @@ libc.syscall.restype = ctypes.c_long
 AT_FDCWD = -100
 
 
+def cgroup_id() -> int:
+    """Inode of this process's cgroup v2 directory (what bpf_get_current_cgroup_id() returns)."""
+    rel = next(ln.split("::", 1)[1] for ln in open("/proc/self/cgroup").read().splitlines() if ln.startswith("0::"))
+    root = next(ln.split()[1] for ln in open("/proc/self/mounts") if ln.split()[2] == "cgroup2")
+    return os.stat(root + rel.rstrip("/")).st_ino if rel != "/" else os.stat(root).st_ino
+
+
 def raw_syscall(nr: int, *args: int | bytes) -> int:
     r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_char_p(a) if isinstance(a, bytes) else ctypes.c_long(a)
                                           for a in args])
@@ -24,7 +31,11 @@ def main() -> None:
     scenario, base = sys.argv[1], sys.argv[2]
     if len(sys.argv) > 3:
         libc.prctl(15, sys.argv[3].encode(), 0, 0, 0)  # PR_SET_NAME
-    out: dict = {"pid": os.getpid(), "ppid": os.getppid(), "uid": os.getuid(), "gid": os.getgid()}
+    if os.environ.get("RAVN_TEST_CGROUP"):  # move into a fresh cgroup first (proc.cgroup ground truth)
+        with open(os.path.join(os.environ["RAVN_TEST_CGROUP"], "cgroup.procs"), "w") as f:
+            f.write("0")
+    out: dict = {"pid": os.getpid(), "ppid": os.getppid(), "uid": os.getuid(), "cgroup": cgroup_id(),
+                 "gid": os.getgid()}
     w, s, o = f"{base}/watch", f"{base}/secret", f"{base}/outside"
     if scenario == "main":
         fd = os.open(f"{s}/key", os.O_RDONLY)  # read under a read prefix: reported

@@ -15,6 +15,7 @@ import pytest
 from ravn_ebpf_file.config import FileConfig
 from ravn_ebpf_file.source import FileSource
 
+from ravn_core.bpf_testing import fresh_cgroup
 from ravn_core.events import field_names
 from ravn_core.testing import make_context, require_kernel
 
@@ -38,10 +39,11 @@ def collect_until_quiet(src: FileSource, settle_s: float = 0.3, timeout_s: float
     return got
 
 
-def run_child(src: FileSource | None, *args: str, user: int | None = None
+def run_child(src: FileSource | None, *args: str, user: int | None = None, cgroup: str | None = None
               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run filechild.py, polling ``src`` while it runs (as the daemon does); (ground truth, its events)."""
-    proc = subprocess.Popen([PY, CHILD, *args], stdout=subprocess.PIPE, text=True, user=user, group=user)
+    proc = subprocess.Popen([PY, CHILD, *args], stdout=subprocess.PIPE, text=True, user=user, group=user,
+                            env={**os.environ, "RAVN_TEST_CGROUP": cgroup or ""})
     seen: list[dict[str, Any]] = []
     deadline = time.monotonic() + 20
     while proc.poll() is None and time.monotonic() < deadline:
@@ -101,11 +103,14 @@ def probe(base: Path, bystander: int) -> Iterator[FileSource]:
 
 
 def test_every_operation_decoded(probe: FileSource, base: Path) -> None:
-    truth, events = run_child(probe, "main", str(base))
+    with fresh_cgroup() as cg:
+        truth, events = run_child(probe, "main", str(base), cgroup=str(cg))
+        assert truth["cgroup"] == os.stat(cg).st_ino != 1
     w, s, o = f"{base}/watch", f"{base}/secret", f"{base}/outside"
     for e in events:
         assert (e["proc.pid"], e["proc.tid"], e["proc.ppid"]) == (truth["pid"], truth["pid"], os.getpid())
         assert (e["proc.uid"], e["proc.gid"], e["proc.comm"]) == (0, 0, "python3")
+        assert e["proc.cgroup"] == truth["cgroup"]
         assert e["evt.source"] == "ebpf_file" and abs(e["evt.ts"] / 1e9 - time.time()) < 30
         assert set(e) == field_names(e["evt.type"]), e
     got = [(e["evt.type"], e["file.path"], e.get("file.newpath")) for e in events]

@@ -11,6 +11,13 @@ import sys
 import time
 
 
+def cgroup_id() -> int:
+    """Inode of this process's cgroup v2 directory (what bpf_get_current_cgroup_id() returns)."""
+    rel = next(ln.split("::", 1)[1] for ln in open("/proc/self/cgroup").read().splitlines() if ln.startswith("0::"))
+    root = next(ln.split()[1] for ln in open("/proc/self/mounts") if ln.split()[2] == "cgroup2")
+    return os.stat(root + rel.rstrip("/")).st_ino if rel != "/" else os.stat(root).st_ino
+
+
 def set_comm(name: str) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME
@@ -37,7 +44,10 @@ def main() -> None:
     scenario = sys.argv[1]
     if len(sys.argv) > 2:
         set_comm(sys.argv[2])
-    out: dict = {"pid": os.getpid(), "ppid": os.getppid(), "uid": os.getuid()}
+    if os.environ.get("RAVN_TEST_CGROUP"):  # move into a fresh cgroup first (proc.cgroup ground truth)
+        with open(os.path.join(os.environ["RAVN_TEST_CGROUP"], "cgroup.procs"), "w") as f:
+            f.write("0")
+    out: dict = {"pid": os.getpid(), "ppid": os.getppid(), "uid": os.getuid(), "cgroup": cgroup_id()}
     if scenario == "wait":  # block until stdin closes, then run "tcp4"
         sys.stdin.read()
         scenario = "tcp4"

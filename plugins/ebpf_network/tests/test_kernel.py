@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from ravn_ebpf_network.source import NetworkConfig, NetworkSource
 
+from ravn_core.bpf_testing import fresh_cgroup
 from ravn_core.events import field_names
 from ravn_core.testing import make_context, require_kernel
 
@@ -23,10 +24,11 @@ PY = "/usr/bin/python3"
 NOBODY = 65534
 
 
-def run_child(src: NetworkSource | None, *args: str, user: int | None = None
+def run_child(src: NetworkSource | None, *args: str, user: int | None = None, cgroup: str | None = None
               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run netchild.py, polling ``src`` while it runs (as the daemon does); (ground truth, its events)."""
-    proc = subprocess.Popen([PY, CHILD, *args], stdout=subprocess.PIPE, text=True, user=user, group=user)
+    proc = subprocess.Popen([PY, CHILD, *args], stdout=subprocess.PIPE, text=True, user=user, group=user,
+                            env={**os.environ, "RAVN_TEST_CGROUP": cgroup or ""})
     seen: list[dict[str, Any]] = []
     deadline = time.monotonic() + 20
     while proc.poll() is None and time.monotonic() < deadline:
@@ -88,6 +90,7 @@ def check_common(e: dict[str, Any], truth: dict[str, Any]) -> None:
     assert e["proc.ppid"] == truth["ppid"] == os.getpid()
     assert e["proc.uid"] == truth["uid"] and e["proc.gid"] == truth["uid"]
     assert e["proc.comm"] == "python3"
+    assert e["proc.cgroup"] == truth["cgroup"]
     assert e["evt.source"] == "ebpf_network"
     assert abs(e["evt.ts"] / 1e9 - time.time()) < 30
     assert set(e) == field_names(e["evt.type"]), e  # exactly the schema's fields
@@ -139,7 +142,9 @@ def test_mapped_ipv4_in_ipv6(probe: NetworkSource) -> None:
 
 
 def test_udp_send_new_destinations_only(probe: NetworkSource) -> None:
-    truth, events = run_child(probe, "udp")
+    with fresh_cgroup() as cg:
+        truth, events = run_child(probe, "udp", cgroup=str(cg))
+        assert truth["cgroup"] == os.stat(cg).st_ino != 1
     sends = [e for e in events if e["evt.type"] == "udp_send"]
     for e in sends:
         check_common(e, {**truth, "uid": 0})
