@@ -315,3 +315,23 @@ def test_attack_fires_inside_a_login_session(analyzer: RulesAnalyzer, name: str)
             info.ppid = 3
     alerts = analyzer.analyze(events, BatchContext("h", tree, time.time()))
     assert name in {a.rule for a in alerts}
+
+
+def test_dispatch_functions_agree_with_rule_predicates(analyzer: RulesAnalyzer) -> None:
+    """The generated per-type dispatch (shared conjuncts, evt.type folded) must select exactly the rules whose
+    own compiled predicate matches, on every attack and benign event."""
+    events = [e for evs in ATTACKS.values() for e in evs] + [e for evs in _benign() for e in evs]
+    tree = ProcessTree()
+    tree.update(events)
+    analyzer.ruleset.resolvers.tree = tree
+    checked = 0
+    for ev in events:
+        entry = analyzer._dispatch.get(ev["evt.type"])
+        if entry is None:
+            continue
+        fn, handlers = entry
+        hits = set(fn(ev))
+        for i, (_, rule) in enumerate(handlers):
+            assert (i in hits) == bool(rule.match(ev)), (rule.name, ev)
+            checked += 1
+    assert checked > 1000

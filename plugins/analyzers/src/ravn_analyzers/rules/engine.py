@@ -182,7 +182,7 @@ class RulesAnalyzer(Analyzer):
             if entry is None:
                 continue  # no rule applies to this event type: it costs one dict lookup
             hits = entry[0](ev)
-            if hits is None:
+            if not hits:
                 continue
             handlers = entry[1]
             for i in hits:

@@ -42,6 +42,7 @@ from ravn_core.proctree import ProcessTree
 
 Node: TypeAlias = tuple[Any, ...]
 Predicate: TypeAlias = Callable[[Event], bool]
+Parts: TypeAlias = tuple[tuple[str, ...], "str | None"]  # (conjunct expressions, exceptions expression)
 
 
 class ConditionError(ValueError):
@@ -372,6 +373,8 @@ class Compiler:
         self._consts: dict[tuple[str, Any], str] = {}
         self._macro_nodes: dict[str, Node] = {}
         self.fields_used: set[str] = set()
+        self.dispatch_sources: dict[str, str] = {}  # for debugging: the generated dispatch functions
+        self.etype: str | None = None  # the event type being compiled for (folds evt.type tests)
 
     def const(self, value: Any) -> str:
         key = (type(value).__name__, value if isinstance(value, (str, int, tuple, frozenset)) else id(value))
@@ -398,13 +401,41 @@ class Compiler:
         src = self.gen(node, allowed_fields, ())
         return self.make(src)
 
+    def flatten(self, node: Node, stack: tuple[str, ...]) -> list[tuple[Node, tuple[str, ...]]]:
+        """The top-level conjuncts of a condition, through macros: ``a and (b and m)`` with ``m := c and d``
+        gives a, b, c, d. The dispatch function shares common leading conjuncts between rules."""
+        if node[0] == "and":
+            return [x for n in node[1] for x in self.flatten(n, stack)]
+        if node[0] == "macro":
+            name = node[1]
+            return self.flatten(self.macro(name, stack), (*stack, name))
+        return [(node, stack)]
+
+    def rule_parts(self, text: str, exceptions: list[str], allowed_fields: set[str] | None = None,
+                   etype: str | None = None) -> Parts:
+        """``(conjuncts, exceptions)``: the Python expressions of the condition's conjuncts and of the OR of
+        its exceptions (None without exceptions). With ``etype``, compiled for events of that type only
+        (``evt.type`` tests folded); a condition that cannot match it gives ``(("False",), None)``."""
+        self.etype = etype
+        try:
+            conjs = [self.gen(n, allowed_fields, st) for n, st in self.flatten(parse(text, self.env), ())]
+            if "False" in conjs:
+                return ("False",), None
+            conjs = [c for c in conjs if c != "True"] or ["True"]
+            exc = None
+            if exceptions:
+                excs = [self.gen(parse(t, self.env), allowed_fields, ()) for t in exceptions]
+                if "True" in excs:
+                    return ("False",), None
+                excs = [e for e in excs if e != "False"]
+                exc = " or ".join(f"({e})" for e in excs) if excs else None
+            return tuple(conjs), exc
+        finally:
+            self.etype = None
+
     def rule_source(self, text: str, exceptions: list[str], allowed_fields: set[str] | None = None) -> str:
         """The Python expression of ``text and not (exception or exception ...)``."""
-        src = f"({self.gen(parse(text, self.env), allowed_fields, ())})"
-        if exceptions:
-            excs = [self.gen(parse(t, self.env), allowed_fields, ()) for t in exceptions]
-            src += " and not (" + " or ".join(f"({s})" for s in excs) + ")"
-        return src
+        return parts_source(self.rule_parts(text, exceptions, allowed_fields))
 
     def compile_rule(self, text: str, exceptions: list[str], allowed_fields: set[str] | None = None) -> Predicate:
         """``text and not (exception or exception ...)`` as one lambda."""
@@ -415,45 +446,88 @@ class Compiler:
         fn: Predicate = eval(code, self.ns)  # source generated above; values are constants
         return fn
 
-    def make_dispatch(self, srcs: list[str], name: str = "dispatch") -> Callable[[Event], list[int] | None]:
-        """One function for all the rules of one event type: returns the indices of the rules that match,
-        or None. Each event field the conditions read is fetched once into a local; rules then cost a few
-        comparisons each instead of a call each."""
+    def make_dispatch(self, parts: list[Parts], name: str = "dispatch") -> Callable[[Event], list[int]]:
+        """One function for all the rules of one event type; returns the indices of the rules that match
+        (an empty list when none does).
+
+        Each event field the conditions read is fetched once into a local, and rules that start with the same
+        conjuncts (``file.write = true and not file.ret < 0`` ...) share one test of them: the rules form a
+        trie of conjuncts, emitted as nested ``if``s. A rule then costs a few comparisons, not a call.
+        """
         fields: dict[str, str] = {}
+        derived: dict[str, str] = {}
 
         def local(m: re.Match[str]) -> str:
             return fields.setdefault(m.group(1), f"_f{len(fields)}")
 
-        derived: dict[str, str] = {}
-
         def dlocal(m: re.Match[str]) -> str:
             return derived.setdefault(m.group(1), f"_d{len(derived)}")
 
-        bodies = [_DERIVED.sub(dlocal, _GET.sub(local, s)) for s in srcs]
-        lines = [f"def {name}(ev):", "    _get = ev.get"]
+        def rewrite(src: str) -> str:
+            return _DERIVED.sub(dlocal, _GET.sub(local, src))
+
+        items = [(i, tuple(rewrite(c) for c in conjs if c != "True"), rewrite(exc) if exc else None)
+                 for i, (conjs, exc) in enumerate(parts) if conjs != ("False",)]
+        body: list[str] = []
+
+        def hit(i: int, exc: str | None, ind: str) -> None:
+            if exc:
+                body.append(f"{ind}if not ({exc}):")
+                body.append(f"{ind}    _h.append({i})")
+            else:
+                body.append(f"{ind}_h.append({i})")
+
+        def emit(group: list[tuple[int, tuple[str, ...], str | None]], depth: int, ind: str) -> None:
+            order: dict[str, list[tuple[int, tuple[str, ...], str | None]]] = {}
+            for it in group:
+                if depth >= len(it[1]):
+                    hit(it[0], it[2], ind)
+                else:
+                    order.setdefault(it[1][depth], []).append(it)
+            for key, sub in order.items():
+                if len(sub) == 1:
+                    i, conjs, exc = sub[0]
+                    body.append(f"{ind}if {' and '.join(f'({c})' for c in conjs[depth:])}:")
+                    hit(i, exc, ind + "    ")
+                else:
+                    body.append(f"{ind}if {key}:")
+                    emit(sub, depth + 1, ind + "    ")
+
+        emit(items, 0, "    ")
+        lines = [f"def {name}(ev):", "    _get = ev.get", "    _h = []"]
         lines += [f"    {var} = _get({fname!r})" for fname, var in fields.items()]
         lines += [f"    {var} = {fn}(ev)" for fn, var in derived.items()]
-        lines.append("    _h = None")
-        for i, body in enumerate(bodies):
-            lines += [f"    if {body}:", f"        _h = [{i}] if _h is None else _h + [{i}]"]
-        lines.append("    return _h")
+        lines += [*body, "    return _h"]
         code = compile("\n".join(lines), f"<rules dispatch {name}>", "exec")
         scope: dict[str, Any] = {}
         exec(code, self.ns, scope)  # source generated above; values are constants
-        fn: Callable[[Event], list[int] | None] = scope[name]
+        fn: Callable[[Event], list[int]] = scope[name]
+        self.dispatch_sources[name] = "\n".join(lines)
         return fn
 
     def gen(self, node: Node, allowed: set[str] | None, stack: tuple[str, ...]) -> str:
+        """Python source of ``node``. With ``self.etype`` set (compiling for one event type), tests of
+        ``evt.type`` are folded to True/False and the folding propagates through and/or/not."""
         kind = node[0]
-        if kind == "and":
-            return " and ".join(f"({self.gen(n, allowed, stack)})" for n in node[1])
-        if kind == "or":
-            return " or ".join(f"({self.gen(n, allowed, stack)})" for n in node[1])
+        if kind in ("and", "or"):
+            absorbing, neutral = ("False", "True") if kind == "and" else ("True", "False")
+            parts = [self.gen(n, allowed, stack) for n in node[1]]
+            if absorbing in parts:
+                return absorbing
+            parts = [p for p in parts if p != neutral]
+            if not parts:
+                return neutral
+            return parts[0] if len(parts) == 1 else f" {kind} ".join(f"({p})" for p in parts)
         if kind == "not":
-            return f"not ({self.gen(node[1], allowed, stack)})"
+            inner = self.gen(node[1], allowed, stack)
+            return {"True": "False", "False": "True"}.get(inner, f"not ({inner})")
         if kind == "macro":
             name = node[1]
             return self.gen(self.macro(name, stack), allowed, (*stack, name))
+        if node[1] == "evt.type" and self.etype is not None and node[2] in ("=", "!=", "in"):
+            values = {text for text, _, _ in node[3]}
+            hit = self.etype in values
+            return str(hit if node[2] != "!=" else not hit)
         return self.cmp(node, allowed, stack)
 
     def accessor(self, fname: str) -> str:
@@ -574,6 +648,13 @@ class Compiler:
         if text == "" and op in ("startswith", "endswith", "contains", "glob"):
             raise ConditionError(f"{fname} {op}: empty pattern would match everything", pos)
         return text
+
+
+def parts_source(parts: Parts) -> str:
+    """One Python expression from ``(conjuncts, exceptions)``."""
+    conjs, exc = parts
+    src = " and ".join(f"({c})" for c in conjs)
+    return f"({src}) and not ({exc})" if exc else src
 
 
 def _glob_re(patterns: list[str]) -> re.Pattern[str]:

@@ -39,10 +39,12 @@ from ravn_analyzers.rules.lang import (
     Compiler,
     ConditionError,
     Env,
+    Parts,
     Predicate,
     Resolvers,
     compile_template,
     fields_of,
+    parts_source,
     template_fields,
 )
 from ravn_core.errors import ConfigError
@@ -127,7 +129,7 @@ class Step:
     events: tuple[str, ...]
     match: Predicate
     join: tuple[tuple[str, str], ...]
-    src: str = ""
+    parts: Parts = ((), None)
 
 
 @dataclass
@@ -151,7 +153,7 @@ class Rule:
     distinct: str = ""
     count: int = 0
     step_by: dict[str, str] = field(default_factory=dict)  # event type -> key field, for steps with their own by
-    srcs: dict[str, str] = field(default_factory=dict)  # event type -> Python expression of ``match`` for it
+    srcs: dict[str, Parts] = field(default_factory=dict)  # event type -> (conjuncts, exceptions) of ``match``
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "score": self.score, "tags": self.tags,
@@ -380,8 +382,8 @@ def _compile_rule(raw: _Raw, compiler: Compiler, resolvers: Resolvers, extra_exc
         for i, st in enumerate(seq.steps):
             evs = check_events(st.events, "sequence", "steps", i, "events")
             allowed = fields_of(evs)
-            match, src = _rule_predicate(item, st.condition, extra_exc, compiler, allowed, fail,
-                                    ("sequence", "steps", i, "condition"))
+            match, step_parts = _rule_predicate(item, st.condition, extra_exc, compiler, allowed, fail,
+                                                ("sequence", "steps", i, "condition"))
             for mine, theirs in st.join.items():
                 if i == 0:
                     raise fail("the first step cannot join a previous one", "sequence", "steps", i, "join")
@@ -393,7 +395,7 @@ def _compile_rule(raw: _Raw, compiler: Compiler, resolvers: Resolvers, extra_exc
                     raise fail(f"by: {st.by!r} is not a field of this step's events", "sequence", "steps", i, "by")
                 for e in evs:
                     step_by[e] = st.by
-            steps.append(Step(evs, match, tuple(st.join.items()), src))
+            steps.append(Step(evs, match, tuple(st.join.items()), step_parts))
             all_events.extend(evs)
             prev_fields = allowed
         events = tuple(dict.fromkeys(all_events))
@@ -408,7 +410,12 @@ def _compile_rule(raw: _Raw, compiler: Compiler, resolvers: Resolvers, extra_exc
             return any(t in s.events and s.match(ev) for s in step_list)
 
         rule_match: Predicate = any_step
-        srcs = {t: " or ".join(f"({s.src})" for s in steps if t in s.events) for t in events}
+        srcs: dict[str, Parts] = {}
+        texts = [e.condition for e in item.exceptions] + list(extra_exc)
+        for t in events:
+            of_t = [compiler.rule_parts(st.condition, texts, fields_of(st.events), etype=t)
+                    for st in seq.steps if t in st.events]
+            srcs[t] = of_t[0] if len(of_t) == 1 else ((" or ".join(f"({parts_source(p)})" for p in of_t),), None)
         render_fields = set().union(*(fields_of(s.events) for s in steps))
     else:
         if not item.events:
@@ -417,8 +424,10 @@ def _compile_rule(raw: _Raw, compiler: Compiler, resolvers: Resolvers, extra_exc
             raise fail("condition: is required", "condition")
         events = check_events(item.events, "events")
         allowed = fields_of(events)
-        rule_match, src = _rule_predicate(item, item.condition, extra_exc, compiler, allowed, fail, ("condition",))
-        srcs = {t: src for t in events}
+        rule_match, _ = _rule_predicate(item, item.condition, extra_exc, compiler, allowed, fail,
+                                        ("condition",))
+        texts = [e.condition for e in item.exceptions] + list(extra_exc)
+        srcs = {t: compiler.rule_parts(item.condition, texts, allowed, etype=t) for t in events}
         render_fields = allowed
         by = item.threshold.by if item.threshold else "proc.pid"
         if item.threshold is not None:
@@ -445,7 +454,7 @@ def _compile_rule(raw: _Raw, compiler: Compiler, resolvers: Resolvers, extra_exc
 
 
 def _rule_predicate(item: RuleItem, text: str, extra: list[str], compiler: Compiler, allowed: set[str], fail: Any,
-                    path: tuple[str | int, ...]) -> tuple[Predicate, str]:
+                    path: tuple[str | int, ...]) -> tuple[Predicate, Parts]:
     try:
         compiler.compile(text, allowed)
     except ConditionError as exc:
@@ -457,7 +466,7 @@ def _rule_predicate(item: RuleItem, text: str, extra: list[str], compiler: Compi
             raise fail(f"exceptions[{i}] ({e.name}): {exc}", "exceptions", i, "condition") from None
     texts = [e.condition for e in item.exceptions] + list(extra)
     try:
-        src = compiler.rule_source(text, texts, allowed)
-        return compiler.make(src), src
+        parts = compiler.rule_parts(text, texts, allowed)
+        return compiler.make(parts_source(parts)), parts
     except ConditionError as exc:
         raise fail(f"exceptions from the analyzer_rules config: {exc}", "exceptions") from None
