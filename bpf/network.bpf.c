@@ -40,7 +40,8 @@
  *     at fixed offsets (skc_daddr 0, skc_rcv_saddr 4, skc_dport 12, skc_num 14, skc_v6_daddr 56,
  *     skc_v6_rcv_saddr 72). These have not moved for a decade and are checked by the kernel tests against
  *     getsockname(); nothing else is read from kernel structures (the headers here are not the running kernel's);
- *   - UDP connect() reports no local address (no struct sock is reachable from the syscall);
+ *   - UDP connect() reports no local address (no struct sock is reachable from the syscall); a udp_send's local
+ *     address is the socket's bound address (0.0.0.0 or :: when unbound: the kernel picks the source per packet);
  *   - the seen-destination set is an LRU per (process, destination): a destination evicted by many others is
  *     reported again; sendmmsg() is checked by its first message's address only;
  *   - only AF_INET/AF_INET6 sockets; TCP state changes of MPTCP/SCTP sockets are ignored.
