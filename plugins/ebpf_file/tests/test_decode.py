@@ -183,3 +183,17 @@ def test_short_records_without_newpath() -> None:
     full = record("unlink", path="/etc/x", why=F_MATCHED, ret=0)
     e = decs[EVENT_TYPE_IDS["unlink"]](memoryview(full)[:SHORT_SIZE])
     assert (e["file.path"], e["file.ret"]) == ("/etc/x", 0)
+
+
+def test_only_specific_tracepoints() -> None:
+    """Specific syscall tracepoints only (raw_syscalls would tax every syscall of the host)."""
+    from pathlib import Path
+
+    from ravn_ebpf_file.source import FileSource
+
+    from ravn_core.testing import make_context
+
+    tps = FileSource("f", FileConfig(), make_context("f")).tracepoints()
+    assert len(tps) == 44 and all(tp.startswith(("syscalls:sys_enter_", "syscalls:sys_exit_")) for _, tp in tps)
+    assert all(Path("/sys/kernel/tracing/events", *tp.split(":")).is_dir() for _, tp in tps) or \
+        not Path("/sys/kernel/tracing/events").is_dir()

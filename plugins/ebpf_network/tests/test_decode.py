@@ -85,3 +85,17 @@ def test_bpf_arg_structs_match_tracepoint_formats() -> None:
         fmt = (fmt_dir / "syscalls" / f"sys_enter_{sc}" / "format").read_text()
         offs = [int(o) for o in re.findall(r"offset:(\d+);", fmt)][4:]  # after the common fields
         assert offs[0] == 8 and offs[1:] == [16 + 8 * i for i in range(len(offs) - 1)], sc
+
+
+def test_only_specific_tracepoints() -> None:
+    """Specific syscall and sock tracepoints only (raw_syscalls would tax every syscall of the host)."""
+    from ravn_ebpf_network.source import NetworkConfig, NetworkSource
+
+    from ravn_core.testing import make_context
+
+    for udp in (True, False):
+        tps = NetworkSource("n", NetworkConfig(udp=udp), make_context("n")).tracepoints()
+        assert tps and all(tp.startswith(("syscalls:sys_enter_", "syscalls:sys_exit_", "sock:")) for _, tp in tps)
+        assert any(tp == "sock:sock_send_length" for _, tp in tps) == udp
+        assert all(Path("/sys/kernel/tracing/events", *tp.split(":")).is_dir() for _, tp in tps) or \
+            not Path("/sys/kernel/tracing/events").is_dir()
