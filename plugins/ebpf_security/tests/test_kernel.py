@@ -24,6 +24,7 @@ import pytest
 from ravn_ebpf_security.config import SecurityConfig
 from ravn_ebpf_security.source import SecuritySource
 
+from ravn_core.bpf import cgroup2_root
 from ravn_core.bpf_testing import bystander, collect
 from ravn_core.events import Batch, Event, field_names
 from ravn_core.testing import make_context, require_kernel, wait_for
@@ -114,8 +115,8 @@ def test_exec_success(probe: SecuritySource) -> None:
     assert (ex["proc.tid"], ex["proc.ppid"], ex["proc.uid"], ex["proc.gid"]) == (pid, os.getpid(), os.getuid(),
                                                                                   os.getgid())
     assert ex["proc.comm"] == "true"  # the comm after the exec
-    assert ex["proc.cgroup"] == os.stat(f"/sys/fs/cgroup{Path('/proc/self/cgroup').read_text().split('::')[1].strip()}"
-                                        ).st_ino
+    my_cgroup = Path("/proc/self/cgroup").read_text().split("::")[1].strip().lstrip("/")
+    assert ex["proc.cgroup"] == os.stat(cgroup2_root() / my_cgroup).st_ino
     fork = only(evs, "fork", **{"fork.child_pid": pid})
     assert fork["proc.pid"] == os.getpid() and fork["fork.child_tid"] == pid
     assert only(evs, "exit", **{"proc.pid": pid})["exit.code"] == 0
