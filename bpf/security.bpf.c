@@ -194,11 +194,13 @@ struct sec_capable_args {
 };
 
 /* ---------------------------------------------------------------------------------------------- maps */
-BPF_HASH(sec_pending, u32, struct ravn_sec_event, SEC_MAX_PENDING);
-BPF_HASH(sec_mount_pending, u32, struct ravn_mount_event, 1024);
+/* Per-thread arguments between sys_enter and sys_exit. LRU: an entry whose sys_exit was never seen (the probe
+ * attached between the two) ages out instead of filling the map. */
+BPF_TABLE("lru_hash", u32, struct ravn_sec_event, sec_pending, SEC_MAX_PENDING);
+BPF_TABLE("lru_hash", u32, struct ravn_mount_event, sec_mount_pending, 1024);
 BPF_PERCPU_ARRAY(sec_mount_scratch, struct ravn_mount_event, 1);
 #if SEC_EXEC
-BPF_HASH(sec_exec_pending, u32, struct ravn_exec_event, 1024);
+BPF_TABLE("lru_hash", u32, struct ravn_exec_event, sec_exec_pending, 1024);
 BPF_PERCPU_ARRAY(sec_exec_scratch, struct ravn_exec_event, 1);
 #endif
 #if SEC_MEMFD_TRACK
