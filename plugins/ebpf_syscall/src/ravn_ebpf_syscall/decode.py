@@ -42,12 +42,24 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
 Header = Callable[[tuple[Any, ...]], Event]
 
 
+class _Names(dict[int, str]):
+    """nr -> name; a number outside the table (a corrupt or future record) reads as "nr<N>", never raises."""
+
+    def __missing__(self, nr: int) -> str:
+        return f"nr{nr}"
+
+
+def _names(names: Sequence[str]) -> _Names:
+    return _Names(enumerate(names))
+
+
 def event_decoder(header: Header, names: Sequence[str]) -> Decoder:
     """Decoder of one ``ravn_syscall_event`` record: header fields + syscall.nr/name (+ ret).
 
     The hot path of events mode: one unpack and one dict display with every key (no helper call, no resize);
     the common fields come out exactly as ``header`` makes them (the probe's tests compare both)."""
     unpack = unpacker(SyscallEvent).unpack
+    table = _names(names)
     proto = header(unpack(bytes(ctypes.sizeof(SyscallEvent))))
     src, off = proto["evt.source"], proto["evt.ts"]  # ts of a zero record is the wall-clock offset
     comms: dict[bytes, str] = {}
@@ -62,10 +74,10 @@ def event_decoder(header: Header, names: Sequence[str]) -> Decoder:
         if has_ret:
             return {"evt.type": "syscall", "evt.source": src, "evt.ts": ts + off, "proc.pid": pid, "proc.tid": tid,
                     "proc.ppid": ppid, "proc.uid": uid, "proc.gid": gid, "proc.comm": comm, "proc.cgroup": cg,
-                    "syscall.nr": nr, "syscall.name": names[nr], "syscall.ret": ret}
+                    "syscall.nr": nr, "syscall.name": table[nr], "syscall.ret": ret}
         return {"evt.type": "syscall", "evt.source": src, "evt.ts": ts + off, "proc.pid": pid, "proc.tid": tid,
                 "proc.ppid": ppid, "proc.uid": uid, "proc.gid": gid, "proc.comm": comm, "proc.cgroup": cg,
-                "syscall.nr": nr, "syscall.name": names[nr]}
+                "syscall.nr": nr, "syscall.name": table[nr]}
 
     return decode
 
@@ -87,6 +99,7 @@ def events_batch_decoder(header: Header, names: Sequence[str]) -> tuple[int, Cal
     frame = struct.Struct("<8x" + rec.format.lstrip("<"))
     assert frame.size == 8 + rec.size and frame.size % 8 == 0
     iter_unpack = frame.iter_unpack
+    table = _names(names)
     proto = header(rec.unpack(bytes(rec.size)))
     src, off = proto["evt.source"], proto["evt.ts"]
     comms = CommCache()
@@ -94,7 +107,7 @@ def events_batch_decoder(header: Header, names: Sequence[str]) -> tuple[int, Cal
     def decode_many(region: memoryview) -> Batch:
         return [{"evt.type": "syscall", "evt.source": src, "evt.ts": ts + off, "proc.pid": pid, "proc.tid": tid,
                  "proc.ppid": ppid, "proc.uid": uid, "proc.gid": gid, "proc.comm": comms[raw], "proc.cgroup": cg,
-                 "syscall.nr": nr, "syscall.name": names[nr]}
+                 "syscall.nr": nr, "syscall.name": table[nr]}
                 for ts, pid, tid, ppid, uid, gid, _t, cg, raw, _ret, nr, _has_ret in iter_unpack(region)]
 
     return rec.size, decode_many
