@@ -148,3 +148,11 @@ def test_fast_path_gives_the_same_events() -> None:
     got = many(memoryview(frames))
     assert got == [one(r) for r in recs]
     assert [e["proc.comm"] for e in got] == ["c0", "c1", "c2", "c0", "c1", "c2"]
+
+
+def test_dump_shows_what_is_compiled() -> None:
+    src = SyscallSource("ebpf_syscall", SyscallConfig(mode="events", syscalls=["getppid"]), make_context())
+    text = src.dump()
+    assert "-DRAVN_SC_SUMMARY=0" in text and "-DRAVN_RINGBUF_PAGES=256" in text
+    assert "int ravn_sc_enter_tp(" in text and "static __always_inline int ravn_filtered(" in text
+    assert text.count('#line 1 "') == 2

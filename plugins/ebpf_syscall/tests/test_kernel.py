@@ -352,3 +352,14 @@ def test_drops_are_counted(probe: Any) -> None:
     assert drops > 0
     # the drop counter is global: another process's getppid on this shared machine may add a drop or two
     assert 2000 <= len(got) + drops <= 2000 + 20
+
+
+def test_ppid_of_a_process_older_than_the_probe_comes_from_proc(probe: Any) -> None:
+    """Processes that exist at load time get their ppid from the /proc seed (no fork was seen for them)."""
+    child = spawn(5)  # forked before start()
+    time.sleep(0.05)
+    src = probe(mode="events", syscalls=["getppid"])
+    go(child)
+    events = collect(src, lambda e: e["proc.pid"] == child.pid, count=5, settle_s=0.1)
+    assert len(events) == 5 and {e["proc.ppid"] for e in events} == {os.getpid()}
+
