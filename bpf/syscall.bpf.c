@@ -27,7 +27,9 @@
  *     and are misnamed; the per-syscall tracepoints do not fire for them.
  *   - With return values, the event is emitted at sys_exit (its ts is the exit time); exit/exit_group and other
  *     noreturn syscalls are emitted at entry without a return value. A syscall still blocked at stop() is lost.
- *   - Summary mode: counts are per process (tgid), exact for a single thread; under concurrent threads the
+ *   - Summary mode: proc.comm/cgroup/ppid of a summary are those seen at the last full header refresh (see above:
+    a comm changed through /proc/self/comm or a cgroup move shows up within 64 syscalls).
+  - Summary mode: counts are per process (tgid), exact for a single thread; under concurrent threads the
  *     sequence window may interleave or lose slots (counts stay exact: atomic adds). The ravn_sc_summary map is
  *     an LRU of RAVN_SC_MAX_PROCS processes: with more live processes, the least recent lose their counts.
  *     A process that exits is flushed one last time, then deleted by user space.
@@ -89,6 +91,31 @@ int ravn_on_exit(struct ravn_exit_args *args)
 }
 
 #if RAVN_SC_SUMMARY
+/* Syscalls after which comm, credentials or namespaces/cgroup may differ: the next counted syscall refreshes the
+ * whole header (ppid lookup, comm, cgroup id); the others only refresh ts, tid, uid and gid (~half the cost). */
+static __always_inline int ravn_sc_changes_identity(u32 nr)
+{
+	switch (nr) {
+	case 59:  /* execve */
+	case 322: /* execveat */
+	case 105: /* setuid */
+	case 106: /* setgid */
+	case 113: /* setreuid */
+	case 114: /* setregid */
+	case 116: /* setgroups */
+	case 117: /* setresuid */
+	case 119: /* setresgid */
+	case 122: /* setfsuid */
+	case 123: /* setfsgid */
+	case 126: /* capset */
+	case 157: /* prctl (PR_SET_NAME) */
+	case 272: /* unshare */
+	case 308: /* setns */
+		return 1;
+	}
+	return 0;
+}
+
 static __always_inline int ravn_sc_count(u32 nr, u64 pid_tgid, u64 uid_gid)
 {
 	if (nr >= RAVN_SC_MAX)
@@ -106,7 +133,15 @@ static __always_inline int ravn_sc_count(u32 nr, u64 pid_tgid, u64 uid_gid)
 		if (!s)
 			return 0;
 	} else {
-		ravn_fill_hdr(&s->hdr, pid_tgid, uid_gid, RAVN_EVT_SYSCALL_SUMMARY); /* comm/uid change on exec/setuid */
+		u32 last = s->seq_pos - 1;
+		if (!(last & (RAVN_SC_SEQ - 1)) || ravn_sc_changes_identity(s->seq[last & (RAVN_SC_SEQ - 1)])) {
+			ravn_fill_hdr(&s->hdr, pid_tgid, uid_gid, RAVN_EVT_SYSCALL_SUMMARY);
+		} else {
+			s->hdr.ts_ns = bpf_ktime_get_ns();
+			s->hdr.tid = (u32)pid_tgid;
+			s->hdr.uid = (u32)uid_gid;
+			s->hdr.gid = uid_gid >> 32;
+		}
 	}
 	__sync_fetch_and_add(&s->counts[nr], 1);
 	__sync_fetch_and_add(&s->total, 1);

@@ -212,6 +212,9 @@ def test_summary_counts_exact(probe: Any) -> None:
             counts[k] = counts.get(k, 0) + v
         assert e["syscall.total"] == sum(e["syscall.counts"].values())
     assert counts["kill"] == n  # getppid/uname are not in the default list
+    last = events[-1]  # header refreshed after the execve: the exec'd comm, not the forking python's
+    assert (last["proc.comm"], last["proc.ppid"], last["proc.uid"], last["proc.tid"]) == \
+        ("sc_child", os.getpid(), 0, child.pid)
     assert "getppid" not in counts and "uname" not in counts
     assert counts["exit_group"] == 1
     seq = [nr for e in events for nr in e["syscall.seq"]]
