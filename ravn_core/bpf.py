@@ -459,6 +459,8 @@ class RingReader:
 
 # ------------------------------------------------------------------------------------------------- base probe
 
+#: record -> event. The record is bytes-like: a memoryview slice of the ring of exactly the record's size (use
+#: ``struct.unpack``; do not keep it or call bytes methods on it). Typed ``bytes`` so decoders stay simple to test.
 Decoder = Callable[[bytes], Event]
 #: the program names in ravn_common.bpf.h and the tracepoints the base class attaches them to
 BASE_TRACEPOINTS: Final[tuple[tuple[str, str], ...]] = (
@@ -504,8 +506,9 @@ class BccProbe(Source):
         raise NotImplementedError
 
     def decoders(self) -> dict[int, Decoder]:
-        """Event type id (``EVENT_TYPE_IDS``) -> function(record bytes) -> event dict. Called at start, after
-        the wall-clock offset is known, so decoders may capture ``self.event_header``."""
+        """Event type id (``EVENT_TYPE_IDS``) -> function(record) -> event dict (see ``Decoder``). Called at
+        start, after the wall-clock offset is known, so decoders may capture ``self.event_header()``. A decoder
+        that raises costs that record (counted in ``decode_errors``), never the batch."""
         raise NotImplementedError
 
     def probe_cflags(self) -> list[str]:
