@@ -157,6 +157,10 @@ class RulesAnalyzer(Analyzer):
             for t, rules in per_type.items()
         }
         self._tables = {r.name: _Table(self.config.max_state_keys) for r in ruleset.rules if r.kind != "simple"}
+        res = ruleset.resolvers
+        for r in ruleset.rules:
+            r.keyfns = {t: _getter(r.step_by.get(t, r.by), res) for t in r.events}
+            r.distinctfn = _getter(r.distinct, res) if r.distinct else None
         self.ruleset = ruleset
 
     def reload(self) -> None:
@@ -177,20 +181,23 @@ class RulesAnalyzer(Analyzer):
         res.host = ctx.host
         dispatch = self._dispatch
         alerts: list[Alert] = []
+        matched = 0
+        get = dispatch.get
         for ev in batch:
-            entry = dispatch.get(ev.get("evt.type"))  # type: ignore[arg-type]
+            entry = get(ev.get("evt.type"))  # type: ignore[arg-type]
             if entry is None:
                 continue  # no rule applies to this event type: it costs one dict lookup
             hits = entry[0](ev)
             if not hits:
                 continue
             handlers = entry[1]
+            matched += len(hits)
             for i in hits:
                 handler, rule = handlers[i]
-                self.matched += 1
                 alert = handler(rule, ev, ctx)
                 if alert is not None:
                     alerts.append(alert)
+        self.matched += matched
         if batch:
             ts = batch[-1].get("evt.ts")
             if isinstance(ts, int) and ts / 1e9 > self._clock:
@@ -210,25 +217,19 @@ class RulesAnalyzer(Analyzer):
         ts = ev.get("evt.ts")
         return ts / 1e9 if isinstance(ts, int) and ts > 0 else ctx.now
 
-    def _key(self, rule: Rule, ev: Event, ctx: BatchContext) -> Any:
-        by = rule.step_by.get(ev.get("evt.type"), rule.by) if rule.step_by else rule.by  # type: ignore[arg-type]
-        if by == "host":
-            return ctx.host
-        funcs = self.ruleset.resolvers.funcs
-        return funcs[by](ev) if by in funcs else ev.get(by)
-
     def _on_simple(self, rule: Rule, ev: Event, ctx: BatchContext) -> Alert | None:
         return self._alert(rule, [ev], ctx)
 
     def _on_sequence(self, rule: Rule, ev: Event, ctx: BatchContext) -> Alert | None:
         """Advance the key's progress through the steps; alert when the last step matches in the window."""
-        key = self._key(rule, ev, ctx)
+        etype = ev["evt.type"]
+        key = rule.keyfns[etype](ev)
         table = self._tables[rule.name]
         st = table.d.get(key)
-        etype = ev.get("evt.type")
         if st is None and not rule.inherit and etype not in rule.steps[0].events:
             return None  # a later step with nothing in progress for this key: the common case, kept cheap
-        now = self._now(ev, ctx)
+        ts = ev.get("evt.ts")
+        now = ts / 1e9 if ts else ctx.now
         inherited = False
         if st is None and rule.inherit and ev.get("proc.ppid"):
             st = table.d.get(ev["proc.ppid"])  # a child continuing its parent's progress
@@ -255,32 +256,40 @@ class RulesAnalyzer(Analyzer):
 
     def _on_threshold(self, rule: Rule, ev: Event, ctx: BatchContext) -> Alert | None:
         """Count distinct values per key within the window; alert at ``count`` and start over."""
-        funcs = self.ruleset.resolvers.funcs
-        value = funcs[rule.distinct](ev) if rule.distinct in funcs else ev.get(rule.distinct)
+        value = rule.distinctfn(ev)
         if value is None:
             return None
-        if isinstance(value, list):
+        if value.__class__ is list:
             value = tuple(value)
-        now = self._now(ev, ctx)
-        key = self._key(rule, ev, ctx)
+        ts = ev.get("evt.ts")
+        now = ts / 1e9 if ts else ctx.now
+        key = rule.keyfns[ev["evt.type"]](ev)
         table = self._tables[rule.name]
-        st = table.d.get(key)
+        d = table.d
+        st = d.get(key)
         if st is None:
             st = _Thr(min(rule.count, self.config.max_evidence_events))
-        table.put(key, st)
+            table.put(key, st)
+        else:
+            d.move_to_end(key)
         st.last = now
         seen = st.seen
+        if value in seen:
+            seen.move_to_end(value)
         seen[value] = now
-        seen.move_to_end(value)
-        while seen:
-            oldest = next(iter(seen))
+        for oldest in seen:  # drop values last seen before the window (oldest first)
             if now - seen[oldest] <= rule.window:
                 break
             del seen[oldest]
+            break  # at most one per event: keeps this O(1); the rest go on the next events
         st.events.append(ev)
         if len(seen) < rule.count:
             return None
-        del table.d[key]
+        while seen and now - next(iter(seen.values())) > rule.window:  # exact count before firing
+            seen.popitem(last=False)
+        if len(seen) < rule.count:
+            return None
+        del d[key]
         distinct = list(seen)[-50:]
         return self._alert(rule, [dict(e) for e in st.events], ctx,
                            {"distinct": {"field": rule.distinct, "count": len(seen), "values": distinct}})
@@ -317,6 +326,16 @@ class RulesAnalyzer(Analyzer):
             "state_keys": self.state_keys(), "state_evictions": sum(t.evictions for t in self._tables.values()),
             "reload_errors": self.reload_errors,
         })
+
+
+def _getter(name: str, res: Any) -> Callable[[Event], Any]:
+    """A function reading ``name`` from an event: a plain field, a resolved one, or the host."""
+    if name == "host":
+        return lambda ev: res.host
+    if name in res.funcs:
+        fn: Callable[[Event], Any] = res.funcs[name]
+        return fn
+    return lambda ev: ev.get(name)
 
 
 def _joined(join: tuple[tuple[str, str], ...], ev: Event, prev: Event) -> bool:

@@ -203,6 +203,7 @@ _TOKEN = re.compile(
 _WORD_OPS = {"in", "startswith", "endswith", "glob", "contains", "icontains", "regex", "intersects",
              "anybits", "allbits", "exists"}
 _GET = re.compile(r"ev\.get\('([a-z0-9_.]+)'\)")
+_UNSET = object()  # a derived field not computed yet for this event
 _DERIVED = re.compile(r"(_D_[a-z0-9_]+)\(ev\)")
 _FIELD_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 _KEYWORDS = {"and", "or", "not"}
@@ -369,12 +370,11 @@ class Compiler:
     def __init__(self, env: Env, resolvers: Resolvers) -> None:
         self.env = env
         self.resolvers = resolvers
-        self.ns: dict[str, Any] = {"__builtins__": {"any": any}}
+        self.ns: dict[str, Any] = {"__builtins__": {"any": any}, "_U": _UNSET}
         self._consts: dict[tuple[str, Any], str] = {}
         self._macro_nodes: dict[str, Node] = {}
         self.fields_used: set[str] = set()
         self.dispatch_sources: dict[str, str] = {}  # for debugging: the generated dispatch functions
-        self.etype: str | None = None  # the event type being compiled for (folds evt.type tests)
 
     def const(self, value: Any) -> str:
         key = (type(value).__name__, value if isinstance(value, (str, int, tuple, frozenset)) else id(value))
@@ -401,37 +401,48 @@ class Compiler:
         src = self.gen(node, allowed_fields, ())
         return self.make(src)
 
-    def flatten(self, node: Node, stack: tuple[str, ...]) -> list[tuple[Node, tuple[str, ...]]]:
-        """The top-level conjuncts of a condition, through macros: ``a and (b and m)`` with ``m := c and d``
-        gives a, b, c, d. The dispatch function shares common leading conjuncts between rules."""
-        if node[0] == "and":
-            return [x for n in node[1] for x in self.flatten(n, stack)]
-        if node[0] == "macro":
-            name = node[1]
-            return self.flatten(self.macro(name, stack), (*stack, name))
-        return [(node, stack)]
+    def simplify(self, node: Node, etype: str | None, stack: tuple[str, ...] = ()) -> Node:
+        """Inline macros, fold ``evt.type`` tests for ``etype`` to constants, propagate constants through
+        and/or/not, and merge nested and/or: the shape the dispatch function shares conjuncts on."""
+        kind = node[0]
+        if kind == "macro":
+            return self.simplify(self.macro(node[1], stack), etype, (*stack, node[1]))
+        if kind == "not":
+            inner = self.simplify(node[1], etype, stack)
+            return ("const", not inner[1]) if inner[0] == "const" else ("not", inner)
+        if kind in ("and", "or"):
+            absorbing = kind == "or"  # True absorbs an or, False absorbs an and
+            items: list[Node] = []
+            for child in node[1]:
+                c = self.simplify(child, etype, stack)
+                if c[0] == "const":
+                    if c[1] == absorbing:
+                        return c
+                    continue
+                items.extend(c[1] if c[0] == kind else [c])
+            if not items:
+                return ("const", not absorbing)
+            return items[0] if len(items) == 1 else (kind, items)
+        if kind == "cmp" and node[1] == "evt.type" and etype is not None and node[2] in ("=", "!=", "in"):
+            hit = etype in {text for text, _, _ in node[3]}
+            return ("const", hit if node[2] != "!=" else not hit)
+        return node
 
     def rule_parts(self, text: str, exceptions: list[str], allowed_fields: set[str] | None = None,
                    etype: str | None = None) -> Parts:
         """``(conjuncts, exceptions)``: the Python expressions of the condition's conjuncts and of the OR of
         its exceptions (None without exceptions). With ``etype``, compiled for events of that type only
         (``evt.type`` tests folded); a condition that cannot match it gives ``(("False",), None)``."""
-        self.etype = etype
-        try:
-            conjs = [self.gen(n, allowed_fields, st) for n, st in self.flatten(parse(text, self.env), ())]
-            if "False" in conjs:
-                return ("False",), None
-            conjs = [c for c in conjs if c != "True"] or ["True"]
-            exc = None
-            if exceptions:
-                excs = [self.gen(parse(t, self.env), allowed_fields, ()) for t in exceptions]
-                if "True" in excs:
-                    return ("False",), None
-                excs = [e for e in excs if e != "False"]
-                exc = " or ".join(f"({e})" for e in excs) if excs else None
-            return tuple(conjs), exc
-        finally:
-            self.etype = None
+        node = self.simplify(parse(text, self.env), etype)
+        if node[0] == "const":
+            return (("True",) if node[1] else ("False",)), None
+        conjs = tuple(self.gen(n, allowed_fields, ()) for n in (node[1] if node[0] == "and" else [node]))
+        excs = [self.simplify(parse(t, self.env), etype) for t in exceptions]
+        if any(e == ("const", True) for e in excs):
+            return ("False",), None
+        live = [e for e in excs if e[0] != "const"]
+        exc = " or ".join(f"({self.gen(e, allowed_fields, ())})" for e in live) if live else None
+        return conjs, exc
 
     def rule_source(self, text: str, exceptions: list[str], allowed_fields: set[str] | None = None) -> str:
         """The Python expression of ``text and not (exception or exception ...)``."""
@@ -454,14 +465,25 @@ class Compiler:
         conjuncts (``file.write = true and not file.ret < 0`` ...) share one test of them: the rules form a
         trie of conjuncts, emitted as nested ``if``s. A rule then costs a few comparisons, not a call.
         """
+        # A field read by several rules is fetched once into a local; one read once stays an inline lookup.
+        # Fields derived from the event (basenames) are computed on first use only.
+        uses: dict[str, int] = {}
+        for conjs, exc in parts:
+            for src in (*conjs, exc or ""):
+                for m in _GET.finditer(src):
+                    uses[m.group(1)] = uses.get(m.group(1), 0) + 1
         fields: dict[str, str] = {}
-        derived: dict[str, str] = {}
 
         def local(m: re.Match[str]) -> str:
+            if uses.get(m.group(1), 0) < 2:
+                return f"_get({m.group(1)!r})"
             return fields.setdefault(m.group(1), f"_f{len(fields)}")
 
-        def dlocal(m: re.Match[str]) -> str:
-            return derived.setdefault(m.group(1), f"_d{len(derived)}")
+        derived: dict[str, str] = {}
+
+        def dlocal(m: re.Match[str]) -> str:  # computed on first use, then reused by the other rules
+            var = derived.setdefault(m.group(1), f"_d{len(derived)}")
+            return f"({var} if {var} is not _U else ({var} := {m.group(1)}(ev)))"
 
         def rewrite(src: str) -> str:
             return _DERIVED.sub(dlocal, _GET.sub(local, src))
@@ -496,7 +518,7 @@ class Compiler:
         emit(items, 0, "    ")
         lines = [f"def {name}(ev):", "    _get = ev.get", "    _h = []"]
         lines += [f"    {var} = _get({fname!r})" for fname, var in fields.items()]
-        lines += [f"    {var} = {fn}(ev)" for fn, var in derived.items()]
+        lines += [f"    {var} = _U" for var in derived.values()]
         lines += [*body, "    return _h"]
         code = compile("\n".join(lines), f"<rules dispatch {name}>", "exec")
         scope: dict[str, Any] = {}
@@ -506,28 +528,18 @@ class Compiler:
         return fn
 
     def gen(self, node: Node, allowed: set[str] | None, stack: tuple[str, ...]) -> str:
-        """Python source of ``node``. With ``self.etype`` set (compiling for one event type), tests of
-        ``evt.type`` are folded to True/False and the folding propagates through and/or/not."""
         kind = node[0]
-        if kind in ("and", "or"):
-            absorbing, neutral = ("False", "True") if kind == "and" else ("True", "False")
-            parts = [self.gen(n, allowed, stack) for n in node[1]]
-            if absorbing in parts:
-                return absorbing
-            parts = [p for p in parts if p != neutral]
-            if not parts:
-                return neutral
-            return parts[0] if len(parts) == 1 else f" {kind} ".join(f"({p})" for p in parts)
+        if kind == "and":
+            return " and ".join(f"({self.gen(n, allowed, stack)})" for n in node[1])
+        if kind == "or":
+            return " or ".join(f"({self.gen(n, allowed, stack)})" for n in node[1])
         if kind == "not":
-            inner = self.gen(node[1], allowed, stack)
-            return {"True": "False", "False": "True"}.get(inner, f"not ({inner})")
+            return f"not ({self.gen(node[1], allowed, stack)})"
         if kind == "macro":
             name = node[1]
             return self.gen(self.macro(name, stack), allowed, (*stack, name))
-        if node[1] == "evt.type" and self.etype is not None and node[2] in ("=", "!=", "in"):
-            values = {text for text, _, _ in node[3]}
-            hit = self.etype in values
-            return str(hit if node[2] != "!=" else not hit)
+        if kind == "const":
+            return str(bool(node[1]))
         return self.cmp(node, allowed, stack)
 
     def accessor(self, fname: str) -> str:

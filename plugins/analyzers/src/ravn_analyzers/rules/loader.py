@@ -154,6 +154,8 @@ class Rule:
     count: int = 0
     step_by: dict[str, str] = field(default_factory=dict)  # event type -> key field, for steps with their own by
     srcs: dict[str, Parts] = field(default_factory=dict)  # event type -> (conjuncts, exceptions) of ``match``
+    keyfns: dict[str, Any] = field(default_factory=dict)  # event type -> key getter (set by the engine)
+    distinctfn: Any = None  # getter of the threshold's distinct field (set by the engine)
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "score": self.score, "tags": self.tags,
