@@ -240,3 +240,24 @@ def test_window_cap_per_call_leaves_the_rest_for_the_next_call(cyclic_model: Any
     second = an.analyze([], ctx())  # nothing new arrives: the backlog is still scored
     assert an.counters["windows"] == 20 and an.counters["runs"] == 2
     assert sorted(a.pid for a in first + second) == list(range(1, 11))
+
+
+def test_shipped_default_model() -> None:
+    """The packaged model loads through the default config, is small, says what it is, and is calibrated."""
+    path = Path(default_model_path())
+    assert path.is_file() and path.stat().st_size < 5 * 1024 * 1024
+    an = OnnxAnalyzer("analyzer_onnx", OnnxConfig(), make_context("onnx"))
+    h = an.health()
+    assert h.state == "ok", h.detail
+    assert an.scorer is not None
+    info = an.scorer.info
+    assert info.name == "ravn-benign-lm" and info.version.startswith("1.")
+    assert info.calibration.n_heldout >= 100
+    t1, t01 = info.calibration.threshold(0.01), info.calibration.threshold(0.001)
+    assert 0 < t1 < t01
+    assert {"@exec", "@exit", "@fork", "59", "231"} <= set(info.vocab)  # execve, exit_group
+    # a burst of syscalls no benign process in training made, in a shell-spawning pattern: alerts
+    odd = [{"evt.type": "exec", "proc.pid": 4242, "proc.comm": "x", "exec.filename": "/tmp/x", "exec.ret": 0}]
+    odd += syscalls(4242, [101, 41, 42, 33, 33, 33, 59, 321, 310, 101] * 8, "x")
+    alerts = an.analyze([*odd, {"evt.type": "exit", "proc.pid": 4242}], ctx())
+    assert len(alerts) == 1 and alerts[0].rule == "ravn-benign-lm" and alerts[0].score >= 50
