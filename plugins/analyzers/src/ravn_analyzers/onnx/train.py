@@ -52,7 +52,7 @@ class TrainParams:
     window: int = 256
     crop: int = 128
     batch: int = 64
-    steps: int = 1500
+    steps: int = 3000
     lr: float = 3e-3
     unk_rate: float = 0.002
     min_count: int = 1
