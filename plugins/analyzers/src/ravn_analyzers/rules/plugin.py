@@ -7,7 +7,7 @@ factory and its typed config model to the analyzer registry. The factory is call
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ravn_core import hookimpl
 
@@ -21,3 +21,11 @@ def ravn_register_analyzers(registry: AnalyzerRegistry) -> None:
     from ravn_analyzers.rules.engine import RulesAnalyzer, RulesConfig
 
     registry.add("analyzer_rules", RulesAnalyzer, RulesConfig, "YAML rules: conditions, sequences, thresholds")
+
+
+@hookimpl
+def ravn_add_commands(subparsers: Any) -> None:
+    """``ravn rules check FILE...`` and ``ravn rules list`` (rules/cli.py)."""
+    from ravn_analyzers.rules.cli import add_rules_command
+
+    add_rules_command(subparsers)
