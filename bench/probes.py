@@ -198,8 +198,9 @@ def agent() -> int:
     host.load()
     host.register_components()
     sources, failed = {}, {}
+    only = set(filter(None, os.environ.get("RAVN_BENCH_PROBES", "").split(",")))  # default: every ebpf_* probe
     for reg in host.sources:
-        if not reg.name.startswith("ebpf_"):
+        if not reg.name.startswith("ebpf_") or (only and reg.name not in only):
             continue
         try:
             src = reg.factory(reg.name, reg.config_model(), make_context(reg.name, ravn_pid=os.getpid()))
@@ -235,9 +236,10 @@ def agent() -> int:
 
 
 class Agent:
-    def __init__(self) -> None:
+    def __init__(self, only: str = "") -> None:
+        env = {**os.environ, "RAVN_BENCH_PROBES": only}
         self.proc = subprocess.Popen([sys.executable, __file__, "--agent"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, text=True, env=env)
         assert self.proc.stdout
         self.info: dict[str, Any] = json.loads(self.proc.stdout.readline())
         time.sleep(1.0)  # let the compile/attach burst settle
