@@ -59,9 +59,12 @@ def config(base: Path, analyzers: str = "rules") -> dict[str, Any]:
         analyzer_sections.append(rules)
     if analyzers in ("onnx", "both"):
         analyzer_sections.append({"plugin": "analyzer_onnx"})
+    # the ML model reads the syscall probe's per-process windows; the rules do not need it
+    syscall = [{"plugin": "ebpf_syscall"}] if analyzers in ("onnx", "both") else []
     return {
         "ravn": {"state_dir": f"{base}/state", "log_level": "info", "memory_limit_mb": 2048},
         "sources": [
+            *syscall,
             # every family but `capable` (no rule reads it, and cap_capable is the busiest tracepoint)
             {"plugin": "ebpf_security", "events": [e for e in ALL_EVENTS if e != "capable"]},
             {"plugin": "ebpf_network"},
