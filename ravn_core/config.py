@@ -173,23 +173,22 @@ class RavnConfig:
 
 
 # ---------------------------------------------------------------------------------------------- YAML with lines
-def _to_python(node: yaml.Node, path: Path_, lines: dict[Path_, int], where: str) -> Any:
+def _to_python(node: yaml.Node, path: Path_, lines: dict[Path_, int], where: str,
+               scalars: yaml.SafeLoader) -> Any:
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node)) if not isinstance(key_node, yaml.ScalarNode) else None
-            if isinstance(key_node, yaml.ScalarNode):
-                key = key_node.value
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str):
                 raise ConfigError(f"{where}:{key_node.start_mark.line + 1}: keys must be strings")
             if key in out:
                 raise ConfigError(f"{where}:{key_node.start_mark.line + 1}: {_fmt((*path, key))}: duplicate key")
-            out[key] = _to_python(value_node, (*path, key), lines, where)
+            out[key] = _to_python(value_node, (*path, key), lines, where, scalars)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(n, (*path, i), lines, where) for i, n in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
+        return [_to_python(n, (*path, i), lines, where, scalars) for i, n in enumerate(node.value)]
+    return scalars.construct_object(node, deep=True)
 
 
 def _fmt(path: Path_) -> str:
@@ -223,7 +222,8 @@ def parse_yaml(text: str, where: str = "<config>") -> tuple[dict[str, Any], dict
     if node is None:
         return {}, lines
     try:
-        data = _to_python(node, (), lines, where)
+        # a SafeLoader's constructor resolves scalar nodes (null, ints, timestamps...) the safe way
+        data = _to_python(node, (), lines, where, yaml.SafeLoader(""))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: malformed YAML: {exc}") from None
     if not isinstance(data, dict):

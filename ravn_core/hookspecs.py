@@ -90,7 +90,7 @@ def ravn_add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
 
     Called once by ``ravn_core.cli.main()`` on the main thread, before arguments are parsed, after plugins
     are loaded. Call ``subparsers.add_parser(name, help=...)`` and ``parser.set_defaults(func=handler)``,
-    where ``handler(args) -> int`` returns the exit code.
+    where ``handler(args, host) -> int`` (``host``: the loaded PluginHost) returns the exit code.
     Errors: an exception aborts the CLI, naming the plugin.
     """
 

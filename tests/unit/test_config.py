@@ -135,3 +135,14 @@ def test_shipped_configs_validate_with_installed_plugins() -> None:
 
     for name in ("ravn.yaml", "ravn.example.yaml"):
         assert main(["config", "check", str(ROOT / "config" / name)]) == 0, name
+
+
+def test_empty_values_and_scalars_parse(host) -> None:  # type: ignore[no-untyped-def]
+    data, lines = parse_yaml("sources:\nsinks: []\nravn:\n  host: ~\n  queue_batches: 0x10\n")
+    assert data == {"sources": None, "sinks": [], "ravn": {"host": None, "queue_batches": 16}}
+    assert lines[("ravn", "queue_batches")] == 5
+
+
+def test_empty_section_is_a_clear_error(host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    msg = check(host, "sources:\n", tmp_path)
+    assert msg.startswith(f"{tmp_path / 'ravn.yaml'}:1: sources:") and "list" in msg, msg
