@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ravn_core.builtin.health import rss_bytes
+from ravn_core.builtin.health import anon_rss_bytes, rss_bytes, trim_heap
 from ravn_core.components import (
     Alert,
     BatchContext,
@@ -248,6 +248,7 @@ class Runtime:
             self._close_all()
             raise
         self.started_at = time.time()
+        trim_heap()  # BCC's compiler leaves tens of MB of freed heap behind
         if self._wants("analysis") and self.role != "replay":
             tree = self._tree(self.hostname)
             try:
@@ -662,19 +663,22 @@ class Runtime:
                 self._spawn(name, fn, *args)
 
     def _check_memory(self) -> None:
-        rss = rss_bytes()
+        rss = anon_rss_bytes()
         limit = self.core.memory_limit_mb * 1024 * 1024
         if rss <= limit:
             return
         for tree in self.trees.values():
             tree.shrink(0.5)
+        trim_heap()
         now = time.monotonic()
         if now - self._last_memory_alert > 300 or not self._last_memory_alert:
             self._last_memory_alert = now
             mb = rss / 1048576
-            log.error("RSS %.0f MB is over the %.0f MB limit; process trees trimmed", mb, self.core.memory_limit_mb)
-            self.self_alert("ravn_memory_limit", 60, f"RAVN uses {mb:.0f} MB, over its {self.core.memory_limit_mb:.0f}"
-                            " MB limit; caches trimmed", {"rss_bytes": rss, "limit_bytes": limit})
+            log.error("private memory %.0f MB is over the %.0f MB limit; process trees trimmed", mb,
+                      self.core.memory_limit_mb)
+            self.self_alert("ravn_memory_limit", 60, f"RAVN uses {mb:.0f} MB of private memory, over its "
+                            f"{self.core.memory_limit_mb:.0f} MB limit; caches trimmed",
+                            {"rss_bytes": rss, "total_rss_bytes": rss_bytes(), "limit_bytes": limit})
 
     def _check_drops(self, healths: dict[str, Health]) -> None:
         accepted = sum(s.accepted for s in self.sources)
@@ -835,7 +839,7 @@ class Runtime:
             "level": mine["level"], "score": mine["score"], "hosts": threat,
             "health": "degraded" if degraded else "ok", "degraded": degraded,
             "components": components, "threads": threads, "stats": self.stats(),
-            "latency_s": self.latency_quantiles(), "rss_bytes": rss_bytes(),
+            "latency_s": self.latency_quantiles(), "rss_bytes": rss_bytes(), "anon_rss_bytes": anon_rss_bytes(),
             "recent_alerts": [a.to_dict() for a in list(self.recent_alerts)[-10:]],
         }
 
