@@ -268,6 +268,7 @@ class RedisTransport(Transport):
                     raise r
                 self._spool.pop(i)
                 self.counters["published"] += i
+                self.counters["published_events"] += sum(e.events for e in entries[:i])
                 raise r
         return len(entries)
 
@@ -282,7 +283,10 @@ class RedisTransport(Transport):
                 by_key.setdefault(e.key, set()).add(e.batch_id)
             have: set[str] = set()
             for key, ids in by_key.items():
-                window = len(ids) * 4 + 64 if self.cfg.stream_per != "fleet" else len(ids) * 16 + 1024
+                # Only this agent writes its host stream and the sender is sequential: the in-flight batches are
+                # the newest entries. A shared key (fleet stream, list mode) interleaves other agents' batches.
+                own_key = self.cfg.mode == "stream" and self.cfg.stream_per != "fleet"
+                window = len(ids) + 16 if own_key else len(ids) * 4 + 64
                 if self.cfg.mode == "stream":
                     for _id, fields in self.client.xrevrange(key, count=window):
                         bid = (fields or {}).get(b"b", b"").decode(errors="replace")
