@@ -79,12 +79,17 @@ def test_windows_of_many_processes_go_in_one_run_per_batch(cyclic_model: Any) ->
 
 
 def test_exit_and_idle_flush_score_partial_windows(cyclic_model: Any) -> None:
-    an = build(cyclic_model(), idle_flush_s=5)
+    an = build(cyclic_model(), idle_flush_s=5, exit_grace_s=2)
     # 20 scrambled tokens: under min_events (32) and under one window -> nothing yet
     assert an.analyze(syscalls(7, scrambled(20)), ctx(now=100.0)) == []
-    # an exit flushes: 20 >= exit_min_events (8) -> final score
-    alerts = an.analyze([{"evt.type": "exit", "proc.pid": 7, "proc.comm": "worker", "exit.code": 0}], ctx(now=101))
-    assert len(alerts) == 1 and alerts[0].evidence["final"] is True
+    # the exit event comes before the process's last syscall summary: nothing final yet
+    assert an.analyze([{"evt.type": "exit", "proc.pid": 7, "proc.comm": "worker", "exit.code": 0}],
+                      ctx(now=101.0)) == []
+    assert an.analyze(syscalls(7, scrambled(5)), ctx(now=101.5)) == []  # the late summary still counts
+    assert an.tick(ctx(now=102.0)) == []
+    alerts = an.tick(ctx(now=103.5))  # exit_grace_s after the exit: final score over 20 + 1 + 5 tokens
+    assert len(alerts) == 1 and alerts[0].evidence["final"] is True and alerts[0].evidence["events_scored"] == 26
+    assert an.health().counters["processes"] == 0
     # idle process: tick flushes after idle_flush_s
     assert an.analyze(syscalls(8, scrambled(20)), ctx(now=200.0)) == []
     assert an.tick(ctx(now=202.0)) == []
@@ -92,15 +97,25 @@ def test_exit_and_idle_flush_score_partial_windows(cyclic_model: Any) -> None:
     assert [a.pid for a in alerts] == [8]
 
 
+def test_pid_reuse_after_exit_finalizes_the_old_process(cyclic_model: Any) -> None:
+    an = build(cyclic_model(), exit_grace_s=60)
+    an.analyze([*syscalls(9, scrambled(20)), {"evt.type": "exit", "proc.pid": 9}], ctx(now=10.0))
+    fork = {"evt.type": "fork", "proc.pid": 1, "proc.comm": "init", "fork.child_pid": 9, "fork.child_tid": 9}
+    alerts = an.analyze([fork, *syscalls(9, cyclic(5), "new")], ctx(now=11.0))
+    assert len(alerts) == 1 and alerts[0].comm == "worker"  # the old process, scored at once
+    assert an.health().counters["processes"] == 2  # pid 1 (its @fork token) and the new pid 9
+
+
 def test_other_probe_events_are_tokens(cyclic_model: Any) -> None:
     an = build(cyclic_model())
     exec_ev = {"evt.type": "exec", "proc.pid": 9, "proc.comm": "sh", "exec.filename": "/bin/sh", "exec.ret": 0}
     batch = syscalls(9, cyclic(10)) + [exec_ev] * 30 + syscalls(9, cyclic(10))
-    alerts = an.analyze([*batch, {"evt.type": "exit", "proc.pid": 9}], ctx())
+    alerts = an.analyze([*batch, {"evt.type": "exit", "proc.pid": 9}], ctx(now=50.0)) + an.tick(ctx(now=60.0))
     assert len(alerts) == 1  # @exec:shell is not in the model's vocabulary: unknown tokens are surprising
     assert "@exec:shell" in alerts[0].evidence["window"]["tokens"] and "T1059.004" in alerts[0].tags
     quiet = build(cyclic_model("b.onnx"), other_events=False)
-    assert quiet.analyze([*batch, {"evt.type": "exit", "proc.pid": 9}], ctx()) == []
+    assert quiet.analyze([*batch, {"evt.type": "exit", "proc.pid": 9}], ctx(now=50.0)) == []
+    assert quiet.tick(ctx(now=60.0)) == []
 
 
 # ---------------------------------------------------------------------------------------------- fallbacks
@@ -259,5 +274,6 @@ def test_shipped_default_model() -> None:
     # a burst of syscalls no benign process in training made, in a shell-spawning pattern: alerts
     odd = [{"evt.type": "exec", "proc.pid": 4242, "proc.comm": "x", "exec.filename": "/tmp/x", "exec.ret": 0}]
     odd += syscalls(4242, [101, 41, 42, 33, 33, 33, 59, 321, 310, 101] * 8, "x")
-    alerts = an.analyze([*odd, {"evt.type": "exit", "proc.pid": 4242}], ctx())
+    alerts = an.analyze([*odd, {"evt.type": "exit", "proc.pid": 4242}], ctx(now=1000.0))
+    alerts += an.tick(ctx(now=1010.0))
     assert len(alerts) == 1 and alerts[0].rule == "ravn-benign-lm" and alerts[0].score >= 50

@@ -52,17 +52,19 @@ def recorded(path: Path, processes: int = 120, seed: int = 0) -> Path:
     return path
 
 
-def test_read_sequences_groups_by_process_and_splits_at_exit(tmp_path: Path) -> None:
+def test_read_sequences_groups_by_process_and_splits_at_pid_reuse(tmp_path: Path) -> None:
     p = tmp_path / "ev.jsonl"
     lines = [{"evt.type": "syscall", "proc.pid": 5, "syscall.nr": 0},
              {"evt.type": "syscall", "proc.pid": 6, "syscall.nr": 1},
              {"evt.type": "exit", "proc.pid": 5},
-             {"evt.type": "syscall", "proc.pid": 5, "syscall.nr": 2},  # pid reused: a new process
+             {"evt.type": "syscall_summary", "proc.pid": 5, "syscall.seq": [231], "syscall.total": 1},  # late
+             {"evt.type": "fork", "proc.pid": 1, "fork.child_pid": 5},  # pid 5 reused: a new process
+             {"evt.type": "syscall", "proc.pid": 5, "syscall.nr": 2},
              {"evt.type": "syscall_summary", "proc.pid": 6, "syscall.seq": [3, 4], "syscall.total": 9}]
     p.write_text("".join(json.dumps(x) + "\n" for x in lines) + "[1]\n")
     seqs, stats = read_sequences([str(p)], min_tokens=1)
-    assert sorted(seqs) == [["0", "@exit"], ["1", "@gap", "3", "4"], ["2"]]
-    assert stats["bad_lines"] == 1 and stats["events"] == 5
+    assert sorted(seqs) == [["0", "@exit", "231"], ["1", "@gap", "3", "4"], ["2"], ["@fork"]]
+    assert stats["bad_lines"] == 1 and stats["events"] == 7
 
 
 def test_ravn_train_learns_normal_behaviour(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ every process in the batch is stacked and scored in ONE ``session.run``. The mod
 surprise (negative log-likelihood, nats); a process's score is the mean surprise over its last ``horizon``
 scored tokens. That mean is mapped to 0-100 through the model's calibration (the threshold at ``fa_rate`` on
 held-back normal processes maps to 50, the one at ``strong_fa_rate`` to 75) and an alert is raised when it
-reaches ``alert_score``. Exits and idle processes (``tick``) flush their partial window for a final score.
+reaches ``alert_score``. An exited process (``exit_grace_s`` after its exit event, which comes before its last
+syscall summary) and an idle one get a final score on their partial window in ``tick``.
 
 The analyzer never folds or threat-scores: that is the core's job (ravn_core/threat.py).
 
@@ -73,6 +74,8 @@ class OnnxConfig(PluginConfig):
                                                          "SIGHUP or a new model file always retries)")
     max_windows_per_batch: int = Field(128, ge=1, description="windows scored per analyze call (bounds its latency); "
                                                                   "the rest wait for the next call")
+    exit_grace_s: float = Field(3.0, ge=0, description="after a process's exit event, wait this long for its last "
+                                                       "syscall summary before its final score")
     idle_flush_s: float = Field(10.0, ge=0, description="tick scores the partial window of a process idle this "
                                                         "long (0: only at exit)")
     max_processes: int = Field(16384, ge=16, description="processes tracked at once (least recent dropped)")
@@ -84,7 +87,8 @@ class OnnxConfig(PluginConfig):
 
 
 class _Proc:
-    __slots__ = ("alerted_at", "alerted_score", "best", "comm", "last", "pending_toks", "recent", "score", "win")
+    __slots__ = ("alerted_at", "alerted_score", "best", "comm", "exited_at", "last", "pending_toks", "recent", "score",
+                 "win")
 
     def __init__(self, window: int, context: int, horizon: int) -> None:
         self.win = Windower(window, context)
@@ -92,6 +96,7 @@ class _Proc:
         self.score = RunningScore(horizon)
         self.comm = ""
         self.last = 0.0
+        self.exited_at = 0.0  # when its exit event arrived (0: running)
         self.alerted_at = 0.0
         self.alerted_score = 0
         self.recent: list[str] = []  # tokens of the window just scored (evidence)
@@ -208,10 +213,16 @@ class OnnxAnalyzer(Analyzer):
         now = ctx.now
         other = self.config.other_events
         ready: list[tuple[tuple[str, int], _Proc]] = []
-        exited: list[tuple[tuple[str, int], _Proc]] = []
+        final: list[tuple[tuple[str, int], _Proc]] = []
         touched: dict[tuple[str, int], _Proc] = {}
         for ev in batch:
             etype = ev.get("evt.type")
+            if etype == "fork":  # a pid reused by a new process: the exited one it belonged to is complete
+                ckey = (host, ev.get("fork.child_pid", 0))
+                old = procs.get(ckey)
+                if old is not None and old.exited_at:
+                    final.append((ckey, procs.pop(ckey)))
+                    touched.pop(ckey, None)
             if not other and etype not in ("syscall", "syscall_summary"):
                 continue
             toks = event_tokens(ev)
@@ -234,20 +245,18 @@ class OnnxAnalyzer(Analyzer):
                 touched[key] = p
                 self.counters["tokens"] += len(toks)
             if etype == "exit":
-                exited.append((key, p))
-        exited_keys = {k for k, _ in exited}
+                # not final yet: its last syscall summary usually arrives after the exit event (tick scores it
+                # exit_grace_s later, or a fork reusing the pid does)
+                p.exited_at = now
         for key in self._backlog:  # ready windows left over by an earlier call's cap go first
             bp = procs.get(key)
             if bp is not None and key not in touched:
                 touched[key] = bp
         self._backlog.clear()
         for key, p in touched.items():
-            if p.win.ready() and key not in exited_keys:
+            if p.win.ready():
                 ready.append((key, p))
-        alerts = self._score(ready, exited, ctx)
-        for key, _ in exited:
-            procs.pop(key, None)
-        return alerts
+        return self._score(ready, final, ctx)
 
     def _encode(self, toks: list[str]) -> list[int]:
         ids = self._ids
@@ -261,11 +270,17 @@ class OnnxAnalyzer(Analyzer):
         elif (self.scorer is None and self.retryable and self.config.retry_after_s > 0
               and time.monotonic() - self.degraded_since >= self.config.retry_after_s):
             self._load()
-        if self.scorer is None or self.config.idle_flush_s <= 0:
+        if self.scorer is None:
             return []
+        now = ctx.now
+        grace, idle_s = self.config.exit_grace_s, self.config.idle_flush_s
+        done = [(k, p) for k, p in self._procs.items() if p.exited_at and now - p.exited_at >= grace]
+        for k, _ in done:
+            del self._procs[k]
         idle = [(k, p) for k, p in self._procs.items()
-                if p.win.pending and ctx.now - p.last >= self.config.idle_flush_s]
-        return self._score([], idle, ctx) if idle else []
+                if idle_s > 0 and p.win.pending and not p.exited_at and now - p.last >= idle_s]
+        finals = [(k, p) for k, p in done if p.win.pending] + idle
+        return self._score([], finals, ctx) if finals else []
 
     def _score(self, ready: list[tuple[tuple[str, int], _Proc]], final: list[tuple[tuple[str, int], _Proc]],
                ctx: BatchContext) -> list[Alert]:

@@ -3,7 +3,8 @@
     ravn train --events recorded.jsonl [--events more.jsonl] --output model.onnx [--steps N] [--name NAME]
 
 The events (one JSON object per line, fields as in ravn_core/events.py) are grouped into one token stream per
-process (``proc.pid``; an ``exit`` event ends a stream, so a reused pid starts a new one) and tokenized as the
+process (``proc.pid``; the stream of an exited process stays open for its last syscall summary, which the probe
+flushes after the exit event, and ends when a ``fork`` reuses the pid) and tokenized as the
 analyzer does (tokens.py). A share of the processes is held back for calibration. The ONNX model carries its
 feature schema, version and calibration in its metadata (model.py). Needs torch (the ``train`` extra).
 """
@@ -41,6 +42,7 @@ def add_train_command(subparsers: Any) -> None:
 def read_sequences(paths: Iterable[str], min_tokens: int = 2) -> tuple[list[list[str]], dict[str, int]]:
     """Token streams per process from JSONL files, in file order. Returns (sequences, stats)."""
     open_streams: dict[tuple[str, int], list[str]] = {}
+    exited: set[tuple[str, int]] = set()
     done: list[list[str]] = []
     stats = {"events": 0, "bad_lines": 0, "tokens": 0}
     for path in paths:
@@ -61,15 +63,21 @@ def read_sequences(paths: Iterable[str], min_tokens: int = 2) -> tuple[list[list
                 pid = ev.get("proc.pid")
                 if not isinstance(pid, int):
                     continue
-                key = (str(ev.get("host", "")), pid)
+                host = str(ev.get("host", ""))
+                key = (host, pid)
+                if ev.get("evt.type") == "fork":  # pid reuse: the exited process it belonged to is complete
+                    ckey = (host, ev.get("fork.child_pid", 0))
+                    if ckey in exited:
+                        exited.discard(ckey)
+                        seq = open_streams.pop(ckey, None)
+                        if seq:
+                            done.append(seq)
                 toks = event_tokens(ev)
                 if toks:
                     open_streams.setdefault(key, []).extend(toks)
                     stats["tokens"] += len(toks)
                 if ev.get("evt.type") == "exit":
-                    seq = open_streams.pop(key, None)
-                    if seq:
-                        done.append(seq)
+                    exited.add(key)  # its last syscall summary usually follows: the stream stays open
     done.extend(open_streams.values())
     seqs = [s for s in done if len(s) >= min_tokens]
     stats["processes"] = len(seqs)
