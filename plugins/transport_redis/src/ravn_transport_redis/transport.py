@@ -458,13 +458,23 @@ class RedisTransport(Transport):
                 else:
                     decoded = decode_list(entry)
             except DecodeError as exc:
-                self._dead_letter(key, entry, fields, str(exc))
-                continue
+                reason = str(exc)
             except CONNECTION_ERRORS as exc:
                 with self._lock:
                     self._ready.appendleft((key, entry, fields, fetched))
                 self._recv_failed(exc)
                 return None
+            else:
+                reason = ""
+            if reason:
+                try:
+                    self._dead_letter(key, entry, fields, reason)
+                except CONNECTION_ERRORS as exc:  # still pending on us: dead-lettered on a later try
+                    with self._lock:
+                        self._ready.appendleft((key, entry, fields, fetched))
+                    self._recv_failed(exc)
+                    return None
+                continue
             if not self._first_sight(key, entry, decoded):
                 continue
             self.counters["consumed"] += 1
