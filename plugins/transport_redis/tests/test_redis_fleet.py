@@ -117,6 +117,55 @@ def test_two_ravn_analyze_workers_share_the_fleet(redis_server: RedisServer, mak
     assert all(p.returncode == 0 for p in procs)
 
 
+def test_ravn_analyze_worker_sigkilled_the_other_takes_over(redis_server: RedisServer, make_transport: Made,
+                                                            tmp_path: Path) -> None:
+    """At-least-once through the CLI: worker 0 is SIGKILLed while it works; worker 1 reclaims what it held.
+    Every batch raises its alert at least once; only batches worker 0 held when it died may repeat."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULE)
+
+    def start(w: int) -> subprocess.Popen[bytes]:
+        cfg = _yaml(tmp_path / f"w{w}.yaml", {
+            "ravn": {"host": f"worker{w}", "state_dir": str(tmp_path / f"w{w}"), "http_listen": ""},
+            "transport": {**_transport(redis_server.port), "claim_idle_ms": 1000, "read_count": 4},
+            "analyzers": [{"plugin": "analyzer_rules", "rule_files": [str(rules)]}],
+            "sinks": [{"plugin": "jsonl", "path": str(tmp_path / f"w{w}.jsonl")}],
+        })
+        return subprocess.Popen([RAVN, "analyze", "--config", str(cfg)], stdout=subprocess.DEVNULL,
+                                stderr=open(tmp_path / f"w{w}.log", "w"))
+
+    def numbers(w: int) -> list[int]:
+        p = tmp_path / f"w{w}.jsonl"
+        lines = p.read_text().splitlines() if p.exists() else []
+        return [int(a["description"].rsplit("batch-", 1)[1]) for a in map(json.loads, lines)
+                if a.get("rule") == "fleet_test_marker"]
+
+    victim = start(0)
+    survivor = None
+    try:
+        agent = make_transport(redis_server, host="agent0")
+        for n in range(300):
+            agent.publish("agent0", _marker_batch(n))
+        agent.flush(10)
+        assert wait_for(lambda: len(numbers(0)) >= 20, 20), (tmp_path / "w0.log").read_text()[-2000:]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(5)
+        r = redis.Redis(port=redis_server.port)
+        held = r.xpending("ravn:events:{agent0}", "ravn-analyzers")["pending"]
+        survivor = start(1)
+        assert wait_for(lambda: set(numbers(0)) | set(numbers(1)) == set(range(300)), 30), (
+            sorted(set(range(300)) - set(numbers(0)) - set(numbers(1)))[:20])
+    finally:
+        for p in (victim, survivor):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(15)
+    assert held >= 1  # it died holding work
+    repeated = len(numbers(0)) + len(numbers(1)) - 300
+    assert 0 <= repeated <= held  # nothing lost; at most what it held is analyzed twice
+    assert r.xpending("ravn:events:{agent0}", "ravn-analyzers")["pending"] == 0
+
+
 @pytest.mark.kernel
 def test_ravn_agent_publishes_real_kernel_events(redis_server: RedisServer, make_transport: Made,
                                                  tmp_path: Path) -> None:
