@@ -277,3 +277,16 @@ def test_shipped_default_model() -> None:
     alerts = an.analyze([*odd, {"evt.type": "exit", "proc.pid": 4242}], ctx(now=1000.0))
     alerts += an.tick(ctx(now=1010.0))
     assert len(alerts) == 1 and alerts[0].rule == "ravn-benign-lm" and alerts[0].score >= 50
+
+
+def test_exit_grace_by_event_time_for_replays(cyclic_model: Any) -> None:
+    """A replay runs faster than the events happened: exit_grace_s is also counted in evt.ts."""
+    an = build(cyclic_model(), exit_grace_s=2)
+    sec = 1_000_000_000
+    evs = [{**e, "evt.ts": 100 * sec} for e in syscalls(7, scrambled(20))]
+    evs.append({"evt.type": "exit", "proc.pid": 7, "evt.ts": 100 * sec})
+    evs += [{**e, "evt.ts": 101 * sec} for e in syscalls(7, scrambled(3))]  # its late summary
+    assert an.analyze(evs, ctx(now=5.0)) == []
+    later = [{**e, "evt.ts": 103 * sec} for e in syscalls(8, cyclic(3))]  # another process, 3 s later
+    alerts = an.analyze(later, ctx(now=5.1))  # same wall clock, but event time passed the grace
+    assert [a.pid for a in alerts] == [7] and alerts[0].evidence["events_scored"] == 24

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from importlib import resources
 from typing import Any
 
@@ -124,6 +124,8 @@ class OnnxAnalyzer(Analyzer):
         self._strikes = 0
         self._procs: OrderedDict[tuple[str, int], _Proc] = OrderedDict()
         self._backlog: set[tuple[str, int]] = set()
+        self._exits: deque[tuple[int, tuple[str, int], _Proc]] = deque()  # (evt.ts deadline, key, process)
+        self._latest_ts = 0  # newest evt.ts seen (ns)
         self.counters: dict[str, float] = {
             "batches": 0, "runs": 0, "windows": 0, "tokens": 0, "alerts": 0, "fallbacks": 0, "reloads": 0,
             "last_run_ms": 0.0, "max_run_ms": 0.0, "over_budget": 0,
@@ -169,6 +171,7 @@ class OnnxAnalyzer(Analyzer):
                                      self.config.horizon or sc.horizon)
         self.t50 = self.config.threshold or info.calibration.threshold(self.config.fa_rate)
         self._procs.clear()
+        self._exits.clear()
         self._strikes = 0
         if self.reason:
             self.log.warning("model %s %s back in use (was: %s)", info.name, info.version, self.reason)
@@ -198,6 +201,7 @@ class OnnxAnalyzer(Analyzer):
         self.degraded_since = time.monotonic()
         self.scorer = None
         self._procs.clear()
+        self._exits.clear()
 
     def reload(self) -> None:
         self.counters["reloads"] += 1
@@ -215,6 +219,8 @@ class OnnxAnalyzer(Analyzer):
         ready: list[tuple[tuple[str, int], _Proc]] = []
         final: list[tuple[tuple[str, int], _Proc]] = []
         touched: dict[tuple[str, int], _Proc] = {}
+        latest = 0
+        grace_ns = int(self.config.exit_grace_s * 1e9)
         for ev in batch:
             etype = ev.get("evt.type")
             if etype == "fork":  # a pid reused by a new process: the exited one it belonged to is complete
@@ -244,10 +250,27 @@ class OnnxAnalyzer(Analyzer):
                 p.pending_toks.extend(toks)
                 touched[key] = p
                 self.counters["tokens"] += len(toks)
+            ts = ev.get("evt.ts")
+            if isinstance(ts, int) and ts > latest:
+                latest = ts
             if etype == "exit":
-                # not final yet: its last syscall summary usually arrives after the exit event (tick scores it
-                # exit_grace_s later, or a fork reusing the pid does)
+                # not final yet: its last syscall summary usually arrives after the exit event. It is scored
+                # exit_grace_s later, by event time (below; replays too) or by wall clock (tick), or when a fork
+                # reuses the pid.
                 p.exited_at = now
+                if isinstance(ts, int):
+                    self._exits.append((ts + grace_ns, key, p))
+        if latest > self._latest_ts:
+            self._latest_ts = latest
+        exits = self._exits
+        while exits and exits[0][0] <= self._latest_ts:
+            _, key, p = exits.popleft()
+            if procs.get(key) is p:
+                del procs[key]
+                touched.pop(key, None)
+                self._backlog.discard(key)
+                if p.win.pending:
+                    final.append((key, p))
         for key in self._backlog:  # ready windows left over by an earlier call's cap go first
             bp = procs.get(key)
             if bp is not None and key not in touched:
