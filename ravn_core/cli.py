@@ -286,6 +286,20 @@ def cmd_config_check(args: argparse.Namespace, host: PluginHost) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- main
+def entry() -> None:
+    """Console script ``ravn``: run ``main`` and exit without interpreter finalization.
+
+    Once a daemon role has stopped, everything is detached, flushed and closed; tearing down the interpreter
+    after that only risks native libraries (BCC's LLVM, onnxruntime) crashing in their destructors while a daemon
+    thread still exists, which would turn a clean stop into a signal exit. So the exit code is final here.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
@@ -312,6 +326,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
 
 __all__ = ["EXIT_CONFIG", "EXIT_ENVIRONMENT", "main"]
