@@ -88,7 +88,7 @@ class OnnxConfig(PluginConfig):
 
 class _Proc:
     __slots__ = ("alerted_at", "alerted_score", "best", "comm", "exited_at", "last", "pending_toks", "recent", "score",
-                 "win")
+                 "scored", "win")
 
     def __init__(self, window: int, context: int, horizon: int) -> None:
         self.win = Windower(window, context)
@@ -97,6 +97,7 @@ class _Proc:
         self.comm = ""
         self.last = 0.0
         self.exited_at = 0.0  # when its exit event arrived (0: running)
+        self.scored = False  # has had a score (counted once in processes_scored)
         self.alerted_at = 0.0
         self.alerted_score = 0
         self.recent: list[str] = []  # tokens of the window just scored (evidence)
@@ -128,7 +129,7 @@ class OnnxAnalyzer(Analyzer):
         self._latest_ts = 0  # newest evt.ts seen (ns)
         self.counters: dict[str, float] = {
             "batches": 0, "runs": 0, "windows": 0, "tokens": 0, "alerts": 0, "fallbacks": 0, "reloads": 0,
-            "last_run_ms": 0.0, "max_run_ms": 0.0, "over_budget": 0,
+            "last_run_ms": 0.0, "max_run_ms": 0.0, "over_budget": 0, "processes_scored": 0,
         }
         self._load()
 
@@ -372,6 +373,9 @@ class OnnxAnalyzer(Analyzer):
             enough = p.score.seen >= sc.min_events or (is_final and p.score.seen >= sc.exit_min_events)
             if not enough:
                 continue
+            if not p.scored:
+                p.scored = True
+                c["processes_scored"] += 1
             alert = self._maybe_alert(p, key, ctx, is_final)
             if alert is not None:
                 alerts.append(alert)
