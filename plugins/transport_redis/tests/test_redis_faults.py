@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from redis_helpers import Made, all_seqs, batches, drain
+from redis_helpers import Made, all_seqs, batches, drain, event
 
 from ravn_core.testing import RedisServer, wait_for
 
@@ -204,5 +204,36 @@ def test_restart_without_persistence_recovers_groups(make_transport: Made, mode:
         agent.flush(5)
         assert all_seqs(drain([worker], 50, timeout_s=10)) == list(range(50, 100))
         assert agent.health().state == "ok" and worker.health().state == "ok"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("mode", ["stream", "list"])
+def test_batches_delivered_in_a_reply_lost_with_the_connection_are_recovered(make_transport: Made,
+                                                                           mode: str) -> None:
+    """Redis (AOF) handed batches to this worker, then died before the reply arrived: after the reconnect the
+    worker takes them from its own pending list / processing list at once, not after claim_idle_ms."""
+    server = RedisServer("--appendonly", "yes", "--appendfsync", "always").start()
+    try:
+        agent = make_transport(server, mode=mode)
+        worker = make_transport(server, host="w", mode=mode, claim_idle_ms=60_000)
+        agent.publish("h1", [event(i) for i in range(10)])
+        agent.flush(5)
+        assert all_seqs(drain([worker], 10)) == list(range(10))  # batch 1; the worker is set up
+        for b in batches("h1", 10, 2, 10):
+            agent.publish("h1", b)
+        agent.flush(5)
+        r = redis.Redis(port=server.port)
+        if mode == "stream":  # what the lost reply delivered: the rest, pending on the worker's consumer
+            r.xreadgroup("ravn-analyzers", worker.consumer, {"ravn:events:{h1}": ">"})
+        else:
+            for _ in range(2):
+                r.lmove("ravn:events:raw", f"ravn:processing:{worker.consumer}", "RIGHT", "LEFT")
+        server.kill(signal.SIGKILL)
+        assert worker.consume(0.3) is None
+        server.start()
+        got = drain([worker], 20, timeout_s=5)
+        assert all_seqs(got) == list(range(10, 30))
+        assert worker.health().counters["recovered"] == 2
     finally:
         server.stop()

@@ -118,7 +118,7 @@ class RedisTransport(Transport):
         self.counters: dict[str, float] = dict.fromkeys(
             ("published", "published_events", "consumed", "consumed_events", "acked", "spooled", "dropped",
              "dropped_events", "dead_lettered", "reconnects", "reclaimed", "duplicates", "confirmed_on_reconnect",
-             "trimmed_unread", "send_errors", "lost_to_reclaim"), 0)
+             "trimmed_unread", "send_errors", "lost_to_reclaim", "recovered"), 0)
         self._last_error = ""
         # agent side
         self._seq = 0
@@ -358,7 +358,9 @@ class RedisTransport(Transport):
         if not self._recv_connected:
             self.counters["reconnects"] += 1
             self.log.info("redis %s reachable again (worker %s)", self.where, self.consumer)
-        self._recv_connected = True
+            self._recv_connected = True
+            if self._worker_ready:
+                self._recover_own()
 
     def _recv_failed(self, exc: BaseException) -> None:
         delay = self._recv_backoff.failed()
@@ -376,25 +378,42 @@ class RedisTransport(Transport):
             if self.cfg.mode == "list":
                 self._beat()
                 self.client.sadd(self.keys.workers, self.consumer)
-                own = self.client.lrange(self.keys.processing(self.consumer), 0, -1)
-                if own:
-                    self.log.info("recovering %d batches from this worker's processing list", len(own))
-                proc = self.keys.processing(self.consumer)
-                with self._lock:
-                    now = time.monotonic()
-                    self._ready.extend((proc, raw, None, now) for raw in reversed(own))
+                self._recover_own()
                 self._heartbeat = threading.Thread(target=self._heartbeat_loop, name=f"ravn-{self.name}-heartbeat",
                                                    daemon=True)
                 self._heartbeat.start()
             else:
                 self._discover()
-                # this consumer's own pending entries (a stable ``consumer`` name after a restart)
-                for key in self._streams:
-                    for _k, entries in self.client.xreadgroup(self.cfg.group, self.consumer, {key: "0"}) or []:
-                        with self._lock:
-                            now = time.monotonic()
-                            self._ready.extend((key, eid, f, now) for eid, f in entries)
+                self._recover_own()
             self._worker_ready = True
+
+    def _recover_own(self) -> None:
+        """Queue what Redis holds as ours: entries pending on this consumer (stream) or this worker's processing
+        list (list). At startup that is a previous run's work (a stable ``consumer`` name); after a reconnect it
+        is what a reply lost with the connection had delivered to us (Redis with AOF restarts with it pending on
+        us, and nobody would reclaim it before ``claim_idle_ms``). What we already hold is skipped by
+        ``_first_sight`` (in flight) or dropped as a duplicate (already acked)."""
+        now = time.monotonic()
+        if self.cfg.mode == "list":
+            proc = self.keys.processing(self.consumer)
+            own = self.client.lrange(proc, 0, -1)
+            with self._lock:
+                queued = {e for _k, e, _f, _t in self._ready}
+                todo = [raw for raw in reversed(own) if raw not in queued and (proc, raw) not in self._inflight]
+                self._ready.extendleft(reversed([(proc, raw, None, now) for raw in todo]))
+        else:
+            todo = []
+            for key in list(self._streams):
+                for _k, entries in self.client.xreadgroup(self.cfg.group, self.consumer, {key: "0"},
+                                                          count=10_000) or []:
+                    todo += [(key, eid, f, now) for eid, f in entries]
+            with self._lock:
+                queued = {(k, e) for k, e, _f, _t in self._ready}
+                todo = [t for t in todo if (t[0], t[1]) not in queued and (t[0], t[1]) not in self._inflight]
+                self._ready.extendleft(reversed(todo))
+        if todo:
+            self.log.info("recovered %d batches that Redis holds as this worker's (%s)", len(todo), self.consumer)
+            self.counters["recovered"] += len(todo)
 
     def _discover(self) -> None:
         """Read the stream registry; create the group on streams we have not seen."""
