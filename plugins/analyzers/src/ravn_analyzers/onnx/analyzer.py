@@ -78,7 +78,8 @@ class OnnxConfig(PluginConfig):
                                                        "syscall summary before its final score")
     idle_flush_s: float = Field(10.0, ge=0, description="tick scores the partial window of a process idle this "
                                                         "long (0: only at exit)")
-    max_processes: int = Field(16384, ge=16, description="processes tracked at once (least recent dropped)")
+    max_processes: int = Field(8192, ge=16, description="processes tracked at once (least recent dropped); "
+                                                        "about 4.7 KB each with 200 tokens pending")
     realert_s: float = Field(300.0, ge=0, description="no new alert for a process within this, unless its "
                                                       "score rose by 10 or more")
     threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads")
@@ -100,7 +101,7 @@ class _Proc:
         self.scored = False  # has had a score (counted once in processes_scored)
         self.alerted_at = 0.0
         self.alerted_score = 0
-        self.recent: list[str] = []  # tokens of the window just scored (evidence)
+        self.recent: list[str] = []  # the last context tokens (strings) of the window just scored
         self.best: tuple[float, list[str]] = (-1.0, [])  # highest-scoring window: (mean, tokens)
 
 
@@ -327,7 +328,7 @@ class OnnxAnalyzer(Analyzer):
                 new_toks = p.pending_toks[:n_new]
                 del p.pending_toks[:n_new]
                 toks = (p.recent[-start:] if start else []) + new_toks
-                p.recent = toks
+                p.recent = toks[-self.ctx_len:] if self.ctx_len else []  # the next window's context only
                 cuts.append((p, key, ids, toks, start, is_final))
             if len(cuts) >= cap:
                 break
@@ -366,7 +367,7 @@ class OnnxAnalyzer(Analyzer):
             p.score.add(s, n)
             wmean = s / n if n else 0.0
             if wmean > p.best[0]:
-                p.best = (wmean, toks[start:])
+                p.best = (wmean, toks[start:][-self.config.evidence_tokens:])  # bounded: evidence only
             last_of_proc = j + 1 == len(cuts) or cuts[j + 1][0] is not p
             if not last_of_proc:
                 continue
