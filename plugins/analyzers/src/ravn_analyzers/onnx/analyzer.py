@@ -41,7 +41,7 @@ from ravn_analyzers.onnx.model import (
     score_to_100,
 )
 from ravn_analyzers.onnx.tokens import TECHNIQUE_HINTS, display, event_tokens
-from ravn_core.components import Alert, Analyzer, BatchContext, Health, Level, PluginConfig, RuntimeContext
+from ravn_core.components import Alert, Analyzer, BatchContext, Health, PluginConfig, RuntimeContext
 from ravn_core.errors import DidNotEnable
 from ravn_core.events import Batch
 
@@ -64,6 +64,8 @@ class OnnxConfig(PluginConfig):
     strong_fa_rate: float = Field(0.001, gt=0, lt=1, description="calibrated rate whose threshold maps to 75")
     threshold: float | None = Field(None, gt=0, description="override: mean surprise (nats) that maps to 50")
     alert_score: int = Field(50, ge=1, le=100, description="alert when a process's 0-100 score reaches this")
+    max_score: int = Field(80, ge=1, le=100, description="ceiling of the model's alert scores: at the default 80 an "
+                           "anomaly alone is at most MEDIUM (HIGH is above 80) and needs a rule alert to escalate")
     min_events: int | None = Field(None, ge=1, description="scored tokens before a live process can alert "
                                                            "(default: the model's calibration setting)")
     exit_min_events: int | None = Field(None, ge=1, description="scored tokens for a final score at exit/idle")
@@ -397,6 +399,7 @@ class OnnxAnalyzer(Analyzer):
             score = score_to_100(value, cal, self.config.fa_rate, self.config.strong_fa_rate)
         if score < self.config.alert_score:
             return None
+        score = min(score, self.config.max_score)
         now = ctx.now
         if p.alerted_at and now - p.alerted_at < self.config.realert_s and score < p.alerted_score + 10:
             return None
@@ -411,7 +414,6 @@ class OnnxAnalyzer(Analyzer):
             hint = TECHNIQUE_HINTS.get(t)
             if hint and hint not in tags:
                 tags.append(hint)
-        level: Level = "HIGH" if score >= 75 else "MEDIUM"
         return Alert(
             analyzer=self.name,
             rule=info.name,
@@ -434,7 +436,6 @@ class OnnxAnalyzer(Analyzer):
                 "lineage": ctx.proctree.lineage(pid),
             },
             host=ctx.host,
-            level=level,
         )
 
     # ------------------------------------------------------------------------------------------ status
