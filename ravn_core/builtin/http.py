@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +96,8 @@ def enable_bpf_stats() -> int:
 
 
 def bpf_stats_enabled() -> bool:
+    """The sysctl ``kernel.bpf_stats_enabled``. It does not show statistics enabled through a BPF_ENABLE_STATS fd
+    (the kernel reports only the sysctl's own setting there)."""
     try:
         with open("/proc/sys/kernel/bpf_stats_enabled") as f:
             return f.read().strip() == "1"
@@ -119,8 +121,9 @@ def source_programs(component: Any) -> Iterator[tuple[str, int]]:
 class RavnCollector:
     """A prometheus_client collector that reads the runtime's counters on each scrape."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, stats_on: Callable[[], bool] = bpf_stats_enabled) -> None:
         self.runtime = runtime
+        self.stats_on = stats_on
 
     def describe(self) -> list[Metric]:
         return []  # unchecked collector: families are produced on scrape
@@ -259,8 +262,9 @@ class RavnCollector:
         yield GaugeMetricFamily("ravn_threads", "threads in the daemon", value=float(threading.active_count()))
 
         # ---- BPF programs
-        enabled = bpf_stats_enabled()
-        yield GaugeMetricFamily("ravn_bpf_stats_enabled", "1 when kernel.bpf_stats_enabled is on (run_time valid)",
+        enabled = self.stats_on()
+        yield GaugeMetricFamily("ravn_bpf_stats_enabled", "1 while kernel BPF statistics are on (ravn.bpf_stats or "
+                                "the sysctl kernel.bpf_stats_enabled)",
                                 value=1.0 if enabled else 0.0)
         rc = CounterMetricFamily("ravn_bpf_prog_run_count", "runs of each of RAVN's BPF programs "
                                  "(counted only while bpf stats are enabled)", labels=["source", "program", "id"])
@@ -278,13 +282,13 @@ class RavnCollector:
         yield from (rc, rtm)
 
 
-def metrics_registry(runtime: Runtime) -> Any:
+def metrics_registry(runtime: Runtime, stats_on: Callable[[], bool] = bpf_stats_enabled) -> Any:
     """A fresh CollectorRegistry with RAVN's collector and prometheus_client's process collector
     (``process_resident_memory_bytes``, ``process_cpu_seconds_total``, ``process_open_fds``, ...)."""
     from prometheus_client import CollectorRegistry, ProcessCollector
 
     registry = CollectorRegistry(auto_describe=False)
-    collector: Collector = RavnCollector(runtime)
+    collector: Collector = RavnCollector(runtime, stats_on)
     registry.register(collector)
     ProcessCollector(registry=registry)
     return registry
@@ -361,11 +365,14 @@ class HttpEndpoint:
         _Server.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.server = _Server((host, port), _Handler)
         self.server.runtime = runtime
-        self.server.registry = metrics_registry(runtime)
-        self.address = self.server.server_address
         self.stats_fd = -1
+        self.server.registry = metrics_registry(runtime, self.bpf_stats_on)
+        self.address = self.server.server_address
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
                                        name="ravn-http", daemon=True)
+
+    def bpf_stats_on(self) -> bool:
+        return self.stats_fd >= 0 or bpf_stats_enabled()
 
     @property
     def url(self) -> str:

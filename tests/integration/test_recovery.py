@@ -176,9 +176,9 @@ def test_component_over_its_error_budget_is_quarantined_while_the_rest_runs_on()
 
 # ---------------------------------------------------------------------------------------------- memory
 def test_memory_over_the_limit_alerts_through_the_sinks_and_trims_caches(tmp_path: Path) -> None:
-    from ravn_core.builtin.health import rss_bytes
+    from ravn_core.builtin.health import anon_rss_bytes
 
-    limit_mb = max(1.0, rss_bytes() / 1048576 / 2)  # well below what this process already uses
+    limit_mb = max(1.0, anon_rss_bytes() / 1048576 / 2)  # well below the private memory this process already uses
     config = {"ravn": {**FAST, "memory_limit_mb": limit_mb},
               "sources": [{"plugin": "paced_source", "batches_per_s": 20}],
               "analyzers": [{"plugin": "test_analyzer"}], "sinks": [{"plugin": "test_sink"}]}
@@ -241,20 +241,19 @@ def test_detached_probe_program_is_reattached_by_the_health_thread(tmp_path: Pat
         assert wait_for(lambda: probe.bpf is not None and probe.bpf is not old
                         and probe.attached() == len(probe._expected), 60)
         assert rt.status()["components"]["source:ebpf_network"]["state"] == "ok"
-        # and it reports again: a connect from this test shows up
-        srv = socket.socket()
-        srv.bind(("127.0.0.1", 0))
-        srv.listen(1)
-        port = srv.getsockname()[1]
+        # and it reports again: a connect (refused: nothing listens, still a connect event) shows up
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))  # bound, not listening
+        port = closed.getsockname()[1]
         before = slot.accepted
 
         def connect_seen() -> bool:
-            subprocess.run(["python3", "-c", f"import socket; socket.create_connection(('127.0.0.1', {port}))"],
+            subprocess.run(["python3", "-c", f"import socket; socket.socket().connect_ex(('127.0.0.1', {port}))"],
                            check=False, timeout=10)
             return slot.accepted > before
 
         assert wait_for(connect_seen, 20, 0.5)
-        srv.close()
+        closed.close()
     finally:
         rt.stop()
 

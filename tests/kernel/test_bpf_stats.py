@@ -30,7 +30,8 @@ def test_bpf_program_stats_in_metrics(tmp_path: Path) -> None:
     rt = Runtime(cfg, host)
     rt.start()
     try:
-        assert bpf_stats_enabled()  # switched on through BPF_ENABLE_STATS while RAVN runs
+        ep = endpoint_for(rt)
+        assert ep is not None and ep.stats_fd >= 0 and ep.bpf_stats_on()  # BPF_ENABLE_STATS fd held while running
         probe = rt.sources[0].component
         progs = dict(source_programs(probe))
         assert progs, "no program fds found on the probe"
@@ -46,9 +47,6 @@ def test_bpf_program_stats_in_metrics(tmp_path: Path) -> None:
                 bt = shown[info["id"]]
                 assert name.startswith(bt["name"]) or bt["name"].startswith(name[:15]), (name, bt["name"])
                 assert bt.get("run_cnt", 0) >= info["run_cnt"]  # read a moment later
-        ep = endpoint_for(rt)
-        assert ep is not None
-
         def scraped() -> dict[str, float]:
             with urllib.request.urlopen(f"{ep.url}/metrics", timeout=5) as r:
                 text = r.read().decode()
@@ -57,9 +55,11 @@ def test_bpf_program_stats_in_metrics(tmp_path: Path) -> None:
                 for s in fam.samples:
                     if s.name == "ravn_bpf_prog_run_count_total":
                         out[s.labels["program"]] = s.value
+                    if s.name == "ravn_bpf_stats_enabled":
+                        assert s.value == 1
             return out
 
         assert wait_for(lambda: set(scraped()) == set(progs) and max(scraped().values()) > 0, 5)
     finally:
         rt.stop()
-    assert bpf_stats_enabled() == was_on  # the stats fd is closed at stop
+    assert ep.stats_fd == -1 and bpf_stats_enabled() == was_on  # fd closed at stop; the sysctl never touched
