@@ -260,6 +260,10 @@ class RavnCollector:
         yield CounterMetricFamily("ravn_thread_restarts", "runtime threads found dead and restarted",
                                   value=float(stats.get("thread_restarts", 0)))
         yield GaugeMetricFamily("ravn_threads", "threads in the daemon", value=float(threading.active_count()))
+        yield GaugeMetricFamily("ravn_private_memory_bytes", "private (anonymous) resident memory, the figure "
+                                "ravn.memory_limit_mb applies to", value=float(status.get("anon_rss_bytes", 0)))
+        yield GaugeMetricFamily("ravn_memory_limit_bytes", "ravn.memory_limit_mb in bytes",
+                                value=float(rt.core.memory_limit_mb * 1048576))
 
         # ---- BPF programs
         enabled = self.stats_on()
