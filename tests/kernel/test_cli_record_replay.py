@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -17,8 +18,10 @@ RAVN = [sys.executable, "-m", "ravn_core.cli"]
 
 
 @pytest.mark.kernel
-def test_record_then_replay(tmp_path: Path) -> None:
+def test_record_then_replay() -> None:
     require_kernel()
+    tmp_path = Path(tempfile.mkdtemp(prefix="ravn-record-"))
+    tmp_path.chmod(0o777)  # the replay runs as nobody and writes its alerts here
     cfg = tmp_path / "ravn.yaml"
     cfg.write_text(f"""
 ravn:
@@ -57,7 +60,6 @@ sinks:
     os.unlink(tmp_path / "alerts.jsonl") if (tmp_path / "alerts.jsonl").exists() else None
     # replay needs no root: run it as nobody
     env_cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
-    os.chmod(tmp_path, 0o777)
     for p in (cfg, events):
         os.chmod(p, 0o644)
     rep = subprocess.run([*env_cmd, *RAVN, "replay", str(events), "--config", str(cfg)], capture_output=True,
