@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -27,9 +28,10 @@ from typing import Any
 import pytest
 
 from ravn_core import hookimpl
+from ravn_core.bpf_testing import bystander
 from ravn_core.components import Alert, Analyzer, BatchContext, PluginConfig, RuntimeContext, Source
 from ravn_core.config import validate
-from ravn_core.runtime import Runtime
+from ravn_core.runtime import Runtime, runtime_context
 from ravn_core.testing import (
     CollectSink,
     RedisServer,
@@ -228,7 +230,13 @@ def test_detached_probe_program_is_reattached_by_the_health_thread(tmp_path: Pat
     cfg = validate({"ravn": {"state_dir": str(tmp_path), "health_interval_s": 0.2},
                     "sources": [{"plugin": "ebpf_network", "udp": False}],
                     "analyzers": []}, h.registries())
-    rt = Runtime(cfg, h)
+    # RAVN never watches itself or its children: let a bystander stand in as RAVN so this test's children show up
+    with bystander() as fake_ravn:
+        rt = Runtime(cfg, h, context=dataclasses.replace(runtime_context(cfg), ravn_pid=fake_ravn))
+        _reattach_and_see_a_connect(rt)
+
+
+def _reattach_and_see_a_connect(rt: Runtime) -> None:
     rt.start()
     try:
         slot = rt.sources[0]
