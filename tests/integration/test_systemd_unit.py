@@ -81,6 +81,11 @@ def test_daemon_runs_every_probe_with_exactly_the_unit_capabilities(tmp_path: Pa
     for sink in config.get("sinks", []):
         if sink["plugin"] == "jsonl":
             sink["path"] = str(tmp_path / "alerts.jsonl")
+    from ravn_ebpf_file.config import DEFAULT_WRITE
+
+    for source in config["sources"]:  # the marker file written below must be under a watched prefix
+        if source["plugin"] == "ebpf_file":
+            source["write_prefixes"] = [*DEFAULT_WRITE, f"{tmp_path}/"]
     cfg_path = tmp_path / "ravn.yaml"
     cfg_path.write_text(yaml.safe_dump(config))
     sources = [s.get("name", s["plugin"]) for s in config["sources"]]
