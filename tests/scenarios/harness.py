@@ -123,6 +123,7 @@ class Daemon:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.stderr_lines: list[str] = []
+        self._start_runner()  # before the daemon: it must be seeded from /proc as an orphan (see runner.py)
         self.proc = subprocess.Popen([str(RAVN), "--config", str(self.cfg_path)], cwd=REPO,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self._running = threading.Event()
@@ -174,6 +175,9 @@ class Daemon:
 
     def stop(self) -> int:
         self._stop.set()
+        for f in (getattr(self, "_runner_cmd", None), getattr(self, "_runner_reply", None)):
+            if f is not None and not f.closed:
+                f.close()  # EOF ends the runner
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -187,22 +191,27 @@ class Daemon:
         shutil.rmtree(self.base, ignore_errors=True)
 
     # ------------------------------------------------------------------------------------------ running
-    def _spawn(self, args: list[str], cgroup: Path | None) -> tuple[int, float, float, str]:
-        def enter_cgroup() -> None:  # in the child, before exec: it and all its descendants share the cgroup
-            if cgroup is not None:
-                (cgroup / "cgroup.procs").write_text("0")
+    def _start_runner(self) -> None:
+        fifo_dir = self.base / "runner"
+        fifo_dir.mkdir()
+        cmd, reply = fifo_dir / "cmd", fifo_dir / "reply"
+        os.mkfifo(cmd)
+        os.mkfifo(reply)
+        # double fork through sh: the runner is reparented to init, outside pytest's (and make's) ancestry
+        subprocess.run(["sh", "-c", f'"{sys.executable}" -m tests.scenarios.runner "{cmd}" "{reply}" "{REPO}" '
+                                    "</dev/null >/dev/null 2>&1 &"], cwd=REPO, check=True, timeout=10)
+        self._runner_reply = open(reply)
+        json.loads(self._runner_reply.readline())  # {"ready": true}
+        self._runner_cmd = open(cmd, "w")
 
+    def _spawn(self, args: list[str], cgroup: Path | None) -> tuple[int, float, float, str]:
+        """Run one simulation through the runner, in its own cgroup (it and all its descendants)."""
         started = time.time()
-        proc = subprocess.Popen([sys.executable, "-m", "tests.scenarios.simulations", *args], cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=enter_cgroup if cgroup is not None else None)
-        try:
-            _, err = proc.communicate(timeout=180)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        error = "" if proc.returncode == 0 else f"exit {proc.returncode}: {err.strip()[-500:]}"
-        return proc.pid, started, time.time(), error
+        self._runner_cmd.write(json.dumps({"args": args, "cgroup": str(cgroup) if cgroup else None}) + "\n")
+        self._runner_cmd.flush()
+        out = json.loads(self._runner_reply.readline())
+        error = "" if out["rc"] == 0 else f"exit {out['rc']}: {out['err'].strip()[-500:]}"
+        return out["pid"], started, time.time(), error
 
     def _cgroup(self, name: str) -> tuple[Path | None, int]:
         """A cgroup v2 directory for one simulation: every event of its processes carries its id (proc.cgroup),
