@@ -105,6 +105,8 @@ class CoreConfig(BaseModel):
     log_level: str = Field("info", pattern="^(debug|info|warning|error)$", description="log level")
     health_interval_s: float = Field(5.0, gt=0, le=3600, description="how often the health thread checks")
     queue_batches: int = Field(256, ge=1, le=1_000_000, description="capacity of each stage queue, in batches")
+    queue_events: int = Field(262144, ge=1, description="events the stage queue holds at most (about 1 KB each): "
+                              "bounds the memory a burst can pin")
     analysis_threads: int = Field(1, ge=1, le=64, description="analysis threads consuming the transport")
     shutdown_timeout_s: float = Field(10.0, ge=0, description="bound on draining queues at SIGINT/SIGTERM")
     error_budget: int = Field(5, ge=1, description="restarts within error_window_s before quarantine")

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ravn_core.batchqueue import BatchQueue
 from ravn_core.builtin.health import anon_rss_bytes, rss_bytes, trim_heap
 from ravn_core.components import (
     Alert,
@@ -143,7 +144,7 @@ class Runtime:
         self.analyzers: list[list[Slot]] = []  # per analysis thread
         self.sinks: list[Slot] = []
         self.probes: list[Slot] = []
-        self.ingress: queue.Queue[Batch] = queue.Queue(maxsize=config.core.queue_batches)
+        self.ingress: BatchQueue[Batch] = BatchQueue(config.core.queue_batches, config.core.queue_events)
         self.sinkq: queue.Queue[SinkItem] = queue.Queue(maxsize=config.core.queue_batches)
         self._threads: dict[str, threading.Thread] = {}
         self._stop_sources = threading.Event()
@@ -363,9 +364,8 @@ class Runtime:
     def _accept(self, slot: Slot, batch: Batch) -> None:
         slot.accepted += len(batch)
         slot.batches += 1
-        try:
-            self.ingress.put(batch, timeout=0.25 if not self._stopping.is_set() else self.core.shutdown_timeout_s)
-        except queue.Full:
+        wait = 0.25 if not self._stopping.is_set() else self.core.shutdown_timeout_s
+        if not self.ingress.put(batch, len(batch), timeout=wait):
             slot.dropped += len(batch)
 
     # ================================================================================== transport thread
@@ -375,9 +375,8 @@ class Runtime:
         transport: Transport = slot.component
         while True:
             slot.heartbeat = time.time()
-            try:
-                batch = self.ingress.get(timeout=0.05)
-            except queue.Empty:
+            batch = self.ingress.get(timeout=0.05)
+            if batch is None:
                 if self._sources_done.is_set():
                     break
                 continue
@@ -528,7 +527,9 @@ class Runtime:
         self.counters["alerts"] += len(alerts)
         if delivery is None and not out and not updates:
             return
-        item = SinkItem(delivery, out, updates)
+        # the sink thread needs the delivery only to ack it: do not pin the batch's events while alerts wait
+        ack = Delivery(delivery.host, [], delivery.token) if delivery is not None else None
+        item = SinkItem(ack, out, updates)
         while True:
             try:
                 self.sinkq.put(item, timeout=0.5)
@@ -789,6 +790,7 @@ class Runtime:
             "accepted": sum(s.accepted for s in self.sources),
             "dropped": sum(s.dropped for s in self.sources),
             "ingress_depth": self.ingress.qsize(),
+            "ingress_events": self.ingress.events(),
             "sink_depth": self.sinkq.qsize(),
             "transport_pending": self._pending(),
             **self.counters,

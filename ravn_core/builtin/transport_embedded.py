@@ -7,12 +7,12 @@ accepted is lost, because the runtime drains it at shutdown.
 
 from __future__ import annotations
 
-import queue
 import threading
 
 from pydantic import Field
 
 from ravn_core import hookimpl
+from ravn_core.batchqueue import BatchQueue
 from ravn_core.components import Delivery, Health, PluginConfig, RuntimeContext, Transport
 from ravn_core.events import Batch
 from ravn_core.registry import TransportRegistry
@@ -20,6 +20,7 @@ from ravn_core.registry import TransportRegistry
 
 class EmbeddedConfig(PluginConfig):
     capacity_batches: int = Field(256, ge=1, le=1_000_000, description="batches held between transport and analysis")
+    capacity_events: int = Field(262144, ge=1, description="events held between transport and analysis (bounds memory)")
 
 
 class EmbeddedTransport(Transport):
@@ -27,20 +28,19 @@ class EmbeddedTransport(Transport):
 
     def __init__(self, name: str, config: EmbeddedConfig, context: RuntimeContext) -> None:
         super().__init__(name, config, context)
-        self._queue: queue.Queue[Delivery] = queue.Queue(maxsize=config.capacity_batches)
+        self._queue: BatchQueue[Delivery] = BatchQueue(config.capacity_batches, config.capacity_events)
         self._lock = threading.Lock()
         self.published = 0
         self.consumed = 0
 
     def publish(self, host: str, batch: Batch) -> None:
-        self._queue.put(Delivery(host, batch))
+        self._queue.put(Delivery(host, batch), len(batch))
         with self._lock:
             self.published += 1
 
     def consume(self, timeout_s: float) -> Delivery | None:
-        try:
-            delivery = self._queue.get(timeout=timeout_s)
-        except queue.Empty:
+        delivery = self._queue.get(timeout_s)
+        if delivery is None:
             return None
         with self._lock:
             self.consumed += 1
