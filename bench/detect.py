@@ -62,12 +62,22 @@ def main() -> int:
     results: list[Result] = []
     benign: Result | None = None
     try:
-        warm = daemon.warm_up()
+        # the canary waits for rule alerts; with the model alone, wait for the start-up backlog instead
+        warm = daemon.warm_up() if args.analyzers != "onnx" else (time.sleep(5.0) or 5.0)
         for n in names:
-            results.append(daemon.run(SCENARIOS[n]))
+            results.append(daemon.run(SCENARIOS[n], wait_s=10.0 if args.analyzers == "rules" else 3.0))
             print(f"  {n}: {'detected' if results[-1].detected else 'MISSED'}", file=sys.stderr)
+        if args.analyzers != "rules":
+            # the model scores a process when its window fills, at its exit (+ exit_grace_s) or after idle_flush_s
+            # of silence: give every simulation that long, then attribute again
+            time.sleep(15.0)
+            for r in results:
+                r.alerts = daemon.attributed(r.root_pid, r.cgroup_id)
         if not args.no_benign:
             benign = daemon.run_benign()
+            if args.analyzers != "rules":  # the model's verdicts on the benign processes come at their exits
+                time.sleep(15.0)
+                benign.alerts = daemon.attributed(benign.root_pid, benign.cgroup_id)
     finally:
         rc = daemon.stop()
         daemon.cleanup()

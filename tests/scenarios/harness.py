@@ -86,6 +86,7 @@ class Result:
     ended: float
     alerts: list[dict[str, Any]] = field(default_factory=list)  # attributed alerts, each with "_seen" (wall s)
     error: str = ""
+    cgroup_id: int = 0
 
     def matching(self, min_level: str = "MEDIUM") -> list[dict[str, Any]]:
         """Attributed alerts of at least ``min_level`` carrying the scenario's technique."""
@@ -261,7 +262,7 @@ class Daemon:
         cgroup, cgroup_id = self._cgroup(sc.name)
         try:
             pid, started, ended, error = self._spawn(["run", sc.name, str(work)], cgroup)
-            res = Result(sc, pid, started, ended, error=error)
+            res = Result(sc, pid, started, ended, error=error, cgroup_id=cgroup_id)
             deadline = time.time() + wait_s
             done = until or (lambda r: r.detected)
             while True:
@@ -282,7 +283,7 @@ class Daemon:
         try:
             pid, started, ended, error = self._spawn(["benign", str(work)], cgroup)
             time.sleep(settle_s)
-            res = Result(sc, pid, started, ended, self.attributed(pid, cgroup_id), error)
+            res = Result(sc, pid, started, ended, self.attributed(pid, cgroup_id), error, cgroup_id)
         finally:
             shutil.rmtree(work, ignore_errors=True)
             self._remove_cgroup(cgroup)
