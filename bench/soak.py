@@ -102,6 +102,15 @@ def rss(pid: int) -> int:
         return int(f.read().split()[1]) * PAGE
 
 
+def anon(pid: int) -> int:
+    """Private (anonymous) resident memory: what ravn.memory_limit_mb applies to; leaves out library text."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def get_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=5) as r:
         data: dict[str, Any] = json.loads(r.read())
@@ -197,10 +206,12 @@ def main() -> int:
     loadgen = subprocess.Popen([sys.executable, __file__, "--load", str(args.rate), str(seconds), str(tmp)],
                                stdout=subprocess.PIPE, text=True)
     samples: list[tuple[float, int]] = []
+    anon_samples: list[tuple[float, int]] = []
     statuses: list[dict[str, Any]] = []
     while time.monotonic() - started < seconds:
         t = time.monotonic() - started
         samples.append((t, rss(daemon.pid)))
+        anon_samples.append((t, anon(daemon.pid)))
         if len(samples) % 5 == 0:
             st = get_json(f"{base}/status")
             statuses.append({"t": round(t), "accepted": st["stats"]["accepted"], "analyzed": st["stats"]["analyzed"],
@@ -237,12 +248,18 @@ def main() -> int:
     start_rss = sum(after[:window]) / window if after else 0
     end_rss = sum(after[-window:]) / window if after else 0
     kernel_drops = sum(s["kernel_drops"] for s in st["sources"].values())
+    anon_after = [r for t, r in anon_samples if t >= args.warmup]
+    anon_start = sum(anon_after[:window]) / window if anon_after else 0
+    anon_end = sum(anon_after[-window:]) / window if anon_after else 0
     result = {
         "minutes": args.minutes, "rate_per_kind": args.rate, "overrides": args.set, "load_iterations": load_iterations,
         "sources": sources, "skipped": skipped, "exit_code": code,
         "rss_after_warmup_mb": round(start_rss / 1048576, 1), "rss_end_mb": round(end_rss / 1048576, 1),
         "rss_growth_pct": round(100 * (end_rss - start_rss) / start_rss, 2) if start_rss else None,
         "rss_max_mb": round(max(r for _, r in samples) / 1048576, 1),
+        "anon_after_warmup_mb": round(anon_start / 1048576, 1), "anon_end_mb": round(anon_end / 1048576, 1),
+        "anon_growth_pct": round(100 * (anon_end - anon_start) / anon_start, 2) if anon_start else None,
+        "anon_max_mb": round(max(r for _, r in anon_samples) / 1048576, 1),
         "accepted": st["accepted"], "dropped": st["dropped"], "analyzed": st["analyzed"],
         "kernel_drops": kernel_drops, "unaccounted": st["accepted"] - st["dropped"] - st["analyzed"],
         "per_source": {n: {"accepted": s["accepted"], "dropped": s["dropped"], "kernel_drops": s["kernel_drops"]}

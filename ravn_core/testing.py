@@ -36,6 +36,12 @@ def _missing(reason: str) -> None:
     pytest.skip(reason)
 
 
+def require(condition: bool, reason: str) -> None:
+    """Skip outside CI, fail under CI=true, unless ``condition`` holds (``reason`` says what is missing)."""
+    if not condition:
+        _missing(reason)
+
+
 def require_root() -> None:
     if os.geteuid() != 0:
         _missing("this test needs root")

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ravn_core.errors import ConfigError, DecodeError
+from ravn_core.testing import require
 
 EXAMPLES = 300
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
@@ -165,12 +166,12 @@ COMMON = {"evt.type": str, "evt.ts": int, "proc.pid": int, "proc.tid": int, "pro
           "proc.gid": int, "proc.comm": str}
 
 
-@pytest.mark.skipif(not DECODERS, reason="no BCC probe plugin installed")
 @SETTINGS
 @given(data=st.data())
 def test_probe_decoders_take_any_record_contents(data: st.DataObject) -> None:
     """Whatever the kernel writes into a record of the right size (garbage strings, huge counts, bad
     addresses) decodes into an event whose common fields have their schema types."""
+    require(bool(DECODERS), "no BCC probe plugin is installed")
     from ravn_core.bpf import HDR_TYPE_OFFSET
 
     probe, type_id, decode, size = data.draw(st.sampled_from(DECODERS))
@@ -237,10 +238,10 @@ def _codec() -> Any:
 CODEC = _codec()
 
 
-@pytest.mark.skipif(CODEC is None, reason="ravn-transport-redis not installed")
 @SETTINGS
 @given(data=st.data())
 def test_transport_decoders_raise_only_decode_error(data: st.DataObject) -> None:
+    require(CODEC is not None, "ravn-transport-redis is not installed")
     codec = CODEC
     batch = [{"evt.type": "exec", "proc.pid": 1}, {"evt.type": "open", "file.path": "/x"}]
     good_fields = codec.stream_fields("h", "b1", batch, 1)

@@ -11,6 +11,7 @@ from ravn_ebpf_network.decode import MIRRORS, NetEvent, format_addr, make_decode
 
 from ravn_core.bpf import EVENT_TYPE_IDS, RavnHdr, check_abi
 from ravn_core.events import field_names
+from ravn_core.testing import require
 
 
 def test_abi() -> None:
@@ -70,8 +71,7 @@ def test_flags_unknown_local_and_peer() -> None:
 def test_bpf_arg_structs_match_tracepoint_formats() -> None:
     """The hand-written tracepoint arg structs of network.bpf.c agree with the running kernel's format files."""
     fmt_dir = Path("/sys/kernel/tracing/events")
-    if not fmt_dir.is_dir():
-        pytest.skip("no tracefs")  # the kernel tests (which fail in CI) cover the environment
+    require(fmt_dir.is_dir(), "tracefs is not mounted at /sys/kernel/tracing")
     src = (Path(__file__).parents[3] / "bpf" / "network.bpf.c").read_text()
     for event, struct_name in (("sock/inet_sock_set_state", "net_set_state_args"),
                                ("sock/sock_send_length", "net_send_length_args")):
