@@ -2,14 +2,15 @@
 
 Kernel struct layouts read through this machine's mismatched headers are wrong, so the probes never walk
 ``task->real_parent``; ancestry is rebuilt here in user space. The tree is bounded (LRU by last update) and
-counts lookups that missed. Exited processes are kept for ``exit_grace`` more updates so that alerts on their
-last events still find their ancestry, then dropped.
+counts lookups that missed. An exited process is kept for ``exit_grace_s`` (in event time) so that alerts on its
+last events, and its children's ancestry, still find it; then it is dropped, so the tree follows the live
+processes instead of filling up to its bound with the dead.
 """
 
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,10 +36,12 @@ class ProcInfo:
 class ProcessTree:
     """Not thread-safe: owned by one analysis thread (one tree per host per thread)."""
 
-    def __init__(self, max_size: int = 65536, max_depth: int = 32) -> None:
+    def __init__(self, max_size: int = 65536, max_depth: int = 32, exit_grace_s: float = 60.0) -> None:
         self.max_size = max_size
         self.max_depth = max_depth
+        self.exit_grace_ns = int(exit_grace_s * 1e9)
         self._procs: OrderedDict[int, ProcInfo] = OrderedDict()
+        self._exits: deque[tuple[int, ProcInfo]] = deque()  # (exit evt.ts, process), oldest first
         self.misses = 0
         self.evictions = 0
 
@@ -91,12 +94,23 @@ class ProcessTree:
                 gone = procs.get(ev.get("proc.pid", 0))
                 if gone is not None:
                     gone.exited = True
+                    self._exits.append((_ts(ev), gone))
             else:
                 pid = ev.get("proc.pid", 0)
                 if pid and pid not in procs:
                     self._put(ProcInfo(pid, ev.get("proc.ppid", 0), ev.get("proc.comm", ""),
                                        uid=ev.get("proc.uid", -1)))
         self._trim()
+        if batch:
+            self._forget_exited(_ts(batch[-1]))
+
+    def _forget_exited(self, now_ns: int) -> None:
+        """Drop processes that exited more than the grace period ago (unless their pid was reused since)."""
+        exits = self._exits
+        while exits and (now_ns - exits[0][0] > self.exit_grace_ns or len(exits) > self.max_size):
+            _, info = exits.popleft()
+            if info.exited and self._procs.get(info.pid) is info:
+                del self._procs[info.pid]
 
     def _put(self, info: ProcInfo) -> None:
         self._procs[info.pid] = info
@@ -150,6 +164,12 @@ class ProcessTree:
         """The process and its ancestors as dicts, for alert evidence."""
         me = self._procs.get(pid)
         return ([me.to_dict()] if me else []) + [a.to_dict() for a in self.ancestors(pid)]
+
+
+def _ts(ev: dict[str, Any]) -> int:
+    """The event's evt.ts, or 0 when missing or not an int (replayed input is not trusted)."""
+    ts = ev.get("evt.ts", 0)
+    return ts if isinstance(ts, int) else 0
 
 
 def read_proc(pid: int, proc: str = "/proc") -> ProcInfo | None:

@@ -58,3 +58,31 @@ def test_seed_from_proc_matches_ground_truth() -> None:
     me = t.get(os.getpid())
     assert me is not None and me.ppid == os.getppid()
     assert read_proc(os.getpid()).exe == os.readlink("/proc/self/exe")  # type: ignore[union-attr]
+
+
+def test_exited_processes_are_forgotten_after_the_grace_period() -> None:
+    t = ProcessTree(exit_grace_s=60)
+    s = 1_000_000_000
+    t.update([{**fork(1, 50), "evt.ts": 0}, {**exec_(50, "/bin/sh"), "evt.ts": 1 * s},
+              {"evt.type": "exit", "proc.pid": 50, "exit.code": 0, "evt.ts": 2 * s}])
+    t.update([{**exec_(60, "/bin/true", ppid=1), "evt.ts": 30 * s}])
+    assert 50 in t  # within the grace period: alerts on its last events still find it
+    t.update([{**exec_(61, "/bin/true", ppid=1), "evt.ts": 63 * s}])
+    assert 50 not in t and 60 in t and 61 in t
+
+
+def test_a_reused_pid_is_not_forgotten_with_its_dead_predecessor() -> None:
+    t = ProcessTree(exit_grace_s=1)
+    s = 1_000_000_000
+    t.update([{**exec_(70, "/bin/old"), "evt.ts": 0},
+              {"evt.type": "exit", "proc.pid": 70, "exit.code": 0, "evt.ts": 1},
+              {**fork(1, 70), "evt.ts": 2}])  # pid 70 reused by a new process
+    t.update([{**exec_(71, "/bin/x"), "evt.ts": 10 * s}])
+    assert 70 in t and not t.get(70).exited  # type: ignore[union-attr]
+
+
+def test_bad_timestamps_do_not_break_the_tree() -> None:
+    t = ProcessTree(exit_grace_s=1)
+    t.update([{**exec_(80, "/bin/x"), "evt.ts": "yesterday"},
+              {"evt.type": "exit", "proc.pid": 80, "evt.ts": None}, {"evt.type": "open", "evt.ts": [1]}])
+    assert 80 in t
