@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from ravn_core.bpf_testing import build_fork_loop
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -62,30 +64,11 @@ def load(rate: float, seconds: float, workdir: str) -> None:
     print(json.dumps({"load_iterations": n}), flush=True)
 
 
-FORK_C = r"""
-#include <stdlib.h>
-#include <sys/wait.h>
-#include <unistd.h>
-int main(int argc, char **argv) {
-    long n = atol(argv[1]);
-    for (long i = 0; i < n; i++) {
-        pid_t p = fork();
-        if (p == 0) _exit(0);
-        if (p < 0) return 1;
-        waitpid(p, 0, 0);
-    }
-    return 0;
-}
-"""
-
-
 def fork_storm(count: int, workdir: Path) -> float:
     """Fork ``count`` children that exit at once (a C loop when a C compiler exists); returns the seconds."""
-    src, exe = workdir / "forkloop.c", workdir / "forkloop"
-    src.write_text(FORK_C)
-    compiled = subprocess.run(["cc", "-O2", "-o", str(exe), str(src)], capture_output=True).returncode == 0
+    exe = build_fork_loop(workdir)
     t0 = time.monotonic()
-    if compiled:
+    if exe is not None:
         subprocess.run([str(exe), str(count)], check=True, timeout=3600)
     else:
         for _ in range(count):

@@ -137,3 +137,28 @@ def fresh_cgroup() -> Iterator[Path]:
                 break
             except OSError:
                 time.sleep(0.05)
+
+
+FORK_LOOP_C = r"""
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    long n = atol(argv[1]);
+    for (long i = 0; i < n; i++) {
+        pid_t p = fork();
+        if (p == 0) _exit(0);
+        if (p < 0) return 1;
+        waitpid(p, 0, 0);
+    }
+    return 0;
+}
+"""
+
+
+def build_fork_loop(workdir: Path) -> Path | None:
+    """Compile a C loop that forks ``argv[1]`` children which exit at once; None when no C compiler works."""
+    src, exe = workdir / "forkloop.c", workdir / "forkloop"
+    src.write_text(FORK_LOOP_C)
+    built = subprocess.run(["cc", "-O2", "-o", str(exe), str(src)], capture_output=True, timeout=60)
+    return exe if built.returncode == 0 else None

@@ -9,26 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from ravn_core.bpf_testing import build_fork_loop
 from ravn_core.config import validate
 from ravn_core.runtime import Runtime, runtime_context
 from ravn_core.testing import make_host, require_kernel, wait_for
 
 FORKS = 20_000  # bench/soak.py --forks 100000 runs the full 100,000 (docs/BENCHMARKS.md, Soak)
-FORK_C = r"""
-#include <stdlib.h>
-#include <sys/wait.h>
-#include <unistd.h>
-int main(int argc, char **argv) {
-    long n = atol(argv[1]);
-    for (long i = 0; i < n; i++) {
-        pid_t p = fork();
-        if (p == 0) _exit(0);
-        if (p < 0) return 1;
-        waitpid(p, 0, 0);
-    }
-    return 0;
-}
-"""
 
 
 @pytest.mark.kernel
@@ -36,9 +22,8 @@ def test_fork_storm_keeps_the_process_tree_bounded(tmp_path: Path) -> None:
     require_kernel()
     import ravn_ebpf_security.plugin
 
-    src, exe = tmp_path / "forkloop.c", tmp_path / "forkloop"
-    src.write_text(FORK_C)
-    subprocess.run(["cc", "-O2", "-o", str(exe), str(src)], check=True, timeout=60)
+    exe = build_fork_loop(tmp_path)
+    assert exe is not None, "cc could not build the fork loop"
     host = make_host((ravn_ebpf_security.plugin, "ebpf_security"))
     bound = 512
     cfg = validate({"ravn": {"state_dir": str(tmp_path / "state"), "proctree_max": bound, "memory_limit_mb": 4096,
