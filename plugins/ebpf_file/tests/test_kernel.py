@@ -15,6 +15,7 @@ import pytest
 from ravn_ebpf_file.config import FileConfig
 from ravn_ebpf_file.source import FileSource
 
+from ravn_core import bpf_testing
 from ravn_core.bpf_testing import fresh_cgroup
 from ravn_core.events import field_names
 from ravn_core.testing import make_context, require_kernel
@@ -75,10 +76,9 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def bystander() -> Iterator[int]:
-    p = subprocess.Popen(["sleep", "300"])
-    yield p.pid
-    p.kill()
-    p.wait()
+    """An unrelated process used as ravn_pid, so the test process and its children are not excluded."""
+    with bpf_testing.bystander() as pid:
+        yield pid
 
 
 def config(base: Path, **kw: Any) -> FileConfig:

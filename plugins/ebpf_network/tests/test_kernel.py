@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from ravn_ebpf_network.source import NetworkConfig, NetworkSource
 
+from ravn_core import bpf_testing
 from ravn_core.bpf_testing import fresh_cgroup
 from ravn_core.events import field_names
 from ravn_core.testing import make_context, require_kernel
@@ -61,10 +62,8 @@ def collect(src: NetworkSource, pred: Callable[[dict[str, Any]], bool], settle_s
 @pytest.fixture(scope="module")
 def bystander() -> Iterator[int]:
     """An unrelated process used as ravn_pid, so the test process and its children are not excluded."""
-    p = subprocess.Popen(["sleep", "300"])
-    yield p.pid
-    p.kill()
-    p.wait()
+    with bpf_testing.bystander() as pid:
+        yield pid
 
 
 @pytest.fixture(scope="module")
