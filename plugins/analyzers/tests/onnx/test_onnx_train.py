@@ -8,21 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from ravn_analyzers.onnx.cli import read_sequences
 from ravn_analyzers.onnx.model import Scorer, score_sequences
 
-from ravn_core.testing import IN_CI
+from ravn_core.testing import require
 
 
 def require_torch() -> Any:
     try:
         import torch
     except ImportError:
-        if IN_CI:
-            pytest.fail("CI=true but torch is not installed: requirements-dev.txt installs torch==2.13.0",
-                        pytrace=False)
-        pytest.skip("torch is not installed (training only)")
+        require(False, "torch is not installed (training only; requirements-dev.txt installs torch==2.13.0)")
     return torch
 
 
