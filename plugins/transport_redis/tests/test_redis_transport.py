@@ -106,21 +106,26 @@ def test_bad_entries_are_dead_lettered_and_the_worker_goes_on(redis_server: Redi
     truncated = {**good, b"b": b"h1:x:2", b"d": good[b"d"][:20]}
     future = {**good, b"b": b"h1:x:3", b"v": b"7"}
     newer_schema = {**good, b"b": b"h1:x:4", b"s": b"%d" % (SCHEMA_VERSION + 1)}
+    not_a_dict = {**good, b"b": b"h1:x:5", b"d": msgpack.packb([event(1), "x"])}
+    wrong_count = {**good, b"b": b"h1:x:6", b"n": b"3"}
     ids = [r.xadd(key, f) for f in ({b"junk": b"\xff\x00"}, truncated, future, newer_schema,
-                                   {**good, b"d": msgpack.packb("nope")})]
+                                   {**good, b"d": msgpack.packb("nope")}, not_a_dict, wrong_count)]
     r.xadd(key, {**good, b"b": b"h1:x:9", b"d": codec.pack_events([event(3)]), b"n": b"1"})
-    got = drain([worker], 2)
-    assert all_seqs(got) == [0, 3]
+    r.xadd(key, codec.stream_fields("h1", "h1:x:10", [event(4)], 0, fmt=1))  # a 0.1 agent's entry
+    got = drain([worker], 3)
+    assert all_seqs(got) == [0, 3, 4]
     dl = r.xrange("ravn:deadletter")
     assert [e[1][b"id"] for e in dl] == ids
     reasons = [e[1][b"reason"].decode() for e in dl]
     assert "format version field 'v' is missing" in reasons[0]
     assert "not valid msgpack" in reasons[1]
-    assert "transport format version 7, this worker understands [1]" in reasons[2]
+    assert "transport format version 7, this worker understands [1, 2]" in reasons[2]
     assert f"event schema version {SCHEMA_VERSION + 1}, this worker understands [{SCHEMA_VERSION}]" in reasons[3]
-    assert "not [keysets, groups, order]" in reasons[4]
+    assert "payload is not a list of events" in reasons[4]
+    assert "got `str` - at `$[1]`" in reasons[5]
+    assert "payload holds 2 events, the header says 3" in reasons[6]
     assert dl[1][1][b"orig.d"] == truncated[b"d"]  # the original entry is kept for inspection
-    assert worker.health().counters["dead_lettered"] == 5
+    assert worker.health().counters["dead_lettered"] == 7
     assert r.xpending(key, "ravn-analyzers")["pending"] == 0  # dead-lettered entries are acked
 
 
