@@ -27,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import importlib.resources
+import importlib.util
 import mmap
 import os
 import select
@@ -35,12 +36,12 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from pydantic import Field, field_validator
 
+from ravn_core.bpf_loader import LoadedBpf, load_in_child
 from ravn_core.components import Health, PluginConfig, RuntimeContext, Source
 from ravn_core.errors import UnusableEnvironment
 from ravn_core.events import EVENT_TYPES, Batch, Event
@@ -247,11 +248,9 @@ def check_environment() -> None:
     kbuild = Path("/lib/modules") / os.uname().release / "build"
     if not os.environ.get("BCC_KERNEL_SOURCE") and not (kbuild / "include").exists():
         raise UnusableEnvironment(f"no kernel headers at {kbuild} (BCC compiles against them): run `make setup`")
-    try:
-        import bcc  # noqa: F401 - availability check
-    except ImportError as exc:
-        raise UnusableEnvironment(f"the bcc Python package is not importable ({exc}): run `make setup` "
-                                  "(Debian python3-bpfcc, linked into the venv)") from None
+    if importlib.util.find_spec("bcc") is None:  # not imported here: the loader child imports it
+        raise UnusableEnvironment("the bcc Python package is not importable: run `make setup` "
+                                  "(Debian python3-bpfcc, linked into the venv)")
 
 
 class _CaptureStderr:
@@ -478,7 +477,8 @@ class BccProbe(Source):
     :cvar plugin: the plugin name written to ``evt.source`` (``ebpf_syscall``).
     :cvar package: import package whose ``bpf/`` directory holds ``bpf_file`` (a symlink to the repo's bpf/).
     :cvar bpf_file: the probe's ``.bpf.c`` file name.
-    :ivar bpf: the loaded ``bcc.BPF`` between start() and stop(), else None.
+    :ivar bpf: the probe's programs, links and maps (:class:`LoadedBpf`, fds only: compiled and attached in a
+        short-lived child, see ``bpf_loader``) between start() and stop(), else None.
     :ivar counters: ``events``, ``decode_errors``; the health counters add drops and attach state.
     """
 
@@ -490,7 +490,7 @@ class BccProbe(Source):
 
     def __init__(self, name: str, config: BccProbeConfig, context: RuntimeContext) -> None:
         super().__init__(name, config, context)
-        self.bpf: BPF | None = None
+        self.bpf: LoadedBpf | None = None
         self.counters: dict[str, int] = {"events": 0, "decode_errors": 0}
         self._pending: Batch = []
         self._expected: list[tuple[str, str]] = []
@@ -521,7 +521,8 @@ class BccProbe(Source):
         return None
 
     def on_loaded(self, bpf: BPF) -> None:
-        """Fill the probe's own maps after compile, before any probe tracepoint is attached."""
+        """Fill the probe's own maps after compile, before any probe tracepoint is attached. Runs in the loader
+        child with the ``bcc.BPF`` object: change maps only, not ``self`` (the daemon would not see it)."""
 
     # ------------------------------------------------------------------ files and flags
     def source_path(self) -> Path:
@@ -565,6 +566,18 @@ class BccProbe(Source):
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         check_environment()
+        self._expected = [*BASE_TRACEPOINTS, *self.tracepoints()]
+        self._ts_offset = time.time_ns() - time.monotonic_ns()
+        self.bpf = load_in_child(self._load, self.plugin)
+        try:
+            self._open_ring(self.bpf)
+        except BaseException:
+            self._teardown()
+            raise
+        self._rate_mark = (time.monotonic(), self.counters["events"])
+
+    def _load(self) -> BPF:
+        """Compile, fill the filters and the probe's maps, attach. Runs in the loader child (``bpf_loader``)."""
         from bcc import BPF
 
         path = self.source_path()
@@ -575,33 +588,24 @@ class BccProbe(Source):
         except Exception:
             raise UnusableEnvironment(f"{self.plugin}: BPF compile failed: {first_error(cap.text, str(path))}"
                                       ) from None
-        self.bpf = bpf
-        try:
-            self._expected = [*BASE_TRACEPOINTS, *self.tracepoints()]
-            self._ts_offset = time.time_ns() - time.monotonic_ns()
-            for fn, tp in BASE_TRACEPOINTS:
-                self._attach(fn, tp)
-            self._fill_filters(bpf)
-            self.on_loaded(bpf)
-            for fn, tp in self._expected[len(BASE_TRACEPOINTS):]:
-                self._attach(fn, tp)
-            self._open_ring(bpf)
-        except BaseException:
-            self._teardown()
-            raise
-        self._rate_mark = (time.monotonic(), self.counters["events"])
+        for fn, tp in BASE_TRACEPOINTS:
+            self._attach(bpf, fn, tp)
+        self._fill_filters(bpf)
+        self.on_loaded(bpf)
+        for fn, tp in self._expected[len(BASE_TRACEPOINTS):]:
+            self._attach(bpf, fn, tp)
+        return bpf
 
-    def _attach(self, fn: str, tp: str) -> None:
+    def _attach(self, bpf: BPF, fn: str, tp: str) -> None:
         from bcc import BPF
 
-        assert self.bpf is not None
         category, event = tp.split(":")
         if not (TRACEFS / "events" / category / event).is_dir():
             raise UnusableEnvironment(f"{self.plugin}: tracepoint {tp} does not exist on this kernel")
         try:
             with _CaptureStderr() as cap:
-                self.bpf.load_func(fn.encode(), BPF.TRACEPOINT)
-                self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+                bpf.load_func(fn.encode(), BPF.TRACEPOINT)
+                bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
         except Exception as exc:
             detail = first_error(cap.text, self.bpf_file) if cap.text.strip() else str(exc)
             raise UnusableEnvironment(f"{self.plugin}: cannot load/attach {fn} to {tp}: {detail}") from None
@@ -651,8 +655,8 @@ class BccProbe(Source):
 
         return header
 
-    def _open_ring(self, bpf: BPF) -> None:
-        self._ring = RingReader(bpf[b"ravn_events"].map_fd, self.config.ring_buffer_kb * 1024, self.decoders(),
+    def _open_ring(self, bpf: LoadedBpf) -> None:
+        self._ring = RingReader(bpf["ravn_events"].fd, self.config.ring_buffer_kb * 1024, self.decoders(),
                                 self._pending, self.counters, self.config.max_batch, self.fast_decoder())
 
     def poll(self, timeout_ms: int) -> Batch:
@@ -685,15 +689,8 @@ class BccProbe(Source):
         if ring is not None:
             ring.close()  # before the map fd goes: the mmap would keep the map alive
         bpf, self.bpf = self.bpf, None
-        if bpf is None:
-            return
-        # Closing a tracepoint's perf event waits for an RCU grace period (tens of ms): one by one, a probe with
-        # 70 tracepoints takes seconds to stop. The closes release the GIL, so overlap them.
-        tps = list(bpf.tracepoint_fds)
-        if len(tps) > 2:
-            with ThreadPoolExecutor(max_workers=min(32, len(tps))) as pool:
-                list(pool.map(bpf.detach_tracepoint, tps))
-        bpf.cleanup()  # detaches the rest, closes programs and maps
+        if bpf is not None:
+            bpf.close()
 
     def close(self) -> None:
         self._teardown()
@@ -704,17 +701,16 @@ class BccProbe(Source):
         bpf = self.bpf
         if bpf is None:
             return 0
-        return int(sum(bpf[b"ravn_drops"][ctypes.c_int(0)]))
+        return int(sum(bpf["ravn_drops"][0]))
 
     def attached(self) -> int:
         """Expected programs that are attached now: their perf event fd is still open and still a perf event."""
         bpf = self.bpf
         if bpf is None:
             return 0
-        fds = bpf.tracepoint_fds
         n = 0
         for _fn, tp in self._expected:
-            fd = fds.get(tp.encode())
+            fd = bpf.links.get(tp)
             if fd is not None:
                 try:
                     if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[perf_event]":
@@ -736,7 +732,7 @@ class BccProbe(Source):
 
     def program_ids(self) -> set[int]:
         """Kernel ids of this probe's loaded programs (as ``bpftool prog list`` shows them)."""
-        return self._fdinfo_ids((f.fd for f in self.bpf.funcs.values()), "prog_id:") if self.bpf else set()
+        return self._fdinfo_ids(self.bpf.programs.values(), "prog_id:") if self.bpf else set()
 
     def health(self) -> Health:
         """Called from the health thread; tolerates a concurrent stop() (reports "stopped")."""
@@ -750,7 +746,7 @@ class BccProbe(Source):
                 return Health("stopped", f"{self.plugin} not loaded", dict(self.counters))
             return Health("failed", f"health check failed: {type(exc).__name__}: {exc}", dict(self.counters))
 
-    def _health(self, bpf: BPF) -> Health:
+    def _health(self, bpf: LoadedBpf) -> Health:
         now, events = time.monotonic(), self.counters["events"]
         t0, e0 = self._rate_mark
         rate = (events - e0) / (now - t0) if now > t0 else 0.0
@@ -759,7 +755,7 @@ class BccProbe(Source):
         counters: dict[str, float] = {**self.counters, "drops": self.drops(), "programs_attached": attached,
                                       "programs_expected": expected, "events_per_s": round(rate, 1)}
         if attached < expected:
-            missing = [tp for _fn, tp in self._expected if tp.encode() not in bpf.tracepoint_fds]
+            missing = [tp for _fn, tp in self._expected if tp not in bpf.links]
             return Health("failed", f"{attached}/{expected} programs attached; missing {', '.join(missing)}",
                           counters)
         return Health("ok", "", counters)

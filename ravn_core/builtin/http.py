@@ -106,15 +106,14 @@ def bpf_stats_enabled() -> bool:
 
 
 def source_programs(component: Any) -> Iterator[tuple[str, int]]:
-    """(function name, program fd) of a BCC source's loaded programs (``BccProbe.bpf.funcs``)."""
+    """(function name, program fd) of a BCC source's loaded programs (``BccProbe.bpf.programs``)."""
     bpf = getattr(component, "bpf", None)
-    funcs = getattr(bpf, "funcs", None) if bpf is not None else None
-    if not funcs:
+    programs = getattr(bpf, "programs", None) if bpf is not None else None
+    if not programs:
         return
-    for name, fn in list(funcs.items()):
-        fd = getattr(fn, "fd", None)
+    for name, fd in list(programs.items()):
         if isinstance(fd, int) and fd >= 0:
-            yield (name.decode() if isinstance(name, bytes) else str(name)), fd
+            yield str(name), fd
 
 
 # ---------------------------------------------------------------------------------------------- metrics

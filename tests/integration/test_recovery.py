@@ -244,7 +244,7 @@ def _reattach_and_see_a_connect(rt: Runtime) -> None:
         old = probe.bpf
         assert old is not None and probe.attached() == len(probe._expected)
         victim = next(tp for _fn, tp in probe._expected if "connect" in tp)
-        old.detach_tracepoint(victim.encode())  # the program is really detached from the kernel tracepoint
+        old.detach(victim)  # the program is really detached from the kernel tracepoint
         assert probe.health().state == "failed"
         assert wait_for(lambda: probe.bpf is not None and probe.bpf is not old
                         and probe.attached() == len(probe._expected), 60)

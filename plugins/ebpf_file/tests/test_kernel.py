@@ -180,11 +180,7 @@ def test_nothing_attached_after_stop(base: Path, bystander: int) -> None:
     src.start()
     try:
         assert src.bpf is not None
-        ids = []
-        for fn in src.bpf.funcs.values():
-            for line in Path(f"/proc/self/fdinfo/{fn.fd}").read_text().splitlines():
-                if line.startswith("prog_id:"):
-                    ids.append(int(line.split()[1]))
+        ids = src.program_ids()
         h = src.health()
         assert h.state == "ok" and h.counters["programs_attached"] == h.counters["programs_expected"] == 46
         assert len(ids) == 4  # enter, exit + the base's fork/exit programs

@@ -209,12 +209,7 @@ def test_filters_exclude_comm_and_pid(bystander: int) -> None:
 
 def prog_ids(src: NetworkSource) -> list[int]:
     assert src.bpf is not None
-    ids = []
-    for fn in src.bpf.funcs.values():
-        for line in Path(f"/proc/self/fdinfo/{fn.fd}").read_text().splitlines():
-            if line.startswith("prog_id:"):
-                ids.append(int(line.split()[1]))
-    return ids
+    return sorted(src.program_ids())
 
 
 def test_nothing_attached_after_stop(bystander: int) -> None:
@@ -226,7 +221,8 @@ def test_nothing_attached_after_stop(bystander: int) -> None:
         h = src.health()
         assert h.state == "ok" and h.counters["programs_attached"] == h.counters["programs_expected"] == 15
         assert len(ids) == 13  # 11 network programs (udp off) + the base's fork/exit programs
-        assert all(Path(f"/proc/self/fd/{fd}").exists() for fd in src.bpf.tracepoint_fds.values())  # type: ignore[union-attr]
+        assert src.bpf is not None and len(src.bpf.links) == 15
+        assert all(Path(f"/proc/self/fd/{fd}").exists() for fd in src.bpf.links.values())
     finally:
         src.stop()
     assert src.bpf is None and src.health().state == "stopped"

@@ -316,7 +316,7 @@ def test_health_fails_when_detached_and_recovers_after_restart(probe: Any) -> No
     src = probe(mode="events", syscalls=["getppid", "uname"])
     h = src.health()
     assert h.state == "ok" and h.counters["programs_attached"] == h.counters["programs_expected"] == 4
-    src.bpf.detach_tracepoint(b"syscalls:sys_enter_getppid")  # really detached in the kernel
+    src.bpf.detach("syscalls:sys_enter_getppid")  # really detached in the kernel
     h = src.health()
     assert h.state == "failed" and "syscalls:sys_enter_getppid" in h.detail
     for _ in range(5):
