@@ -1,0 +1,76 @@
+"""The BPF loader child (ravn_core.bpf_loader): maps by fd against a real probe, and every way the child can fail."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+from ravn_ebpf_security.config import SecurityConfig
+from ravn_ebpf_security.source import SecuritySource
+
+from ravn_core.bpf_loader import FdMap, load_in_child, possible_cpus
+from ravn_core.errors import UnusableEnvironment
+from ravn_core.testing import make_context, require_kernel
+
+pytestmark = pytest.mark.kernel
+
+
+def test_maps_by_fd_against_a_real_probe() -> None:
+    require_kernel()
+    src = SecuritySource("ebpf_security", SecurityConfig(), make_context("loader"))
+    src.start()
+    try:
+        assert src.bpf is not None
+        ppid = src.bpf["ravn_ppid"]  # u32 pid -> u32 ppid, seeded from /proc by the child
+        assert isinstance(ppid, FdMap) and (ppid.key_size, ppid.value_size) == (4, 4)
+        seeded = {k.value: v.value for k, v in ppid.items()}
+        assert seeded[os.getpid()] == os.getppid()
+        assert ppid[os.getpid()].value == os.getppid()
+        free = next(p for p in range(4_000_000, 4_100_000) if p not in seeded)
+        ppid[ctypes.c_uint32(free)] = ctypes.c_uint32(4242)
+        assert ppid[free].value == 4242 and free in {k.value for k in ppid.keys()}
+        del ppid[free]
+        with pytest.raises(KeyError):
+            ppid[free]
+        with pytest.raises(KeyError):
+            del ppid[free]
+        with pytest.raises(ValueError, match="ravn_ppid: 8 bytes given, the map's entries have 4"):
+            ppid[ctypes.c_uint64(1)]
+        drops = src.bpf["ravn_drops"][0]  # per-CPU array: one counter per possible CPU
+        assert len(drops) == possible_cpus() and all(isinstance(d, int) for d in drops)
+        assert src.drops() == sum(drops)
+    finally:
+        src.stop()
+
+
+def _fail(exc: BaseException) -> Any:
+    def load() -> Any:
+        raise exc
+    return load
+
+
+def test_loader_errors_come_back_as_one_clear_error() -> None:
+    with pytest.raises(UnusableEnvironment, match=r"^probe-x: cannot attach$"):
+        load_in_child(_fail(UnusableEnvironment("probe-x: cannot attach")), "probe-x")
+    with pytest.raises(UnusableEnvironment, match="BPF loader failed: RuntimeError: boom"):
+        load_in_child(_fail(RuntimeError("boom")), "probe-x")
+
+
+def test_loader_killed_or_hung_is_reported() -> None:
+    def killed() -> Any:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with pytest.raises(UnusableEnvironment, match="probe-x: the BPF loader process died"):
+        load_in_child(killed, "probe-x")
+
+    def hung() -> Any:
+        time.sleep(60)
+
+    t0 = time.monotonic()
+    with pytest.raises(UnusableEnvironment, match="probe-x: the BPF loader did not finish within 1 s"):
+        load_in_child(hung, "probe-x", timeout_s=1)
+    assert time.monotonic() - t0 < 10
