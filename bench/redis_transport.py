@@ -7,9 +7,16 @@ Measured in one run, on the same machine, so the ratios mean something:
     as it can; workers ``consume`` (decode) and ``ack``, reading ``evt.type`` of every event; the clock runs from
     the first publish to the last event consumed;
   - latency publish -> consume (p50/p99) at a paced rate below saturation, and at saturation (includes backlog);
-  - the embedded transport in one process (publisher thread -> consumer thread reading ``evt.type``).
+  - the embedded transport in one process (publisher thread -> consumer thread reading ``evt.type``): an upper
+    bound that passes references, which nothing that serializes can approach;
+  - the real runtime end to end, the comparison an operator makes: the same synthetic source (shallow copies of
+    the same realistic events, as a decoder would hand out fresh dicts) and the default ``analyzer_rules`` (plus
+    a clock analyzer that timestamps each batch) with a JSONL sink, (a) as one ``ravn`` process on the embedded
+    transport, (b) as a ``ravn agent`` process plus 1 and 2 ``ravn analyze`` processes through Redis. Each child
+    builds a ``Runtime`` exactly as the CLI does, with the bench source and clock registered as a throwaway
+    plugin; the figure is events analyzed per second, from the source's first poll to the last batch analyzed.
 
-    .venv/bin/python bench/redis_transport.py [--events 2000000] [--batch 1000]
+    .venv/bin/python bench/redis_transport.py [--events 2000000] [--batch 1000] [--runtime-events 1000000]
 
 Last line: one JSON object.
 """
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import re
@@ -32,6 +40,8 @@ from typing import Any
 
 import redis
 
+from ravn_core import hookimpl
+from ravn_core.components import Alert, Analyzer, BatchContext, PluginConfig, RuntimeContext, Source
 from ravn_core.testing import RedisServer, make_context
 
 HERE = os.path.abspath(__file__)
@@ -128,6 +138,138 @@ def role_worker(port: int, total: int) -> None:
     print(json.dumps({"events": n, "first": first, "last": last, "lat": lat, "cpu": cpu}), flush=True)
 
 
+# ------------------------------------------------------------------------------------------------ runtime roles
+class BenchSourceConfig(PluginConfig):
+    events: int = 1_000_000
+    batch: int = 1000
+
+
+class BenchSource(Source):
+    """``events`` events in batches: fresh dicts (shallow copies of a pool of realistic events), then nothing."""
+
+    first_poll = 0.0
+
+    def __init__(self, name: str, config: BenchSourceConfig, context: RuntimeContext) -> None:
+        super().__init__(name, config, context)
+        self.pool = [make_events(config.batch, seed=s) for s in range(8)]
+        self.sent = 0
+
+    def start(self) -> None:
+        pass
+
+    def poll(self, timeout_ms: int) -> list[dict[str, Any]]:
+        if self.sent >= self.config.events:
+            time.sleep(timeout_ms / 1000)
+            return []
+        if not BenchSource.first_poll:
+            BenchSource.first_poll = time.time()
+        batch = list(map(dict.copy, self.pool[(self.sent // self.config.batch) % len(self.pool)]))
+        self.sent += len(batch)
+        return batch
+
+    def stop(self) -> None:
+        pass
+
+
+class BenchClock(Analyzer):
+    """Runs after the real analyzers: counts events and timestamps the last batch (no per-event work)."""
+
+    events = 0
+    last = 0.0
+
+    def analyze(self, batch: list[dict[str, Any]], ctx: BatchContext) -> list[Alert]:
+        BenchClock.events += len(batch)
+        BenchClock.last = time.time()
+        return []
+
+
+class BenchRuntimePlugin:
+    @hookimpl
+    def ravn_register_sources(self, registry: Any) -> None:
+        registry.add("bench_source", BenchSource, BenchSourceConfig)
+
+    @hookimpl
+    def ravn_register_analyzers(self, registry: Any) -> None:
+        registry.add("bench_clock", BenchClock, PluginConfig)
+
+
+def role_runtime(layout: str, port: int, events: int, batch: int) -> None:
+    """One ravn process: ``embedded`` (role all), ``agent`` or ``analyze``; built like the CLI builds it."""
+    from ravn_core.config import validate
+    from ravn_core.plugins import PluginHost
+    from ravn_core.runtime import Runtime
+
+    state = tempfile.mkdtemp(prefix="ravn-bench-")
+    host = PluginHost()
+    host.register(BenchRuntimePlugin(), "bench")
+    host.load(autoload=True)
+    host.register_components()
+    redis_transport = {"plugin": "redis", "port": port, "block_ms": 50, "discover_interval_s": 0.2}
+    cfg = validate({
+        # the source is unpaced, so the default queues fill (2 x 262144 events, ~0.5 GB): no memory alarm for that
+        "ravn": {"state_dir": state, "log_level": "warning", "memory_limit_mb": 4096},
+        "sources": [{"plugin": "bench_source", "events": events, "batch": batch}],
+        "transport": {"plugin": "embedded"} if layout == "embedded" else redis_transport,
+        "analyzers": [{"plugin": "analyzer_rules"}, {"plugin": "bench_clock"}],
+        "sinks": [{"plugin": "jsonl", "path": f"{state}/alerts.jsonl"}],
+    }, host.registries())
+    logging.basicConfig(level=logging.WARNING)
+    rt = Runtime(cfg, host, role={"embedded": "all", "agent": "agent", "analyze": "analyze"}[layout])
+    cpu0 = cpu_s()
+    rt.start()
+    r = redis.Redis(port=port) if layout == "analyze" else None
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        if layout == "agent":
+            assert rt.transport_slot is not None
+            if rt.transport_slot.component.health().counters["published_events"] >= events:
+                break
+        elif layout == "embedded":
+            if BenchClock.events >= events:
+                break
+        else:
+            assert r is not None
+            r.set(f"bench:analyzed:{os.getpid()}", BenchClock.events)
+            keys = r.keys("bench:analyzed:*")
+            if sum(int(v or 0) for v in r.mget(keys)) >= events:
+                break
+    cpu = cpu_s() - cpu0
+    stats = rt.stop("bench")
+    print(json.dumps({"layout": layout, "first_poll": BenchSource.first_poll, "last": BenchClock.last,
+                      "analyzed": BenchClock.events, "accepted": stats["accepted"], "dropped": stats["dropped"],
+                      "alerts": stats["alerts"], "cpu": cpu}), flush=True)
+
+
+def run_runtime(server: RedisServer, workers: int, events: int, batch: int) -> dict[str, Any]:
+    """workers == 0: one ravn process on the embedded transport; else an agent and ``workers`` analyze processes."""
+    if workers == 0:
+        p = spawn("--role", "runtime", "--layout", "embedded", "--port", server.port, "--events", events,
+                  "--batch", batch)
+        procs = [p]
+        res = [result(p)]
+        start, end = res[0]["first_poll"], res[0]["last"]
+    else:
+        r = redis.Redis(port=server.port)
+        r.flushall()
+        ws = [spawn("--role", "runtime", "--layout", "analyze", "--port", server.port, "--events", events)
+              for _ in range(workers)]
+        time.sleep(2.0)  # workers built, connected and waiting
+        agent = spawn("--role", "runtime", "--layout", "agent", "--port", server.port, "--events", events,
+                      "--batch", batch)
+        procs = [agent, *ws]
+        a = result(agent)
+        rs = [result(w) for w in ws]
+        res = [a, *rs]
+        start, end = a["first_poll"], max(x["last"] for x in rs)
+    analyzed = sum(x["analyzed"] for x in res)
+    del procs
+    return {"workers": workers, "events_per_s": round(analyzed / (end - start)), "analyzed": analyzed,
+            "expected": events, "seconds": round(end - start, 3), "per_process_analyzed": [x["analyzed"] for x in res],
+            "cpu_s": [round(x["cpu"], 2) for x in res], "dropped": sum(x["dropped"] for x in res),
+            "alerts": sum(x["alerts"] for x in res)}
+
+
 # ------------------------------------------------------------------------------------------------ parent
 def spawn(*args: Any) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, HERE, *map(str, args)], stdout=subprocess.PIPE, text=True)
@@ -135,7 +277,7 @@ def spawn(*args: Any) -> subprocess.Popen[str]:
 
 def result(p: subprocess.Popen[str]) -> dict[str, Any]:
     out, _ = p.communicate(timeout=600)
-    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def run_e2e(server: RedisServer, workers: int, events: int, batch: int, rate: float = 0) -> dict[str, Any]:
@@ -174,7 +316,7 @@ def redis_benchmark_xadd(port: int) -> float:
     return float(m[-1]) if m else 0.0
 
 
-def embedded(events: int, batch: int) -> float:
+def embedded(events: int, batch: int) -> tuple[float, float]:
     from ravn_core.builtin.transport_embedded import EmbeddedConfig, EmbeddedTransport
 
     pool = [make_events(batch, seed=s) for s in range(8)]
@@ -210,11 +352,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--rate", type=float, default=0.0)
     ap.add_argument("--paced-rate", type=float, default=100_000, help="events/s of the latency run")
+    ap.add_argument("--runtime-events", type=int, default=1_000_000, help="events of each runtime run (0: skip)")
+    ap.add_argument("--layout", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role == "agent":
         return role_agent(args.port, args.events, args.batch, args.rate)
     if args.role == "worker":
         return role_worker(args.port, args.events)
+    if args.role == "runtime":
+        return role_runtime(args.layout, args.port, args.events, args.batch)
 
     load_before = os.getloadavg()[0]
     server = RedisServer().start()
@@ -233,6 +379,16 @@ def main() -> None:
         print(f"paced at {args.paced_rate:,.0f} events/s, 1 worker: latency publish->consume p50 "
               f"{paced['latency_ms_p50']} ms p99 {paced['latency_ms_p99']} ms")
         info = redis.Redis(port=server.port).info("memory")
+        rt: dict[int, dict[str, Any]] = {}
+        if args.runtime_events:
+            for workers in (0, 1, 2):
+                rt[workers] = run_runtime(server, workers, args.runtime_events, args.batch)
+                x = rt[workers]
+                what = "1 ravn process, embedded transport" if not workers else \
+                    f"ravn agent + {workers} ravn analyze through redis"
+                print(f"runtime, analyzer_rules, {what}: {x['events_per_s']:,} events analyzed/s "
+                      f"({x['analyzed']:,} of {x['expected']:,} in {x['seconds']} s; per process "
+                      f"{x['per_process_analyzed']}; CPU s {x['cpu_s']}; dropped {x['dropped']}; alerts {x['alerts']})")
     finally:
         server.stop()
     emb, emb_cpu = embedded(args.events, args.batch)
@@ -262,6 +418,13 @@ def main() -> None:
         "worker_core_capacity_events_per_s": round(1e6 / one["cpu_us_per_event_workers"]),
         "lost": one["expected"] - one["events"] + two["expected"] - two["events"],
         "redis_used_memory_peak": info.get("used_memory_peak_human"),
+        **({"runtime_events": args.runtime_events,
+            "runtime_embedded_events_per_s": rt[0]["events_per_s"],
+            "runtime_redis_1_worker_events_per_s": rt[1]["events_per_s"],
+            "runtime_redis_2_workers_events_per_s": rt[2]["events_per_s"],
+            "runtime_ratio_redis_to_embedded": round(max(rt[1]["events_per_s"], rt[2]["events_per_s"])
+                                                     / rt[0]["events_per_s"], 3),
+            "runtime_lost": sum(x["expected"] - x["analyzed"] for x in rt.values())} if rt else {}),
         "loadavg_1m_before": round(load_before, 2), "loadavg_1m_after": round(os.getloadavg()[0], 2),
     }))
 
