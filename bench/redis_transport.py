@@ -2,7 +2,8 @@
 
 Measured in one run, on the same machine, so the ratios mean something:
   - ``redis-benchmark -P 32 -n 200000 XADD s '*' f v`` against the same server (Redis's own XADD rate);
-  - end to end events/s with one and with two worker processes: a separate agent process publishes pre-built
+  - end to end events/s with one and with two worker processes (and with one, in the wire format 0.1 agents
+    write, for a before/after in the same run): a separate agent process publishes pre-built
     batches of realistic events (13-15 fields; open/connect/exec mixed) through ``RedisTransport.publish`` as fast
     as it can; workers ``consume`` (decode) and ``ack``, reading ``evt.type`` of every event; the clock runs from
     the first publish to the last event consumed;
@@ -89,7 +90,14 @@ def cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def role_agent(port: int, events: int, batch: int, rate: float) -> None:
+def role_agent(port: int, events: int, batch: int, rate: float, stream_format: int) -> None:
+    import functools
+
+    from ravn_transport_redis import codec
+    from ravn_transport_redis import transport as transport_module
+
+    # what a 0.1 agent writes (format 1), for the before/after comparison in the same run
+    transport_module.stream_fields = functools.partial(codec.stream_fields, fmt=stream_format)
     pool = [make_events(batch, seed=s) for s in range(8)]
     t = transport(port, "bench-agent", pipeline_batches=32)
     cpu0 = cpu_s()
@@ -280,13 +288,15 @@ def result(p: subprocess.Popen[str]) -> dict[str, Any]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_e2e(server: RedisServer, workers: int, events: int, batch: int, rate: float = 0) -> dict[str, Any]:
+def run_e2e(server: RedisServer, workers: int, events: int, batch: int, rate: float = 0,
+            stream_format: int = 2) -> dict[str, Any]:
     r = redis.Redis(port=server.port)
     r.flushall()
     redis_cpu0 = _redis_cpu(r)
     ws = [spawn("--role", "worker", "--port", server.port, "--events", events) for _ in range(workers)]
     time.sleep(0.5)  # workers connected and blocked in XREADGROUP
-    agent = spawn("--role", "agent", "--port", server.port, "--events", events, "--batch", batch, "--rate", rate)
+    agent = spawn("--role", "agent", "--port", server.port, "--events", events, "--batch", batch, "--rate", rate,
+                  "--stream-format", stream_format)
     a = result(agent)
     rs = [result(w) for w in ws]
     got = sum(x["events"] for x in rs)
@@ -354,9 +364,10 @@ def main() -> None:
     ap.add_argument("--paced-rate", type=float, default=100_000, help="events/s of the latency run")
     ap.add_argument("--runtime-events", type=int, default=1_000_000, help="events of each runtime run (0: skip)")
     ap.add_argument("--layout", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--stream-format", type=int, default=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role == "agent":
-        return role_agent(args.port, args.events, args.batch, args.rate)
+        return role_agent(args.port, args.events, args.batch, args.rate, args.stream_format)
     if args.role == "worker":
         return role_worker(args.port, args.events)
     if args.role == "runtime":
@@ -371,6 +382,10 @@ def main() -> None:
         print(f"end to end, 1 worker:  {one['events_per_s']:,} events/s ({one['events']:,} events in "
               f"{one['seconds']} s; agent published in {one['agent_publish_s']} s); latency at saturation "
               f"p50 {one['latency_ms_p50']} ms p99 {one['latency_ms_p99']} ms")
+        v1 = run_e2e(server, 1, args.events, args.batch, stream_format=1)
+        print(f"end to end, 1 worker, format 1 (as 0.1 agents write it): {v1['events_per_s']:,} events/s; CPU us/event "
+              f"agent {v1['cpu_us_per_event_agent']} worker {v1['cpu_us_per_event_workers']} redis "
+              f"{v1['cpu_us_per_event_redis']}")
         two = run_e2e(server, 2, args.events, args.batch)
         print(f"end to end, 2 workers: {two['events_per_s']:,} events/s (split {two['per_worker']}); latency at "
               f"saturation p50 {two['latency_ms_p50']} ms p99 {two['latency_ms_p99']} ms")
@@ -404,6 +419,9 @@ def main() -> None:
         "bench": "redis_transport", "batch": args.batch, "events": args.events,
         "redis_benchmark_xadd_per_s": round(xadd), "e2e_1_worker_events_per_s": one["events_per_s"],
         "e2e_2_workers_events_per_s": two["events_per_s"],
+        "e2e_1_worker_format1_events_per_s": v1["events_per_s"],
+        "cpu_us_per_event_format1_agent_worker_redis": [v1["cpu_us_per_event_agent"],
+                                                        v1["cpu_us_per_event_workers"], v1["cpu_us_per_event_redis"]],
         "batches_per_s_1_worker": round(one["events_per_s"] / args.batch),
         "ratio_events_to_redis_benchmark_xadd": round(best / xadd, 2) if xadd else None,
         "ratio_batches_to_redis_benchmark_xadd": round(best / args.batch / xadd, 4) if xadd else None,
@@ -416,7 +434,7 @@ def main() -> None:
         "cpu_us_per_event_redis": one["cpu_us_per_event_redis"],
         "cpu_us_per_event_embedded": round(emb_cpu, 3),
         "worker_core_capacity_events_per_s": round(1e6 / one["cpu_us_per_event_workers"]),
-        "lost": one["expected"] - one["events"] + two["expected"] - two["events"],
+        "lost": sum(x["expected"] - x["events"] for x in (one, two, v1)),
         "redis_used_memory_peak": info.get("used_memory_peak_human"),
         **({"runtime_events": args.runtime_events,
             "runtime_embedded_events_per_s": rt[0]["events_per_s"],
