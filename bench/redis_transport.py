@@ -2,8 +2,8 @@
 
 Measured in one run, on the same machine, so the ratios mean something:
   - ``redis-benchmark -P 32 -n 200000 XADD s '*' f v`` against the same server (Redis's own XADD rate);
-  - end to end events/s with one and with two worker processes (and with one, in the wire format 0.1 agents
-    write, for a before/after in the same run): a separate agent process publishes pre-built
+  - end to end events/s with one and with two worker processes (and with one in wire format 1, what agents wrote
+    before format 2, for a before/after in the same run): a separate agent process publishes pre-built
     batches of realistic events (13-15 fields; open/connect/exec mixed) through ``RedisTransport.publish`` as fast
     as it can; workers ``consume`` (decode) and ``ack``, reading ``evt.type`` of every event; the clock runs from
     the first publish to the last event consumed;
@@ -96,7 +96,7 @@ def role_agent(port: int, events: int, batch: int, rate: float, stream_format: i
     from ravn_transport_redis import codec
     from ravn_transport_redis import transport as transport_module
 
-    # what a 0.1 agent writes (format 1), for the before/after comparison in the same run
+    # format 1 is what agents wrote before format 2: the before/after comparison in the same run
     transport_module.stream_fields = functools.partial(codec.stream_fields, fmt=stream_format)
     pool = [make_events(batch, seed=s) for s in range(8)]
     t = transport(port, "bench-agent", pipeline_batches=32)
@@ -383,12 +383,14 @@ def main() -> None:
               f"{one['seconds']} s; agent published in {one['agent_publish_s']} s); latency at saturation "
               f"p50 {one['latency_ms_p50']} ms p99 {one['latency_ms_p99']} ms")
         v1 = run_e2e(server, 1, args.events, args.batch, stream_format=1)
-        print(f"end to end, 1 worker, format 1 (as 0.1 agents write it): {v1['events_per_s']:,} events/s; CPU us/event "
+        print(f"end to end, 1 worker, wire format 1 (before): {v1['events_per_s']:,} events/s; CPU us/event "
               f"agent {v1['cpu_us_per_event_agent']} worker {v1['cpu_us_per_event_workers']} redis "
               f"{v1['cpu_us_per_event_redis']}")
         two = run_e2e(server, 2, args.events, args.batch)
-        print(f"end to end, 2 workers: {two['events_per_s']:,} events/s (split {two['per_worker']}); latency at "
-              f"saturation p50 {two['latency_ms_p50']} ms p99 {two['latency_ms_p99']} ms")
+        print(f"end to end, 2 workers: {two['events_per_s']:,} events/s ({two['events']:,} events in {two['seconds']} "
+              f"s, split {two['per_worker']}); latency at saturation p50 {two['latency_ms_p50']} ms p99 "
+              f"{two['latency_ms_p99']} ms; CPU us/event agent {two['cpu_us_per_event_agent']} workers "
+              f"{two['cpu_us_per_event_workers']} redis {two['cpu_us_per_event_redis']}")
         paced_events = int(args.paced_rate * 5)
         paced = run_e2e(server, 1, paced_events, args.batch, rate=args.paced_rate)
         print(f"paced at {args.paced_rate:,.0f} events/s, 1 worker: latency publish->consume p50 "
@@ -434,7 +436,10 @@ def main() -> None:
         "cpu_us_per_event_redis": one["cpu_us_per_event_redis"],
         "cpu_us_per_event_embedded": round(emb_cpu, 3),
         "worker_core_capacity_events_per_s": round(1e6 / one["cpu_us_per_event_workers"]),
-        "lost": sum(x["expected"] - x["events"] for x in (one, two, v1)),
+        "lost_per_run": [x["expected"] - x["events"] for x in (one, v1, two)],
+        "cpu_us_per_event_2_workers_agent_workers_redis": [two["cpu_us_per_event_agent"],
+                                                           two["cpu_us_per_event_workers"],
+                                                           two["cpu_us_per_event_redis"]],
         "redis_used_memory_peak": info.get("used_memory_peak_human"),
         **({"runtime_events": args.runtime_events,
             "runtime_embedded_events_per_s": rt[0]["events_per_s"],
