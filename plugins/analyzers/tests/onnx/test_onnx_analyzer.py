@@ -293,3 +293,18 @@ def test_exit_grace_by_event_time_for_replays(cyclic_model: Any) -> None:
     later = [{**e, "evt.ts": 103 * sec} for e in syscalls(8, cyclic(3))]  # another process, 3 s later
     alerts = an.analyze(later, ctx(now=5.1))  # same wall clock, but event time passed the grace
     assert [a.pid for a in alerts] == [7] and alerts[0].evidence["events_scored"] == 24
+
+
+def test_large_batches_run_in_chunks_with_the_same_result() -> None:
+    """Scorer.run splits a batch into RUN_WINDOWS-window session runs (bounds onnxruntime's arena); same numbers."""
+    import numpy as np
+    from ravn_analyzers.onnx.model import RUN_WINDOWS, Scorer
+
+    scorer = Scorer(default_model_path())
+    rng = np.random.default_rng(7)
+    n = 2 * RUN_WINDOWS + 5
+    windows = rng.integers(2, len(scorer.info.vocab) + 2, size=(n, scorer.info.window), dtype=np.int64)
+    whole = scorer.run(windows)
+    one_by_one = np.concatenate([scorer.run(windows[i:i + 1]) for i in range(n)])
+    assert whole.shape == windows.shape
+    np.testing.assert_allclose(whole, one_by_one, rtol=1e-5, atol=1e-5)

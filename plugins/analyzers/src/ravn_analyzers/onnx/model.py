@@ -27,7 +27,7 @@ import os
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -37,6 +37,10 @@ PAD = 0
 UNK = 1
 INPUT_NAME = "tokens"
 OUTPUT_NAME = "nll"
+#: windows per session.run. onnxruntime's CPU arena grows to the largest run and keeps it: measured with the
+#: shipped model, +74 MB of private memory after one run of 128 windows, +12 MB at 16; and 16 windows per run
+#: scored the most tokens per second (2.4M vs 1.5M at 128: the working set stays in cache).
+RUN_WINDOWS: Final = 16
 
 
 class ModelError(Exception):
@@ -171,7 +175,12 @@ class Scorer:
         return [ids.get(t, UNK) for t in tokens]
 
     def run(self, windows: np.ndarray) -> np.ndarray:
-        """NLL per position for a batch of windows [N, W] (one session.run)."""
+        """NLL per position for a batch of windows [N, W] (one session.run per RUN_WINDOWS windows)."""
+        if len(windows) <= RUN_WINDOWS:
+            return self._run(windows)
+        return np.concatenate([self._run(windows[i:i + RUN_WINDOWS]) for i in range(0, len(windows), RUN_WINDOWS)])
+
+    def _run(self, windows: np.ndarray) -> np.ndarray:
         out = self.session.run([OUTPUT_NAME], {INPUT_NAME: windows})[0]
         result: np.ndarray = np.asarray(out, dtype=np.float32)
         if result.shape != windows.shape:
