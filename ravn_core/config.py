@@ -115,7 +115,7 @@ class CoreConfig(BaseModel):
     restart_backoff_max_s: float = Field(30.0, gt=0, description="cap of the restart delay")
     memory_limit_mb: float = Field(
         200.0, gt=0, description="private (anonymous) RSS in MB above which RAVN alerts on itself and trims caches; "
-        "file-backed library pages (~140 MB for BCC's LLVM and onnxruntime) are not counted")
+        "file-backed library pages (~60 MB: onnxruntime, numpy, Python) are not counted")
     drop_alert_ratio: float = Field(0.01, ge=0, le=1, description="drop ratio per interval that raises an alert")
     proctree_max: int = Field(65536, ge=16, description="processes kept in the process tree (LRU)")
     http_listen: str = Field("", pattern=r"^(|\[?[0-9A-Za-z.:-]*\]?:[0-9]{1,5})$",

@@ -25,8 +25,9 @@ def rss_bytes() -> int:
 def anon_rss_bytes() -> int:
     """Resident anonymous memory (heap, stacks, maps): what leaks grow and what the memory limit applies to.
 
-    File-backed pages (the code of libbcc's LLVM, onnxruntime, Python) are left out: they are clean, shared with
-    the page cache and reclaimable, and about 140 MB here whatever RAVN does.
+    File-backed pages (the code of onnxruntime, numpy, Python) are left out: they are clean, shared with the page
+    cache and reclaimable, and about 60 MB here whatever RAVN does (BCC and LLVM are never loaded in the daemon:
+    ``ravn_core.bpf_loader``).
     """
     with open("/proc/self/status") as f:
         for line in f:

@@ -65,7 +65,8 @@ class RedisTransportConfig(RedisConnection):
         "stream", description="stream: XADD + consumer groups; list: LPUSH + reliable BLMOVE (original design)")
     stream_per: Literal["host", "source", "fleet"] = Field(
         "host", description="one stream per host, per host+source (evt.source), or one stream for the fleet")
-    maxlen: int = Field(100_000, ge=100, description="approximate MAXLEN of each stream, in batches")
+    maxlen: int = Field(
+        10_000, ge=100, description="approximate MAXLEN of each stream, in batches (~230 bytes per event held)")
     group: str = Field("ravn-analyzers", min_length=1, description="consumer group of the analyzer workers")
     consumer: str = Field(
         "", description="consumer name; empty = <hostname>-<pid>-<random> (unique); a stable one recovers own work")
