@@ -261,10 +261,13 @@ def load_in_child(load: Callable[[], BPF], what: str, timeout_s: float = 180.0) 
     finally:
         parent.close()
         os.waitpid(pid, 0)
-    n_maps, n_progs = len(header["maps"]), len(header["programs"])
-    fds_by_name = iter(received)
-    maps = {name: next(fds_by_name) for name in header["maps"]}
-    programs = {name: next(fds_by_name) for name in header["programs"]}
-    links = {name: next(fds_by_name) for name in header["links"]}
-    assert len(maps) == n_maps and len(programs) == n_progs
-    return LoadedBpf(programs, links, maps)
+    taken = iter(received)
+    maps = {name: next(taken) for name in header["maps"]}
+    programs = {name: next(taken) for name in header["programs"]}
+    links = {name: next(taken) for name in header["links"]}
+    try:
+        return LoadedBpf(programs, links, maps)
+    except BaseException:
+        for fd in received:
+            os.close(fd)
+        raise
