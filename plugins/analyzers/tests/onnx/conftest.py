@@ -79,15 +79,17 @@ def wrong_input_model(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def fails_at_run_model(tmp_path: Path) -> Path:
-    """The cyclic model with a Reshape to a fixed batch of 2 appended: it loads and passes the load-time test
-    inference (2 windows), then fails for real inside onnxruntime on any other batch size."""
+    """The cyclic model with a Reshape to a fixed batch of RUN_WINDOWS appended: it loads and passes the load-time
+    test inference (RUN_WINDOWS windows), then fails for real inside onnxruntime on any other batch size."""
+    from ravn_analyzers.onnx.model import RUN_WINDOWS
+
     m = onnx.load_from_string(cyclic_model_bytes())
     g = m.graph
     for node in g.node:
         for i, o in enumerate(node.output):
             if o == "nll":
                 node.output[i] = "nll_raw"
-    g.initializer.append(numpy_helper.from_array(np.array([2, -1], dtype=np.int64), "fixed_shape"))
+    g.initializer.append(numpy_helper.from_array(np.array([RUN_WINDOWS, -1], dtype=np.int64), "fixed_shape"))
     g.node.append(helper.make_node("Reshape", ["nll_raw", "fixed_shape"], ["nll"]))
     onnx.checker.check_model(m)
     path = tmp_path / "fails.onnx"

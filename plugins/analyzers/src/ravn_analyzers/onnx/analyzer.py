@@ -31,6 +31,7 @@ import numpy as np
 from pydantic import Field
 
 from ravn_analyzers.onnx.model import (
+    RUN_WINDOWS,
     UNK,
     ModelError,
     RunningScore,
@@ -186,15 +187,18 @@ class OnnxAnalyzer(Analyzer):
         return True
 
     def _check(self, scorer: Scorer) -> None:
-        """One tiny inference: a model that loads but cannot run on [N, window] int64 is not usable."""
+        """One inference of the largest run: a model that loads but cannot run on [N, window] int64 is not usable.
+        Running the largest shape now also gives onnxruntime's arena its full size at load, so memory does not
+        step up at the first busy moment (a soak's growth figure would count it as growth)."""
         w = self.config.window or scorer.info.window
-        probe = np.full((2, w), 2, dtype=np.int64)
+        probe = np.full((RUN_WINDOWS, w), 2, dtype=np.int64)
         try:
             scorer.run(probe)
         except ModelError:
             raise
         except Exception as exc:  # onnxruntime raises its own types on shape/type errors at run time
-            raise ModelError(f"test inference failed on int64 [2, {w}]: {type(exc).__name__}: {exc}") from exc
+            raise ModelError(f"test inference failed on int64 [{RUN_WINDOWS}, {w}]: {type(exc).__name__}: {exc}"
+                             ) from exc
 
     def _degrade(self, reason: str, retryable: bool) -> None:
         if not self.reason:

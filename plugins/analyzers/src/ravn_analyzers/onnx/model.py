@@ -145,6 +145,9 @@ class Scorer:
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Memory patterns are planned and kept per input shape, and every batch size is a new shape: measured,
+        # +6.7 MB after runs of 1..16 windows with them, +0.4 MB without, at the same speed.
+        opts.enable_mem_pattern = False
         try:
             self.session = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for every kind of bad file
