@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ravn_core.bpf import cgroup2_root
 from ravn_core.components import Source
@@ -39,6 +40,51 @@ def collect(source: Source, predicate: Callable[[Event], bool], *, count: int | 
             if time.monotonic() - reached >= settle_s:
                 break
     return got
+
+
+#: the interpreter of test child scripts: the system one (stdlib only), so it also runs as an unprivileged uid
+CHILD_PYTHON = "/usr/bin/python3"
+
+
+def collect_until_quiet(source: Source, predicate: Callable[[Event], bool] | None = None, *, settle_s: float = 0.3,
+                        timeout_s: float = 2.0) -> Batch:
+    """Events (matching ``predicate``, default all) polled until none arrived for ``settle_s``, at most
+    ``timeout_s``."""
+    got: Batch = []
+    quiet = time.monotonic()
+    deadline = quiet + timeout_s
+    while time.monotonic() < deadline:
+        batch = source.poll(50)
+        if predicate is not None:
+            batch = [e for e in batch if predicate(e)]
+        if batch:
+            got += batch
+            quiet = time.monotonic()
+        elif time.monotonic() - quiet > settle_s:
+            break
+    return got
+
+
+def run_child(source: Source | None, script: str, *args: str, user: int | None = None, cgroup: str | None = None
+              ) -> tuple[dict[str, Any], Batch]:
+    """Run ``CHILD_PYTHON script *args`` (a test child that prints its ground truth as one JSON object with its
+    ``pid``), as ``user`` and with ``RAVN_TEST_CGROUP=cgroup``, polling ``source`` while it runs (as the daemon
+    does); return (ground truth, the source's events of the child's pid)."""
+    proc = subprocess.Popen([CHILD_PYTHON, script, *args], stdout=subprocess.PIPE, text=True, user=user, group=user,
+                            env={**os.environ, "RAVN_TEST_CGROUP": cgroup or ""})
+    seen: Batch = []
+    deadline = time.monotonic() + 20
+    while proc.poll() is None and time.monotonic() < deadline:
+        if source is not None:
+            seen += source.poll(20)
+        else:
+            time.sleep(0.02)
+    out, _ = proc.communicate(timeout=5)
+    assert proc.returncode == 0, out
+    truth: dict[str, Any] = json.loads(out)
+    if source is None:
+        return truth, []
+    return truth, [e for e in seen + collect_until_quiet(source) if e["proc.pid"] == truth["pid"]]
 
 
 def bpf_programs() -> dict[int, str]:

@@ -16,48 +16,14 @@ from ravn_ebpf_file.config import FileConfig
 from ravn_ebpf_file.source import FileSource
 
 from ravn_core import bpf_testing
-from ravn_core.bpf_testing import fresh_cgroup
+from ravn_core.bpf_testing import collect_until_quiet, fresh_cgroup, run_child
 from ravn_core.events import field_names
 from ravn_core.testing import make_context, require_kernel
 
 pytestmark = pytest.mark.kernel
 
 CHILD = str(Path(__file__).with_name("filechild.py"))
-PY = "/usr/bin/python3"
 NOBODY = 65534
-
-
-def collect_until_quiet(src: FileSource, settle_s: float = 0.3, timeout_s: float = 2.0) -> list[dict[str, Any]]:
-    got: list[dict[str, Any]] = []
-    deadline, quiet = time.monotonic() + timeout_s, time.monotonic()
-    while time.monotonic() < deadline:
-        batch = src.poll(50)
-        if batch:
-            got += batch
-            quiet = time.monotonic()
-        elif time.monotonic() - quiet > settle_s:
-            break
-    return got
-
-
-def run_child(src: FileSource | None, *args: str, user: int | None = None, cgroup: str | None = None
-              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run filechild.py, polling ``src`` while it runs (as the daemon does); (ground truth, its events)."""
-    proc = subprocess.Popen([PY, CHILD, *args], stdout=subprocess.PIPE, text=True, user=user, group=user,
-                            env={**os.environ, "RAVN_TEST_CGROUP": cgroup or ""})
-    seen: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 20
-    while proc.poll() is None and time.monotonic() < deadline:
-        if src is not None:
-            seen += src.poll(20)
-        else:
-            time.sleep(0.02)
-    out, _ = proc.communicate(timeout=5)
-    assert proc.returncode == 0, out
-    truth = json.loads(out)
-    if src is None:
-        return truth, []
-    return truth, [e for e in seen + collect_until_quiet(src) if e["proc.pid"] == truth["pid"]]
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +70,7 @@ def probe(base: Path, bystander: int) -> Iterator[FileSource]:
 
 def test_every_operation_decoded(probe: FileSource, base: Path) -> None:
     with fresh_cgroup() as cg:
-        truth, events = run_child(probe, "main", str(base), cgroup=str(cg))
+        truth, events = run_child(probe, CHILD, "main", str(base), cgroup=str(cg))
         assert truth["cgroup"] == os.stat(cg).st_ino != 1
     w, s, o = f"{base}/watch", f"{base}/secret", f"{base}/outside"
     for e in events:
@@ -159,7 +125,7 @@ def test_every_operation_decoded(probe: FileSource, base: Path) -> None:
 
 
 def test_result_and_uid_of_a_denied_change(probe: FileSource, base: Path) -> None:
-    truth, events = run_child(probe, "chown_denied", str(base), user=NOBODY)
+    truth, events = run_child(probe, CHILD, "chown_denied", str(base), user=NOBODY)
     (e,) = events
     assert (e["evt.type"], e["file.path"], e["file.uid"], e["file.gid"]) == ("chown", f"{base}/watch/owned", 0, 0)
     assert e["file.ret"] == truth["ret"] and truth["ret"] in (-1, -13)  # EPERM, or EACCES on the way there
@@ -167,8 +133,8 @@ def test_result_and_uid_of_a_denied_change(probe: FileSource, base: Path) -> Non
 
 
 def test_excluded_comm_reports_nothing(probe: FileSource, base: Path) -> None:
-    _, excluded = run_child(probe, "write", str(base), "ravn-fexcl")
-    truth, seen = run_child(probe, "write", str(base))
+    _, excluded = run_child(probe, CHILD, "write", str(base), "ravn-fexcl")
+    truth, seen = run_child(probe, CHILD, "write", str(base))
     assert excluded == []
     assert [(e["evt.type"], e["file.path"]) for e in seen] == [("open", f"{base}/watch/by-{truth['pid']}")]
 
@@ -189,7 +155,7 @@ def test_nothing_attached_after_stop(base: Path, bystander: int) -> None:
     assert src.bpf is None and src.health().state == "stopped"
     shown = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True, check=True).stdout
     assert not {p["id"] for p in json.loads(shown)} & set(ids)
-    run_child(None, "write", str(base))
+    run_child(None, CHILD, "write", str(base))
     assert src.poll(50) == []
 
 

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,49 +14,14 @@ import pytest
 from ravn_ebpf_network.source import NetworkConfig, NetworkSource
 
 from ravn_core import bpf_testing
-from ravn_core.bpf_testing import fresh_cgroup
+from ravn_core.bpf_testing import CHILD_PYTHON, collect_until_quiet, fresh_cgroup, run_child
 from ravn_core.events import field_names
 from ravn_core.testing import make_context, require_kernel
 
 pytestmark = pytest.mark.kernel
 
 CHILD = str(Path(__file__).with_name("netchild.py"))
-PY = "/usr/bin/python3"
 NOBODY = 65534
-
-
-def run_child(src: NetworkSource | None, *args: str, user: int | None = None, cgroup: str | None = None
-              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run netchild.py, polling ``src`` while it runs (as the daemon does); (ground truth, its events)."""
-    proc = subprocess.Popen([PY, CHILD, *args], stdout=subprocess.PIPE, text=True, user=user, group=user,
-                            env={**os.environ, "RAVN_TEST_CGROUP": cgroup or ""})
-    seen: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 20
-    while proc.poll() is None and time.monotonic() < deadline:
-        seen += src.poll(20) if src is not None else []
-        time.sleep(0 if src is not None else 0.02)
-    out, _ = proc.communicate(timeout=5)
-    assert proc.returncode == 0, out
-    truth = json.loads(out)
-    if src is None:
-        return truth, []
-    return truth, [e for e in seen + collect(src, lambda e: True) if e["proc.pid"] == truth["pid"]]
-
-
-def collect(src: NetworkSource, pred: Callable[[dict[str, Any]], bool], settle_s: float = 0.3,
-            timeout_s: float = 2.0) -> list[dict[str, Any]]:
-    """Events matching pred, polling until none arrived for settle_s (bounded by timeout_s)."""
-    got: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout_s
-    quiet_since = time.monotonic()
-    while time.monotonic() < deadline:
-        batch = [e for e in src.poll(50) if pred(e)]
-        if batch:
-            got += batch
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since > settle_s:
-            break
-    return got
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +62,7 @@ def check_common(e: dict[str, Any], truth: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(("scenario", "family", "loop"), [("tcp4", "ipv4", "127.0.0.1"), ("tcp6", "ipv6", "::1")])
 def test_tcp_connect_accept_close_bind_listen(probe: NetworkSource, scenario: str, family: str, loop: str) -> None:
-    truth, events = run_child(probe, scenario, user=NOBODY)
+    truth, events = run_child(probe, CHILD, scenario, user=NOBODY)
     t = truth["tcp"]
     ev = by_type(events)
     for e in events:
@@ -124,7 +89,7 @@ def test_tcp_connect_accept_close_bind_listen(probe: NetworkSource, scenario: st
 
 
 def test_mapped_ipv4_in_ipv6(probe: NetworkSource) -> None:
-    truth, events = run_child(probe, "tcp_mapped")
+    truth, events = run_child(probe, CHILD, "tcp_mapped")
     (conn,) = [e for e in events if e["evt.type"] == "connect" and e["net.family"] == "ipv6"]
     assert conn["net.family"] == "ipv6"
     assert conn["net.daddr"] == "::ffff:127.0.0.1" and conn["net.dport"] == truth["port"]
@@ -142,7 +107,7 @@ def test_mapped_ipv4_in_ipv6(probe: NetworkSource) -> None:
 
 def test_udp_send_new_destinations_only(probe: NetworkSource) -> None:
     with fresh_cgroup() as cg:
-        truth, events = run_child(probe, "udp", cgroup=str(cg))
+        truth, events = run_child(probe, CHILD, "udp", cgroup=str(cg))
         assert truth["cgroup"] == os.stat(cg).st_ino != 1
     sends = [e for e in events if e["evt.type"] == "udp_send"]
     for e in sends:
@@ -162,7 +127,7 @@ def test_udp_send_new_destinations_only(probe: NetworkSource) -> None:
 
 
 def test_refused_nonblocking_and_null_accept(probe: NetworkSource) -> None:
-    truth, events = run_child(probe, "odd_connects")
+    truth, events = run_child(probe, CHILD, "odd_connects")
     conns = [e for e in events if e["evt.type"] == "connect"]
     refused = next(e for e in conns if e["net.fd"] == truth["refused_fd"])
     assert refused["net.ret"] == -111 and refused["net.dport"] == 1 and refused["net.proto"] == "tcp"
@@ -180,7 +145,7 @@ def test_refused_nonblocking_and_null_accept(probe: NetworkSource) -> None:
 def test_connect_completing_after_the_syscall(probe: NetworkSource) -> None:
     """A non-blocking connect still in SYN_SENT at its exit is reported when the handshake ends, with the
     source port and the process of the syscall (the state change itself runs in softirq)."""
-    truth, events = run_child(probe, "backlog")
+    truth, events = run_child(probe, CHILD, "backlog")
     conns = sorted((e["net.fd"], e["net.sport"], e["net.ret"], e["net.dport"], e["proc.comm"])
                    for e in events if e["evt.type"] == "connect")
     assert truth["rets"] == [-115, -115, -115] and truth["errs"] == [0, 0, 0]
@@ -190,16 +155,16 @@ def test_connect_completing_after_the_syscall(probe: NetworkSource) -> None:
 
 def test_filters_exclude_comm_and_pid(bystander: int) -> None:
     require_kernel()
-    waiting = subprocess.Popen([PY, CHILD, "wait"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    waiting = subprocess.Popen([CHILD_PYTHON, CHILD, "wait"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     cfg = NetworkConfig.model_validate({"filters": {"exclude_comms": ["ravn-excl"], "exclude_pids": [waiting.pid]}})
     src = NetworkSource("ebpf_network", cfg, make_context("net", ravn_pid=bystander))
     src.start()
     try:
-        excluded_comm, ev1 = run_child(src, "tcp4", "ravn-excl")
+        excluded_comm, ev1 = run_child(src, CHILD, "tcp4", "ravn-excl")
         out, _ = waiting.communicate("", timeout=20)
         excluded_pid = json.loads(out)
-        _, ev3 = run_child(src, "tcp4")
-        rest = collect(src, lambda e: e["proc.pid"] in (excluded_comm["pid"], excluded_pid["pid"]))
+        _, ev3 = run_child(src, CHILD, "tcp4")
+        rest = collect_until_quiet(src, lambda e: e["proc.pid"] in (excluded_comm["pid"], excluded_pid["pid"]))
         assert ev1 == [] and rest == []
         assert len(ev3) == 6  # bind, listen, connect, accept, 2 closes: the probe did see the third child
     finally:
@@ -229,5 +194,5 @@ def test_nothing_attached_after_stop(bystander: int) -> None:
     shown = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True, check=True).stdout
     live = {p["id"] for p in json.loads(shown)}
     assert not live & set(ids)
-    truth, _ = run_child(None, "tcp4")
+    truth, _ = run_child(None, CHILD, "tcp4")
     assert src.poll(50) == [] and truth["pid"] > 0
