@@ -71,15 +71,6 @@ def run(storm: str, args: list[str]) -> float:
     return float(out.stdout.strip())
 
 
-def prog_ids(src: Any) -> list[int]:
-    ids = []
-    for fn in src.bpf.funcs.values():
-        for line in Path(f"/proc/self/fdinfo/{fn.fd}").read_text().splitlines():
-            if line.startswith("prog_id:"):
-                ids.append(int(line.split()[1]))
-    return ids
-
-
 def enable_bpf_stats() -> int:
     """BPF_ENABLE_STATS(BPF_STATS_RUN_TIME): run-time accounting stays on while the returned fd is open (other
     processes toggling the kernel.bpf_stats_enabled sysctl do not turn it off)."""
@@ -130,7 +121,7 @@ def main() -> None:
                         poller = threading.Thread(target=poll, daemon=True)
                         poller.start()
                     for name, args in patterns:
-                        ids = prog_ids(src) if state == "on" else []
+                        ids = sorted(src.program_ids()) if state == "on" else []
                         before = bpf_run_ns(ids)
                         samples[name][state].append(run(storm, [a.format(tmp=tmp) for a in args]))
                         if state == "on":
