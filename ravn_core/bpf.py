@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from pydantic import Field, field_validator
 
-from ravn_core.bpf_loader import LoadedBpf, load_in_child
+from ravn_core.bpf_loader import LoadedBpf, fdinfo, load_in_child
 from ravn_core.components import Health, PluginConfig, RuntimeContext, Source
 from ravn_core.errors import UnusableEnvironment
 from ravn_core.events import EVENT_TYPES, Batch, Event
@@ -719,20 +719,16 @@ class BccProbe(Source):
                     pass
         return n
 
-    def _fdinfo_ids(self, fds: Iterable[int], key: str) -> set[int]:
-        ids = set()
-        for fd in fds:
-            try:
-                for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
-                    if line.startswith(key):
-                        ids.add(int(line.split()[1]))
-            except OSError:
-                pass
-        return ids
-
     def program_ids(self) -> set[int]:
         """Kernel ids of this probe's loaded programs (as ``bpftool prog list`` shows them)."""
-        return self._fdinfo_ids(self.bpf.programs.values(), "prog_id:") if self.bpf else set()
+        bpf = self.bpf
+        ids = set()
+        for fd in bpf.programs.values() if bpf is not None else ():
+            try:
+                ids.add(int(fdinfo(fd)["prog_id"]))
+            except (OSError, KeyError):  # closed (and maybe reused) by a concurrent stop()
+                pass
+        return ids
 
     def health(self) -> Health:
         """Called from the health thread; tolerates a concurrent stop() (reports "stopped")."""

@@ -95,9 +95,9 @@ class FdMap:
             raise ValueError(f"map {self.name}: {len(raw)} bytes given, the map's entries have {size}")
         return ctypes.create_string_buffer(raw, size)
 
-    def _call(self, cmd: int, key: Any, value: Any = None, flags: int = 0) -> int:
+    def _call(self, cmd: int, key: Any, value: Any = None) -> int:
         attr = _ElemAttr(self.fd, 0, ctypes.addressof(key) if key is not None else 0,
-                         ctypes.addressof(value) if value is not None else 0, flags)
+                         ctypes.addressof(value) if value is not None else 0, 0)
         if _libc.syscall(_SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr)) < 0:
             return ctypes.get_errno()
         return 0
@@ -146,7 +146,7 @@ class FdMap:
 
     def items(self) -> Iterator[tuple[Any, Any]]:
         for key in self.keys():
-            value = self._lookup(ctypes.create_string_buffer(bytes(key), self.key_size))
+            value = self._lookup(self._buf(key, self.key_size, self.Key))
             if value is not None:  # deleted since the key was listed
                 yield key, value
 
