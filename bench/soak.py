@@ -33,9 +33,9 @@ from typing import Any
 import yaml
 
 from ravn_core.bpf_testing import build_fork_loop
+from ravn_core.builtin.health import anon_rss_bytes, rss_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 # ---------------------------------------------------------------------------------------------- load generator
@@ -80,20 +80,6 @@ def fork_storm(count: int, workdir: Path) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * PAGE
-
-
-def anon(pid: int) -> int:
-    """Private (anonymous) resident memory: what ravn.memory_limit_mb applies to; leaves out library text."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def get_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=5) as r:
         data: dict[str, Any] = json.loads(r.read())
@@ -193,8 +179,8 @@ def main() -> int:
     statuses: list[dict[str, Any]] = []
     while time.monotonic() - started < seconds:
         t = time.monotonic() - started
-        samples.append((t, rss(daemon.pid)))
-        anon_samples.append((t, anon(daemon.pid)))
+        samples.append((t, rss_bytes(daemon.pid)))
+        anon_samples.append((t, anon_rss_bytes(daemon.pid)))
         if len(samples) % 5 == 0:
             st = get_json(f"{base}/status")
             statuses.append({"t": round(t), "accepted": st["stats"]["accepted"], "analyzed": st["stats"]["analyzed"],
@@ -209,14 +195,14 @@ def main() -> int:
 
     storm: dict[str, Any] = {}
     if args.forks:
-        before = rss(daemon.pid)
+        before = rss_bytes(daemon.pid)
         took = fork_storm(args.forks, tmp)
         time.sleep(5)  # let the daemon catch up
         storm = {"forks": args.forks, "seconds": round(took, 1), "forks_per_s": round(args.forks / took),
                  "proctree_processes": get_metric(f"{base}/metrics", "ravn_proctree_processes"),
                  "proctree_evictions": get_metric(f"{base}/metrics", "ravn_proctree_evictions_total"),
                  "proctree_max": get_metric(f"{base}/metrics", "ravn_proctree_max"),
-                 "rss_before_mb": round(before / 1048576, 1), "rss_after_mb": round(rss(daemon.pid) / 1048576, 1),
+                 "rss_before_mb": round(before / 1048576, 1), "rss_after_mb": round(rss_bytes(daemon.pid) / 1048576, 1),
                  "kernel_drops": get_json(f"{base}/status")["stats"]["sources"]}
         storm["kernel_drops"] = {n: s["kernel_drops"] for n, s in storm["kernel_drops"].items()}
         storm["bounded"] = storm["proctree_processes"] <= storm["proctree_max"]

@@ -16,24 +16,25 @@ from ravn_core.registry import HealthProbeRegistry
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def rss_bytes() -> int:
-    """Resident set size of this process (anonymous + file-backed pages)."""
-    with open("/proc/self/statm") as f:
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident set size of this process, or of ``pid`` (anonymous + file-backed pages)."""
+    with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * PAGE
 
 
-def anon_rss_bytes() -> int:
-    """Resident anonymous memory (heap, stacks, maps): what leaks grow and what the memory limit applies to.
+def anon_rss_bytes(pid: int | str = "self") -> int:
+    """Resident anonymous memory (heap, stacks, maps) of this process, or of ``pid``: what leaks grow and what the
+    memory limit applies to.
 
     File-backed pages (the code of onnxruntime, numpy, Python) are left out: they are clean, shared with the page
     cache and reclaimable, and about 60 MB here whatever RAVN does (BCC and LLVM are never loaded in the daemon:
     ``ravn_core.bpf_loader``).
     """
-    with open("/proc/self/status") as f:
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("RssAnon:"):
                 return int(line.split()[1]) * 1024
-    return rss_bytes()
+    return rss_bytes(pid)
 
 
 def trim_heap() -> None:

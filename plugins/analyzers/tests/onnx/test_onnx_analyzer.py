@@ -316,15 +316,11 @@ def test_inference_memory_is_taken_at_load() -> None:
     per-shape memory patterns and a small probe."""
     import numpy as np
 
-    def anon_mb() -> float:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no RssAnon")
+    from ravn_core.builtin.health import anon_rss_bytes
 
     an = OnnxAnalyzer("analyzer_onnx", OnnxConfig(), make_context("onnx"))
     assert an.scorer is not None
-    before = anon_mb()
+    before = anon_rss_bytes()
     for n in [*range(1, 17), *range(16, 0, -1), 64, 128]:
         an.scorer.run(np.full((n, an.window), 3, dtype=np.int64))
-    assert anon_mb() - before < 3.0
+    assert anon_rss_bytes() - before < 3 * 1024 * 1024
