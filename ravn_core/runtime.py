@@ -249,7 +249,6 @@ class Runtime:
             self._close_all()
             raise
         self.started_at = time.time()
-        trim_heap()  # BCC's compiler leaves tens of MB of freed heap behind
         if self._wants("analysis") and self.role != "replay":
             tree = self._tree(self.hostname)
             try:

@@ -38,7 +38,7 @@ def anon_rss_bytes(pid: int | str = "self") -> int:
 
 
 def trim_heap() -> None:
-    """Give freed heap back to the kernel (glibc malloc_trim); e.g. after BCC's compiler ran."""
+    """Give freed heap back to the kernel (glibc malloc_trim): when private memory is over the limit."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
