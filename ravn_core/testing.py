@@ -48,14 +48,16 @@ def require_root() -> None:
 
 
 def require_kernel() -> None:
-    """Root, tracefs and BCC importable: what every real-probe test needs."""
+    """What every real-probe test needs: root and what the daemon checks before loading probes (capabilities,
+    tracefs, kernel headers, bcc: ``ravn_core.bpf.check_environment``)."""
+    from ravn_core.bpf import check_environment
+    from ravn_core.errors import UnusableEnvironment
+
     require_root()
-    if not os.path.isdir("/sys/kernel/tracing/events"):
-        _missing("tracefs is not mounted at /sys/kernel/tracing")
     try:
-        import bcc  # noqa: F401
-    except ImportError:
-        _missing("the bcc Python package is not importable (python3-bpfcc and the .venv .pth link)")
+        check_environment()
+    except UnusableEnvironment as exc:
+        _missing(str(exc))
 
 
 def require_redis_server() -> str:
