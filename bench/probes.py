@@ -209,9 +209,8 @@ def agent() -> int:
     host.load()
     host.register_components()
     sources, failed = {}, {}
-    only = set(filter(None, os.environ.get("RAVN_BENCH_PROBES", "").split(",")))  # default: every ebpf_* probe
-    for reg in host.sources:
-        if not reg.name.startswith("ebpf_") or (only and reg.name not in only):
+    for reg in host.sources:  # every ebpf_* probe
+        if not reg.name.startswith("ebpf_"):
             continue
         try:
             src = reg.factory(reg.name, reg.config_model(), make_context(reg.name, ravn_pid=os.getpid()))
@@ -247,10 +246,13 @@ def agent() -> int:
 
 
 class Agent:
-    def __init__(self, only: str = "") -> None:
-        env = {**os.environ, "RAVN_BENCH_PROBES": only}
-        self.proc = subprocess.Popen([sys.executable, __file__, "--agent"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=env)
+    """Probes held by a separate process (``script --agent *args``), so that the measuring process and its
+    workloads stay outside RAVN's excluded tree. Its first stdout line (JSON, kept as ``info``) says it is ready;
+    closing its stdin stops it, and its last line (JSON) is its report. Used by bench/security.py too."""
+
+    def __init__(self, script: str = __file__, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, script, "--agent", *args], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout
         self.info: dict[str, Any] = json.loads(self.proc.stdout.readline())
         time.sleep(1.0)  # let the compile/attach burst settle

@@ -33,6 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from probes import Agent  # noqa: E402 - bench/ is sys.path[0] when run as a script
+
 STATES = ("off", "default", "raw")
 
 
@@ -100,22 +102,6 @@ def prog_stats(ids: set[int]) -> dict[int, tuple[str, int, int]]:
             for p in json.loads(out or "[]") if p["id"] in ids}
 
 
-class Agent:
-    def __init__(self, state: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--agent", state], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout
-        json.loads(self.proc.stdout.readline())
-        time.sleep(1.0)  # let the compile/attach burst settle
-
-    def stop(self) -> dict[str, Any]:
-        assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.close()
-        out: dict[str, Any] = json.loads(self.proc.stdout.readline())
-        self.proc.wait(60)
-        return out
-
-
 def redis_rps(port: int, requests: int) -> float:
     out = subprocess.run(["redis-benchmark", "-p", str(port), "-q", "-n", str(requests), "-c", "50",
                           "-t", "set,get", "--csv"], capture_output=True, text=True, check=True, timeout=300).stdout
@@ -155,7 +141,7 @@ def main() -> int:
         for r in range(args.rounds):
             order = STATES[r % 3:] + STATES[:r % 3]
             for state in order:
-                a = Agent(state) if state != "off" else None
+                a = Agent(__file__, state) if state != "off" else None
                 rps = redis_rps(redis.port, args.redis_requests)
                 storm = exec_storm(args.execs)
                 if a:
@@ -173,7 +159,7 @@ def main() -> int:
         stats_path.write_text("1")
         try:
             for state in STATES[1:]:
-                a = Agent(state)
+                a = Agent(__file__, state)
                 t0 = time.perf_counter()
                 redis_rps(redis.port, args.redis_requests)
                 wall = time.perf_counter() - t0
@@ -184,7 +170,7 @@ def main() -> int:
                                    "ns_per_request": round(total_ns / (2 * args.redis_requests), 1),
                                    "programs": out["bpf"]}
                 log(f"  bpf stats {state:7}: {total_ns / 1e6:.1f} ms of BPF time in {wall:.1f} s of redis-benchmark")
-                a = Agent(state)
+                a = Agent(__file__, state)
                 wall = exec_storm(args.execs)
                 out = a.stop()
                 total_ns = sum(v["ns"] for v in out["bpf"].values())
