@@ -2,7 +2,8 @@
 
 A probe plugin subclasses :class:`BccProbe`, names its ``.bpf.c`` (shipped as package data under
 ``<package>/bpf/``, a symlink to the repository's ``bpf/`` directory), lists the tracepoints it attaches and the
-decoders of its event structs, and gets the rest:
+decoders of its event structs, and gets the rest (compiling, filling the maps and attaching run in a short-lived
+child, ``ravn_core.bpf_loader``; the daemon keeps only the fds):
 
 - environment checks that raise :class:`UnusableEnvironment` (exit 3) naming the fix (root/CAP_BPF, tracefs,
   kernel headers, bcc), and compile/load errors reduced to their first error line and file;
