@@ -135,6 +135,24 @@ def unpacker(ctype: type[ctypes.Structure]) -> struct.Struct:
     return s
 
 
+#: the dirfd of a path relative to the working directory (openat, execveat, ...)
+AT_FDCWD: Final = -100
+
+
+def resolve_path(pid: int, dirfd: int, path: str) -> str | None:
+    """A relative ``path`` from a record made absolute the way the kernel saw it from ``pid``: joined with
+    ``/proc/<pid>/cwd`` (``dirfd`` AT_FDCWD) or ``/proc/<pid>/fd/<dirfd>``. None when /proc no longer has the
+    process or the fd, or the fd is not a directory. Read when the record is decoded, so a process that changed
+    directory in between is resolved against its new one."""
+    try:
+        base = os.readlink(f"/proc/{pid}/cwd" if dirfd == AT_FDCWD else f"/proc/{pid}/fd/{dirfd}")
+    except OSError:
+        return None
+    if not base.startswith("/"):
+        return None  # "pipe:[..]", "anon_inode:..": not a directory
+    return os.path.normpath(os.path.join(base, path))
+
+
 def bpf_dir() -> Path:
     """The repository's ``bpf/`` directory (for tests and tools; probes use their package data)."""
     return Path(__file__).resolve().parent.parent / "bpf"

@@ -10,7 +10,6 @@ import pytest
 from pydantic import ValidationError
 from ravn_ebpf_file.config import CLASS_EXCLUDE, CLASS_READ, CLASS_WRITE, DEFAULT_READ, FileConfig, PathRules
 from ravn_ebpf_file.decode import (
-    AT_FDCWD,
     DROP,
     F_ALL,
     F_FD,
@@ -22,7 +21,7 @@ from ravn_ebpf_file.decode import (
     make_decoders,
 )
 
-from ravn_core.bpf import EVENT_TYPE_IDS, RavnHdr, check_abi
+from ravn_core.bpf import AT_FDCWD, EVENT_TYPE_IDS, RavnHdr, check_abi
 from ravn_core.events import field_names
 
 

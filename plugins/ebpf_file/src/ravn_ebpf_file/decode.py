@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Final
 
-from ravn_core.bpf import EVENT_TYPE_IDS, RavnHdr, unpacker
+from ravn_core.bpf import EVENT_TYPE_IDS, RavnHdr, resolve_path, unpacker
 from ravn_core.events import Event
 from ravn_ebpf_file.config import PATH_MAX, PathRules
 
@@ -24,7 +24,6 @@ F_SETID: Final = 0x08
 F_ALL: Final = 0x10
 F_FD: Final = 0x20
 F_TRUNCATED: Final = 0x40
-AT_FDCWD: Final = -100
 WRITE_FLAGS: Final = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
 
 #: returned by a decoder for a record user space filtered out; the source drops it (identity compared)
@@ -62,17 +61,6 @@ def cstr(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
-def resolve(pid: int, dirfd: int, path: str) -> str | None:
-    """``path`` made absolute the way the kernel saw it from ``pid``; None when /proc no longer has it."""
-    try:
-        base = os.readlink(f"/proc/{pid}/cwd" if dirfd == AT_FDCWD else f"/proc/{pid}/fd/{dirfd}")
-    except OSError:
-        return None
-    if not base.startswith("/"):
-        return None  # "pipe:[..]", "anon_inode:..": not a directory
-    return os.path.normpath(os.path.join(base, path))
-
-
 def make_decoders(header: Callable[[tuple[Any, ...]], Event], rules: PathRules, all_types: frozenset[str],
                   counters: dict[str, int]) -> dict[int, Callable[[bytes], Event]]:
     """Event type id -> decoder(record bytes) -> event dict (or DROP), for the eight file event types.
@@ -94,13 +82,13 @@ def make_decoders(header: Callable[[tuple[Any, ...]], Event], rules: PathRules, 
         if not why & (F_RELATIVE | F_NEWRELATIVE):
             return path, newpath
         if why & F_RELATIVE:
-            p = resolve(v[1], v[_DIRFD], path)
+            p = resolve_path(v[1], v[_DIRFD], path)
             if p is None:
                 counters["relative_unresolved"] += 1
                 return None if not why & (F_SETID | F_ALL) else (path, newpath)
             path = p
         if why & F_NEWRELATIVE:
-            p = resolve(v[1], v[_NEWDIRFD], newpath)
+            p = resolve_path(v[1], v[_NEWDIRFD], newpath)
             if p is None:
                 counters["relative_unresolved"] += 1
                 return None if not why & (F_SETID | F_ALL) else (path, newpath)
