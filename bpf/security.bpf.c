@@ -58,6 +58,11 @@
  *     exec used AT_EMPTY_PATH (comm check). A memfd fd closed and reused for a regular file can give a false
  *     positive for an fd exec of that number.
  *   - argv strings that are not resident read as missing and set RAVN_EXEC_ARGV_TRUNC.
+ *   - the kernel keeps a relative filename as passed ("./x" after `cd /dev/shm`). User space makes it absolute
+ *     from /proc/<pid>/cwd (or the execveat dirfd) when it decodes the record, microseconds to milliseconds
+ *     later: a program that has already exited keeps "./x" (counted: exec_relative_unresolved), and one that
+ *     changed directory in between is resolved against its new cwd. A successful execveat(dirfd, "x") is named
+ *     "/dev/fd/<dirfd>/x" by the kernel and is left so.
  *   - cap_capable's cred is the one checked, usually but not always current's; proc.* is current.
  *   - fork with CLONE_PARENT: proc.* is the creator, while its proc.ppid in later events is the creator's parent.
  *   - the CAP_SYS_ADMIN skip list is by syscall: a genuine CAP_SYS_ADMIN check inside one of those syscalls is

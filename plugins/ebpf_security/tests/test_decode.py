@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import struct
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -31,7 +33,7 @@ def test_abi_matches_c_header() -> None:
 def test_every_security_event_type_has_a_decoder() -> None:
     ours = {t for t, et in EVENT_TYPES.items() if et.source == "ebpf_security"}
     assert ours == set(ALL_EVENTS)
-    assert set(decoders(lambda v: {})) == {EVENT_TYPE_IDS[t] for t in ours}
+    assert set(decoders(lambda v: {}, {})) == {EVENT_TYPE_IDS[t] for t in ours}
 
 
 def _header(v: tuple) -> dict:  # type: ignore[type-arg]
@@ -58,7 +60,7 @@ def test_exec_decoder() -> None:
         argv[i * 128:i * 128 + len(a)] = a
     argv[3 * 128:3 * 128 + 5] = b"stale"  # beyond argc: ignored
     ctypes.memmove(ctypes.addressof(e) + ExecEvent.argv.offset, bytes(argv), len(argv))
-    ev = decoders(_header)[EVENT_TYPE_IDS["exec"]](bytes(e))
+    ev = decoders(_header, {})[EVENT_TYPE_IDS["exec"]](bytes(e))
     assert ev["exec.filename"] == "/dev/fd/4"
     assert ev["exec.argv"] == ["a", "bb", "c c"]
     assert ev["exec.ret"] == -2
@@ -90,7 +92,7 @@ def test_sec_decoders(etype: str, args: tuple[int, ...], ret: int, nr: int, narg
         e.args[i] = a
     e.args[5] = 12345  # garbage past nargs never shows
     e.ret, e.nr, e.nargs, e.str = ret, nr, nargs, s
-    ev = decoders(_header)[EVENT_TYPE_IDS[etype]](bytes(e))
+    ev = decoders(_header, {})[EVENT_TYPE_IDS[etype]](bytes(e))
     for k, v in expect.items():
         assert ev[k] == v, k
     assert set(ev) - {"evt.type", "proc.pid"} == field_names(etype) - {
@@ -101,7 +103,7 @@ def test_mount_decoder() -> None:
     e = MountEvent()
     _fill(e, EVENT_TYPE_IDS["mount"])
     e.ret, e.flags, e.source, e.target, e.fstype = -16, 0x44000, b"none", b"/mnt/x", b"tmpfs"
-    ev = decoders(_header)[EVENT_TYPE_IDS["mount"]](bytes(e))
+    ev = decoders(_header, {})[EVENT_TYPE_IDS["mount"]](bytes(e))
     assert (ev["mount.source"], ev["mount.target"], ev["mount.fstype"], ev["mount.flags"], ev["mount.ret"]) == (
         "none", "/mnt/x", "tmpfs", 0x44000, -16)
 
@@ -112,7 +114,7 @@ def test_exec_records_are_cut_after_the_last_argv_slot() -> None:
     e.argc = 1
     e.filename = b"/bin/sh"
     ctypes.memmove(ctypes.addressof(e) + ExecEvent.argv.offset, b"sh", 2)
-    decode = decoders(_header)[EVENT_TYPE_IDS["exec"]]
+    decode = decoders(_header, {})[EVENT_TYPE_IDS["exec"]]
     cut = bytes(e)[:EXEC_MIN_SIZE + 128]
     assert decode(cut)["exec.argv"] == ["sh"]
     # the base hands decoders memoryview slices although its Decoder alias says bytes
@@ -121,7 +123,7 @@ def test_exec_records_are_cut_after_the_last_argv_slot() -> None:
     with pytest.raises(ValueError):
         decode(b"\0" * 100)
     with pytest.raises(struct.error):
-        decoders(_header)[EVENT_TYPE_IDS["fork"]](b"\0" * 100)
+        decoders(_header, {})[EVENT_TYPE_IDS["fork"]](b"\0" * 100)
 
 
 def test_name_tables() -> None:
@@ -183,3 +185,38 @@ def test_plugin_registers_through_the_host(ravn_host) -> None:  # type: ignore[n
     assert reg is not None
     assert reg.factory is SecuritySource and reg.config_model is SecurityConfig
     assert reg.distribution.startswith("ravn-ebpf-security")
+
+
+def _exec_record(pid: int, filename: bytes, fd: int = -1, flags: int = 0) -> bytes:
+    e = ExecEvent()
+    _fill(e, EVENT_TYPE_IDS["exec"])
+    e.hdr.pid, e.filename, e.fd, e.flags = pid, filename, fd, flags
+    return bytes(e)[:EXEC_MIN_SIZE]
+
+
+def test_relative_exec_filename_resolved_against_cwd_or_dirfd(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    counters: dict[str, int] = {}
+    decode = decoders(_header, counters)[EVENT_TYPE_IDS["exec"]]
+    me = os.getpid()
+    assert decode(_exec_record(me, b"./payload"))["exec.filename"] == f"{tmp_path}/payload"
+    assert decode(_exec_record(me, b"sub/../x"))["exec.filename"] == f"{tmp_path}/x"
+    dirfd = os.open(tmp_path / "sub", os.O_RDONLY | os.O_DIRECTORY)
+    try:  # execveat(dirfd, "y", ...)
+        assert decode(_exec_record(me, b"y", fd=dirfd))["exec.filename"] == f"{tmp_path}/sub/y"
+    finally:
+        os.close(dirfd)
+    assert counters == {"exec_relative_resolved": 3, "exec_relative_unresolved": 0}
+    # absolute names, fd execs and an empty name are left as they are, and not counted
+    assert decode(_exec_record(me, b"/bin/true"))["exec.filename"] == "/bin/true"
+    assert decode(_exec_record(me, b"", fd=3, flags=0x1))["exec.filename"] == ""
+    assert counters["exec_relative_resolved"] == 3
+    # a process gone before its record is decoded keeps the name as passed, counted
+    gone = os.fork()
+    if gone == 0:
+        os._exit(0)
+    os.waitpid(gone, 0)
+    assert decode(_exec_record(gone, b"./payload"))["exec.filename"] == "./payload"
+    assert counters["exec_relative_unresolved"] == 1

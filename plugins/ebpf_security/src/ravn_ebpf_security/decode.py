@@ -10,7 +10,7 @@ import ctypes
 from collections.abc import Callable
 from typing import Any, Final
 
-from ravn_core.bpf import EVENT_TYPE_IDS, Decoder, RavnHdr, unpacker
+from ravn_core.bpf import AT_FDCWD, EVENT_TYPE_IDS, Decoder, RavnHdr, resolve_path, unpacker
 from ravn_core.events import Event
 from ravn_ebpf_security.names import (
     CRED_CALLS,
@@ -97,10 +97,26 @@ def _str(b: bytes) -> str:
     return b.split(b"\0", 1)[0].decode(errors="replace")
 
 
-def exec_decoder(header: Header) -> Decoder:
-    """``ravn_exec_event`` -> exec event."""
+def exec_decoder(header: Header, counters: dict[str, int]) -> Decoder:
+    """``ravn_exec_event`` -> exec event.
+
+    A relative ``exec.filename`` (``cd /tmp && ./x``: the kernel keeps the name as passed) is made absolute
+    against ``/proc/<pid>/cwd``, or the execveat dirfd, when the record is decoded, so path rules (``/tmp/``,
+    ``/dev/shm/``) see where the program lives. After a successful exec the pid is the new program, whose cwd is
+    the caller's; after a failed one it is the caller. A process gone by then keeps the relative name.
+    ``counters`` gets ``exec_relative_resolved`` and ``exec_relative_unresolved``."""
     unpack = unpacker(ExecEvent).unpack
     full = ctypes.sizeof(ExecEvent)
+    for k in ("exec_relative_resolved", "exec_relative_unresolved"):
+        counters.setdefault(k, 0)
+
+    def absolute(pid: int, fd: int, filename: str) -> str:
+        p = resolve_path(pid, fd if fd >= 0 else AT_FDCWD, filename)
+        if p is None:
+            counters["exec_relative_unresolved"] += 1
+            return filename
+        counters["exec_relative_resolved"] += 1
+        return p
 
     def decode(buf: bytes) -> Event:
         if len(buf) < full:  # the kernel sends only the argv slots in use
@@ -111,7 +127,10 @@ def exec_decoder(header: Header) -> Decoder:
         ev = header(v)
         argc = min(v[11], ARGC)
         argv = v[14]
-        ev["exec.filename"] = _str(v[13])
+        filename = _str(v[13])
+        if filename and filename[0] != "/" and not v[10] & EXEC_FD:
+            filename = absolute(v[1], v[12], filename)
+        ev["exec.filename"] = filename
         ev["exec.argv"] = [_str(argv[i * ARG_LEN:(i + 1) * ARG_LEN]) for i in range(argc)]
         ev["exec.ret"] = v[9]
         ev["exec.memfd"] = bool(v[10] & EXEC_MEMFD)
@@ -228,9 +247,9 @@ def sec_decoder(header: Header, fields: Fields) -> Decoder:
     return decode
 
 
-def decoders(header: Header) -> dict[int, Decoder]:
-    """Event type id -> decoder, for every event type the probe emits."""
-    out = {EVENT_TYPE_IDS["exec"]: exec_decoder(header), EVENT_TYPE_IDS["mount"]: mount_decoder(header)}
+def decoders(header: Header, counters: dict[str, int]) -> dict[int, Decoder]:
+    """Event type id -> decoder, for every event type the probe emits (``counters``: see exec_decoder)."""
+    out = {EVENT_TYPE_IDS["exec"]: exec_decoder(header, counters), EVENT_TYPE_IDS["mount"]: mount_decoder(header)}
     for name, fields in SEC_FIELDS.items():
         out[EVENT_TYPE_IDS[name]] = sec_decoder(header, fields)
     return out

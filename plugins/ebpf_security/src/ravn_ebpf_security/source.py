@@ -86,4 +86,4 @@ class SecuritySource(BccProbe):
         return list(dict.fromkeys(tps))  # one attachment per tracepoint
 
     def decoders(self) -> dict[int, Decoder]:
-        return decoders(self.event_header())
+        return decoders(self.event_header(), self.counters)
