@@ -16,6 +16,8 @@ Patterns:
   file   open_unwatched_read   openat(O_RDONLY)+close of /usr/lib/os-release: the loader's case, no event
          open_unwatched_write  openat(O_WRONLY|O_CREAT)+close under /tmp: no event
          open_watched_read     openat(O_RDONLY)+close of /etc/shadow: one event per iteration
+         open_unnormal_read    openat(O_RDONLY)+close of /usr/lib/../lib/os-release: a path with a ".." component,
+                               sent to user space, normalised there and dropped (one record per iteration)
   net    udp_same_dest         sendto()+recv() of 1 byte on loopback, one destination: no event after the first
          tcp_conn              connect+accept+close on loopback: connect, accept, 2 close events per iteration
 The last line is one JSON object.
@@ -46,6 +48,7 @@ PATTERNS: dict[str, list[tuple[str, list[str]]]] = {
         ("open_unwatched_read", ["open", "200000", "/usr/lib/os-release"]),
         ("open_unwatched_write", ["open", "200000", "{tmp}/w", "wr"]),
         ("open_watched_read", ["open", "100000", "/etc/shadow"]),
+        ("open_unnormal_read", ["open", "100000", "/usr/lib/../lib/os-release"]),
     ],
     "ebpf_network": [
         ("udp_same_dest", ["udp", "200000"]),
@@ -54,13 +57,13 @@ PATTERNS: dict[str, list[tuple[str, list[str]]]] = {
 }
 
 
-def make_source(name: str, ravn_pid: int) -> Any:
+def make_source(name: str, ravn_pid: int, file_config: dict[str, Any]) -> Any:
     ctx = make_context(name, ravn_pid=ravn_pid)
     if name == "ebpf_file":
         from ravn_ebpf_file.config import FileConfig
         from ravn_ebpf_file.source import FileSource
 
-        return FileSource(name, FileConfig(), ctx)
+        return FileSource(name, FileConfig.model_validate(file_config), ctx)
     from ravn_ebpf_network.source import NetworkConfig, NetworkSource
 
     return NetworkSource(name, NetworkConfig(), ctx)
@@ -94,6 +97,9 @@ def bpf_run_ns(ids: list[int]) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--file-config", default="{}", help='ebpf_file settings over its defaults, as JSON, e.g. '
+                    '\'{"normalize_paths": false}\'')
+    ap.add_argument("--only", default="", help="run only this probe (ebpf_file or ebpf_network)")
     opts = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ravn-netfile-"))
     storm = str(tmp / "storm")
@@ -103,7 +109,9 @@ def main() -> None:
     stats_fd = enable_bpf_stats()
     try:
         for probe, patterns in PATTERNS.items():
-            src = make_source(probe, bystander.pid)
+            if opts.only and probe != opts.only:
+                continue
+            src = make_source(probe, bystander.pid, json.loads(opts.file_config))
             samples: dict[str, dict[str, list[float]]] = {p: {"off": [], "on": [], "bpf": []} for p, _ in patterns}
             events = 0
             for r in range(opts.rounds):

@@ -33,8 +33,12 @@
  *     between is resolved against its new cwd. Relative read opens of other names are not seen at all;
  *   - fchmod (setuid/setgid) names its file by fd: the path is read from /proc/<pid>/fd/<fd> at decode time
  *     (empty if the fd is closed by then; it shows the file's current name if it was renamed);
- *   - paths are matched as passed: "/etc/../etc/shadow", symlinked and bind-mounted aliases and /proc/self/root
- *     are not normalised;
+ *   - an absolute path with an empty, "." or ".." component ("/etc//shadow", "/tmp/../etc/shadow") would slip
+ *     past the prefixes as passed. With RAVN_FILE_NORMALIZE=1 (default) every such path is sent to user space
+ *     (RAVN_FILE_F_NORMALIZE: one scan of the path, only for those), which normalises it lexically and applies
+ *     the same prefixes; the ones that match nothing are dropped there (counted: normalized_filtered). Lexical:
+ *     ".." after a symlinked directory is taken as written. Symlinked, hard-linked and bind-mounted aliases and
+ *     /proc/<pid>/root paths are not resolved;
  *   - paths longer than 255 bytes are cut (RAVN_FILE_F_TRUNCATED); fd-based calls other than fchmod
  *     (fchown, ftruncate, write on an already open fd) are not traced;
  *   - x86_64 syscall numbers (the dispatch); io_uring opens (IORING_OP_OPENAT) bypass syscalls entirely.
@@ -55,6 +59,9 @@ RAVN_PROC_PROGRAMS
 #endif
 #ifndef RAVN_FILE_RELATIVE
 #define RAVN_FILE_RELATIVE 1
+#endif
+#ifndef RAVN_FILE_NORMALIZE
+#define RAVN_FILE_NORMALIZE 1
 #endif
 #define RAVN_FILE_MAX_WILD 4   /* wildcard roots (map size) */
 #ifndef RAVN_FILE_N_WILD
@@ -114,9 +121,38 @@ BPF_PERCPU_ARRAY(ravn_file_keys, struct file_key, 2);
 BPF_PERCPU_ARRAY(ravn_file_scratch, struct ravn_file_event, 1);
 BPF_HASH(ravn_file_inflight, u32, struct ravn_file_event, RAVN_FILE_MAX_INFLIGHT);
 
+#if RAVN_FILE_NORMALIZE
+/* Whether the absolute path b (n bytes with its NUL) has "//", "/./", "/../" or ends in "/." or "/..". One pass;
+ * b[i + 1] is at most the NUL, and b[i + 2], b[i + 3] are read only after a '.' that is not the NUL. */
+static __always_inline int file_unnormal(const char *b, long n)
+{
+	for (u32 i = 0; i < RAVN_FILE_PATH_MAX - 3; i++) {
+		if (i + 1 >= n)
+			break;
+		if (b[i] != '/')
+			continue;
+		char c1 = b[i + 1];
+		if (c1 == '/')
+			return 1;
+		if (c1 != '.')
+			continue;
+		char c2 = b[i + 2];
+		if (c2 == '/' || c2 == 0)
+			return 1;
+		if (c2 == '.') {
+			char c3 = b[i + 3];
+			if (c3 == '/' || c3 == 0)
+				return 1;
+		}
+	}
+	return 0;
+}
+#endif
+
 /* Read the user path into dst (the event's field) and classify it. Returns the FILE_CLASS_* of the most
- * specific matching prefix (0: none); *relative set when the path does not start with '/'. */
-static __always_inline u32 file_classify(const char *upath, char *dst, u32 *why, u32 rel_flag)
+ * specific matching prefix (0: none); rel_flag is set in *why when the path does not start with '/', norm_flag
+ * when it is absolute but not normal (file_unnormal). */
+static __always_inline u32 file_classify(const char *upath, char *dst, u32 *why, u32 rel_flag, u32 norm_flag)
 {
 	u32 zero = 0, one = 1;
 	struct file_key *k = ravn_file_keys.lookup(&zero);
@@ -133,6 +169,10 @@ static __always_inline u32 file_classify(const char *upath, char *dst, u32 *why,
 		*why |= rel_flag;
 		return 0;
 	}
+#if RAVN_FILE_NORMALIZE
+	if (file_unnormal(k->data, n))
+		*why |= norm_flag;
+#endif
 	k->prefixlen = (n - 1) * 8;
 	u32 klass = 0, best = 0;
 	struct file_rule *r = ravn_file_rules.lookup(k);
@@ -235,7 +275,8 @@ static __always_inline int file_keep(struct ravn_file_event *e, u64 id, u64 ug, 
 /* Report decision for a change (not an open) of one or two paths. */
 static __always_inline int file_change_wanted(u32 type, u32 c1, u32 c2, u32 why)
 {
-	if ((c1 & FILE_CLASS_EXCLUDE) && (c2 == 0 || (c2 & FILE_CLASS_EXCLUDE)))
+	if ((c1 & FILE_CLASS_EXCLUDE) && (c2 == 0 || (c2 & FILE_CLASS_EXCLUDE)) &&
+	    !(why & (RAVN_FILE_F_NORMALIZE | RAVN_FILE_F_NEWNORMALIZE)))
 		return 0;
 	if ((c1 | c2) & (FILE_CLASS_READ | FILE_CLASS_WRITE))
 		return 1;
@@ -245,6 +286,8 @@ static __always_inline int file_change_wanted(u32 type, u32 c1, u32 c2, u32 why)
 	if (why & (RAVN_FILE_F_RELATIVE | RAVN_FILE_F_NEWRELATIVE))
 		return 1;
 #endif
+	if (why & (RAVN_FILE_F_NORMALIZE | RAVN_FILE_F_NEWNORMALIZE))
+		return 1;
 	return 0;
 }
 
@@ -370,9 +413,10 @@ int ravn_file_enter(struct file_sys_enter *args)
 	e->path[0] = 0;
 	u32 c1 = 0, c2 = 0;
 	if (p1)
-		c1 = file_classify(p1, e->path, &e->why, target ? 0 : RAVN_FILE_F_RELATIVE);
+		c1 = file_classify(p1, e->path, &e->why, target ? 0 : RAVN_FILE_F_RELATIVE,
+				   target ? 0 : RAVN_FILE_F_NORMALIZE);
 	if (p2)
-		c2 = file_classify(p2, e->newpath, &e->why, RAVN_FILE_F_NEWRELATIVE);
+		c2 = file_classify(p2, e->newpath, &e->why, RAVN_FILE_F_NEWRELATIVE, RAVN_FILE_F_NEWNORMALIZE);
 
 	int wanted = 0;
 	if (type == RAVN_EVT_OPEN) {
@@ -389,6 +433,8 @@ int ravn_file_enter(struct file_sys_enter *args)
 		if (!wanted && (e->why & RAVN_FILE_F_RELATIVE))
 			wanted = write || file_relative_name(p1);
 #endif
+		if (e->why & RAVN_FILE_F_NORMALIZE)
+			wanted = 1; /* the prefixes as passed say nothing: user space decides on the normal path */
 	} else if (type == RAVN_EVT_CHMOD && (mode & (R_S_ISUID | R_S_ISGID))) {
 		e->why |= RAVN_FILE_F_SETID | (p1 ? 0 : RAVN_FILE_F_FD);
 		wanted = 1;
@@ -397,7 +443,8 @@ int ravn_file_enter(struct file_sys_enter *args)
 	}
 	if (!wanted)
 		return 0;
-	if (!(e->why & (RAVN_FILE_F_MATCHED | RAVN_FILE_F_RELATIVE | RAVN_FILE_F_NEWRELATIVE | RAVN_FILE_F_SETID)))
+	if (!(e->why & (RAVN_FILE_F_MATCHED | RAVN_FILE_F_RELATIVE | RAVN_FILE_F_NEWRELATIVE | RAVN_FILE_F_SETID |
+			RAVN_FILE_F_NORMALIZE | RAVN_FILE_F_NEWNORMALIZE)))
 		e->why |= RAVN_FILE_F_ALL;
 	e->dirfd = dfd;
 	e->newdirfd = ndfd;

@@ -196,6 +196,9 @@ _Static_assert(sizeof(struct ravn_net_event) == 112, "update NetEvent in ravn_eb
 #define RAVN_FILE_F_ALL 0x10         /* reported because this event type is reported for every path */
 #define RAVN_FILE_F_FD 0x20          /* no path: the file is dirfd (fchmod); user space reads /proc/<pid>/fd */
 #define RAVN_FILE_F_TRUNCATED 0x40   /* a path was longer than RAVN_FILE_PATH_MAX - 1 bytes and is cut */
+#define RAVN_FILE_F_NORMALIZE 0x80   /* path is absolute with "//", "." or ".." components: user space normalises it
+                                      * and applies the prefixes */
+#define RAVN_FILE_F_NEWNORMALIZE 0x100 /* the same for newpath */
 struct ravn_file_event {
 	struct ravn_hdr hdr;
 	s64 ret;          /* syscall result: fd or -errno for open, 0 or -errno otherwise */

@@ -82,6 +82,15 @@ def main() -> None:
         os.close(os.open("cred", os.O_RDONLY))  # relative read of a read prefix's last component
         time.sleep(0.3)  # stay alive (fd open) while the probe resolves /proc/<pid>/cwd and /proc/<pid>/fd
         os.close(fd)
+    elif scenario == "unnormal":  # absolute paths with "//", "." and ".." components
+        os.close(os.open(f"{s}//key", os.O_RDONLY))  # read prefix: reported as {s}/key
+        os.close(os.open(f"{o}/../secret/./key", os.O_RDONLY))  # the same
+        os.close(os.open(f"{w}/../outside/y", os.O_WRONLY | os.O_CREAT, 0o600))  # matches as passed; not normal
+        os.close(os.open(f"{w}/skip/../z", os.O_WRONLY | os.O_CREAT, 0o600))  # excluded as passed; {w}/z
+        os.close(os.open(f"{o}/./y", os.O_RDONLY))  # outside either way: dropped in user space
+        os.close(os.open(f"{o}/.hidden", os.O_WRONLY | os.O_CREAT, 0o600))  # normal ("/.h"): not sent
+        os.close(os.open(f"{w}/u", os.O_WRONLY | os.O_CREAT, 0o600))
+        os.unlink(f"{o}/../watch/u")  # a change: reported as {w}/u
     elif scenario == "chown_denied":
         out["ret"] = raw_syscall(92, f"{w}/owned".encode(), 0, 0)  # chown as nobody: -EPERM
     elif scenario == "write":

@@ -196,3 +196,14 @@ def test_only_specific_tracepoints() -> None:
     assert len(tps) == 44 and all(tp.startswith(("syscalls:sys_enter_", "syscalls:sys_exit_")) for _, tp in tps)
     assert all(Path("/sys/kernel/tracing/events", *tp.split(":")).is_dir() for _, tp in tps) or \
         not Path("/sys/kernel/tracing/events").is_dir()
+
+
+@pytest.mark.parametrize(("raw", "normal"), [
+    ("/etc//shadow", "/etc/shadow"), ("//etc/shadow", "/etc/shadow"), ("///etc/./shadow", "/etc/shadow"),
+    ("/tmp/../etc/shadow", "/etc/shadow"), ("/../../etc/shadow", "/etc/shadow"), ("/etc/ssh/.", "/etc/ssh"),
+    ("/root/.ssh/id_rsa", "/root/.ssh/id_rsa"),
+])
+def test_normalize(raw: str, normal: str) -> None:
+    from ravn_ebpf_file.decode import normalize
+
+    assert normalize(raw) == normal

@@ -124,6 +124,25 @@ def test_every_operation_decoded(probe: FileSource, base: Path) -> None:
     assert all(e["file.ret"] == 0 for e in ev[2:13])
 
 
+def test_paths_with_dot_components_are_normalised(probe: FileSource, base: Path) -> None:
+    """/etc//shadow and /tmp/../etc/shadow must not slip past the prefixes: the kernel sends paths that are not
+    normal to user space, which normalises them and applies the prefixes again (both ways: a path that matched
+    only as passed is dropped, one that was excluded only as passed is reported)."""
+    before = dict(probe.counters)
+    _, events = run_child(probe, CHILD, "unnormal", str(base))
+    w, s = f"{base}/watch", f"{base}/secret"
+    assert [(e["evt.type"], e["file.path"], e["file.write"] if e["evt.type"] == "open" else None)
+            for e in events] == [
+        ("open", f"{s}/key", False),
+        ("open", f"{s}/key", False),
+        ("open", f"{w}/z", True),
+        ("open", f"{w}/u", True),
+        ("unlink", f"{w}/u", None),
+    ]
+    delta = {k: probe.counters[k] - before[k] for k in ("normalized", "normalized_filtered")}
+    assert delta == {"normalized": 6, "normalized_filtered": 2}
+
+
 def test_result_and_uid_of_a_denied_change(probe: FileSource, base: Path) -> None:
     truth, events = run_child(probe, CHILD, "chown_denied", str(base), user=NOBODY)
     (e,) = events

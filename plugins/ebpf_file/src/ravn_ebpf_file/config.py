@@ -104,6 +104,10 @@ class FileConfig(BccProbeConfig):
         True, description="send relative-path writes and changes (and reads whose path is a read prefix's last "
                           "component, e.g. 'shadow') to user space, which resolves them via /proc/<pid>/cwd and "
                           "applies the prefixes")
+    normalize_paths: bool = Field(
+        True, description="send absolute paths with '//', '.' or '..' components (/etc//shadow, /tmp/../etc/"
+                          "shadow) to user space, which normalises them and applies the prefixes; without it "
+                          "such a path is matched as passed and slips past them")
     ring_buffer_kb: int = Field(4096, description="BPF ring buffer size in KiB (power of two, at least 4); "
                                                   "file records are 360 or 616 bytes, so larger than the default")
     max_rules: int = Field(1024, ge=16, description="capacity of the kernel prefix trie")

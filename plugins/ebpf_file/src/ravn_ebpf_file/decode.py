@@ -1,9 +1,11 @@
 """Decoding of ``struct ravn_file_event`` (bpf/include/ravn_events.h) into flat event dicts.
 
 Records flagged relative (``RAVN_FILE_F_RELATIVE``/``_NEWRELATIVE``) are resolved here against
-``/proc/<pid>/cwd`` (dirfd AT_FDCWD) or ``/proc/<pid>/fd/<dirfd>`` and then filtered with the same prefixes as
-the kernel; ``fchmod`` records (``RAVN_FILE_F_FD``) get their path from ``/proc/<pid>/fd/<fd>``. A decoder
-returns :data:`DROP` for a record that the prefixes reject after resolution, or that cannot be resolved.
+``/proc/<pid>/cwd`` (dirfd AT_FDCWD) or ``/proc/<pid>/fd/<dirfd>``, and absolute paths flagged not normal
+(``RAVN_FILE_F_NORMALIZE``/``_NEWNORMALIZE``: "//", "." or ".." components) are normalised; both are then
+filtered with the same prefixes as the kernel. ``fchmod`` records (``RAVN_FILE_F_FD``) get their path from
+``/proc/<pid>/fd/<fd>``. A decoder returns :data:`DROP` for a record that the prefixes reject after resolution,
+or that cannot be resolved.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ F_SETID: Final = 0x08
 F_ALL: Final = 0x10
 F_FD: Final = 0x20
 F_TRUNCATED: Final = 0x40
+F_NORMALIZE: Final = 0x80
+F_NEWNORMALIZE: Final = 0x100
 WRITE_FLAGS: Final = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
 
 #: returned by a decoder for a record user space filtered out; the source drops it (identity compared)
@@ -61,13 +65,22 @@ def cstr(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
+def normalize(path: str) -> str:
+    """An absolute path without empty, "." or ".." components, lexically (as ``os.path.normpath``, but with one
+    leading slash where POSIX lets normpath keep two)."""
+    p = os.path.normpath(path)
+    return "/" + p.lstrip("/") if p.startswith("//") else p
+
+
 def make_decoders(header: Callable[[tuple[Any, ...]], Event], rules: PathRules, all_types: frozenset[str],
                   counters: dict[str, int]) -> dict[int, Callable[[bytes], Event]]:
     """Event type id -> decoder(record bytes) -> event dict (or DROP), for the eight file event types.
 
-    ``counters`` gets ``relative_resolved``, ``relative_unresolved`` and ``relative_filtered``."""
+    ``counters`` gets ``relative_resolved``, ``relative_unresolved``, ``relative_filtered`` (relative paths) and
+    ``normalized``, ``normalized_filtered`` (absolute paths with "//", "." or ".." components)."""
     unpack = _FILE.unpack
-    for k in ("relative_resolved", "relative_unresolved", "relative_filtered"):
+    for k in ("relative_resolved", "relative_unresolved", "relative_filtered", "normalized",
+              "normalized_filtered"):
         counters.setdefault(k, 0)
 
     def paths(v: tuple[Any, ...], etype: str) -> tuple[str, str] | None:
@@ -79,26 +92,35 @@ def make_decoders(header: Callable[[tuple[Any, ...]], Event], rules: PathRules, 
             except OSError:
                 path = ""
             return path, newpath
-        if not why & (F_RELATIVE | F_NEWRELATIVE):
+        if not why & (F_RELATIVE | F_NEWRELATIVE | F_NORMALIZE | F_NEWNORMALIZE):
             return path, newpath
-        if why & F_RELATIVE:
-            p = resolve_path(v[1], v[_DIRFD], path)
-            if p is None:
-                counters["relative_unresolved"] += 1
-                return None if not why & (F_SETID | F_ALL) else (path, newpath)
-            path = p
-        if why & F_NEWRELATIVE:
-            p = resolve_path(v[1], v[_NEWDIRFD], newpath)
-            if p is None:
-                counters["relative_unresolved"] += 1
-                return None if not why & (F_SETID | F_ALL) else (path, newpath)
-            newpath = p
-        counters["relative_resolved"] += 1
-        if why & (F_SETID | F_MATCHED) or etype in all_types:
+        if why & F_NORMALIZE:
+            path = normalize(path)
+        if why & F_NEWNORMALIZE:
+            newpath = normalize(newpath)
+        if why & (F_RELATIVE | F_NEWRELATIVE):
+            if why & F_RELATIVE:
+                p = resolve_path(v[1], v[_DIRFD], path)
+                if p is None:
+                    counters["relative_unresolved"] += 1
+                    return None if not why & (F_SETID | F_ALL) else (path, newpath)
+                path = p
+            if why & F_NEWRELATIVE:
+                p = resolve_path(v[1], v[_NEWDIRFD], newpath)
+                if p is None:
+                    counters["relative_unresolved"] += 1
+                    return None if not why & (F_SETID | F_ALL) else (path, newpath)
+                newpath = p
+            counters["relative_resolved"] += 1
+        normalized = why & (F_NORMALIZE | F_NEWNORMALIZE)
+        if normalized:
+            counters["normalized"] += 1
+        # the kernel's match on a path as passed stands, unless that path was not normal
+        if why & F_SETID or (why & F_MATCHED and not normalized) or etype in all_types:
             return path, newpath
         write = bool(v[_FLAGS] & WRITE_FLAGS) if etype == "open" else True
         if not rules.wanted(etype, path, newpath or None, write, False):
-            counters["relative_filtered"] += 1
+            counters["normalized_filtered" if normalized else "relative_filtered"] += 1
             return None
         return path, newpath
 

@@ -35,7 +35,8 @@ class FileSource(BccProbe):
     def __init__(self, name: str, config: FileConfig, context: RuntimeContext) -> None:
         super().__init__(name, config, context)
         self.rules = PathRules.from_config(config)
-        self.counters.update(relative_resolved=0, relative_unresolved=0, relative_filtered=0)
+        self.counters.update(relative_resolved=0, relative_unresolved=0, relative_filtered=0, normalized=0,
+                             normalized_filtered=0)
 
     def tracepoints(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
@@ -51,6 +52,7 @@ class FileSource(BccProbe):
         return [
             f"-DRAVN_FILE_ALL_MASK={mask}",
             f"-DRAVN_FILE_RELATIVE={int(c.relative_paths)}",
+            f"-DRAVN_FILE_NORMALIZE={int(c.normalize_paths)}",
             f"-DRAVN_FILE_N_WILD={len(self.rules.roots)}",
             f"-DRAVN_FILE_MAX_RULES={c.max_rules}",
             f"-DRAVN_FILE_MAX_INFLIGHT={c.max_inflight}",
