@@ -58,7 +58,8 @@
  *     exec used AT_EMPTY_PATH (comm check). A memfd fd closed and reused for a regular file can give a false
  *     positive for an fd exec of that number.
  *   - argv strings that are not resident read as missing and set RAVN_EXEC_ARGV_TRUNC.
- *   - the kernel keeps a relative filename as passed ("./x" after `cd /dev/shm`). User space makes it absolute
+ *   - the kernel keeps a filename as passed: "./x" after `cd /dev/shm`, or "/usr/../dev/shm/x". User space
+ *     normalises an absolute one lexically, and makes a relative one absolute
  *     from /proc/<pid>/cwd (or the execveat dirfd) when it decodes the record, microseconds to milliseconds
  *     later: a program that has already exited keeps "./x" (counted: exec_relative_unresolved), and one that
  *     changed directory in between is resolved against its new cwd. A successful execveat(dirfd, "x") is named

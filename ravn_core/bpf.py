@@ -139,6 +139,13 @@ def unpacker(ctype: type[ctypes.Structure]) -> struct.Struct:
 AT_FDCWD: Final = -100
 
 
+def normalize_path(path: str) -> str:
+    """An absolute path without empty, "." or ".." components, lexically (as ``os.path.normpath``, but with one
+    leading slash where POSIX lets normpath keep two)."""
+    p = os.path.normpath(path)
+    return "/" + p.lstrip("/") if p.startswith("//") else p
+
+
 def resolve_path(pid: int, dirfd: int, path: str) -> str | None:
     """A relative ``path`` from a record made absolute the way the kernel saw it from ``pid``: joined with
     ``/proc/<pid>/cwd`` (``dirfd`` AT_FDCWD) or ``/proc/<pid>/fd/<dirfd>``. None when /proc no longer has the

@@ -87,8 +87,9 @@ EVENT_TYPES: Final[dict[str, EventType]] = {
         # ----------------------------------------------------------------- ebpf_security
         _t("exec", "ebpf_security", "program execution (success or failure)",
            ("exec.filename", "str", "on success the kernel's name for the file (the path passed; \"/dev/fd/N\" for an "
-                                     "fd exec), on failure the path passed; a relative path is made absolute "
-                                     "from the process's cwd when it is decoded (see the probe's caveats)"),
+                                     "fd exec), on failure the path passed; made absolute from the process's cwd "
+                                     "when relative, and normalised (no //, . or ..) when it is decoded (see the "
+                                     "probe's caveats)"),
            ("exec.argv", "list[str]", "argument vector, bounded in count and length"),
            ("exec.ret", "int", "0 on success, -errno on failure"),
            ("exec.memfd", "bool", "the executed file is a memfd (fileless execution)")),

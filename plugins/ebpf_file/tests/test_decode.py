@@ -21,7 +21,7 @@ from ravn_ebpf_file.decode import (
     make_decoders,
 )
 
-from ravn_core.bpf import AT_FDCWD, EVENT_TYPE_IDS, RavnHdr, check_abi
+from ravn_core.bpf import AT_FDCWD, EVENT_TYPE_IDS, RavnHdr, check_abi, normalize_path
 from ravn_core.events import field_names
 
 
@@ -204,6 +204,4 @@ def test_only_specific_tracepoints() -> None:
     ("/root/.ssh/id_rsa", "/root/.ssh/id_rsa"),
 ])
 def test_normalize(raw: str, normal: str) -> None:
-    from ravn_ebpf_file.decode import normalize
-
-    assert normalize(raw) == normal
+    assert normalize_path(raw) == normal

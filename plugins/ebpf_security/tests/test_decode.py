@@ -209,8 +209,10 @@ def test_relative_exec_filename_resolved_against_cwd_or_dirfd(tmp_path: Path,
     finally:
         os.close(dirfd)
     assert counters == {"exec_relative_resolved": 3, "exec_relative_unresolved": 0}
-    # absolute names, fd execs and an empty name are left as they are, and not counted
+    # absolute names, fd execs and an empty name are left as they are (normalised), and not counted
     assert decode(_exec_record(me, b"/bin/true"))["exec.filename"] == "/bin/true"
+    assert decode(_exec_record(me, b"/usr/..//dev/shm/./x"))["exec.filename"] == "/dev/shm/x"
+    assert decode(_exec_record(me, b"/home/u/.local/bin/x"))["exec.filename"] == "/home/u/.local/bin/x"
     assert decode(_exec_record(me, b"", fd=3, flags=0x1))["exec.filename"] == ""
     assert counters["exec_relative_resolved"] == 3
     # a process gone before its record is decoded keeps the name as passed, counted

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Final
 
-from ravn_core.bpf import EVENT_TYPE_IDS, RavnHdr, resolve_path, unpacker
+from ravn_core.bpf import EVENT_TYPE_IDS, RavnHdr, normalize_path, resolve_path, unpacker
 from ravn_core.events import Event
 from ravn_ebpf_file.config import PATH_MAX, PathRules
 
@@ -65,13 +65,6 @@ def cstr(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
-def normalize(path: str) -> str:
-    """An absolute path without empty, "." or ".." components, lexically (as ``os.path.normpath``, but with one
-    leading slash where POSIX lets normpath keep two)."""
-    p = os.path.normpath(path)
-    return "/" + p.lstrip("/") if p.startswith("//") else p
-
-
 def make_decoders(header: Callable[[tuple[Any, ...]], Event], rules: PathRules, all_types: frozenset[str],
                   counters: dict[str, int]) -> dict[int, Callable[[bytes], Event]]:
     """Event type id -> decoder(record bytes) -> event dict (or DROP), for the eight file event types.
@@ -95,9 +88,9 @@ def make_decoders(header: Callable[[tuple[Any, ...]], Event], rules: PathRules, 
         if not why & (F_RELATIVE | F_NEWRELATIVE | F_NORMALIZE | F_NEWNORMALIZE):
             return path, newpath
         if why & F_NORMALIZE:
-            path = normalize(path)
+            path = normalize_path(path)
         if why & F_NEWNORMALIZE:
-            newpath = normalize(newpath)
+            newpath = normalize_path(newpath)
         if why & (F_RELATIVE | F_NEWRELATIVE):
             if why & F_RELATIVE:
                 p = resolve_path(v[1], v[_DIRFD], path)

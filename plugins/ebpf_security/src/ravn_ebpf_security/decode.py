@@ -10,7 +10,7 @@ import ctypes
 from collections.abc import Callable
 from typing import Any, Final
 
-from ravn_core.bpf import AT_FDCWD, EVENT_TYPE_IDS, Decoder, RavnHdr, resolve_path, unpacker
+from ravn_core.bpf import AT_FDCWD, EVENT_TYPE_IDS, Decoder, RavnHdr, normalize_path, resolve_path, unpacker
 from ravn_core.events import Event
 from ravn_ebpf_security.names import (
     CRED_CALLS,
@@ -101,8 +101,9 @@ def exec_decoder(header: Header, counters: dict[str, int]) -> Decoder:
     """``ravn_exec_event`` -> exec event.
 
     A relative ``exec.filename`` (``cd /tmp && ./x``: the kernel keeps the name as passed) is made absolute
-    against ``/proc/<pid>/cwd``, or the execveat dirfd, when the record is decoded, so path rules (``/tmp/``,
-    ``/dev/shm/``) see where the program lives. After a successful exec the pid is the new program, whose cwd is
+    against ``/proc/<pid>/cwd``, or the execveat dirfd, when the record is decoded, and an absolute one with
+    "//", "." or ".." components is normalised, so path rules (``/tmp/``, ``/dev/shm/``) see where the program
+    lives. After a successful exec the pid is the new program, whose cwd is
     the caller's; after a failed one it is the caller. A process gone by then keeps the relative name.
     ``counters`` gets ``exec_relative_resolved`` and ``exec_relative_unresolved``."""
     unpack = unpacker(ExecEvent).unpack
@@ -130,6 +131,8 @@ def exec_decoder(header: Header, counters: dict[str, int]) -> Decoder:
         filename = _str(v[13])
         if filename and filename[0] != "/" and not v[10] & EXEC_FD:
             filename = absolute(v[1], v[12], filename)
+        elif "/." in filename or "//" in filename:
+            filename = normalize_path(filename)  # /usr/../dev/shm/x is /dev/shm/x to the exec path rules
         ev["exec.filename"] = filename
         ev["exec.argv"] = [_str(argv[i * ARG_LEN:(i + 1) * ARG_LEN]) for i in range(argc)]
         ev["exec.ret"] = v[9]
