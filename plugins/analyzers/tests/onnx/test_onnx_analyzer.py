@@ -295,6 +295,29 @@ def test_exit_grace_by_event_time_for_replays(cyclic_model: Any) -> None:
     assert [a.pid for a in alerts] == [7] and alerts[0].evidence["events_scored"] == 24
 
 
+def test_a_fork_storm_leaves_no_more_than_max_processes_alive(cyclic_model: Any) -> None:
+    """Exited processes wait exit_grace_s (event time) for their last summary. In a storm, more than
+    max_processes of them do; those the bound drops must be freed, not kept by the exit queue."""
+    import gc
+
+    from ravn_analyzers.onnx.analyzer import _Proc
+
+    an = build(cyclic_model(), exit_grace_s=3, max_processes=100)
+    sec = 1_000_000_000
+    for pid in range(1000, 6000):  # 5,000 short processes within one second of event time
+        an.analyze([{"evt.type": "fork", "proc.pid": 1, "fork.child_pid": pid, "evt.ts": 50 * sec},
+                    {**syscalls(pid, [1, 2])[0], "evt.ts": 50 * sec},
+                    {"evt.type": "exit", "proc.pid": pid, "evt.ts": 50 * sec}], ctx(now=5.0))
+    gc.collect()
+    alive = sum(isinstance(o, _Proc) for o in gc.get_objects())
+    assert an.health().counters["processes"] <= 100
+    assert alive <= 101, alive  # the tracked ones (+1: pid 1's @fork); the queue keeps none of the dropped
+    # the queue is bounded too; the tracked ones are still finalised, by event time here
+    assert len(an._exits) <= 100
+    an.analyze([{**syscalls(7, [1])[0], "evt.ts": 60 * sec}], ctx(now=5.1))
+    assert an.health().counters["processes"] <= 2
+
+
 def test_large_batches_run_in_chunks_with_the_same_result() -> None:
     """Scorer.run splits a batch into RUN_WINDOWS-window session runs (bounds onnxruntime's arena); same numbers."""
     import numpy as np

@@ -91,8 +91,8 @@ class OnnxConfig(PluginConfig):
 
 
 class _Proc:
-    __slots__ = ("alerted_at", "alerted_score", "best", "comm", "exited_at", "last", "pending_toks", "recent", "score",
-                 "scored", "win")
+    __slots__ = ("alerted_at", "alerted_score", "best", "comm", "exit_deadline", "exited_at", "last", "pending_toks",
+                 "recent", "score", "scored", "win")
 
     def __init__(self, window: int, context: int, horizon: int) -> None:
         self.win = Windower(window, context)
@@ -101,6 +101,7 @@ class _Proc:
         self.comm = ""
         self.last = 0.0
         self.exited_at = 0.0  # when its exit event arrived (0: running)
+        self.exit_deadline = 0  # its exit event's evt.ts + exit_grace_s (0: none), the key of its _exits entry
         self.scored = False  # has had a score (counted once in processes_scored)
         self.alerted_at = 0.0
         self.alerted_score = 0
@@ -129,7 +130,10 @@ class OnnxAnalyzer(Analyzer):
         self._strikes = 0
         self._procs: OrderedDict[tuple[str, int], _Proc] = OrderedDict()
         self._backlog: set[tuple[str, int]] = set()
-        self._exits: deque[tuple[int, tuple[str, int], _Proc]] = deque()  # (evt.ts deadline, key, process)
+        # (evt.ts deadline, key) of exited processes. Keys, not processes: an entry must not keep alive a process
+        # that the max_processes bound or tick() already dropped (a fork storm leaves exit_grace_s of them).
+        # Bounded too: when the event stream is quiet, tick() finalises exited processes by wall clock instead.
+        self._exits: deque[tuple[int, tuple[str, int]]] = deque(maxlen=config.max_processes)
         self._latest_ts = 0  # newest evt.ts seen (ns)
         self.counters: dict[str, float] = {
             "batches": 0, "runs": 0, "windows": 0, "tokens": 0, "alerts": 0, "fallbacks": 0, "reloads": 0,
@@ -267,13 +271,15 @@ class OnnxAnalyzer(Analyzer):
                 # reuses the pid.
                 p.exited_at = now
                 if isinstance(ts, int):
-                    self._exits.append((ts + grace_ns, key, p))
+                    p.exit_deadline = ts + grace_ns
+                    self._exits.append((p.exit_deadline, key))
         if latest > self._latest_ts:
             self._latest_ts = latest
         exits = self._exits
         while exits and exits[0][0] <= self._latest_ts:
-            _, key, p = exits.popleft()
-            if procs.get(key) is p:
+            deadline, key = exits.popleft()
+            p = procs.get(key)  # the same process, unless it was dropped (and its pid reused) since
+            if p is not None and p.exit_deadline == deadline:
                 del procs[key]
                 touched.pop(key, None)
                 self._backlog.discard(key)
