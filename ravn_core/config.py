@@ -116,6 +116,10 @@ class CoreConfig(BaseModel):
     memory_limit_mb: float = Field(
         200.0, gt=0, description="private (anonymous) RSS in MB above which RAVN alerts on itself and trims caches; "
         "file-backed library pages (~60 MB: onnxruntime, numpy, Python) are not counted")
+    heap_trim_interval_s: float = Field(
+        60.0, ge=0, description="how often the health thread hands freed heap back to the kernel (malloc_trim) "
+        "when private memory is 32 MB or more above the lowest it has been: what a burst (a fork storm) freed; "
+        "0: only over memory_limit_mb")
     drop_alert_ratio: float = Field(0.01, ge=0, le=1, description="drop ratio per interval that raises an alert")
     proctree_max: int = Field(65536, ge=16, description="processes kept in the process tree (LRU)")
     http_listen: str = Field("", pattern=r"^(|\[?[0-9A-Za-z.:-]*\]?:[0-9]{1,5})$",

@@ -61,6 +61,7 @@ log = logging.getLogger("ravn.runtime")
 ROLES = ("all", "agent", "analyze", "record", "replay")
 POLL_MS = 50
 TICK_S = 1.0
+TRIM_GROWTH_BYTES = 32 << 20  # private memory this far above its lowest asks for a heap trim (heap_trim_interval_s)
 #: upper bounds (seconds) of the analysis latency histogram that /metrics exports (ravn_analysis_latency_seconds)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -168,10 +169,13 @@ class Runtime:
         self.counters: dict[str, int] = {
             "published": 0, "publish_lost": 0, "analyzed": 0, "analyzed_batches": 0, "alerts": 0,
             "alerts_emitted": 0, "threat_updates": 0, "acked": 0, "sink_items_lost": 0, "self_alerts": 0,
+            "heap_trims": 0,
         }
         self.started_at = 0.0
         self._last_drop_alert = 0.0
         self._last_memory_alert = 0.0
+        self._memory_low = 0  # lowest private memory seen (bytes), after the last trim
+        self._last_trim = 0.0
         self._drop_base = (0, 0)
         self._stats_final: dict[str, Any] | None = None
 
@@ -664,13 +668,24 @@ class Runtime:
 
     def _check_memory(self) -> None:
         rss = anon_rss_bytes()
+        now = time.monotonic()
+        if not self._memory_low or rss < self._memory_low:
+            self._memory_low = rss
+        every = self.core.heap_trim_interval_s
+        if every and rss >= self._memory_low + TRIM_GROWTH_BYTES and now - self._last_trim >= every:
+            # a burst's objects are freed by now or later; glibc keeps their pages until asked (pymalloc's
+            # arenas it frees itself, once empty). Asked at most every heap_trim_interval_s: a few ms each.
+            trim_heap()
+            self._last_trim = now
+            self.counters["heap_trims"] += 1
+            rss = anon_rss_bytes()
+            self._memory_low = min(self._memory_low, rss)
         limit = self.core.memory_limit_mb * 1024 * 1024
         if rss <= limit:
             return
         for tree in self.trees.values():
             tree.shrink(0.5)
         trim_heap()
-        now = time.monotonic()
         if now - self._last_memory_alert > 300 or not self._last_memory_alert:
             self._last_memory_alert = now
             mb = rss / 1048576

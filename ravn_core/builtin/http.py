@@ -222,6 +222,8 @@ class RavnCollector:
                                   value=float(stats.get("alerts", 0)))
         yield CounterMetricFamily("ravn_self_alerts", "alerts RAVN raised about itself (memory, drops)",
                                   value=float(stats.get("self_alerts", 0)))
+        yield CounterMetricFamily("ravn_heap_trims", "times freed heap was handed back to the kernel after a burst "
+                                  "(ravn.heap_trim_interval_s)", value=float(stats.get("heap_trims", 0)))
         yield CounterMetricFamily("ravn_threat_updates", "threat level changes", value=float(stats.get(
             "threat_updates", 0)))
         score = GaugeMetricFamily("ravn_threat_score", "host threat score 0-100", labels=["host"])

@@ -204,6 +204,31 @@ def test_memory_over_the_limit_alerts_through_the_sinks_and_trims_caches(tmp_pat
         rt.stop()
 
 
+def test_heap_freed_after_a_burst_is_handed_back(tmp_path: Path) -> None:
+    """A burst (here: 100 MB of 1 KB blocks, every 64th kept, as a fork storm's events and process entries leave
+    it) frees memory that glibc keeps; the health thread trims it once private memory is 32 MB over its lowest."""
+    from ravn_core.builtin.health import anon_rss_bytes
+
+    config = {"ravn": {**FAST, "state_dir": str(tmp_path), "heap_trim_interval_s": 0.3},
+              "sources": [{"plugin": "paced_source", "batches_per_s": 20}],
+              "analyzers": [{"plugin": "test_analyzer"}], "sinks": [{"plugin": "test_sink"}]}
+    h = host()
+    rt = Runtime(validate(config, h.registries()), h)
+    rt.start()
+    try:
+        time.sleep(0.5)  # the health thread has seen the settled memory
+        trims = rt.counters["heap_trims"]
+        blocks = [bytes(1000) for _ in range(100_000)]  # > 512 bytes: glibc malloc, not pymalloc
+        kept = blocks[::64]  # pins pages in the middle of the heap: free() alone cannot give them back
+        del blocks
+        peak = anon_rss_bytes()
+        assert wait_for(lambda: rt.counters["heap_trims"] > trims, 5)
+        assert anon_rss_bytes() < peak - 48 * 1048576, (peak, anon_rss_bytes())
+        assert len(kept) == 1563
+    finally:
+        rt.stop()
+
+
 # ---------------------------------------------------------------------------------------------- drops
 def test_drop_rate_over_the_threshold_raises_one_rate_limited_alert() -> None:
     config = {"ravn": {**FAST, "queue_batches": 1, "drop_alert_ratio": 0.05},
