@@ -100,12 +100,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_config(src: Path, tmp: Path, port: int, skip_missing: bool,
-                exclude: list[str], overrides: list[str]) -> tuple[Path, list[str], list[str]]:
+def make_config(src: Path, tmp: Path, port: int, skip_missing: bool, exclude: list[str], overrides: list[str],
+                transport_overrides: list[str]) -> tuple[Path, list[str], list[str]]:
     config = yaml.safe_load(src.read_text())
-    for item in overrides:
-        key, _, value = item.partition("=")
-        config.setdefault("ravn", {})[key] = yaml.safe_load(value)
+    for section, items in (("ravn", overrides), ("transport", transport_overrides)):
+        for item in items:
+            key, _, value = item.partition("=")
+            config.setdefault(section, {})[key] = yaml.safe_load(value)
     config.setdefault("ravn", {}).update({"state_dir": str(tmp / "state"), "http_listen": f"127.0.0.1:{port}"})
     for sink in config.get("sinks", []):
         if sink.get("plugin") == "jsonl":
@@ -139,6 +140,10 @@ def main() -> int:
     p.add_argument("--exclude", action="append", default=[], help="leave out this plugin (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a ravn: core key, e.g. --set memory_limit_mb=1024 (YAML value)")
+    p.add_argument("--transport-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a transport: key, e.g. --transport-set capacity_events=65536")
+    p.add_argument("--after-storm", type=float, default=5.0,
+                   help="seconds to keep sampling RSS and the backlog after the fork storm (default 5)")
     p.add_argument("--load", nargs=3, metavar=("RATE", "SECONDS", "DIR"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.load:
@@ -147,7 +152,8 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="ravn-soak-"))
     port = free_port()
-    cfg, sources, skipped = make_config(Path(args.config), tmp, port, args.skip_missing, args.exclude, args.set)
+    cfg, sources, skipped = make_config(Path(args.config), tmp, port, args.skip_missing, args.exclude, args.set,
+                                        args.transport_set)
     base = f"http://127.0.0.1:{port}"
     seconds = args.minutes * 60
     out_f, err_f = (tmp / "stdout").open("w"), (tmp / "stderr").open("w")
@@ -197,8 +203,17 @@ def main() -> int:
     if args.forks:
         before = rss_bytes(daemon.pid)
         took = fork_storm(args.forks, tmp)
-        time.sleep(5)  # let the daemon catch up
+        # after the storm: RSS, private memory and the backlog (accepted, not yet analyzed or dropped) each second
+        curve: list[tuple[int, float, float, int]] = []
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < args.after_storm:
+            st = get_json(f"{base}/status")["stats"]
+            curve.append((round(time.monotonic() - t0), round(rss_bytes(daemon.pid) / 1048576, 1),
+                          round(anon_rss_bytes(daemon.pid) / 1048576, 1),
+                          st["accepted"] - st["analyzed"] - st["dropped"]))
+            time.sleep(1)
         storm = {"forks": args.forks, "seconds": round(took, 1), "forks_per_s": round(args.forks / took),
+                 "after": curve, "backlog_max": max(c[3] for c in curve) if curve else 0,
                  "proctree_processes": get_metric(f"{base}/metrics", "ravn_proctree_processes"),
                  "proctree_evictions": get_metric(f"{base}/metrics", "ravn_proctree_evictions_total"),
                  "proctree_max": get_metric(f"{base}/metrics", "ravn_proctree_max"),
