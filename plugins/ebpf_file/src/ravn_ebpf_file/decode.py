@@ -92,18 +92,15 @@ def make_decoders(header: Callable[[tuple[Any, ...]], Event], rules: PathRules, 
         if why & F_NEWNORMALIZE:
             newpath = normalize_path(newpath)
         if why & (F_RELATIVE | F_NEWRELATIVE):
-            if why & F_RELATIVE:
-                p = resolve_path(v[1], v[_DIRFD], path)
-                if p is None:
-                    counters["relative_unresolved"] += 1
-                    return None if not why & (F_SETID | F_ALL) else (path, newpath)
-                path = p
-            if why & F_NEWRELATIVE:
-                p = resolve_path(v[1], v[_NEWDIRFD], newpath)
-                if p is None:
-                    counters["relative_unresolved"] += 1
-                    return None if not why & (F_SETID | F_ALL) else (path, newpath)
-                newpath = p
+            both = [path, newpath]
+            for i, (flag, dirfd) in enumerate(((F_RELATIVE, v[_DIRFD]), (F_NEWRELATIVE, v[_NEWDIRFD]))):
+                if why & flag:
+                    p = resolve_path(v[1], dirfd, both[i])
+                    if p is None:
+                        counters["relative_unresolved"] += 1
+                        return None if not why & (F_SETID | F_ALL) else (both[0], both[1])
+                    both[i] = p
+            path, newpath = both
             counters["relative_resolved"] += 1
         normalized = why & (F_NORMALIZE | F_NEWNORMALIZE)
         if normalized:
