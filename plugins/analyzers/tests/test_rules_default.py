@@ -290,6 +290,15 @@ def test_benign_activity_is_quiet(analyzer: RulesAnalyzer) -> None:
     assert noisy == []
 
 
+def test_exec_through_a_symlink_is_judged_by_the_file_it_runs(analyzer: RulesAnalyzer) -> None:
+    """ln -s /dev/shm/.x/kworker /usr/local/bin/update; update: exec.filename is the link, exec.exe the file."""
+    alerts = analyze(analyzer, [X("/usr/local/bin/update", exec__exe="/dev/shm/.x/kworker (deleted)")])
+    assert "exec_from_dev_shm" in [a.rule for a in alerts]
+    alerts = analyze(analyzer, [X("/usr/local/bin/build", exec__exe="/var/tmp/b/build")])
+    assert [a.rule for a in alerts] == ["exec_from_tmp"]
+    assert analyze(analyzer, [X("/usr/local/bin/update", exec__exe="/usr/lib/update/update")]) == []
+
+
 def test_benign_low_signals_are_low(analyzer: RulesAnalyzer) -> None:
     interactive_tmp = [X("/tmp/build/hello")]
     alerts = analyze(analyzer, interactive_tmp)

@@ -201,7 +201,9 @@ def test_relative_exec_filename_resolved_against_cwd_or_dirfd(tmp_path: Path,
     counters: dict[str, int] = {}
     decode = decoders(_header, counters)[EVENT_TYPE_IDS["exec"]]
     me = os.getpid()
-    assert decode(_exec_record(me, b"./payload"))["exec.filename"] == f"{tmp_path}/payload"
+    ev = decode(_exec_record(me, b"./payload"))
+    assert ev["exec.filename"] == f"{tmp_path}/payload"
+    assert ev["exec.exe"] == os.readlink("/proc/self/exe")  # the running program, read when decoded
     assert decode(_exec_record(me, b"sub/../x"))["exec.filename"] == f"{tmp_path}/x"
     dirfd = os.open(tmp_path / "sub", os.O_RDONLY | os.O_DIRECTORY)
     try:  # execveat(dirfd, "y", ...)
@@ -220,5 +222,6 @@ def test_relative_exec_filename_resolved_against_cwd_or_dirfd(tmp_path: Path,
     if gone == 0:
         os._exit(0)
     os.waitpid(gone, 0)
-    assert decode(_exec_record(gone, b"./payload"))["exec.filename"] == "./payload"
+    ev = decode(_exec_record(gone, b"./payload"))
+    assert (ev["exec.filename"], ev["exec.exe"]) == ("./payload", "")
     assert counters["exec_relative_unresolved"] == 1

@@ -159,8 +159,10 @@ def test_exec_failure_reports_errno(probe: SecuritySource) -> None:
 
 def test_relative_exec_is_reported_with_its_absolute_path(probe: SecuritySource, tmp_path: Path) -> None:
     """``cd /dev/shm && ./x`` must not hide where x lives: the kernel's name is "./x", the event's is absolute
-    (resolved against the process's cwd while it runs), for a successful exec and for a failed one."""
+    (resolved against the process's cwd while it runs), for a successful exec and for a failed one; and a
+    symlink does not hide the file it points to (exec.exe)."""
     shutil.copy("/bin/sleep", tmp_path / "sleeper")
+    (tmp_path / "link").symlink_to(tmp_path / "sleeper")
     (tmp_path / "notexec").write_text("not a program\n")  # mode 0644: exec fails with EACCES
     before = dict(probe.counters)
     pid = os.fork()
@@ -172,15 +174,16 @@ def test_relative_exec_is_reported_with_its_absolute_path(probe: SecuritySource,
             except PermissionError:
                 pass
             time.sleep(0.3)  # alive while the probe decodes the failure
-            os.execv("./sleeper", ["./sleeper", "0.3"])
+            os.execv("./link", ["./link", "0.3"])
         finally:
             os._exit(127)
     evs = of_pid(probe, pid)  # polls (and so decodes) while the child runs
     os.waitpid(pid, 0)
     execs = [e for e in evs if e["evt.type"] == "exec" and e["proc.pid"] == pid]
-    assert [(e["exec.filename"], e["exec.argv"], e["exec.ret"]) for e in execs] == [
-        (f"{tmp_path}/notexec", ["./notexec"], -errno.EACCES),
-        (f"{tmp_path}/sleeper", ["./sleeper", "0.3"], 0),
+    # exec.exe: the file the program runs from (/proc/<pid>/exe: through the symlink), empty for a failure
+    assert [(e["exec.filename"], e["exec.exe"], e["exec.argv"], e["exec.ret"]) for e in execs] == [
+        (f"{tmp_path}/notexec", "", ["./notexec"], -errno.EACCES),
+        (f"{tmp_path}/link", f"{tmp_path}/sleeper", ["./link", "0.3"], 0),
     ]
     assert probe.counters["exec_relative_resolved"] - before.get("exec_relative_resolved", 0) == 2
     assert probe.health().counters["exec_relative_resolved"] >= 2

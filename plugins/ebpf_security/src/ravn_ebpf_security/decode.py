@@ -7,6 +7,7 @@ come from ``BccProbe.event_header()``; the rest from the record.
 from __future__ import annotations
 
 import ctypes
+import os
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -97,6 +98,14 @@ def _str(b: bytes) -> str:
     return b.split(b"\0", 1)[0].decode(errors="replace")
 
 
+def _exe(pid: int) -> str:
+    """The running program of ``pid`` (a symlink's target, not its name), or "" when the process is gone."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
 def exec_decoder(header: Header, counters: dict[str, int]) -> Decoder:
     """``ravn_exec_event`` -> exec event.
 
@@ -105,7 +114,8 @@ def exec_decoder(header: Header, counters: dict[str, int]) -> Decoder:
     "//", "." or ".." components is normalised, so path rules (``/tmp/``, ``/dev/shm/``) see where the program
     lives. After a successful exec the pid is the new program, whose cwd is
     the caller's; after a failed one it is the caller. A process gone by then keeps the relative name.
-    ``counters`` gets ``exec_relative_resolved`` and ``exec_relative_unresolved``."""
+    ``exec.exe`` of a successful exec is read from ``/proc/<pid>/exe`` then too (one readlink per exec): the
+    file a symlink leads to. ``counters`` gets ``exec_relative_resolved`` and ``exec_relative_unresolved``."""
     unpack = unpacker(ExecEvent).unpack
     full = ctypes.sizeof(ExecEvent)
     for k in ("exec_relative_resolved", "exec_relative_unresolved"):
@@ -134,6 +144,7 @@ def exec_decoder(header: Header, counters: dict[str, int]) -> Decoder:
         elif "/." in filename or "//" in filename:
             filename = normalize_path(filename)  # /usr/../dev/shm/x is /dev/shm/x to the exec path rules
         ev["exec.filename"] = filename
+        ev["exec.exe"] = _exe(v[1]) if v[9] == 0 else ""
         ev["exec.argv"] = [_str(argv[i * ARG_LEN:(i + 1) * ARG_LEN]) for i in range(argc)]
         ev["exec.ret"] = v[9]
         ev["exec.memfd"] = bool(v[10] & EXEC_MEMFD)
