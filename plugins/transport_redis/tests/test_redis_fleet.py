@@ -54,6 +54,13 @@ def _marker_batch(n: int) -> list[dict[str, Any]]:
     return batch
 
 
+
+def written_alerts(path: Path) -> list[dict[str, Any]]:
+    """The alerts a worker has written so far: complete lines only (a running or killed worker may be mid-line)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().split("\n")[:-1] if line.strip()]
+
 def test_two_ravn_analyze_workers_share_the_fleet(redis_server: RedisServer, make_transport: Made,
                                                   tmp_path: Path) -> None:
     rules = tmp_path / "rules.yaml"
@@ -91,9 +98,7 @@ def test_two_ravn_analyze_workers_share_the_fleet(redis_server: RedisServer, mak
         def alerts() -> list[dict[str, Any]]:
             out = []
             for w in range(2):
-                p = tmp_path / f"w{w}.jsonl"
-                if p.exists():
-                    out += [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+                out += written_alerts(tmp_path / f"w{w}.jsonl")
             return [a for a in out if a.get("rule") == "fleet_test_marker"]
 
         assert wait_for(lambda: len(alerts()) >= 60, 20), (tmp_path / "w0.log").read_text()[-2000:]
@@ -135,9 +140,7 @@ def test_ravn_analyze_worker_sigkilled_the_other_takes_over(redis_server: RedisS
                                 stderr=open(tmp_path / f"w{w}.log", "w"))
 
     def numbers(w: int) -> list[int]:
-        p = tmp_path / f"w{w}.jsonl"
-        lines = p.read_text().splitlines() if p.exists() else []
-        return [int(a["description"].rsplit("batch-", 1)[1]) for a in map(json.loads, lines)
+        return [int(a["description"].rsplit("batch-", 1)[1]) for a in written_alerts(tmp_path / f"w{w}.jsonl")
                 if a.get("rule") == "fleet_test_marker"]
 
     victim = start(0)
