@@ -56,8 +56,10 @@ class JsonlConfig(PluginConfig):
 
 
 class JsonlSink(Sink):
-    """Alerts and threat-level changes, one JSON object per line. Each call's lines go out in one write(2) on an
-    O_APPEND descriptor, so a reader tailing the file (or one reading it after a SIGKILL) sees whole lines."""
+    """Alerts and threat-level changes, one JSON object per line, one append per batch.
+
+    Each call's lines go out in one write(2) on an O_APPEND descriptor, so a reader tailing the file (or one
+    reading it after a SIGKILL) sees whole lines."""
 
     def __init__(self, name: str, config: JsonlConfig, context: RuntimeContext) -> None:
         super().__init__(name, config, context)
