@@ -275,8 +275,9 @@ static __always_inline int file_keep(struct ravn_file_event *e, u64 id, u64 ug, 
 /* Report decision for a change (not an open) of one or two paths. */
 static __always_inline int file_change_wanted(u32 type, u32 c1, u32 c2, u32 why)
 {
-	if ((c1 & FILE_CLASS_EXCLUDE) && (c2 == 0 || (c2 & FILE_CLASS_EXCLUDE)) &&
-	    !(why & (RAVN_FILE_F_NORMALIZE | RAVN_FILE_F_NEWNORMALIZE)))
+	if (why & (RAVN_FILE_F_NORMALIZE | RAVN_FILE_F_NEWNORMALIZE))
+		return 1; /* the prefixes as passed say nothing: user space decides on the normal paths */
+	if ((c1 & FILE_CLASS_EXCLUDE) && (c2 == 0 || (c2 & FILE_CLASS_EXCLUDE)))
 		return 0;
 	if ((c1 | c2) & (FILE_CLASS_READ | FILE_CLASS_WRITE))
 		return 1;
@@ -286,8 +287,6 @@ static __always_inline int file_change_wanted(u32 type, u32 c1, u32 c2, u32 why)
 	if (why & (RAVN_FILE_F_RELATIVE | RAVN_FILE_F_NEWRELATIVE))
 		return 1;
 #endif
-	if (why & (RAVN_FILE_F_NORMALIZE | RAVN_FILE_F_NEWNORMALIZE))
-		return 1;
 	return 0;
 }
 

@@ -174,7 +174,7 @@ class Runtime:
         self.started_at = 0.0
         self._last_drop_alert = 0.0
         self._last_memory_alert = 0.0
-        self._memory_low = 0  # lowest private memory seen (bytes), after the last trim
+        self._memory_low = 0  # lowest private memory seen (bytes), the reference of the heap trim
         self._last_trim = 0.0
         self._drop_base = (0, 0)
         self._stats_final: dict[str, Any] | None = None

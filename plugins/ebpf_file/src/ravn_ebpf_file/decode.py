@@ -30,6 +30,10 @@ F_NORMALIZE: Final = 0x80
 F_NEWNORMALIZE: Final = 0x100
 WRITE_FLAGS: Final = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
 
+#: what the decoders count (in the source's health counters)
+COUNTERS: Final = ("relative_resolved", "relative_unresolved", "relative_filtered", "normalized",
+                   "normalized_filtered")
+
 #: returned by a decoder for a record user space filtered out; the source drops it (identity compared)
 DROP: Final[Event] = {}
 
@@ -72,8 +76,7 @@ def make_decoders(header: Callable[[tuple[Any, ...]], Event], rules: PathRules, 
     ``counters`` gets ``relative_resolved``, ``relative_unresolved``, ``relative_filtered`` (relative paths) and
     ``normalized``, ``normalized_filtered`` (absolute paths with "//", "." or ".." components)."""
     unpack = _FILE.unpack
-    for k in ("relative_resolved", "relative_unresolved", "relative_filtered", "normalized",
-              "normalized_filtered"):
+    for k in COUNTERS:
         counters.setdefault(k, 0)
 
     def paths(v: tuple[Any, ...], etype: str) -> tuple[str, str] | None:

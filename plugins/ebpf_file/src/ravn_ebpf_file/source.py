@@ -10,7 +10,7 @@ from ravn_core.bpf import EVENT_TYPE_IDS, BccProbe
 from ravn_core.components import RuntimeContext
 from ravn_core.events import Batch, Event
 from ravn_ebpf_file.config import PATH_MAX, WILD_LEN, FileConfig, PathRules
-from ravn_ebpf_file.decode import DROP, make_decoders
+from ravn_ebpf_file.decode import COUNTERS, DROP, make_decoders
 
 if TYPE_CHECKING:
     from bcc import BPF
@@ -35,8 +35,7 @@ class FileSource(BccProbe):
     def __init__(self, name: str, config: FileConfig, context: RuntimeContext) -> None:
         super().__init__(name, config, context)
         self.rules = PathRules.from_config(config)
-        self.counters.update(relative_resolved=0, relative_unresolved=0, relative_filtered=0, normalized=0,
-                             normalized_filtered=0)
+        self.counters.update(dict.fromkeys(COUNTERS, 0))
 
     def tracepoints(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
