@@ -1,18 +1,16 @@
 #!/usr/bin/env python3
 """Record benign host activity for training the default ONNX model, reproducibly.
 
-    sudo .venv/bin/python scripts/record_benign.py --output benign.jsonl [--seconds 300] [--config FILE]
+    sudo .venv/bin/python scripts/record_benign.py --output benign.jsonl [--kinds dev,web] [--seconds 300]
 
 What it does:
 1. creates a cgroup v2 group (/sys/fs/cgroup[/unified]/ravn-benign-<pid>) and notes its id (the inode number, which is
    what the probes report as ``proc.cgroup``);
 2. starts ``ravn record`` with the given config (default: config/ravn.yaml's four probes, analyzers off), in
    the root cgroup, writing every event of the host to a raw file;
-3. runs the benign workload below, round after round with varying inputs, in a shell placed in that cgroup
-   (so every process it starts is in it): compile and run C with gcc and make, git (init, commit, branch,
-   merge, log, diff, clone, gc), tar/gzip/xz, Python scripts (json, hashlib, sqlite3, a loopback HTTP server
-   and client), pip queries, ssh-keygen, dpkg/apt-cache queries, a unittest suite, coreutils/findutils/sed/awk
-   pipelines, perl, sqlite3;
+3. runs benign workloads of the kinds given by ``--kinds`` (bench/benign.py: dev, build, packages, admin,
+   web, cron; default ``dev``, the shipped model's training workload), round after round with varying inputs,
+   in shells placed in that cgroup (so every process they start is in it);
 4. stops the recorder and keeps only the events of processes in the workload's cgroup (the host may be busy
    with other things, which are not part of the training data).
 
@@ -34,6 +32,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import benign  # noqa: E402 - after the path set-up above
 
 RECORD_CONFIG = """\
 ravn:
@@ -52,123 +53,6 @@ sinks:
   - plugin: stdout
     min_level: HIGH
 """
-
-C_SOURCE = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-int cmp(const void *a, const void *b) { return (*(const int *)a - *(const int *)b); }
-int main(int argc, char **argv) {
-    int n = argc > 1 ? atoi(argv[1]) : 1000;
-    int *v = malloc(sizeof(int) * n);
-    for (int i = 0; i < n; i++) v[i] = (i * 7919) % (n + 13);
-    qsort(v, n, sizeof(int), cmp);
-    FILE *f = fopen("out.txt", "w");
-    if (!f) return 1;
-    for (int i = 0; i < n; i += n / 10 + 1) fprintf(f, "%d\n", v[i]);
-    fclose(f);
-    printf("%s sorted %d\n", argv[0], n);
-    free(v);
-    return 0;
-}
-"""
-
-MAKEFILE = "all: prog\nprog: prog.c\n\tcc -O2 -o prog prog.c\nclean:\n\trm -f prog out.txt\n"
-
-UNITTEST = """
-import json, unittest, hashlib
-class T(unittest.TestCase):
-    def test_json(self):
-        self.assertEqual(json.loads(json.dumps({"a": [1, 2]})), {"a": [1, 2]})
-    def test_hash(self):
-        self.assertEqual(len(hashlib.sha256(b"x" * {n}).hexdigest()), 64)
-    def test_files(self):
-        import os, tempfile
-        with tempfile.NamedTemporaryFile("w", delete=False) as f:
-            f.write("data")
-        self.assertTrue(os.path.getsize(f.name) == 4)
-        os.unlink(f.name)
-if __name__ == "__main__":
-    unittest.main()
-"""
-
-PY_HTTP = """
-import http.server, threading, urllib.request, socketserver
-class H(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *a): pass
-with socketserver.TCPServer(("127.0.0.1", 0), H) as srv:
-    port = srv.server_address[1]
-    t = threading.Thread(target=srv.serve_forever, daemon=True); t.start()
-    for _ in range({n}):
-        urllib.request.urlopen(f"http://127.0.0.1:{{port}}/").read()
-    srv.shutdown()
-print("http ok")
-"""
-
-PY_DATA = """
-import json, hashlib, sqlite3, os, csv, random
-random.seed({n})
-rows = [{{"id": i, "v": random.random()}} for i in range({n} * 10)]
-open("data.json", "w").write(json.dumps(rows))
-db = sqlite3.connect("data.db"); db.execute("create table if not exists t (id int, v real)")
-db.executemany("insert into t values (:id, :v)", rows); db.commit()
-print(db.execute("select count(*), avg(v) from t").fetchone())
-with open("data.csv", "w", newline="") as f:
-    w = csv.writer(f); [w.writerow([r["id"], r["v"]]) for r in rows]
-print(hashlib.sha256(open("data.csv", "rb").read()).hexdigest())
-for name in os.listdir("."):
-    os.stat(name)
-"""
-
-
-def workload(round_no: int, rng: random.Random, py: str) -> list[str]:
-    """Shell commands of one round (run in a fresh temp dir)."""
-    n = rng.randint(50, 500)
-    cmds = [
-        # C toolchain
-        f"cat > prog.c <<'EOF'\n{C_SOURCE}\nEOF",
-        f"printf '{MAKEFILE.encode('unicode_escape').decode()}' > Makefile && make -s && ./prog {n} && make -s clean",
-        f"cc -O{rng.randint(0, 2)} -o p2 prog.c && ./p2 {n * 3} >/dev/null && strip p2 && ls -la p2 && rm -f p2",
-        # git
-        "git init -q repo && cd repo && git config user.email t@example.org && git config user.name t"
-        f" && for i in $(seq 1 {rng.randint(2, 6)}); do echo line$i >> f.txt; git add f.txt;"
-        " git commit -qm c$i; done && git log --oneline | wc -l && git branch feature && git checkout -q feature"
-        " && echo x >> f.txt && git commit -qam x && git checkout -q - && git merge -q feature"
-        " && git diff HEAD~1 --stat && git status --short && git gc -q && cd .. && git clone -q repo clone"
-        " && git -C clone log -1 --format=%H && rm -rf repo clone",
-        # archives
-        f"mkdir -p tree/a tree/b && seq 1 {n * 20} > tree/a/nums && cp /etc/hostname tree/b/ 2>/dev/null;"
-        " tar czf t.tgz tree && tar tzf t.tgz >/dev/null && mkdir x && tar xzf t.tgz -C x"
-        " && gzip -k tree/a/nums && gunzip -c tree/a/nums.gz | wc -l && xz -k tree/a/nums && xz -dc tree/a/nums.xz"
-        " | tail -1 && rm -rf tree x t.tgz",
-        # python
-        f"{py} - <<'EOF'\n{PY_DATA.format(n=n)}\nEOF",
-        f"{py} - <<'EOF'\n{PY_HTTP.format(n=rng.randint(1, 5))}\nEOF",
-        f"cat > test_x.py <<'EOF'\n{UNITTEST.replace('{n}', str(n))}\nEOF\n{py} -m unittest -q test_x 2>&1 | tail -1",
-        f"{py} -c 'import sys, platform; print(platform.platform(), sys.version_info[:2])'",
-        # package queries
-        f"{py} -m pip list 2>/dev/null | head -5",
-        f"{py} -m pip show pip 2>/dev/null | head -2",
-        "dpkg -l | head -20 | wc -l; dpkg -S /bin/ls | head -1; apt-cache policy bash | head -3",
-        # keys
-        "ssh-keygen -q -t ed25519 -N '' -f key && ssh-keygen -l -f key.pub && rm -f key key.pub",
-        # text tools
-        f"seq 1 {n} | awk '{{s+=$1}} END {{print s}}'; seq 1 {n} | sort -r | uniq | head -3;"
-        " grep -r -l root /etc/passwd /etc/group 2>/dev/null; sed -n 1,3p /etc/os-release",
-        "find . -maxdepth 2 -type f | xargs -r wc -c | tail -1; du -sh . ; ls -la | wc -l",
-        "mkdir -p d1 && cp data.json d1/ && mv d1/data.json d1/moved.json && ln -s moved.json d1/link"
-        " && chmod 600 d1/moved.json && stat -c %a d1/moved.json && rm -rf d1",
-        "perl -e 'my %h; $h{$_ % 7}++ for 1..1000; print join(\",\", map {\"$_=$h{$_}\"} sort keys %h), \"\\n\"'",
-        "sqlite3 data.db 'select count(*) from t;' 2>/dev/null || true",
-        "id; whoami; uname -r; date -u +%s; ps -e | wc -l; df -h / | tail -1; free -m | head -2",
-        "for i in 1 2 3; do (echo sub$i; sleep 0.05) & done; wait",
-        "curl -s -o /dev/null -w '%{http_code}\\n' http://127.0.0.1:1/ || true",
-        "sleep 0.2",
-    ]
-    rest = cmds[4:]
-    rng.shuffle(rest)  # vary the order of all but the C toolchain and git steps
-    return cmds[:4] + rest
-
 
 ATTACK_PY_LISTENER = """
 import socket, sys
@@ -240,6 +124,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=300, help="how long to run the workload")
     ap.add_argument("--config", default="", help="ravn config for recording (default: four probes, no analyzers)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--kinds", default="dev",
+                    help="benign workload kinds, comma-separated or 'all' (bench/benign.py: "
+                         f"{', '.join(benign.KINDS)})")
     ap.add_argument("--attack", action="store_true",
                     help="run the intrusion-like workload instead (evaluation of a trained model; never train on it)")
     ap.add_argument("--keep-raw", action="store_true", help="keep the unfiltered recording and the recorder log")
@@ -247,6 +134,10 @@ def main() -> int:
                     help="comm of unrelated busy processes to filter in the kernel (less load, fewer drops; "
                          "their events would be dropped from the output anyway)")
     args = ap.parse_args()
+    try:
+        kinds = benign.parse_kinds(args.kinds)
+    except ValueError as exc:
+        ap.error(str(exc))
     if os.geteuid() != 0:
         print("record_benign: run as root (the probes need it)", file=sys.stderr)
         return 3
@@ -271,23 +162,28 @@ def main() -> int:
                 return 1
             time.sleep(0.5)
         time.sleep(2)
-        rng = random.Random(args.seed)
-        end = time.monotonic() + args.seconds
-        rounds = 0
         procs_file = cg / "cgroup.procs"
-        while time.monotonic() < end:
-            rounds += 1
-            d = Path(tempfile.mkdtemp(prefix=f"round{rounds}-", dir=work))
-            cmds = (attack_workload if args.attack else workload)(rounds, rng, py)
-            script = "set +e\n" + "\n".join(cmds) + "\n"
 
-            def enter_cgroup() -> None:
-                procs_file.write_text(str(os.getpid()))
+        def enter_cgroup() -> None:
+            procs_file.write_text(str(os.getpid()))
 
-            subprocess.run(["bash", "-c", script], cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           preexec_fn=enter_cgroup, timeout=120, check=False)
-            shutil.rmtree(d, ignore_errors=True)
-        print(f"record_benign: {rounds} workload rounds in {args.seconds:.0f} s", file=sys.stderr)
+        if args.attack:
+            rng = random.Random(args.seed)
+            end = time.monotonic() + args.seconds
+            rounds = 0
+            while time.monotonic() < end:
+                rounds += 1
+                d = Path(tempfile.mkdtemp(prefix=f"round{rounds}-", dir=work))
+                script = "set +e\n" + "\n".join(attack_workload(rounds, rng, py)) + "\n"
+                subprocess.run(["bash", "-c", script], cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               preexec_fn=enter_cgroup, timeout=120, check=False)
+                shutil.rmtree(d, ignore_errors=True)
+            print(f"record_benign: {rounds} attack rounds in {args.seconds:.0f} s", file=sys.stderr)
+        else:
+            done = benign.run(work, kinds, seconds=args.seconds, seed=args.seed, py=py, timeout=120,
+                              preexec_fn=enter_cgroup)
+            print(f"record_benign: {', '.join(f'{k} {n}' for k, n in done.items())} rounds in "
+                  f"{args.seconds:.0f} s", file=sys.stderr)
         time.sleep(3)  # let the last summaries flush
     finally:
         rec.send_signal(signal.SIGINT)
