@@ -94,10 +94,10 @@ def role_agent(port: int, events: int, batch: int, rate: float, stream_format: i
     import functools
 
     from ravn_transport_redis import codec
-    from ravn_transport_redis import transport as transport_module
+    from ravn_transport_redis import publisher as publisher_module
 
     # format 1 is what agents wrote before format 2: the before/after comparison in the same run
-    transport_module.stream_fields = functools.partial(codec.stream_fields, fmt=stream_format)
+    publisher_module.stream_fields = functools.partial(codec.stream_fields, fmt=stream_format)
     pool = [make_events(batch, seed=s) for s in range(8)]
     t = transport(port, "bench-agent", pipeline_batches=32)
     cpu0 = cpu_s()

@@ -105,7 +105,7 @@ def test_poison_batch_dead_lettered_after_max_deliveries(redis_server: RedisServ
     for i in range(3):
         w = make_transport(redis_server, host=f"w{i}", claim_idle_ms=100, max_deliveries=3)
         assert w.consume(3) is not None
-        w._stop.set()
+        w.link.stop.set()
         time.sleep(0.15)
     last = make_transport(redis_server, host="last", claim_idle_ms=100, max_deliveries=3)
     assert last.consume(1) is None
@@ -174,10 +174,10 @@ def test_batches_whose_reply_was_lost_are_not_sent_twice(redis_server: RedisServ
         entries.append(Entry(key, bid, payload, 1, unconfirmed=True))
     for e in entries[:3]:  # these reached Redis
         r.xadd(key, e.payload) if mode == "stream" else r.lpush(key, e.payload)  # type: ignore[arg-type]
-    with agent._spool.not_empty:  # as the sender leaves them after a broken pipeline
-        agent._send_resync = True
+    with agent.publisher.spool.not_empty:  # as the sender leaves them after a broken pipeline
+        agent.publisher.resync = True
     for e in entries:
-        agent._spool.put(e)
+        agent.publisher.spool.put(e)
     agent.flush(5)
     worker = make_transport(redis_server, host="w", mode=mode, dedup_window=0)  # no help from the worker
     got = drain([worker], 6)
@@ -225,10 +225,10 @@ def test_batches_delivered_in_a_reply_lost_with_the_connection_are_recovered(mak
         agent.flush(5)
         r = redis.Redis(port=server.port)
         if mode == "stream":  # what the lost reply delivered: the rest, pending on the worker's consumer
-            r.xreadgroup("ravn-analyzers", worker.consumer, {"ravn:events:{h1}": ">"})
+            r.xreadgroup("ravn-analyzers", worker.consumer_name, {"ravn:events:{h1}": ">"})
         else:
             for _ in range(2):
-                r.lmove("ravn:events:raw", f"ravn:processing:{worker.consumer}", "RIGHT", "LEFT")
+                r.lmove("ravn:events:raw", f"ravn:processing:{worker.consumer_name}", "RIGHT", "LEFT")
         server.kill(signal.SIGKILL)
         assert worker.consume(0.3) is None
         server.start()

@@ -38,7 +38,7 @@ def test_round_trip(redis_server: RedisServer, make_transport: Made, mode: str) 
         assert r.xpending(key, "ravn-analyzers")["pending"] == 0
     else:
         assert r.llen("ravn:events:raw") == 0
-        assert r.llen(f"ravn:processing:{worker.consumer}") == 0
+        assert r.llen(f"ravn:processing:{worker.consumer_name}") == 0
 
 
 def test_event_fields_arrive_unchanged(redis_server: RedisServer, make_transport: Made) -> None:
@@ -137,7 +137,7 @@ def test_list_mode_bad_element_dead_lettered(redis_server: RedisServer, make_tra
     assert all_seqs(drain([worker], 1)) == [5]
     assert wait_for(lambda: r.xlen("ravn:deadletter") == 1, 2)
     assert b"not valid JSON" in r.xrange("ravn:deadletter")[0][1][b"reason"]
-    assert r.llen(f"ravn:processing:{worker.consumer}") == 0
+    assert r.llen(f"ravn:processing:{worker.consumer_name}") == 0
 
 
 @pytest.mark.parametrize("mode", ["stream", "list"])
@@ -177,7 +177,7 @@ def test_list_mode_requeues_a_dead_workers_processing_list(redis_server: RedisSe
     assert got[0][:20] == list(range(20))  # requeued at the head: the oldest batches come first
     assert r.llen("ravn:processing:dead-1") == 0 and not r.sismember("ravn:workers", "dead-1")
     assert worker.health().counters["reclaimed"] == 2
-    assert r.exists(f"ravn:worker:{worker.consumer}")  # our own heartbeat is alive
+    assert r.exists(f"ravn:worker:{worker.consumer_name}")  # our own heartbeat is alive
 
 
 def test_list_mode_worker_recovers_its_own_processing_list(redis_server: RedisServer, make_transport: Made) -> None:
@@ -201,7 +201,7 @@ def test_stream_worker_with_stable_name_recovers_its_own_pending(redis_server: R
     first = make_transport(redis_server, host="w", consumer="stable-s", claim_idle_ms=60_000)
     d = first.consume(2)
     assert d is not None  # taken, never acked: the process "crashes"
-    first._stop.set()
+    first.link.stop.set()
     again = make_transport(redis_server, host="w", consumer="stable-s", claim_idle_ms=60_000)
     got = drain([again], 40)
     assert all_seqs(got) == list(range(40))
@@ -272,4 +272,4 @@ def test_idle_consumers_that_own_nothing_are_forgotten(redis_server: RedisServer
     assert all_seqs(got) == [0]  # reclaimed from ghost-owner
     names = {c["name"] for c in r.xinfo_consumers(key, "ravn-analyzers")}
     assert b"ghost-empty" not in names and b"ghost-empty2" not in names
-    assert worker.consumer.encode() in names
+    assert worker.consumer_name.encode() in names

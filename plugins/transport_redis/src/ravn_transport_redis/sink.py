@@ -21,9 +21,9 @@ from collections import deque
 from typing import Any
 
 from ravn_core.components import Alert, Health, RuntimeContext, Sink, ThreatUpdate
+from ravn_transport_redis.common import name_part as _name_part
 from ravn_transport_redis.config import RedisSinkConfig
 from ravn_transport_redis.connection import CONNECTION_ERRORS, Backoff, describe, make_client
-from ravn_transport_redis.transport import _name_part
 
 
 class RedisSink(Sink):
