@@ -78,10 +78,16 @@ class BatchContext:
 class Alert:
     """One detection. ``evidence`` holds the triggering events, the process and its ancestry.
 
-    :ivar score: 0-100; the threat scorer combines alert scores into the host's threat score.
+    :ivar score: 0-100; the core combines the scores of an incident's alerts into the incident's score, and the
+        worst open incident is the host's threat score (ravn_core/threat.py).
     :ivar rule: rule name for the rules analyzer, model name for a model.
-    :ivar tags: ATT&CK technique ids, e.g. ``["T1059.004"]``.
+    :ivar tags: ATT&CK technique ids, e.g. ``["T1059.004"]``; the first one's tactic is the rule's tactic when
+        alerts of an incident are combined.
     :ivar count: how many alerts of this rule for this process were folded into this one.
+    :ivar incident: the id of the incident the alert joined; set by the core when it scores the alert.
+    :ivar corroboration: set by an analyzer whose alerts only corroborate others (the sequence model): such an
+        alert adds a capped amount to the incident of the process it names, never makes one above LOW on its own,
+        and reaches the sinks only when its incident holds another alert.
     """
 
     analyzer: str
@@ -96,6 +102,8 @@ class Alert:
     host: str = ""
     level: Level = "LOW"
     count: int = 1
+    incident: str = ""
+    corroboration: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,7 +111,13 @@ class Alert:
 
 @dataclass
 class ThreatUpdate:
-    """The host's threat level changed (or its score moved past a reporting step)."""
+    """The host's threat level changed.
+
+    :ivar score: the score of the worst open incident.
+    :ivar top_alerts: the best alert of each rule of the worst incident.
+    :ivar incidents: summaries of the open incidents at the new level, worst first (``Incident.summary``: id,
+        root process, rules in order, score, level, age); empty when the level fell to LOW with none open.
+    """
 
     host: str
     level: Level
@@ -111,6 +125,7 @@ class ThreatUpdate:
     previous_level: Level
     top_alerts: list[Alert]
     ts: float = field(default_factory=time.time)
+    incidents: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -87,14 +87,30 @@ class ThreatConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     medium: float = Field(50, ge=0, le=100, description="score above which the level is MEDIUM")
     high: float = Field(80, ge=0, le=100, description="score above which the level is HIGH")
-    half_life_s: float = Field(120, gt=0, description="the host score halves after this long without alerts")
-    fold_window_s: float = Field(60, gt=0, description="repeats of one rule for one process within this are folded")
-    top_alerts: int = Field(5, ge=0, le=100, description="alerts carried in a threat update")
+    fold_window_s: float = Field(60, gt=0, description="repeats of one alert (same rule, process and description) "
+                                 "within this are folded into one")
+    top_alerts: int = Field(5, ge=0, le=100, description="alerts (and incidents) carried in a threat update")
+    incident_window_s: float = Field(600, gt=0, description="a rule counts in its incident for this long after its "
+                                     "last alert; an incident with no rule left closes")
+    same_tactic_weight: float = Field(0.1, ge=0, le=1, description="share of the other scores of one ATT&CK tactic "
+                                      "added to its best rule in an incident")
+    same_tactic_max: float = Field(10, ge=0, le=100, description="most that extra rules of one tactic add")
+    cross_tactic_weight: float = Field(0.75, ge=0, le=1, description="weight of each tactic after the strongest in "
+                                       "an incident's noisy-OR (1: plain noisy-OR)")
+    corroboration_weight: float = Field(0.25, ge=0, le=1, description="share of a corroborating alert's score "
+                                        "(the sequence model) that counts in its incident")
+    corroboration_max: float = Field(20, ge=0, le=100, description="most that corroborating alerts add to an "
+                                     "incident (as one group); never above `medium`")
+    max_incidents: int = Field(1024, ge=1, description="open incidents kept per host; beyond, the least recently "
+                               "active of the lowest level is evicted")
 
     @model_validator(mode="after")
     def _order(self) -> ThreatConfig:
         if self.medium >= self.high:
             raise ValueError(f"medium ({self.medium}) must be below high ({self.high})")
+        if self.corroboration_max > self.medium:
+            raise ValueError(f"corroboration_max ({self.corroboration_max}) must not exceed medium ({self.medium}): "
+                             "corroboration alone is never above LOW")
         return self
 
 

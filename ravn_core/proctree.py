@@ -1,4 +1,9 @@
-"""The process tree: pid -> (ppid, comm, exe, argv, uid), built from fork/exec/exit events and /proc at start.
+"""The process tree: pid -> (ppid, comm, exe, argv, uid, sid), built from fork/exec/exit/setsid events and /proc at
+start.
+
+The session id (``sid``) is read from /proc/<pid>/stat at start, inherited at fork, and set by the security probe's
+``setsid`` event (a process that becomes a session leader); 0 means unknown (a process first seen through another
+event). The incident tracker joins alerts by session first.
 
 Kernel struct layouts read through this machine's mismatched headers are wrong, so the probes never walk
 ``task->real_parent``; ancestry is rebuilt here in user space. The tree is bounded (LRU by last update) and
@@ -27,10 +32,11 @@ class ProcInfo:
     uid: int = -1
     start_ts: int = 0
     exited: bool = False
+    sid: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"pid": self.pid, "ppid": self.ppid, "comm": self.comm, "exe": self.exe, "args": self.args,
-                "uid": self.uid}
+                "uid": self.uid, "sid": self.sid}
 
 
 class ProcessTree:
@@ -76,8 +82,16 @@ class ProcessTree:
                     continue  # a thread of the same process
                 child = ProcInfo(child_pid, ev.get("proc.pid", 0), ev.get("proc.comm", ""),
                                  parent.exe if parent else "", list(parent.args) if parent else [],
-                                 ev.get("proc.uid", -1), ev.get("evt.ts", 0))
+                                 ev.get("proc.uid", -1), ev.get("evt.ts", 0), sid=parent.sid if parent else 0)
                 self._put(child)
+            elif etype == "setsid":
+                sid = ev.get("setsid.sid", 0)
+                pid = ev.get("proc.pid", 0)
+                if isinstance(sid, int) and sid > 0 and pid:
+                    info = procs.get(pid) or ProcInfo(pid, ev.get("proc.ppid", 0), ev.get("proc.comm", ""),
+                                                      uid=ev.get("proc.uid", -1))
+                    info.sid = sid
+                    self._put(info)
             elif etype == "exec":
                 if ev.get("exec.ret", 0) != 0:
                     continue
@@ -181,6 +195,7 @@ def read_proc(pid: int, proc: str = "/proc") -> ProcInfo | None:
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         rest = stat[stat.rindex(")") + 2 :].split()
         ppid = int(rest[1])
+        sid = int(rest[3])
         with open(f"{base}/cmdline", "rb") as f:
             args = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
         try:
@@ -190,4 +205,4 @@ def read_proc(pid: int, proc: str = "/proc") -> ProcInfo | None:
         uid = os.stat(base).st_uid
     except (OSError, ValueError, IndexError):
         return None
-    return ProcInfo(pid, ppid, comm, exe, args, uid)
+    return ProcInfo(pid, ppid, comm, exe, args, uid, sid=sid)

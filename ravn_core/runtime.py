@@ -54,7 +54,7 @@ from ravn_core.errors import DidNotEnable, RavnError, StartupError
 from ravn_core.events import Batch
 from ravn_core.plugins import PluginHost
 from ravn_core.proctree import ProcessTree
-from ravn_core.threat import ThreatScorer
+from ravn_core.threat import IncidentTracker
 
 log = logging.getLogger("ravn.runtime")
 
@@ -159,7 +159,7 @@ class Runtime:
         self._reload = threading.Event()
         self._threat_lock = threading.Lock()
         self.trees: dict[str, ProcessTree] = {}
-        self.scorers: dict[str, ThreatScorer] = {}
+        self.scorers: dict[str, IncidentTracker] = {}  # per host: incidents and the host's threat level
         self.recent_alerts: deque[Alert] = deque(maxlen=50)
         self.latencies: deque[float] = deque(maxlen=4096)
         # for /metrics: cumulative histogram of batch latency (one bisect per batch) and alerts per (level, rule)
@@ -403,10 +403,10 @@ class Runtime:
             tree = self.trees[host] = ProcessTree(self.core.proctree_max)
         return tree
 
-    def _scorer(self, host: str) -> ThreatScorer:
+    def _scorer(self, host: str) -> IncidentTracker:
         scorer = self.scorers.get(host)
         if scorer is None:
-            scorer = self.scorers[host] = ThreatScorer(host, self.core.threat)
+            scorer = self.scorers[host] = IncidentTracker(host, self.core.threat, self._tree(host))
         return scorer
 
     def _now(self, batch: Batch | None) -> float:
@@ -845,14 +845,16 @@ class Runtime:
                 "quarantined": slot.quarantined, "last_error": slot.last_error, "heartbeat": slot.heartbeat,
             }
         threads = {name: t.is_alive() for name, t in self._threads.items()}
+        now = time.time()
         with self._threat_lock:
-            threat = {h: {"level": s.level, "score": s.score} for h, s in self.scorers.items()}
-        mine = threat.get(self.hostname, {"level": "LOW", "score": 0.0})
+            threat = {h: {"level": s.level, "score": s.score, "incidents": s.open_incidents(now, 50),
+                          "counters": dict(s.counters)} for h, s in self.scorers.items()}
+        mine = threat.get(self.hostname, {"level": "LOW", "score": 0.0, "incidents": []})
         degraded = [n for n, c in components.items() if c["state"] != "ok"]
         return {
             "pid": os.getpid(), "host": self.hostname, "role": self.role, "started_at": self.started_at,
             "updated_at": time.time(), "stopping": self._stopping.is_set(),
-            "level": mine["level"], "score": mine["score"], "hosts": threat,
+            "level": mine["level"], "score": mine["score"], "incidents": mine["incidents"], "hosts": threat,
             "health": "degraded" if degraded else "ok", "degraded": degraded,
             "components": components, "threads": threads, "stats": self.stats(),
             "latency_s": self.latency_quantiles(), "rss_bytes": rss_bytes(), "anon_rss_bytes": anon_rss_bytes(),

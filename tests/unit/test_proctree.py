@@ -86,3 +86,19 @@ def test_bad_timestamps_do_not_break_the_tree() -> None:
     t.update([{**exec_(80, "/bin/x"), "evt.ts": "yesterday"},
               {"evt.type": "exit", "proc.pid": 80, "evt.ts": None}, {"evt.type": "open", "evt.ts": [1]}])
     assert 80 in t
+
+
+def test_session_id_seeded_from_proc_inherited_at_fork_and_set_by_setsid() -> None:
+    t = ProcessTree()
+    t.seed_from_proc()
+    me = t.get(os.getpid())
+    assert me is not None and me.sid == os.getsid(0) > 0
+    child = 4_000_000  # above pid_max: never a live pid
+    t.update([fork(os.getpid(), child)])
+    assert t.get(child).sid == os.getsid(0)  # type: ignore[union-attr]
+    t.update([synthetic_event("setsid", **{"proc.pid": child, "setsid.sid": child})])
+    assert t.get(child).sid == child  # type: ignore[union-attr]
+    t.update([fork(child, child + 1)])
+    assert t.get(child + 1).sid == child and t.lineage(child + 1)[0]["sid"] == child
+    t.update([synthetic_event("setsid", **{"proc.pid": child + 1, "setsid.sid": -1})])  # failed setsid: no change
+    assert t.get(child + 1).sid == child  # type: ignore[union-attr]
