@@ -32,6 +32,8 @@
  *            bpf_task_pt_regs(current) - struct pt_regs is uapi, so its layout is safe to read.
  *   memfd_create (name, flags, fd), bpf (commands in SEC_BPF_CMD_MASK), mount (source, target, fstype, flags,
  *            result), unshare, setns, dup2/dup3 onto fd 0, 1 or 2 (filtered at sys_enter).
+ *   setsid   syscalls:sys_exit_setsid (ravn_sec_setsid): a process became a session leader; only successes
+ *            (ret > 0, the new session id). The process tree keeps the session, the incidents' join key.
  *   Calls with a result are paired: sys_enter stores the arguments in a per-thread hash (sec_pending,
  *   sec_mount_pending, sec_exec_pending) and sys_exit emits them with the result. proc.* of a paired event is
  *   taken at sys_enter: the identity *before* a credential change.
@@ -117,6 +119,7 @@
 #define SEC_NR_PTRACE 101
 #define SEC_NR_SETUID 105
 #define SEC_NR_SETGID 106
+#define SEC_NR_SETSID 112
 #define SEC_NR_SETREUID 113
 #define SEC_NR_SETREGID 114
 #define SEC_NR_SETRESUID 117
@@ -840,4 +843,19 @@ int ravn_sec_capable(struct sec_capable_args *args)
 		return 0;
 	sec_cap_last.update(&k, &now);
 	return sec_emit(RAVN_EVT_CAPABLE, 0, cap, 0, ret, 1, 0, pid_tgid, uid_gid);
+}
+
+/* ------------------------------------------------------------------------------------------ setsid */
+/* syscalls:sys_exit_setsid: fires only for setsid(2), rare (daemons, login shells, `setsid cmd`). A failure
+ * (-EPERM: the caller already leads a process group) changes nothing and is dropped here. */
+int ravn_sec_setsid(struct sec_exit_args *args)
+{
+	s64 ret = args->ret;
+	if (ret <= 0)
+		return 0;
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u64 uid_gid = bpf_get_current_uid_gid();
+	if (ravn_filtered(pid_tgid, uid_gid))
+		return 0;
+	return sec_emit(RAVN_EVT_SETSID, SEC_NR_SETSID, 0, 0, ret, 0, 0, pid_tgid, uid_gid);
 }

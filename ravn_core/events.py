@@ -158,6 +158,10 @@ EVENT_TYPES: Final[dict[str, EventType]] = {
            ("file.newpath", "str", "link path"), ("file.ret", "int", "result")),
         _t("truncate", "ebpf_file", "truncate by path", ("file.path", "str", "path"),
            ("file.size", "int", "new length"), ("file.ret", "int", "result")),
+        # ----------------------------------------------------------------- ebpf_security (ids after the file ones)
+        _t("setsid", "ebpf_security", "a process became a session leader (successful setsid); the process tree "
+                                      "keeps the session, the first key incidents join alerts by",
+           ("setsid.sid", "int", "the new session id (the caller's pid)")),
     )
 }
 

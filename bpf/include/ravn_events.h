@@ -60,7 +60,8 @@ enum ravn_event_type {
 	RAVN_EVT_LINK = 27,
 	RAVN_EVT_SYMLINK = 28,
 	RAVN_EVT_TRUNCATE = 29,
-	RAVN_EVT_MAX = 30, /* one past the last id */
+	RAVN_EVT_SETSID = 30, /* ebpf_security, struct ravn_sec_event */
+	RAVN_EVT_MAX = 31, /* one past the last id */
 };
 
 /* Common header, first member of every event struct. 56 bytes. */
@@ -140,7 +141,8 @@ _Static_assert(sizeof(struct ravn_exec_event) == 2376, "update ExecEvent in ravn
  *   capable  args[0] capability, ret: 0 granted / -errno denied
  *   memfd    args[0] flags, str: name, ret: fd or -errno
  *   bpf      args[0] cmd
- *   unshare  args[0] flags;  setns args[0] fd, args[1] nstype;  dup args[0] oldfd, args[1] newfd, args[2] flags */
+ *   unshare  args[0] flags;  setns args[0] fd, args[1] nstype;  dup args[0] oldfd, args[1] newfd, args[2] flags
+ *   setsid   ret: the new session id (> 0; failures are not sent) */
 struct ravn_sec_event {
 	struct ravn_hdr hdr;
 	s64 args[6];

@@ -83,6 +83,7 @@ def test_exec_decoder() -> None:
     ("unshare", (0x20000,), 0, 272, 1, b"", {"ns.flags": 0x20000, "ns.ret": 0}),
     ("setns", (3, 0x4000000), 0, 308, 2, b"", {"ns.fd": 3, "ns.flags": 0x4000000, "ns.ret": 0}),
     ("dup", (3, 1, 0), 1, 33, 3, b"", {"dup.oldfd": 3, "dup.newfd": 1, "dup.ret": 1}),
+    ("setsid", (), 4242, 112, 0, b"", {"setsid.sid": 4242}),
 ])
 def test_sec_decoders(etype: str, args: tuple[int, ...], ret: int, nr: int, nargs: int, s: bytes,
                       expect: dict) -> None:  # type: ignore[type-arg]

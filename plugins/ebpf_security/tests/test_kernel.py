@@ -27,6 +27,7 @@ from ravn_ebpf_security.source import SecuritySource
 from ravn_core.bpf import cgroup2_root
 from ravn_core.bpf_testing import bystander, collect
 from ravn_core.events import Batch, Event, field_names
+from ravn_core.proctree import ProcessTree
 from ravn_core.testing import make_context, require_kernel, wait_for
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
@@ -496,6 +497,33 @@ def test_dup_onto_stdio_only(probe: SecuritySource) -> None:
     dups = [e for e in of_pid(probe, pid) if e["evt.type"] == "dup"]
     assert sorted((e["dup.oldfd"], e["dup.newfd"], e["dup.ret"]) for e in dups) == [(fd, 1, 1), (fd, 2, 2)]
     schema_ok(dups[0])
+
+
+# ---------------------------------------------------------------------------------------------------- setsid
+def test_setsid_reports_the_new_session_and_the_tree_follows_it(probe: SecuritySource) -> None:
+    r, w = os.pipe()
+
+    def body() -> None:
+        os.setsid()
+        os.write(w, str(os.getsid(0)).encode())
+        try:
+            os.setsid()  # already a session (and group) leader: EPERM, dropped in the kernel
+        except PermissionError:
+            pass
+
+    pid, status = in_child(body)
+    os.close(w)
+    sid = int(os.read(r, 20))
+    os.close(r)
+    assert status == 0 and sid == pid != os.getsid(0)
+    evs = of_pid(probe, pid)
+    ev = only(evs, "setsid", **{"proc.pid": pid})
+    schema_ok(ev)
+    assert ev["setsid.sid"] == sid and ev["proc.ppid"] == os.getpid()
+    tree = ProcessTree()
+    tree.seed_from_proc()
+    tree.update(sorted(evs, key=lambda e: e["evt.ts"]))
+    assert tree.get(pid).sid == sid  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------------------------------------------- health

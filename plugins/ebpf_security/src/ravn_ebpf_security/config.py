@@ -10,9 +10,9 @@ from ravn_core.bpf import BccProbeConfig
 from ravn_ebpf_security.names import BPF_COMMAND_NUMBERS, BPF_COMMANDS, BPF_MAP_ELEMENT_OPS, CAPABILITY_NUMBERS
 
 EventName = Literal["exec", "fork", "exit", "cred", "ptrace", "module", "capable", "memfd_create", "bpf", "mount",
-                    "unshare", "setns", "dup"]
+                    "unshare", "setns", "dup", "setsid"]
 ALL_EVENTS: tuple[EventName, ...] = ("exec", "fork", "exit", "cred", "ptrace", "module", "capable", "memfd_create",
-                                     "bpf", "mount", "unshare", "setns", "dup")
+                                     "bpf", "mount", "unshare", "setns", "dup", "setsid")
 
 #: Capabilities reported by default: the ones that mean "can change the kernel, other processes or the network
 #: stack, or read what it should not". Not CAP_DAC_OVERRIDE/CAP_FOWNER/CAP_CHOWN: root uses them constantly.
@@ -28,7 +28,7 @@ DEFAULT_BPF_COMMANDS: tuple[str, ...] = tuple(c for c in BPF_COMMANDS if c not i
 
 class SecurityConfig(BccProbeConfig):
     """ebpf_security: exec/fork/exit, credential changes, ptrace, modules, capabilities, memfd, bpf, mounts,
-    namespaces and dup onto stdio."""
+    namespaces, dup onto stdio and new sessions (setsid)."""
 
     events: list[EventName] = Field(
         default_factory=lambda: list(ALL_EVENTS),

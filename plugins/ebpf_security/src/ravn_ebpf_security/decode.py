@@ -50,7 +50,7 @@ class ExecEvent(ctypes.Structure):
 
 class SecEvent(ctypes.Structure):
     """``struct ravn_sec_event`` (248 bytes): fork, exit, cred, ptrace, module, capable, memfd_create, bpf,
-    unshare, setns, dup."""
+    unshare, setns, dup, setsid."""
 
     _fields_ = [
         ("hdr", RavnHdr),
@@ -241,10 +241,15 @@ def _dup(v: tuple[Any, ...], ev: Event) -> None:
     ev["dup.ret"] = v[_RET]
 
 
+def _setsid(v: tuple[Any, ...], ev: Event) -> None:
+    ev["setsid.sid"] = v[_RET]
+
+
 #: event type carried by ravn_sec_event -> its field builder
 SEC_FIELDS: Final[dict[str, Fields]] = {
     "fork": _fork, "exit": _exit, "cred": _cred, "ptrace": _ptrace, "module": _module, "capable": _capable,
     "memfd_create": _memfd, "bpf": _bpf, "unshare": _unshare, "setns": _setns, "dup": _dup,
+    "setsid": _setsid,
 }
 
 

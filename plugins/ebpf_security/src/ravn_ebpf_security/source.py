@@ -83,6 +83,8 @@ class SecuritySource(BccProbe):
             tps += _paired("setns")
         if c.enabled("dup"):
             tps += _paired("dup2", "dup3")
+        if c.enabled("setsid"):
+            tps.append(("ravn_sec_setsid", "syscalls:sys_exit_setsid"))
         return list(dict.fromkeys(tps))  # one attachment per tracepoint
 
     def decoders(self) -> dict[int, Decoder]:
