@@ -34,6 +34,7 @@ import yaml
 
 from ravn_core.bpf_testing import build_fork_loop
 from ravn_core.builtin.health import anon_rss_bytes, rss_bytes
+from ravn_core.status import StatusReader
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -155,6 +156,7 @@ def main() -> int:
     cfg, sources, skipped = make_config(Path(args.config), tmp, port, args.skip_missing, args.exclude, args.set,
                                         args.transport_set)
     base = f"http://127.0.0.1:{port}"
+    status = StatusReader(str(tmp / "state"))  # /status: only on the daemon's root-only socket
     seconds = args.minutes * 60
     out_f, err_f = (tmp / "stdout").open("w"), (tmp / "stderr").open("w")
     ravn = str(Path(sys.executable).parent / "ravn")
@@ -188,7 +190,7 @@ def main() -> int:
         samples.append((t, rss_bytes(daemon.pid)))
         anon_samples.append((t, anon_rss_bytes(daemon.pid)))
         if len(samples) % 5 == 0:
-            st = get_json(f"{base}/status")
+            st = status.read()
             statuses.append({"t": round(t), "accepted": st["stats"]["accepted"], "analyzed": st["stats"]["analyzed"],
                              "dropped": st["stats"]["dropped"], "rss": samples[-1][1],
                              "proctree": get_metric(f"{base}/metrics", "ravn_proctree_processes")})
@@ -207,7 +209,7 @@ def main() -> int:
         curve: list[tuple[int, float, float, int]] = []
         t0 = time.monotonic()
         while time.monotonic() - t0 < args.after_storm:
-            st = get_json(f"{base}/status")["stats"]
+            st = status.read()["stats"]
             curve.append((round(time.monotonic() - t0), round(rss_bytes(daemon.pid) / 1048576, 1),
                           round(anon_rss_bytes(daemon.pid) / 1048576, 1),
                           st["accepted"] - st["analyzed"] - st["dropped"]))
@@ -218,7 +220,7 @@ def main() -> int:
                  "proctree_evictions": get_metric(f"{base}/metrics", "ravn_proctree_evictions_total"),
                  "proctree_max": get_metric(f"{base}/metrics", "ravn_proctree_max"),
                  "rss_before_mb": round(before / 1048576, 1), "rss_after_mb": round(rss_bytes(daemon.pid) / 1048576, 1),
-                 "kernel_drops": get_json(f"{base}/status")["stats"]["sources"]}
+                 "kernel_drops": status.read()["stats"]["sources"]}
         storm["kernel_drops"] = {n: s["kernel_drops"] for n, s in storm["kernel_drops"].items()}
         storm["bounded"] = storm["proctree_processes"] <= storm["proctree_max"]
 

@@ -20,13 +20,14 @@ import json
 import logging
 import os
 import sys
-import time
 from typing import Any
 
 from ravn_core import __version__
 from ravn_core.config import RavnConfig, load_yaml, validate
 from ravn_core.errors import EXIT_CONFIG, EXIT_ENVIRONMENT, EXIT_FAILURE, EXIT_OK, RavnError, UnusableEnvironment
+from ravn_core.events import printable
 from ravn_core.plugins import PluginHost
+from ravn_core.status import DEFAULT_STATE_DIR, StatusReader
 
 log = logging.getLogger("ravn")
 
@@ -211,50 +212,39 @@ def _report(stats: dict[str, Any]) -> None:
              stats["accepted"], stats["dropped"], stats["analyzed"], stats["alerts_emitted"])
 
 
+def state_dir_of(args: argparse.Namespace, host: PluginHost | None) -> str:
+    """--state-dir, else the config's ravn.state_dir, else /run/ravn (``ravn status``, ``ravn top``)."""
+    if getattr(args, "state_dir", None):
+        return str(args.state_dir)
+    if getattr(args, "config", None):
+        return load_config(args.config, host or load_host()).core.state_dir
+    return DEFAULT_STATE_DIR
+
+
 def cmd_status(args: argparse.Namespace, host: PluginHost) -> int:
-    state_dir = args.state_dir
-    if state_dir is None and args.config:
-        state_dir = load_config(args.config, host).core.state_dir
-    path = os.path.join(state_dir or "/run/ravn", "status.json")
-    try:
-        with open(path) as f:
-            status = json.load(f)
-    except FileNotFoundError:
-        raise RavnError(f"no running RAVN: {path} does not exist (is the daemon running? pass --state-dir)") from None
-    except PermissionError:
-        raise UnusableEnvironment(f"{path} is root-only: run `sudo ravn status`") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RavnError(f"cannot read {path}: {exc}") from None
-    alive = _pid_alive(int(status.get("pid", 0))) and time.time() - float(status.get("updated_at", 0)) < 30
-    status["running"] = alive and not status.get("stopping", False)
+    status = StatusReader(state_dir_of(args, host)).read()
     if args.json:
         print(json.dumps(status, indent=2, default=str))
         return EXIT_OK if status["running"] else EXIT_FAILURE
-    print(f"RAVN on {status['host']} (pid {status['pid']}, role {status['role']}): "
+    print(f"RAVN on {_plain(status['host'])} (pid {status['pid']}, role {status['role']}): "
           f"{'running' if status['running'] else 'NOT RUNNING (last status shown)'}")
     print(f"threat level: {status['level']}  score: {status['score']}")
     print(f"health: {status['health']}" + (f" ({', '.join(status['degraded'])})" if status["degraded"] else ""))
     for name, comp in sorted(status["components"].items()):
-        extra = f" - {comp['detail']}" if comp["detail"] else ""
+        extra = f" - {_plain(comp['detail'])}" if comp["detail"] else ""
         print(f"  {name:<32} {comp['state']:<9} restarts={comp['restarts']}{extra}")
     st = status["stats"]
     print(f"events: accepted {st['accepted']} dropped {st['dropped']} analyzed {st['analyzed']} "
           f"alerts {st['alerts_emitted']}")
     for a in status["recent_alerts"][-5:]:
-        print(f"  {a['level']:<6} {a['score']:>3} {a['rule']} pid={a['pid']} comm={a['comm']}: {a['description']}")
+        print(f"  {a['level']:<6} {a['score']:>3} {_plain(a['rule'])} pid={a['pid']} comm={_plain(a['comm'])}: "
+              f"{_plain(a['description'])}")
     return EXIT_OK if status["running"] else EXIT_FAILURE
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _plain(value: Any) -> str:
+    """One line of text: control characters (a newline in a path or comm) shown escaped, never acted on."""
+    return printable(str(value))
 
 
 def cmd_plugins_list(args: argparse.Namespace, host: PluginHost) -> int:

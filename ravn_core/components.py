@@ -60,6 +60,36 @@ class RuntimeContext:
     config_path: str | None = None
 
 
+@dataclass(frozen=True)
+class RuntimeSnapshot:
+    """One read of a running runtime, for observers such as the HTTP endpoint (``Runtime.snapshot()``).
+
+    Plugins read the runtime only through this: ``ravn_runtime_started`` hands them ``snapshot``, a callable that
+    takes a fresh one. Everything in it is a copy; holding it pins nothing.
+
+    :ivar status: ``Runtime.status()``: pid, host, role, health, components, threads, threat, ``stats``,
+        latency quantiles, memory and the recent alerts (alert text: serve it only to root).
+    :ivar latency_bounds: upper bounds (seconds) of the analysis latency histogram.
+    :ivar latency_counts: batches per bucket, not cumulative; one more than ``latency_bounds`` (the +Inf bucket).
+    :ivar latency_sum: the sum of the batch latencies counted there (seconds).
+    :ivar alert_counts: alerts sent to the sinks per (level, rule name).
+    :ivar proctrees: per host: (processes held in its process tree, evictions by the tree's bound).
+    :ivar queue_capacity: capacity of each stage queue, in batches (``ravn.queue_batches``).
+    :ivar proctree_max: bound of each process tree (``ravn.proctree_max``).
+    :ivar memory_limit_bytes: ``ravn.memory_limit_mb`` in bytes.
+    """
+
+    status: dict[str, Any]
+    latency_bounds: tuple[float, ...]
+    latency_counts: tuple[int, ...]
+    latency_sum: float
+    alert_counts: dict[tuple[str, str], int]
+    proctrees: dict[str, tuple[int, int]]
+    queue_capacity: int
+    proctree_max: int
+    memory_limit_bytes: int
+
+
 @dataclass
 class BatchContext:
     """What analyzers get beside a batch.

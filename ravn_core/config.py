@@ -117,7 +117,8 @@ class ThreatConfig(BaseModel):
 class CoreConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     host: str = Field("", description="this host's name in alerts and Redis keys; empty = hostname")
-    state_dir: str = Field("/run/ravn", description="root-only directory for the status socket and spool files")
+    state_dir: str = Field("/run/ravn", description="root-only directory (0700, owned by RAVN's user; created so, "
+                           "refused when someone else owns it) for the status socket, status.json and spool files")
     log_level: str = Field("info", pattern="^(debug|info|warning|error)$", description="log level")
     health_interval_s: float = Field(5.0, gt=0, le=3600, description="how often the health thread checks")
     queue_batches: int = Field(256, ge=1, le=1_000_000, description="capacity of each stage queue, in batches")
@@ -140,7 +141,15 @@ class CoreConfig(BaseModel):
     proctree_max: int = Field(65536, ge=16, description="processes kept in the process tree (LRU)")
     http_listen: str = Field("", pattern=r"^(|\[?[0-9A-Za-z.:-]*\]?:[0-9]{1,5})$",
                              description="HOST:PORT of the /healthz and /metrics endpoint (config/ravn.yaml sets "
-                                         "127.0.0.1:9477); empty disables it")
+                                         "127.0.0.1:9477); empty disables it. They carry no alert text: /status "
+                                         "is served only on the root-only socket <state_dir>/ravn.sock")
+    http_optional: bool = Field(False, description="when http_listen cannot be bound, log it and run without the "
+                                                   "endpoint; false: a startup error (exit 2), since whoever holds "
+                                                   "the port would answer /healthz in RAVN's name")
+    http_max_connections: int = Field(32, ge=1, le=1024, description="requests served at once on each endpoint "
+                                      "(TCP, status socket), one thread each; more are answered 503 and closed")
+    http_timeout_s: float = Field(5.0, gt=0, le=300, description="an endpoint connection is closed this long "
+                                  "after it was accepted, whatever it has sent")
     bpf_stats: bool = Field(False, description="set sysctl kernel.bpf_stats_enabled=1 so /metrics shows per-program "
                                                "run time (costs ~20-30 ns per program run)")
     threat: ThreatConfig = Field(default_factory=ThreatConfig)

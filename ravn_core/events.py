@@ -9,6 +9,7 @@ not in the events: analyzers look them up in ``BatchContext.proctree``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -179,3 +180,17 @@ PROCESS_TREE_FIELDS: Final[tuple[Field, ...]] = (
 def field_names(event_type: str) -> set[str]:
     """All field names an event of ``event_type`` carries (common ones included)."""
     return {f.name for f in COMMON_FIELDS} | {f.name for f in EVENT_TYPES[event_type].fields}
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters escaped as Python does (a newline as ``\\n``, ESC as ``\\x1b``).
+
+    For every line a human or a line-based tool reads (the stdout sink, ``ravn status``): event fields (paths,
+    comms, argv) come from other users' processes, and a newline in a file name must not forge a second line.
+    """
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)

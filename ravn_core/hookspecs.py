@@ -16,8 +16,9 @@ import pluggy
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
 
-    from ravn_core.components import Component
+    from ravn_core.components import Component, RuntimeSnapshot
     from ravn_core.config import RavnConfig
     from ravn_core.registry import (
         AnalyzerRegistry,
@@ -109,13 +110,19 @@ def ravn_configure(config: RavnConfig) -> None:
 
 # ---------------------------------------------------------------------------------------------- runtime
 @hookspec
-def ravn_runtime_started(runtime: Runtime, components: list[Component]) -> None:
+def ravn_runtime_started(
+    runtime: Runtime, components: list[Component], snapshot: Callable[[], RuntimeSnapshot]
+) -> None:
     """Every component is built and the sources are attached; the threads start right after it returns.
 
     Called once by ``Runtime.start()`` on the main thread, before any component error can fire.
-    :param runtime: the running runtime; read-only use (``status()``, ``stats()``), e.g. by the HTTP endpoint.
+    :param runtime: the running runtime, to tell runtimes apart; read it only through ``snapshot``.
     :param components: every component, in config order (sources, transport, analyzers, sinks, probes).
-    Errors: logged with the plugin's name; the runtime goes on.
+    :param snapshot: ``Runtime.snapshot``: call it (from any thread) for a fresh ``RuntimeSnapshot`` (status,
+        counters, latency histogram, alert counts), e.g. on each scrape of the HTTP endpoint.
+    Errors: a ``StartupError`` aborts startup (the runtime detaches its sources, fires ``ravn_runtime_stopped``
+    and raises it: e.g. the HTTP port is taken); any other exception is logged with the plugin's name and the
+    runtime goes on.
     """
 
 
@@ -151,10 +158,12 @@ def ravn_runtime_stopping(reason: str) -> None:
 
 
 @hookspec
-def ravn_runtime_stopped(stats: dict[str, Any]) -> None:
+def ravn_runtime_stopped(stats: dict[str, Any], snapshot: Callable[[], RuntimeSnapshot]) -> None:
     """Shutdown finished: every thread joined, sinks flushed, sources detached.
 
     Called once by ``Runtime.stop()`` on the main thread.
     :param stats: final counters per stage (accepted, delivered, dropped).
+    :param snapshot: the same callable ``ravn_runtime_started`` got (equal to it: a plugin that keyed state on it
+        finds that state again).
     Errors: logged and ignored.
     """

@@ -28,7 +28,9 @@ from ravn_core.registry import (
 )
 
 if TYPE_CHECKING:
-    from ravn_core.components import Component
+    from collections.abc import Callable
+
+    from ravn_core.components import Component, RuntimeSnapshot
     from ravn_core.config import RavnConfig
     from ravn_core.runtime import Runtime
 
@@ -191,8 +193,11 @@ class PluginHost:
     def configure(self, config: RavnConfig) -> None:
         self.pm.hook.ravn_configure.call_historic(kwargs={"config": config})
 
-    def runtime_started(self, runtime: Runtime, components: list[Component]) -> None:
-        self._notify("ravn_runtime_started", runtime=runtime, components=components)
+    def runtime_started(self, runtime: Runtime, components: list[Component],
+                        snapshot: Callable[[], RuntimeSnapshot]) -> None:
+        """A StartupError from a plugin is raised (startup fails); other errors are logged."""
+        self._notify("ravn_runtime_started", fatal=(StartupError,), runtime=runtime, components=components,
+                     snapshot=snapshot)
 
     def component_error(self, component: Component, error: BaseException, restarts: int, quarantined: bool) -> None:
         self._notify(
@@ -205,14 +210,17 @@ class PluginHost:
     def runtime_stopping(self, reason: str) -> None:
         self._notify("ravn_runtime_stopping", reason=reason)
 
-    def runtime_stopped(self, stats: dict[str, Any]) -> None:
-        self._notify("ravn_runtime_stopped", stats=stats)
+    def runtime_stopped(self, stats: dict[str, Any], snapshot: Callable[[], RuntimeSnapshot]) -> None:
+        self._notify("ravn_runtime_stopped", stats=stats, snapshot=snapshot)
 
-    def _notify(self, hookname: str, **kwargs: Any) -> None:
-        """Notifications: each impl in its own try, so one plugin's error does not stop the others."""
+    def _notify(self, hookname: str, fatal: tuple[type[Exception], ...] = (), **kwargs: Any) -> None:
+        """Notifications: each impl in its own try, so one plugin's error does not stop the others
+        (except the ``fatal`` ones, raised at once)."""
         for impl in getattr(self.pm.hook, hookname).get_hookimpls():
             try:
                 impl.function(**{k: kwargs[k] for k in impl.argnames})
+            except fatal:
+                raise
             except Exception:
                 log.exception("plugin %s failed in %s", self.pm.get_name(impl.plugin), hookname)
 

@@ -22,7 +22,6 @@ Roles: ``all`` (one host), ``agent`` (sources -> transport), ``analyze`` (transp
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import os
 import queue
@@ -44,6 +43,7 @@ from ravn_core.components import (
     Health,
     HealthProbe,
     RuntimeContext,
+    RuntimeSnapshot,
     Sink,
     Source,
     ThreatUpdate,
@@ -54,6 +54,7 @@ from ravn_core.errors import DidNotEnable, RavnError, StartupError
 from ravn_core.events import Batch
 from ravn_core.plugins import PluginHost
 from ravn_core.proctree import ProcessTree
+from ravn_core.status import ensure_state_dir, write_private_json
 from ravn_core.threat import IncidentTracker
 
 log = logging.getLogger("ravn.runtime")
@@ -178,6 +179,7 @@ class Runtime:
         self._last_trim = 0.0
         self._drop_base = (0, 0)
         self._stats_final: dict[str, Any] | None = None
+        self._state_dir_ok = False
 
     # ================================================================================== building
     def _build(self, spec: ComponentSpec) -> Component:
@@ -241,6 +243,11 @@ class Runtime:
     # ================================================================================== starting
     def start(self) -> None:
         """Build, start sources (synchronously, so an unusable environment fails here), then every thread."""
+        try:
+            ensure_state_dir(self.context.state_dir)  # StartupError: someone else's directory, or a symlink
+            self._state_dir_ok = True
+        except OSError as exc:  # `ravn replay` as a user who cannot create /run/ravn: no status then
+            log.warning("cannot use state dir %s (%s): no status file or socket", self.context.state_dir, exc)
         self.build()
         started: list[Slot] = []
         try:
@@ -259,7 +266,15 @@ class Runtime:
                 tree.seed_from_proc()
             except OSError as exc:
                 log.warning("cannot seed the process tree from /proc: %s", exc)
-        self.host.runtime_started(self, self.components())
+        try:
+            self.host.runtime_started(self, self.components(), self.snapshot)
+        except StartupError:
+            self._stopping.set()
+            for slot in self.sources:
+                self._safe(slot, slot.component.stop)
+            self._close_all()
+            self.host.runtime_stopped({**self.stats(), "reason": "startup failed"}, self.snapshot)
+            raise
         for slot in self.sources:
             self._spawn(f"source:{slot.name}", self._source_loop, slot)
         if self._wants("sources"):
@@ -779,7 +794,7 @@ class Runtime:
         stats["reason"] = reason
         stats["undrained_batches"] = self.ingress.qsize() + self.sinkq.qsize()
         self._close_all()
-        self.host.runtime_stopped(stats)
+        self.host.runtime_stopped(stats, self.snapshot)
         self._stats_final = stats
         self.write_status()
         return stats
@@ -861,19 +876,26 @@ class Runtime:
             "recent_alerts": [a.to_dict() for a in list(self.recent_alerts)[-10:]],
         }
 
+    def snapshot(self) -> RuntimeSnapshot:
+        """A copy of what observers read (the HTTP endpoint's /metrics and /status); callable from any thread."""
+        return RuntimeSnapshot(
+            status=self.status(), latency_bounds=LATENCY_BUCKETS, latency_counts=tuple(self.latency_buckets),
+            latency_sum=self.latency_sum, alert_counts=dict(self.alert_counts),
+            proctrees={h: (len(t), t.evictions) for h, t in list(self.trees.items())},
+            queue_capacity=self.core.queue_batches, proctree_max=self.core.proctree_max,
+            memory_limit_bytes=int(self.core.memory_limit_mb * 1048576),
+        )
+
     def status_path(self) -> str:
         return os.path.join(self.context.state_dir, "status.json")
 
     def write_status(self) -> None:
-        """Write status.json (0600 in a 0700 dir) atomically."""
+        """Write status.json (0600 in the 0700 state dir, never through a symlink) atomically."""
+        if not self._state_dir_ok:
+            return
         path = self.status_path()
         try:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.status(), f, default=str)
-            os.replace(tmp, path)
+            write_private_json(path, self.status())
         except OSError as exc:
             log.debug("cannot write %s: %s", path, exc)
 

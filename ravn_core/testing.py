@@ -5,6 +5,8 @@
 - ``make_context(name)``: a RuntimeContext for building a component by hand.
 - ``RedisServer``: a real redis-server on a free loopback port in a temp dir (``redis_server`` fixture).
 - ``ravn_host``: a fresh, loaded PluginHost per test.
+- ``as_nobody(fn, *args)``: run ``fn`` in a forked child as the unprivileged user ``nobody`` (uid/gid 65534) and
+  return what it returned (or raise what it raised): attacks by a local user, reproduced for real.
 """
 
 from __future__ import annotations
@@ -58,6 +60,62 @@ def require_kernel() -> None:
         check_environment()
     except UnusableEnvironment as exc:
         _missing(str(exc))
+
+
+NOBODY = 65534
+
+
+def as_nobody(fn: Any, *args: Any, timeout_s: float = 60.0) -> Any:
+    """Call ``fn(*args)`` in a forked child that dropped to uid/gid 65534 (no supplementary groups, no
+    capabilities); return its result, or re-raise its exception here. ``fn``'s result must pickle. Needs root."""
+    import pickle
+    import select
+
+    require_root()
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        code = 0
+        try:
+            os.close(rfd)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            try:
+                out: tuple[str, Any] = ("ok", fn(*args))
+            except BaseException as exc:  # reported to the parent
+                out = ("raised", exc)
+            try:
+                data = pickle.dumps(out)
+            except Exception as exc:
+                data = pickle.dumps(("raised", RuntimeError(f"unpicklable result: {exc!r}")))
+            with os.fdopen(wfd, "wb") as f:
+                f.write(data)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(wfd)
+    chunks = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            ready, _, _ = select.select([rfd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                raise TimeoutError(f"as_nobody({getattr(fn, '__name__', fn)}) took over {timeout_s}s")
+            chunk = os.read(rfd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(rfd)
+        os.waitpid(pid, 0)
+    if not chunks:
+        raise RuntimeError("the child running as nobody died without an answer")
+    kind, value = pickle.loads(b"".join(chunks))
+    if kind == "raised":
+        raise value
+    return value
 
 
 def require_redis_server() -> str:

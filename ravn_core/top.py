@@ -1,67 +1,41 @@
 """``ravn top``: a live terminal view of a running daemon.
 
-Reads the daemon's ``/status`` over HTTP (``ravn.http_listen``; ``--url``) or, without an endpoint, the status file
-``<ravn.state_dir>/status.json`` that the daemon rewrites every second. Shows events/s, queue drops and kernel
-drops per source, queue depths, analysis latency, threat level and score, component health and the latest alerts.
-Plain text redrawn in place (rich): works over ssh, no mouse; ``--once`` prints one frame and exits (for tests and
-scripts). Exit codes: 0 ok, 1 no running daemon.
+Reads the daemon's status through ``ravn_core.status.StatusReader`` (the one reader ``ravn status`` uses too): the
+root-only socket ``<ravn.state_dir>/ravn.sock``, else the status file the daemon rewrites every second. Shows
+events/s, queue drops and kernel drops per source, queue depths, analysis latency, threat level and score, component
+health and the latest alerts. Plain text redrawn in place (rich): works over ssh, no mouse; ``--once`` prints one
+frame and exits (for tests and scripts). Text from the daemon (alert descriptions, comms, paths, details) is shown
+as plain text, never read as rich markup, with control characters escaped. Exit codes: 0 ok, 1 no running daemon.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 from ravn_core.errors import EXIT_FAILURE, EXIT_OK, RavnError
+from ravn_core.events import printable
+from ravn_core.status import StatusReader
 
 LEVEL_STYLE = {"LOW": "green", "MEDIUM": "yellow", "HIGH": "bold red"}
 
 
 def add_top_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("top", help="live view of a running daemon (events/s, drops, queues, alerts)")
-    p.add_argument("--url", help="daemon endpoint, e.g. http://127.0.0.1:9477 (default: the config's "
-                                 "ravn.http_listen, else the status file)")
-    p.add_argument("--config", "-c", help="config file (for ravn.http_listen and ravn.state_dir)")
-    p.add_argument("--state-dir", help="read <dir>/status.json instead of HTTP")
+    p.add_argument("--config", "-c", help="config file (for ravn.state_dir)")
+    p.add_argument("--state-dir", help="the daemon's state directory (default: the config's, else /run/ravn)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
     p.add_argument("--once", action="store_true", help="print one frame and exit")
     p.set_defaults(func=cmd_top)
 
 
-class StatusReader:
-    """Fetches the daemon's status dict from HTTP or the status file."""
+def _text(value: Any, style: str = "") -> Any:
+    """A rich Text of ``value`` as it is: no markup, control characters escaped."""
+    from rich.text import Text
 
-    def __init__(self, url: str | None, path: str | None) -> None:
-        self.url = url.rstrip("/") if url else None
-        self.path = path
-
-    @property
-    def where(self) -> str:
-        return f"{self.url}/status" if self.url else str(self.path)
-
-    def read(self) -> dict[str, Any]:
-        if self.url:
-            try:
-                with urllib.request.urlopen(f"{self.url}/status", timeout=3) as resp:
-                    data: dict[str, Any] = json.loads(resp.read())
-                    return data
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                raise RavnError(f"no running RAVN at {self.url}: {exc}") from None
-        assert self.path is not None
-        try:
-            with open(self.path) as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            raise RavnError(f"no running RAVN: {self.path} does not exist (pass --url or --state-dir)") from None
-        except (OSError, ValueError) as exc:
-            raise RavnError(f"cannot read {self.path}: {exc}") from None
-        return data
+    return Text(printable(str(value)), style=style)
 
 
 def rates(prev: dict[str, Any] | None, cur: dict[str, Any]) -> dict[str, float]:
@@ -88,17 +62,17 @@ def render(status: dict[str, Any], prev: dict[str, Any] | None, where: str) -> A
     level = status.get("level", "LOW")
     age = time.time() - float(status.get("updated_at", 0))
     head = Text()
-    head.append(f"RAVN {status['host']} pid {status['pid']} role {status['role']}  ")
+    head.append(printable(f"RAVN {status['host']} pid {status['pid']} role {status['role']}  "))
     head.append(f"threat {level}", style=LEVEL_STYLE.get(level, ""))
     head.append(f" score {float(status.get('score', 0)):.1f}  health {status['health']}")
     if status["health"] != "ok":
-        head.append(f" ({', '.join(status['degraded'])})", style="yellow")
+        head.append(printable(f" ({', '.join(status['degraded'])})"), style="yellow")
     rss = float(status.get("rss_bytes", 0)) / 1048576
     lat = status.get("latency_s") or {}
     head.append(f"\nRSS {rss:.0f} MB  latency p50 {1000 * lat.get('p50', 0):.1f} ms p99 "
                 f"{1000 * lat.get('p99', 0):.1f} ms  queues ingress {st['ingress_depth']} "
                 f"transport {st['transport_pending']} sink {st['sink_depth']}  "
-                f"analyzed {st['analyzed']} alerts {st['alerts_emitted']}  [{where}, {age:.0f}s old]")
+                f"analyzed {st['analyzed']} alerts {st['alerts_emitted']}  [{printable(where)}, {age:.0f}s old]")
 
     r = rates(prev, status)
     src = Table(title="sources", title_justify="left", expand=False, box=None, pad_edge=False)
@@ -107,8 +81,8 @@ def render(status: dict[str, Any], prev: dict[str, Any] | None, where: str) -> A
     for name, s in st["sources"].items():
         comp = status["components"].get(f"source:{name}", {})
         state = comp.get("state", "?")
-        src.add_row(name, f"{r.get(name, 0.0):,.0f}", f"{s['accepted']:,}", f"{s['dropped']:,}",
-                    f"{s['kernel_drops']:,}", state if state == "ok" else f"[yellow]{state}[/]")
+        src.add_row(_text(name), f"{r.get(name, 0.0):,.0f}", f"{s['accepted']:,}", f"{s['dropped']:,}",
+                    f"{s['kernel_drops']:,}", _text(state, "" if state == "ok" else "yellow"))
 
     comps = Table(title="components", title_justify="left", box=None, pad_edge=False)
     for col in ("component", "state", "restarts", "detail"):
@@ -116,47 +90,36 @@ def render(status: dict[str, Any], prev: dict[str, Any] | None, where: str) -> A
     for name, c in sorted(status["components"].items()):
         if name.startswith("source:"):
             continue
-        comps.add_row(name, c["state"], str(c["restarts"]), (c.get("detail") or "")[:60])
+        comps.add_row(_text(name), _text(c["state"]), str(c["restarts"]), _text((c.get("detail") or "")[:60]))
 
     alerts = Table(title="latest alerts", title_justify="left", box=None, pad_edge=False)
     for col in ("time", "level", "score", "rule", "pid", "comm", "description"):
         alerts.add_column(col)
     for a in list(status.get("recent_alerts", []))[-8:][::-1]:
         alerts.add_row(time.strftime("%H:%M:%S", time.localtime(float(a["ts"]))),
-                       Text(a["level"], style=LEVEL_STYLE.get(a["level"], "")), str(a["score"]), a["rule"],
-                       str(a["pid"]), a["comm"], str(a["description"])[:70])
+                       _text(a["level"], LEVEL_STYLE.get(a["level"], "")), str(a["score"]), _text(a["rule"]),
+                       str(a["pid"]), _text(a["comm"]), _text(str(a["description"])[:70]))
     return Group(head, Text(""), src, Text(""), comps, Text(""), alerts)
 
 
-def _reader(args: argparse.Namespace) -> StatusReader:
-    url, state_dir = args.url, args.state_dir
-    if url is None and state_dir is None and args.config:
-        from ravn_core.cli import load_config, load_host
+def _reader(args: argparse.Namespace, host: Any) -> StatusReader:
+    from ravn_core.cli import state_dir_of
 
-        core = load_config(args.config, load_host()).core
-        state_dir = core.state_dir
-        if core.http_listen:
-            from ravn_core.builtin.http import parse_listen
-
-            host, port = parse_listen(core.http_listen)
-            host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-            url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    if url is None and state_dir is None:
-        state_dir = "/run/ravn"
-    return StatusReader(url, None if url else os.path.join(state_dir, "status.json"))
+    return StatusReader(state_dir_of(args, host))
 
 
 def cmd_top(args: argparse.Namespace, host: Any = None) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    reader = _reader(args)
+    reader = _reader(args, host)
     console = Console()
     if args.once:
         first = reader.read()
         time.sleep(max(0.0, min(args.interval, 5.0)))
         second = reader.read()
-        console.print(render(second, first if second["updated_at"] != first["updated_at"] else None, reader.where))
+        console.print(render(second, first if second["updated_at"] != first["updated_at"] else None,
+                             second.get("via", reader.where)))
         return EXIT_OK
     prev: dict[str, Any] | None = None
     try:
@@ -170,7 +133,7 @@ def cmd_top(args: argparse.Namespace, host: Any = None) -> int:
                     live.update(Text(f"{exc} (retrying)", style="red"), refresh=True)
                     time.sleep(args.interval)
                     continue
-                live.update(render(cur, prev, reader.where), refresh=True)
+                live.update(render(cur, prev, cur.get("via", reader.where)), refresh=True)
                 if prev is None or cur["updated_at"] != prev["updated_at"]:
                     prev = cur
                 time.sleep(args.interval)

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from ravn_core import hookimpl
 from ravn_core.components import Alert, Health, PluginConfig, RuntimeContext, Sink, ThreatUpdate
+from ravn_core.events import printable
 from ravn_core.registry import SinkRegistry
 
 LEVELS = ("LOW", "MEDIUM", "HIGH")
@@ -22,7 +23,8 @@ class StdoutConfig(PluginConfig):
 
 
 class StdoutSink(Sink):
-    """Readable lines: time, level, score, rule, process, description, tags."""
+    """Readable lines: time, level, score, rule, process, description, tags; one line per alert (control
+    characters in event text are escaped)."""
 
     def __init__(self, name: str, config: StdoutConfig, context: RuntimeContext) -> None:
         super().__init__(name, config, context)
@@ -39,14 +41,15 @@ class StdoutSink(Sink):
                 continue
             tags = ",".join(a.tags)
             count = f" x{a.count}" if a.count > 1 else ""
-            out.write(f"{_ts(a.ts)} {a.level:<6} {a.score:>3} {a.rule}{count} pid={a.pid} comm={a.comm} "
-                      f"[{tags}] {a.description}\n")
+            # one alert, one line: a newline in a path or comm is printed escaped, never as a second line
+            out.write(printable(f"{_ts(a.ts)} {a.level:<6} {a.score:>3} {a.rule}{count} pid={a.pid} comm={a.comm} "
+                                f"[{tags}] {a.description}") + "\n")
         out.flush()
 
     def emit_threat(self, update: ThreatUpdate) -> None:
         out = self._out()
-        out.write(f"{_ts(update.ts)} THREAT {update.previous_level} -> {update.level} "
-                  f"score={update.score:.1f} host={update.host}\n")
+        out.write(printable(f"{_ts(update.ts)} THREAT {update.previous_level} -> {update.level} "
+                            f"score={update.score:.1f} host={update.host}") + "\n")
         out.flush()
 
 
