@@ -160,7 +160,7 @@ def cmd_run(args: argparse.Namespace, host: PluginHost) -> int:
     runtime = Runtime(config, host, role=role)
     stats = runtime.run(duration=args.duration)
     _report(stats)
-    return EXIT_OK
+    return int(stats.get("exit_code", EXIT_OK))
 
 
 def dump_bpf(config: RavnConfig) -> int:

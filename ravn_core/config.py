@@ -13,7 +13,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, ValidationError, model_validator
@@ -137,7 +137,14 @@ class CoreConfig(BaseModel):
         60.0, ge=0, description="how often the health thread hands freed heap back to the kernel (malloc_trim) "
         "when private memory is 32 MB or more above the lowest it has been: what a burst (a fork storm) freed; "
         "0: only over memory_limit_mb")
-    drop_alert_ratio: float = Field(0.01, ge=0, le=1, description="drop ratio per interval that raises an alert")
+    drop_alert_ratio: float = Field(0.01, ge=0, le=1, description="share of events dropped in one health interval "
+                                    "over which drop_policy applies")
+    drop_policy: Literal["alert", "exit"] = Field(
+        "alert", description="drops over drop_alert_ratio: `alert` raises a self-alert (at most every "
+        "drop_alert_interval_s); `exit` stops RAVN with exit code 1 (for a supervisor that restarts it)")
+    drop_alert_interval_s: float = Field(10.0, ge=0, le=3600, description="least time between two drop self-alerts")
+    max_hosts: int = Field(4096, ge=1, description="hosts whose process tree and threat score are kept (fleet "
+                           "workers); over it the least recently seen are forgotten (counter hosts_evicted)")
     proctree_max: int = Field(65536, ge=16, description="processes kept in the process tree (LRU)")
     http_listen: str = Field("", pattern=r"^(|\[?[0-9A-Za-z.:-]*\]?:[0-9]{1,5})$",
                              description="HOST:PORT of the /healthz and /metrics endpoint (config/ravn.yaml sets "

@@ -86,6 +86,8 @@ class Slot:
     dropped: int = 0
     batches: int = 0
     processed: int = 0
+    skipped: int = 0  # analyzer: events it did not see (restart delay, quarantine, a batch it failed on)
+    dead_letters: int = 0  # analyzer: events it raised on alone while the rest of their batch went through
 
     @property
     def name(self) -> str:
@@ -149,6 +151,7 @@ class Runtime:
         self.ingress: BatchQueue[Batch] = BatchQueue(config.core.queue_batches, config.core.queue_events)
         self.sinkq: queue.Queue[SinkItem] = queue.Queue(maxsize=config.core.queue_batches)
         self._threads: dict[str, threading.Thread] = {}
+        self._died: set[str] = set()  # threads whose loop raised (restarted by the health thread); not those that ended
         self._stop_sources = threading.Event()
         self._sources_done = threading.Event()
         self._egress_done = threading.Event()
@@ -159,8 +162,14 @@ class Runtime:
         self._signals = 0
         self._reload = threading.Event()
         self._threat_lock = threading.Lock()
+        # per-host state, bounded by ravn.max_hosts (least recently seen host evicted first, never this host)
+        self._hosts_lock = threading.Lock()
         self.trees: dict[str, ProcessTree] = {}
         self.scorers: dict[str, IncidentTracker] = {}  # per host: incidents and the host's threat level
+        self._host_seen: dict[str, float] = {}  # host -> monotonic time of its last batch
+        self.dead_letters: deque[dict[str, Any]] = deque(maxlen=20)  # the last few, for `ravn status`
+        self._sink_ident = 0  # the sink thread's ident: what it scores itself it queues locally, not on sinkq
+        self._sink_local: deque[SinkItem] = deque()
         self.recent_alerts: deque[Alert] = deque(maxlen=50)
         self.latencies: deque[float] = deque(maxlen=4096)
         # for /metrics: cumulative histogram of batch latency (one bisect per batch) and alerts per (level, rule)
@@ -170,8 +179,9 @@ class Runtime:
         self.counters: dict[str, int] = {
             "published": 0, "publish_lost": 0, "analyzed": 0, "analyzed_batches": 0, "alerts": 0,
             "alerts_emitted": 0, "threat_updates": 0, "acked": 0, "sink_items_lost": 0, "self_alerts": 0,
-            "heap_trims": 0,
+            "heap_trims": 0, "dead_letters": 0, "hosts_evicted": 0, "drop_alerts": 0,
         }
+        self.exit_code = 0
         self.started_at = 0.0
         self._last_drop_alert = 0.0
         self._last_memory_alert = 0.0
@@ -301,10 +311,11 @@ class Runtime:
                 target(*args)
             except BaseException:
                 log.exception("thread %s died; the health thread will restart it", name)
+                self._died.add(name)
 
         t = threading.Thread(target=run, name=f"ravn-{name}", daemon=True)
-        self._threads[name] = t
         t.start()
+        self._threads[name] = t
 
     # ================================================================================== supervision
     def _fail(self, slot: Slot, exc: BaseException) -> None:
@@ -316,9 +327,19 @@ class Runtime:
         slot.restarts += 1
         plugin = f"{slot.spec.plugin} ({slot.spec.registration.distribution})"
         if len(slot.errors) > self.core.error_budget:
+            newly = not slot.quarantined
             slot.quarantined = True
             log.error("%s %r from %s quarantined after %d errors in %.0fs; last: %s", slot.kind, slot.name,
                       plugin, len(slot.errors), self.core.error_window_s, slot.last_error)
+            if newly:
+                # a source, transport or analyzer out of the pipeline blinds RAVN (in part): HIGH (score 100)
+                blinding = slot.kind in ("source", "transport", "analyzer")
+                self.self_alert("ravn_component_quarantined", 100 if blinding else 60,
+                                f"RAVN's {slot.kind} {slot.name!r} ({plugin}) is quarantined after "
+                                f"{len(slot.errors)} errors in {self.core.error_window_s:.0f}s and stays out "
+                                f"until SIGHUP; last error: {slot.last_error}",
+                                {"component": f"{slot.kind}:{slot.name}", "plugin": slot.spec.plugin,
+                                 "errors": len(slot.errors), "last_error": slot.last_error})
         else:
             delay = min(self.core.restart_backoff_s * 2 ** (len(slot.errors) - 1), self.core.restart_backoff_max_s)
             slot.retry_at = now + delay
@@ -413,10 +434,31 @@ class Runtime:
 
     # ================================================================================== analysis threads
     def _tree(self, host: str) -> ProcessTree:
+        self._host_seen[host] = time.monotonic()
         tree = self.trees.get(host)
         if tree is None:
-            tree = self.trees[host] = ProcessTree(self.core.proctree_max)
+            with self._hosts_lock:
+                tree = self.trees.get(host)
+                if tree is None:
+                    tree = self.trees[host] = ProcessTree(self.core.proctree_max)
+                    if len(self.trees) > self.core.max_hosts:
+                        self._evict_hosts()
         return tree
+
+    def _evict_hosts(self) -> None:
+        """Over ``ravn.max_hosts``: forget the least recently seen tenth of the hosts (tree and threat score),
+        never this one. Called with the hosts lock held; amortised, one sort per tenth of the bound."""
+        seen = self._host_seen
+        others = sorted((h for h in self.trees if h != self.hostname), key=lambda h: seen.get(h, 0.0))
+        gone = others[: max(1, len(self.trees) - self.core.max_hosts + self.core.max_hosts // 10)]
+        with self._threat_lock:
+            for h in gone:
+                self.trees.pop(h, None)
+                self.scorers.pop(h, None)
+                seen.pop(h, None)
+        self.counters["hosts_evicted"] += len(gone)
+        log.warning("%d hosts over ravn.max_hosts (%d): forgot the %d least recently seen (process trees and "
+                    "threat scores)", len(self.trees) + len(gone), self.core.max_hosts, len(gone))
 
     def _scorer(self, host: str) -> IncidentTracker:
         scorer = self.scorers.get(host)
@@ -469,22 +511,26 @@ class Runtime:
 
     def _analyze(self, slots: list[Slot], delivery: Delivery, now: float) -> None:
         batch = delivery.batch
+        taken = len(batch)
         tree = self._tree(delivery.host)
-        tree.update(batch)
+        try:
+            tree.update(batch)
+        except Exception:
+            batch = self._update_per_event(tree, batch)
         ctx = BatchContext(delivery.host, tree, now)
         alerts: list[Alert] = []
         for slot in slots:
             if not self._analyzer_ready(slot):
+                slot.skipped += len(batch)
                 continue
             try:
                 found = slot.component.analyze(batch, ctx)
+                slot.processed += len(batch)
             except Exception as exc:
-                self._fail(slot, exc)
-                continue
-            slot.processed += len(batch)
+                found = self._isolate(slot, batch, ctx, exc)
             if found:
                 alerts.extend(found)
-        self.counters["analyzed"] += len(batch)
+        self.counters["analyzed"] += taken
         self.counters["analyzed_batches"] += 1
         if batch:
             ts = batch[0].get("evt.ts")
@@ -494,6 +540,59 @@ class Runtime:
                 self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
                 self.latency_sum += latency
         self._score(delivery, alerts, now)
+
+    def _update_per_event(self, tree: ProcessTree, batch: Batch) -> Batch:
+        """The process tree raised on the batch: apply it event by event and dead-letter the events it raises on
+        (they are malformed: no analyzer sees them). Returns the rest of the batch."""
+        good: Batch = []
+        for ev in batch:
+            try:
+                tree.update([ev])
+            except Exception as exc:
+                self._dead_letter("proctree", ev, exc)
+                continue
+            good.append(ev)
+        return good
+
+    def _isolate(self, slot: Slot, batch: Batch, ctx: BatchContext, exc: Exception) -> list[Alert]:
+        """The analyzer raised on a batch: run it on each event alone, so that a bad event costs only itself.
+
+        The events it raises on alone are dead-lettered and the analyzer goes on, its error budget untouched.
+        When it raises on every event, the fault is the analyzer's: it fails (restart after backoff, budget) and
+        the batch counts as skipped for it. Events before the bad one may reach a stateful analyzer twice; the
+        threat scorer folds an alert repeated within ``threat.fold_window_s``.
+        """
+        found: list[Alert] = []
+        bad: list[tuple[dict[str, Any], Exception]] = []
+        analyze = slot.component.analyze
+        for ev in batch:
+            try:
+                found.extend(analyze([ev], ctx) or [])
+            except Exception as error:
+                bad.append((ev, error))
+        if len(bad) == len(batch):
+            slot.skipped += len(batch)
+            self._fail(slot, exc)
+            return []
+        if not bad:
+            log.warning("analyzer %r raised %s: %s on a batch and on none of its events alone; went on", slot.name,
+                        type(exc).__name__, exc)
+        slot.processed += len(batch) - len(bad)
+        slot.dead_letters += len(bad)
+        for event, raised in bad:
+            self._dead_letter(f"analyzer:{slot.name}", event, raised)
+        return found
+
+    def _dead_letter(self, stage: str, event: dict[str, Any], exc: Exception) -> None:
+        """Count a bad event, keep a short copy of the last few for ``ravn status``, log the first ones."""
+        n = self.counters["dead_letters"] = self.counters["dead_letters"] + 1
+        error = f"{type(exc).__name__}: {exc}"[:200]
+        text = repr(event)
+        self.dead_letters.append({"ts": time.time(), "stage": stage, "error": error,
+                                  "event": text if len(text) <= 400 else text[:400] + "..."})
+        if n <= 10 or n % 1000 == 0:
+            log.warning("dead letter %d: %s raised %s on the event %s%s", n, stage, error, text[:200],
+                        "" if n < 10 else " (from now on every 1000th is logged)" if n == 10 else "")
 
     def _tick(self, slots: list[Slot], now: float) -> None:
         host = self.hostname
@@ -524,7 +623,8 @@ class Runtime:
                 return False
         return True
 
-    def _score(self, delivery: Delivery | None, alerts: list[Alert], now: float, tick: bool = False) -> None:
+    def _score(self, delivery: Delivery | None, alerts: list[Alert], now: float, tick: bool = False,
+               fold: bool = True) -> None:
         host = delivery.host if delivery else self.hostname
         for a in alerts:
             a.host = a.host or host
@@ -542,12 +642,17 @@ class Runtime:
                     o, u = self._scorer(h).process(mine, now)
                 out.extend(o)
                 updates.extend(u)
+        if not fold:  # scored, and sent even when the scorer folded them (self-alerts: each one is news)
+            out = [a for a in out if all(a is not b for b in alerts)] + alerts
         self.counters["alerts"] += len(alerts)
         if delivery is None and not out and not updates:
             return
         # the sink thread needs the delivery only to ack it: do not pin the batch's events while alerts wait
         ack = Delivery(delivery.host, [], delivery.token) if delivery is not None else None
         item = SinkItem(ack, out, updates)
+        if threading.get_ident() == self._sink_ident:
+            self._sink_local.append(item)  # scored on the sink thread itself (a sink's self-alert): no self-wait
+            return
         while True:
             try:
                 self.sinkq.put(item, timeout=0.5)
@@ -558,12 +663,13 @@ class Runtime:
                     return
 
     def self_alert(self, rule: str, score: int, description: str, evidence: dict[str, Any]) -> None:
-        """An alert about RAVN itself (memory, drops), sent through the sinks like any other."""
+        """An alert about RAVN itself (memory, drops, a quarantined component), scored like any other and sent
+        through the sinks each time (never folded into an earlier one)."""
         alert = Alert("ravn", rule, score, description, pid=os.getpid(), comm="ravn", tags=["ravn.self"],
                       evidence=evidence, host=self.hostname)
         self.counters["self_alerts"] += 1
         if self._wants("analysis"):
-            self._score(None, [alert], time.time())
+            self._score(None, [alert], time.time(), fold=False)
         else:
             log.warning("self-alert %s: %s", rule, description)
 
@@ -572,7 +678,10 @@ class Runtime:
         assert self.transport_slot is not None
         transport: Transport = self.transport_slot.component
         last_flush = time.monotonic()
+        self._sink_ident = threading.get_ident()
         while True:
+            while self._sink_local:
+                self._emit(self._sink_local.popleft())
             try:
                 item = self.sinkq.get(timeout=0.05)
             except queue.Empty:
@@ -593,6 +702,8 @@ class Runtime:
                     self.counters["acked"] += 1
                 except Exception as exc:
                     self._fail(self.transport_slot, exc)
+        while self._sink_local:
+            self._emit(self._sink_local.popleft())
         for slot in self.sinks:
             if not slot.quarantined:
                 self._safe(slot, slot.component.flush)
@@ -676,7 +787,8 @@ class Runtime:
             targets["sink"] = (self._sink_loop, ())
         for name, (fn, args) in targets.items():
             t = self._threads.get(name)
-            if t is not None and not t.is_alive():
+            if t is not None and not t.is_alive() and name in self._died:
+                self._died.discard(name)
                 log.error("thread %s is dead; restarting it", name)
                 self.counters["thread_restarts"] = self.counters.get("thread_restarts", 0) + 1
                 self._spawn(name, fn, *args)
@@ -698,7 +810,7 @@ class Runtime:
         limit = self.core.memory_limit_mb * 1024 * 1024
         if rss <= limit:
             return
-        for tree in self.trees.values():
+        for tree in list(self.trees.values()):
             tree.shrink(0.5)
         trim_heap()
         if now - self._last_memory_alert > 300 or not self._last_memory_alert:
@@ -721,13 +833,22 @@ class Runtime:
         total = d_acc + d_drop
         if total <= 0 or d_drop / total <= self.core.drop_alert_ratio:
             return
+        ratio = f"{100 * d_drop / total:.1f}%"
+        if self.core.drop_policy == "exit":
+            if not self._stopping.is_set():
+                log.error("RAVN dropped %d of %d events in the last %.1fs (%s, over ravn.drop_alert_ratio %s); "
+                          "exiting (ravn.drop_policy: exit)", d_drop, total, self.core.health_interval_s, ratio,
+                          self.core.drop_alert_ratio)
+                self.exit_code = 1
+                self.request_stop(f"drops over ravn.drop_alert_ratio ({ratio})")
+            return
         now = time.monotonic()
-        if self._last_drop_alert and now - self._last_drop_alert < 300:
+        if self._last_drop_alert and now - self._last_drop_alert < self.core.drop_alert_interval_s:
             return
         self._last_drop_alert = now
+        self.counters["drop_alerts"] += 1
         self.self_alert("ravn_event_drops", 55, f"RAVN dropped {d_drop} of {total} events in the last "
-                        f"{self.core.health_interval_s:.0f}s ({100 * d_drop / total:.1f}%)",
-                        {"dropped": d_drop, "total": total})
+                        f"{self.core.health_interval_s:.1f}s ({ratio})", {"dropped": d_drop, "total": total})
 
     # ================================================================================== reload, stop
     def request_reload(self) -> None:
@@ -792,6 +913,7 @@ class Runtime:
                       self.core.shutdown_timeout_s, ", ".join(alive), self.ingress.qsize() + self.sinkq.qsize())
         stats = self.stats()
         stats["reason"] = reason
+        stats["exit_code"] = self.exit_code
         stats["undrained_batches"] = self.ingress.qsize() + self.sinkq.qsize()
         self._close_all()
         self.host.runtime_stopped(stats, self.snapshot)
@@ -810,8 +932,16 @@ class Runtime:
     def stats(self) -> dict[str, Any]:
         sources = {s.name: {"accepted": s.accepted, "dropped": s.dropped, "batches": s.batches,
                             "kernel_drops": int(self._counter(s, "drops"))} for s in self.sources}
-        analyzers = {s.name: {"processed": s.processed, "restarts": s.restarts, "quarantined": s.quarantined}
-                     for slots in self.analyzers for s in slots}
+        analyzers: dict[str, dict[str, Any]] = {}
+        for slots in self.analyzers:  # one slot per analyzer per analysis thread: summed
+            for s in slots:
+                a = analyzers.setdefault(s.name, {"processed": 0, "skipped": 0, "dead_letters": 0, "restarts": 0,
+                                                  "quarantined": False})
+                a["processed"] += s.processed
+                a["skipped"] += s.skipped
+                a["dead_letters"] += s.dead_letters
+                a["restarts"] += s.restarts
+                a["quarantined"] = a["quarantined"] or s.quarantined
         sinks = {s.name: {"alerts": s.processed, "dropped": s.dropped, "restarts": s.restarts}
                  for s in self.sinks}
         return {
@@ -874,6 +1004,7 @@ class Runtime:
             "components": components, "threads": threads, "stats": self.stats(),
             "latency_s": self.latency_quantiles(), "rss_bytes": rss_bytes(), "anon_rss_bytes": anon_rss_bytes(),
             "recent_alerts": [a.to_dict() for a in list(self.recent_alerts)[-10:]],
+            "dead_letters": list(self.dead_letters),
         }
 
     def snapshot(self) -> RuntimeSnapshot:

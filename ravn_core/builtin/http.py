@@ -210,9 +210,17 @@ class RavnCollector:
         cap.add_metric(["sink"], float(snap.queue_capacity))
         yield cap
         an = CounterMetricFamily("ravn_analyzer_events", "events each analyzer processed", labels=["analyzer"])
+        ask = CounterMetricFamily("ravn_analyzer_skipped", "events an analyzer did not see (restart delay, "
+                                  "quarantine, a batch it failed on)", labels=["analyzer"])
         for name, a in stats["analyzers"].items():
             an.add_metric([name], float(a["processed"]))
-        yield an
+            ask.add_metric([name], float(a.get("skipped", 0)))
+        yield from (an, ask)
+        yield CounterMetricFamily("ravn_dead_letters", "bad events set aside alone (the process tree or an analyzer "
+                                  "raised on them); the rest of their batch was analyzed",
+                                  value=float(stats.get("dead_letters", 0)))
+        yield CounterMetricFamily("ravn_hosts_evicted", "hosts whose process tree and threat score were forgotten "
+                                  "(over ravn.max_hosts)", value=float(stats.get("hosts_evicted", 0)))
         sa = CounterMetricFamily("ravn_sink_alerts", "alerts each sink took", labels=["sink"])
         sd = CounterMetricFamily("ravn_sink_dropped", "alerts a sink missed (failing or quarantined)",
                                  labels=["sink"])

@@ -67,7 +67,8 @@ def test_exact_hook_order() -> None:
     host.add_commands(None)
     config = {
         "sources": [{"plugin": "test_source", "batches": 2, "events_per_batch": 5}],
-        "analyzers": [{"plugin": "test_analyzer", "fail_on_batch": 1, "fail_times": 1}],
+        # fails on its first batch and on each of its 5 events alone: the analyzer's own error, not a bad event's
+            "analyzers": [{"plugin": "test_analyzer", "fail_on_batch": 1, "fail_times": 6}],
         "sinks": [{"plugin": "test_sink"}],
         "ravn": {"restart_backoff_s": 0.05},
     }
