@@ -28,6 +28,7 @@ from ravn_core.errors import EXIT_CONFIG, EXIT_ENVIRONMENT, EXIT_FAILURE, EXIT_O
 from ravn_core.events import printable
 from ravn_core.plugins import PluginHost
 from ravn_core.status import DEFAULT_STATE_DIR, StatusReader
+from ravn_core.threat import incident_line
 
 log = logging.getLogger("ravn")
 
@@ -228,7 +229,11 @@ def cmd_status(args: argparse.Namespace, host: PluginHost) -> int:
         return EXIT_OK if status["running"] else EXIT_FAILURE
     print(f"RAVN on {_plain(status['host'])} (pid {status['pid']}, role {status['role']}): "
           f"{'running' if status['running'] else 'NOT RUNNING (last status shown)'}")
-    print(f"threat level: {status['level']}  score: {status['score']}")
+    print(f"threat level: {status['level']}  score: {status['score']}  (the worst open incident)")
+    incidents = status.get("incidents") or []
+    print(f"open incidents: {len(incidents)}" + (" (worst first)" if incidents else ""))
+    for inc in incidents[:10]:
+        print(f"  {_plain(incident_line(inc))}")
     print(f"health: {status['health']}" + (f" ({', '.join(status['degraded'])})" if status["degraded"] else ""))
     for name, comp in sorted(status["components"].items()):
         extra = f" - {_plain(comp['detail'])}" if comp["detail"] else ""
@@ -237,8 +242,8 @@ def cmd_status(args: argparse.Namespace, host: PluginHost) -> int:
     print(f"events: accepted {st['accepted']} dropped {st['dropped']} analyzed {st['analyzed']} "
           f"alerts {st['alerts_emitted']}")
     for a in status["recent_alerts"][-5:]:
-        print(f"  {a['level']:<6} {a['score']:>3} {_plain(a['rule'])} pid={a['pid']} comm={_plain(a['comm'])}: "
-              f"{_plain(a['description'])}")
+        print(f"  {a['level']:<6} {a['score']:>3} {_plain(a['rule'])} pid={a['pid']} comm={_plain(a['comm'])} "
+              f"incident={_plain(a.get('incident') or '-')}: {_plain(a['description'])}")
     return EXIT_OK if status["running"] else EXIT_FAILURE
 
 

@@ -162,6 +162,18 @@ class ThreatUpdate:
         d["kind"] = "threat"
         return d
 
+    def describe(self) -> str:
+        """One line: the change and the incident that set it (root process and rules in order)."""
+        text = f"threat level {self.previous_level} -> {self.level} (score {self.score:.1f})"
+        if self.incidents:
+            inc = self.incidents[0]
+            root = inc.get("root") or {}
+            text += (f", incident {inc.get('id', '?')} root {root.get('pid', 0)} {root.get('comm', '') or '?'}: "
+                     f"{' > '.join(inc.get('rules') or []) or '-'}")
+            if len(self.incidents) > 1:
+                text += f" (+{len(self.incidents) - 1} more at {self.level})"
+        return text
+
 
 @dataclass
 class Delivery:
@@ -265,6 +277,14 @@ class Sink(Component):
 
     def emit_threat(self, update: ThreatUpdate) -> None:
         """Deliver a threat level change."""
+
+    def emit_incidents(self, host: str, incidents: list[dict[str, Any]]) -> None:
+        """The open incidents of ``host`` changed (one opened, closed, or gained an alert or score).
+
+        ``incidents`` is the whole current list, worst first (``Incident.summary`` dicts: id, root, rules, score,
+        level, age_s, ...); empty when none is open. Called at most about once a second per host, after the
+        alerts that changed them. Default: nothing (alerts carry their incident id anyway).
+        """
 
     def flush(self) -> None:
         """Make everything emitted so far durable."""

@@ -115,6 +115,7 @@ class SinkItem:
     delivery: Delivery | None
     alerts: list[Alert]
     updates: list[ThreatUpdate]
+    incidents: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # host -> open incidents, if changed
 
 
 def runtime_context(config: RavnConfig) -> RuntimeContext:
@@ -634,6 +635,7 @@ class Runtime:
             hosts = list(self.scorers) if tick else [host]
             if tick and host not in hosts:
                 hosts.append(host)
+            incidents: dict[str, list[dict[str, Any]]] = {}
             for h in hosts:
                 mine = [a for a in alerts if a.host == h] if tick else alerts
                 if tick and not mine:
@@ -642,14 +644,18 @@ class Runtime:
                     o, u = self._scorer(h).process(mine, now)
                 out.extend(o)
                 updates.extend(u)
+                if tick:  # the open incidents go to the sinks once a tick, when they changed
+                    changed = self._scorer(h).take_changed(now)
+                    if changed is not None:
+                        incidents[h] = changed
         if not fold:  # scored, and sent even when the scorer folded them (self-alerts: each one is news)
             out = [a for a in out if all(a is not b for b in alerts)] + alerts
         self.counters["alerts"] += len(alerts)
-        if delivery is None and not out and not updates:
+        if delivery is None and not out and not updates and not incidents:
             return
         # the sink thread needs the delivery only to ack it: do not pin the batch's events while alerts wait
         ack = Delivery(delivery.host, [], delivery.token) if delivery is not None else None
-        item = SinkItem(ack, out, updates)
+        item = SinkItem(ack, out, updates, incidents)
         if threading.get_ident() == self._sink_ident:
             self._sink_local.append(item)  # scored on the sink thread itself (a sink's self-alert): no self-wait
             return
@@ -735,6 +741,8 @@ class Runtime:
                     slot.component.emit_alerts(item.alerts)
                 for update in item.updates:
                     slot.component.emit_threat(update)
+                for host, incidents in item.incidents.items():
+                    slot.component.emit_incidents(host, incidents)
                 slot.processed += len(item.alerts)
             except Exception as exc:
                 slot.dropped += len(item.alerts)

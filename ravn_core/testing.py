@@ -308,7 +308,7 @@ class CollectSinkConfig(PluginConfigBase):
 
 
 class CollectSink(Sink):
-    """Keeps every alert and threat update it is given."""
+    """Keeps every alert, threat update and incident list it is given."""
 
     instances: list[CollectSink] = []
 
@@ -316,6 +316,7 @@ class CollectSink(Sink):
         super().__init__(name, config, context)
         self.alerts: list[Alert] = []
         self.updates: list[ThreatUpdate] = []
+        self.incidents: dict[str, list[dict[str, Any]]] = {}  # host -> the latest open incidents
         self.failures = 0
         CollectSink.instances.append(self)
 
@@ -327,6 +328,9 @@ class CollectSink(Sink):
 
     def emit_threat(self, update: ThreatUpdate) -> None:
         self.updates.append(update)
+
+    def emit_incidents(self, host: str, incidents: list[dict[str, Any]]) -> None:
+        self.incidents[host] = incidents
 
 
 class ThrowawayPlugin:

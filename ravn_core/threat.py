@@ -7,9 +7,10 @@ from the process tree) is a session of that incident. The walk stops before pid 
 main process (a process whose parent is pid 1), unless P is that process: one alert in ``sshd`` or ``cron`` does
 not pull every later login or job into its incident. So ``setsid nohup ./x &`` from an attacker's shell stays in
 the shell's incident (x's parent belongs to it). When nothing matches, a new incident starts, keyed by P's session
-(sid > 1) or, when the session is unknown, by its ancestry root: the nearest session leader or service main
-process, else P itself. The joining process's pid and session are added to the incident. Self-alerts (analyzer
-``ravn``: drops, memory, quarantine) form one incident of their own, rooted at RAVN.
+(sid > 1; for a process whose session is not known yet, its nearest ancestor's) or, with no session known, by its
+ancestry root: the nearest session leader or service main process, else P itself. The joining process's pid and
+session are added to the incident. Self-alerts (analyzer ``ravn``: drops, memory, quarantine) form one incident
+of their own, rooted at RAVN.
 
 Score of an incident (settings in ``ravn.threat``):
 
@@ -30,8 +31,10 @@ Score of an incident (settings in ``ravn.threat``):
    without a live contribution closes.
 
 The host score is the score of the worst open incident, and its level comes from ``medium``/``high``. A level
-change produces a ``ThreatUpdate`` naming the incident(s) at that level. At most ``max_incidents`` are open per host;
-beyond that the least recently active LOW incident is evicted first, then MEDIUM, then HIGH (``incidents_evicted``).
+change produces a ``ThreatUpdate`` naming the incident(s) at that level; ``take_changed`` gives the runtime the
+open incidents, once a tick, when they changed (for ``Sink.emit_incidents``). At most ``max_incidents`` are open
+per host; beyond that the least recently active LOW incident is evicted first, then MEDIUM, then HIGH
+(``incidents_evicted``).
 
 Folding: the first alert of an (analyzer, rule, pid, description) goes out at once; repeats within
 ``fold_window_s`` are counted, and when the window closes with repeats one alert goes out again with ``count`` =
@@ -194,6 +197,7 @@ class Incident:
     score: float = 0.0
     peak: float = 0.0
     level: Level = "LOW"
+    shown: bool = False  # holds a non-corroborating alert (ever): shown in listings, its changes reported
 
     @property
     def corroborated_only(self) -> bool:
@@ -267,6 +271,7 @@ class IncidentTracker:
         self._salt = secrets.token_hex(2)
         self._seq = 0
         self._worst: list[Incident] = []
+        self.changed = False  # an incident shown by open_incidents opened, closed or changed since take_changed()
 
     # ------------------------------------------------------------------------------------------ scoring
     def process(self, alerts: list[Alert], now: float) -> tuple[list[Alert], list[ThreatUpdate]]:
@@ -321,6 +326,13 @@ class IncidentTracker:
         shown = [i for i in self._open.values() if not i.corroborated_only]
         shown.sort(key=lambda i: (i.score, i.last_ts), reverse=True)
         return [i.summary(now) for i in shown[:limit]]
+
+    def take_changed(self, now: float) -> list[dict[str, Any]] | None:
+        """The open incidents when they changed since the last call (for ``Sink.emit_incidents``), else None."""
+        if not self.changed:
+            return None
+        self.changed = False
+        return self.open_incidents(now)
 
     def __len__(self) -> int:
         return len(self._open)
@@ -411,15 +423,18 @@ class IncidentTracker:
         incident.alerts += alert.count
         incident.last_ts = now
         self._open.move_to_end(incident.id)
+        incident.shown = incident.shown or not alert.corroboration
         self._score_incident(incident)
 
     def _score_incident(self, incident: Incident) -> None:
+        self.changed = self.changed or incident.shown
         incident.score = incident_score(incident.rules.values(), self.cfg)
         incident.peak = max(incident.peak, incident.score)
         incident.level = level_for(incident.score, self.cfg)
 
     def _close(self, incident: Incident) -> None:
         self._open.pop(incident.id, None)
+        self.changed = self.changed or incident.shown
         for pid in incident.pids:
             if self._by_pid.get(pid) is incident:
                 del self._by_pid[pid]

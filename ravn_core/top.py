@@ -3,8 +3,9 @@
 Reads the daemon's status through ``ravn_core.status.StatusReader`` (the one reader ``ravn status`` uses too): the
 root-only socket ``<ravn.state_dir>/ravn.sock``, else the status file the daemon rewrites every second. Shows
 events/s, queue drops and kernel drops per source, queue depths, analysis latency, threat level and score, component
-health and the latest alerts. Plain text redrawn in place (rich): works over ssh, no mouse; ``--once`` prints one
-frame and exits (for tests and scripts). Text from the daemon (alert descriptions, comms, paths, details) is shown
+health, the open incidents (one line each: id, level, score, age, root process, rules in order) and the latest
+alerts. Plain text redrawn in place (rich): works over ssh, no mouse; ``--once`` prints one frame and exits (for
+tests and scripts). Text from the daemon (alert descriptions, comms, paths, details) is shown
 as plain text, never read as rich markup, with control characters escaped. Exit codes: 0 ok, 1 no running daemon.
 """
 
@@ -92,14 +93,29 @@ def render(status: dict[str, Any], prev: dict[str, Any] | None, where: str) -> A
             continue
         comps.add_row(_text(name), _text(c["state"]), str(c["restarts"]), _text((c.get("detail") or "")[:60]))
 
+    incidents = Table(title="open incidents (worst first)", title_justify="left", box=None, pad_edge=False)
+    for col in ("incident", "level", "score", "age", "root", "rules"):
+        incidents.add_column(col)
+    for inc in list(status.get("incidents") or [])[:8]:
+        root = inc.get("root") or {}
+        who = f"{root.get('pid', 0)} {root.get('comm', '') or '?'}" + (f" ({root['exe']})" if root.get("exe") else "")
+        rules = " > ".join(inc.get("rules") or []) or "-"
+        if inc.get("corroboration"):
+            rules += f" [+{', '.join(inc['corroboration'])}]"
+        lvl = str(inc.get("level", "LOW"))
+        incidents.add_row(_text(str(inc.get("id", "?"))), _text(lvl, LEVEL_STYLE.get(lvl, "")),
+                          f"{float(inc.get('score', 0)):.1f}", f"{float(inc.get('age_s', 0)):.0f}s",
+                          _text(who[:50]), _text(rules[:90]))
+
     alerts = Table(title="latest alerts", title_justify="left", box=None, pad_edge=False)
-    for col in ("time", "level", "score", "rule", "pid", "comm", "description"):
+    for col in ("time", "level", "score", "rule", "pid", "comm", "incident", "description"):
         alerts.add_column(col)
     for a in list(status.get("recent_alerts", []))[-8:][::-1]:
         alerts.add_row(time.strftime("%H:%M:%S", time.localtime(float(a["ts"]))),
                        _text(a["level"], LEVEL_STYLE.get(a["level"], "")), str(a["score"]), _text(a["rule"]),
-                       str(a["pid"]), _text(a["comm"]), _text(str(a["description"])[:70]))
-    return Group(head, Text(""), src, Text(""), comps, Text(""), alerts)
+                       str(a["pid"]), _text(a["comm"]), _text(str(a.get("incident") or "-")),
+                       _text(str(a["description"])[:70]))
+    return Group(head, Text(""), src, Text(""), comps, Text(""), incidents, Text(""), alerts)
 
 
 def _reader(args: argparse.Namespace, host: Any) -> StatusReader:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import IO, Any
 
 from pydantic import Field
@@ -23,8 +24,8 @@ class StdoutConfig(PluginConfig):
 
 
 class StdoutSink(Sink):
-    """Readable lines: time, level, score, rule, process, description, tags; one line per alert (control
-    characters in event text are escaped)."""
+    """Readable lines: time, level, score, rule, process, incident, tags, description; one line per alert (control
+    characters in event text are escaped); threat changes with the incident that set the level."""
 
     def __init__(self, name: str, config: StdoutConfig, context: RuntimeContext) -> None:
         super().__init__(name, config, context)
@@ -43,13 +44,12 @@ class StdoutSink(Sink):
             count = f" x{a.count}" if a.count > 1 else ""
             # one alert, one line: a newline in a path or comm is printed escaped, never as a second line
             out.write(printable(f"{_ts(a.ts)} {a.level:<6} {a.score:>3} {a.rule}{count} pid={a.pid} comm={a.comm} "
-                                f"[{tags}] {a.description}") + "\n")
+                                f"incident={a.incident or '-'} [{tags}] {a.description}") + "\n")
         out.flush()
 
     def emit_threat(self, update: ThreatUpdate) -> None:
         out = self._out()
-        out.write(printable(f"{_ts(update.ts)} THREAT {update.previous_level} -> {update.level} "
-                            f"score={update.score:.1f} host={update.host}") + "\n")
+        out.write(printable(f"{_ts(update.ts)} THREAT host={update.host} {update.describe()}") + "\n")
         out.flush()
 
 
@@ -91,6 +91,10 @@ class JsonlSink(Sink):
     def emit_threat(self, update: ThreatUpdate) -> None:
         self._write([update.to_dict()])
 
+    def emit_incidents(self, host: str, incidents: list[dict[str, Any]]) -> None:
+        """A record {"kind": "incidents", "host", "ts", "incidents": [...]}: the open incidents, when they change."""
+        self._write([{"kind": "incidents", "host": host, "ts": time.time(), "incidents": incidents}])
+
     def flush(self) -> None:
         if self.config.fsync:
             os.fsync(self._fd)
@@ -103,8 +107,6 @@ class JsonlSink(Sink):
 
 
 def _ts(ts: float) -> str:
-    import time
-
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
 
 

@@ -95,7 +95,10 @@ def test_healthz_metrics_and_status(tmp_path: Path) -> None:
         assert code == 404 and b"ravn.sock" in body  # alerts with evidence: never on TCP
         assert "detail" not in h["components"]["sink:test_sink"]
         code, body = unix_get(str(tmp_path / "state" / "ravn.sock"), "/status")
-        assert code == 200 and json.loads(body)["stats"]["analyzed"] == 1200
+        st = json.loads(body)
+        assert code == 200 and st["stats"]["analyzed"] == 1200
+        assert st["incidents"] and {i["level"] for i in st["incidents"]} == {"HIGH"}
+        assert {a["incident"] for a in st["recent_alerts"]} <= {i["id"] for i in st["incidents"]}
         assert json.loads(body)["recent_alerts"][-1]["rule"] == "count"
         code, body = unix_get(str(tmp_path / "state" / "ravn.sock"), "/healthz")
         assert code == 200 and "detail" in json.loads(body)["components"]["sink:test_sink"]
@@ -234,6 +237,7 @@ def test_ravn_top_and_status_once_over_the_socket_and_from_the_status_file(tmp_p
             st = json.loads(out.stdout)
             assert st["via"].endswith(via) and st["stats"]["analyzed"] == 300
             assert out.returncode == 0 and st["running"], out.stderr  # the file is fresh and its pid alive
+            assert "open incidents" in text and rt.status()["incidents"][0]["id"] in text
     finally:
         rt.stop()
 

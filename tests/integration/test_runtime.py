@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from ravn_core.testing import CollectSink, run_pipeline
 
@@ -61,6 +64,40 @@ def test_failing_analyzer_is_rebuilt_then_quarantined_and_others_go_on() -> None
     assert [u.level for u in sink.updates] == ["HIGH"]
     status = rt.status()
     assert status["health"] == "degraded" and "analyzer:flaky" in status["degraded"]
+
+
+def test_alerts_carry_their_incident_and_every_view_shows_the_open_incidents(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    config = {
+        "ravn": {**FAST, "state_dir": str(tmp_path / "state")},
+        "sources": [{"plugin": "test_source", "batches": 20, "events_per_batch": 10}],
+        "analyzers": [{"plugin": "test_analyzer", "alert_every": 10, "score": 60}],
+        "sinks": [{"plugin": "test_sink"}, {"plugin": "jsonl", "path": str(tmp_path / "alerts.jsonl")}],
+    }
+    before = len(CollectSink.instances)
+    rt, _ = run_pipeline(config, until=lambda rt: rt.counters["analyzed"] == 200 and bool(
+        CollectSink.instances[before].incidents) and rt.sinkq.qsize() == 0)
+    sink = CollectSink.instances[before]
+    status = rt.status()
+    shown = {i["id"]: i for i in status["incidents"]}
+    assert sink.alerts and all(a.incident in shown for a in sink.alerts)
+    assert {i["id"] for i in sink.incidents[rt.hostname]} == set(shown)
+    # the synthetic events come from pids 1000..1049, children of pid 1 with no session: one incident each
+    for a in sink.alerts:
+        inc = shown[a.incident]
+        assert inc["root"]["pid"] == a.pid and inc["rules"] == ["count"] and inc["level"] == "MEDIUM"
+    assert [u.level for u in sink.updates] == ["MEDIUM"] and sink.updates[0].incidents
+    records = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    assert {r["incident"] for r in records if r["kind"] == "alert"} == {a.incident for a in sink.alerts}
+    assert [r for r in records if r["kind"] == "incidents"][-1]["incidents"] == sink.incidents[rt.hostname]
+    rt.write_status()
+    from ravn_core.cli import main
+
+    capsys.readouterr()
+    main(["status", "--state-dir", str(tmp_path / "state")])
+    out = capsys.readouterr().out
+    assert f"open incidents: {len(shown)}" in out and "rules: count" in out
+    assert f"incident={sink.alerts[-1].incident}" in out
 
 
 def test_backpressure_every_event_is_delivered_or_counted() -> None:

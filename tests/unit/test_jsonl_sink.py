@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ravn_core.builtin.sinks import JsonlConfig, JsonlSink
+from ravn_core.builtin.sinks import JsonlConfig, JsonlSink, StdoutConfig, StdoutSink
 from ravn_core.components import Alert, ThreatUpdate
 from ravn_core.testing import make_context
 
@@ -47,3 +47,15 @@ def test_a_new_file_is_not_world_readable(tmp_path: Path) -> None:
     path = tmp_path / "alerts.jsonl"
     JsonlSink("jsonl", JsonlConfig(path=str(path)), make_context("jsonl")).close()
     assert stat.S_IMODE(path.stat().st_mode) & 0o007 == 0
+
+
+def test_stdout_lines_name_the_incident(capsys: pytest.CaptureFixture[str]) -> None:
+    sink = StdoutSink("stdout", StdoutConfig(), make_context("stdout"))
+    sink.emit_alerts([Alert("analyzer_rules", "r", 60, "did x", pid=7, comm="sh", level="MEDIUM", incident="ab12-3"),
+                      Alert("analyzer_rules", "q", 60, "did y", pid=8, comm="sh", level="MEDIUM")])
+    inc = {"id": "ab12-3", "root": {"pid": 5, "comm": "bash", "exe": "/usr/bin/bash"}, "rules": ["r", "s"]}
+    sink.emit_threat(ThreatUpdate("h", "HIGH", 84.6, "MEDIUM", [], incidents=[inc]))
+    lines = capsys.readouterr().out.splitlines()
+    assert "pid=7 comm=sh incident=ab12-3 " in lines[0] and "incident=- " in lines[1]
+    assert lines[2].endswith("THREAT host=h threat level MEDIUM -> HIGH (score 84.6), incident ab12-3 root 5 bash: "
+                             "r > s")

@@ -321,3 +321,17 @@ def test_incident_score_and_line() -> None:
     line = incident_line(s.open_incidents(30)[0])
     assert line.startswith(s.open_incidents(0)[0]["id"] + " MEDIUM")
     assert "age 30s" in line and "root 100 bash" in line and "rules: a [+m]" in line
+
+
+def test_take_changed_reports_shown_incidents_once_per_change() -> None:
+    s = tracker(Tree().session(100, 101).session(200, 201))
+    assert s.take_changed(0) is None
+    s.process([alert("model", 90, pid=201, analyzer="onnx", corroboration=True)], now=0)
+    assert s.take_changed(0) is None  # held corroboration is not shown
+    s.process([alert("a", 60, pid=101)], now=1)
+    [inc] = s.take_changed(1) or []
+    assert inc["rules"] == ["a"] and s.take_changed(1) is None
+    s.tick(now=50)
+    assert s.take_changed(50) is None
+    s.tick(now=102)  # closed
+    assert s.take_changed(102) == []

@@ -196,7 +196,7 @@ FALCO_FIELDS = {"output", "priority", "rule", "time", "output_fields", "source",
 def test_falco_sink_posts_falco_json_output(receiver: Receiver) -> None:
     sink = build(FalcoSink, FalcoConfig, url=receiver.url, flush_interval_s=0.05)
     try:
-        sink.emit_alerts([alert(1, "HIGH"), alert(2, "MEDIUM"), alert(3, "LOW")])
+        sink.emit_alerts([alert(1, "HIGH", incident="ab12-3"), alert(2, "MEDIUM"), alert(3, "LOW")])
         assert sink.wait_idle(10)
     finally:
         sink.close()
@@ -211,8 +211,8 @@ def test_falco_sink_posts_falco_json_output(receiver: Receiver) -> None:
     assert first["tags"] == ["T1059.004", "shell"]
     f = first["output_fields"]
     assert f["proc.pid"] == 4322 and f["proc.name"] == "sh" and f["exec.filename"] == "/bin/sh"
-    assert isinstance(f["evt.time"], int) and f["ravn.score"] == 90
-    assert "Critical sh started by nginx #1" in first["output"]
+    assert isinstance(f["evt.time"], int) and f["ravn.score"] == 90 and f["ravn.incident"] == "ab12-3"
+    assert "Critical sh started by nginx #1" in first["output"] and "ravn.incident=ab12-3" in first["output"]
     assert receiver.headers[0]["Content-Type"] == "application/json"
 
 
@@ -235,7 +235,7 @@ def test_syslog_udp_rfc5424() -> None:
     sink = build(SyslogSink, SyslogConfig, address=f"udp://127.0.0.1:{rx.getsockname()[1]}", facility="local3",
                  flush_interval_s=0.05)
     try:
-        sink.emit_alerts([alert(1, "HIGH", rule='odd "rule"] name'), alert(2, "LOW")])
+        sink.emit_alerts([alert(1, "HIGH", rule='odd "rule"] name', incident="ab12-3"), alert(2, "LOW")])
         msgs = [rx.recv(65535), rx.recv(65535)]
     finally:
         sink.close()
@@ -247,6 +247,7 @@ def test_syslog_udp_rfc5424() -> None:
     assert re.fullmatch(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
     assert host == b"web1" and app == b"ravn" and msgid == b'odd_"rule"]_name'[:32]
     assert b'rule="odd \\"rule\\"\\] name"' in sd and b'level="HIGH"' in sd and b'score="90"' in sd
+    assert b'incident="ab12-3"' in sd
     assert text == b"sh started by nginx #1"
     assert int(RFC5424.match(msgs[1]).group(1)) == 19 * 8 + 5  # type: ignore[union-attr]  # LOW -> notice
 

@@ -56,6 +56,31 @@ def test_threat_update_sets_keys_and_publishes(redis_server: RedisServer, sinks:
     pubsub.close()
 
 
+def test_open_incidents_hash_is_replaced_whole_and_deleted_when_none(redis_server: RedisServer,
+                                                                     sinks: list[RedisSink]) -> None:
+    r = redis.Redis(port=redis_server.port)
+    pubsub = r.pubsub()
+    pubsub.subscribe("ravn:threat_updates")
+    assert pubsub.get_message(timeout=1)["type"] == "subscribe"  # type: ignore[index]
+    sink = _sink(sinks, redis_server.port)
+    a = {"id": "ab12-1", "root": {"pid": 4321, "comm": "bash", "exe": "/usr/bin/bash"}, "rules": ["x", "y"],
+         "score": 84.6, "level": "HIGH", "age_s": 3.0}
+    b = {"id": "ab12-2", "root": {"pid": 99, "comm": "cron", "exe": ""}, "rules": ["z"], "score": 60,
+         "level": "MEDIUM", "age_s": 1.0}
+    sink.emit_incidents("h1", [a, b])
+    got = {k.decode(): json.loads(v) for k, v in r.hgetall("ravn:incidents:{h1}").items()}
+    assert got == {"ab12-1": a, "ab12-2": b}
+    sink.emit_incidents("h1", [b])  # a closed: the hash holds only what is open
+    assert list(r.hgetall("ravn:incidents:{h1}")) == [b"ab12-2"]
+    assert not r.exists("ravn:incidents:{h1}:next")
+    sink.emit_threat(ThreatUpdate("h1", "MEDIUM", 60, "HIGH", [], incidents=[b]))
+    msg = pubsub.get_message(timeout=2)
+    assert msg is not None and json.loads(msg["data"])["incidents"] == [b]
+    sink.emit_incidents("h1", [])
+    assert not r.exists("ravn:incidents:{h1}")
+    pubsub.close()
+
+
 def test_alerts_go_to_a_bounded_stream(redis_server: RedisServer, sinks: list[RedisSink]) -> None:
     sink = _sink(sinks, redis_server.port, alerts_maxlen=100, prefix="x:")
     for i in range(600):

@@ -3,9 +3,9 @@ falcosidekick (its ``/`` endpoint) and other tools built for Falco receive RAVN 
 
 Each alert becomes::
 
-    {"output": "10:35:03.123456789: Critical <description> (proc.pid=.. proc.name=..)",
+    {"output": "10:35:03.123456789: Critical <description> (proc.pid=.. proc.name=.. ravn.score=.. ravn.incident=..)",
      "priority": "Critical", "rule": "<rule>", "time": "2026-11-26T10:35:03.123456789Z",
-     "output_fields": {"evt.time": <ns>, "proc.pid": .., "proc.name": .., "ravn.score": .., ...},
+     "output_fields": {"evt.time": <ns>, "proc.pid": .., "proc.name": .., "ravn.score": .., "ravn.incident": ..},
      "source": "syscall", "tags": ["T1059.004", ...], "hostname": "<host>"}
 
 ``priority`` comes from the alert's level through ``priorities`` (default HIGH -> Critical, MEDIUM -> Warning,
@@ -72,12 +72,12 @@ def falco_record(alert: Alert, host: str, source: str, priority: str) -> dict[st
     fields.update({
         "evt.time": int(alert.ts * 1e9), "proc.pid": alert.pid, "proc.name": alert.comm,
         "ravn.score": alert.score, "ravn.level": alert.level, "ravn.analyzer": alert.analyzer,
-        "ravn.count": alert.count,
+        "ravn.count": alert.count, "ravn.incident": alert.incident,
     })
     clock = time.strftime("%H:%M:%S", time.localtime(alert.ts)) + f".{int(alert.ts * 1e9) % 1_000_000_000:09d}"
     return {
         "output": f"{clock}: {priority} {alert.description} (proc.pid={alert.pid} proc.name={alert.comm} "
-                  f"ravn.score={alert.score})",
+                  f"ravn.score={alert.score} ravn.incident={alert.incident or '-'})",
         "priority": priority,
         "rule": alert.rule,
         "time": falco_time(alert.ts),
@@ -104,9 +104,9 @@ class FalcoSink(QueueingSink):
         return falco_record(alert, self.context.host, self.config.source, prio)
 
     def threat_record(self, update: ThreatUpdate) -> dict[str, Any] | None:
-        alert = Alert("ravn", "RAVN threat level", int(update.score),
-                      f"threat level {update.previous_level} -> {update.level} (score {update.score:.1f})",
-                      tags=["ravn.threat"], ts=update.ts, host=update.host, level=update.level)
+        alert = Alert("ravn", "RAVN threat level", int(update.score), update.describe(), tags=["ravn.threat"],
+                      ts=update.ts, host=update.host, level=update.level,
+                      incident=str(update.incidents[0].get("id", "")) if update.incidents else "")
         return self.alert_record(alert)
 
     def send(self, records: list[dict[str, Any]]) -> None:

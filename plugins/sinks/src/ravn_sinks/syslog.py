@@ -3,7 +3,7 @@
 One message per alert::
 
     <PRI>1 2026-11-26T10:35:03.123456Z host ravn 1234 <rule> [ravn@32473 rule="..." level="HIGH" score="90"
-    pid="4321" comm="sh" analyzer="rules" count="1" tags="T1059.004"] <description>
+    pid="4321" comm="sh" analyzer="rules" count="1" tags="T1059.004" incident="3f2a-7"] <description>
 
 PRI = facility * 8 + severity, severity from the level (HIGH -> crit 2, MEDIUM -> warning 4, LOW -> notice 5).
 MSGID is the rule name reduced to 32 printable ASCII characters. The structured-data id uses 32473, the
@@ -76,7 +76,8 @@ def rfc5424(alert: Alert, facility: int, host: str, app: str, sd_id: str, procid
     us = int(alert.ts * 1e6) % 1_000_000
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(alert.ts)) + f".{us:06d}Z"
     params = {"rule": alert.rule, "level": alert.level, "score": alert.score, "pid": alert.pid, "comm": alert.comm,
-              "analyzer": alert.analyzer, "count": alert.count, "tags": ",".join(alert.tags)}
+              "analyzer": alert.analyzer, "count": alert.count, "tags": ",".join(alert.tags),
+              "incident": alert.incident}
     sd = "[" + sd_id + "".join(f' {k}="{_sd_value(v)}"' for k, v in params.items()) + "]"
     header = f"<{pri}>1 {stamp} {_token(alert.host or host, 255)} {_token(app, 48)} {procid} {_token(alert.rule, 32)}"
     return f"{header} {sd} {alert.description}".encode()
@@ -107,9 +108,9 @@ class SyslogSink(QueueingSink):
                                os.getpid())}
 
     def threat_record(self, update: ThreatUpdate) -> dict[str, Any] | None:
-        alert = Alert("ravn", "ravn_threat_level", int(update.score),
-                      f"threat level {update.previous_level} -> {update.level} (score {update.score:.1f})",
-                      ts=update.ts, host=update.host, level=update.level)
+        alert = Alert("ravn", "ravn_threat_level", int(update.score), update.describe(), ts=update.ts,
+                      host=update.host, level=update.level,
+                      incident=str(update.incidents[0].get("id", "")) if update.incidents else "")
         return self.alert_record(alert)
 
     def _connect(self) -> socket.socket:

@@ -1,7 +1,8 @@
 """``webhook``: alerts and threat updates as JSON, POSTed in batches to an HTTP(S) receiver.
 
 Body: ``{"source": "ravn", "host": "<host>", "records": [<alert or threat record>, ...]}``; an alert record is
-``Alert.to_dict()`` plus ``"kind": "alert"``, a threat record ``ThreatUpdate.to_dict()`` (``"kind": "threat"``).
+``Alert.to_dict()`` plus ``"kind": "alert"`` (its ``incident`` field is the incident id), a threat record
+``ThreatUpdate.to_dict()`` (``"kind": "threat"``; ``incidents`` lists the incidents that set the level).
 Retries (connection errors, 5xx, 408, 429) with exponential backoff; TLS with a CA file or the system store;
 secret headers from ``{$env: X}`` / ``{$file: p}`` references.
 """

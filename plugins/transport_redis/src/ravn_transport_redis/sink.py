@@ -5,7 +5,11 @@ Keys (``prefix`` defaults to ``ravn:``):
 - ``<prefix>threat_level``: LOW|MEDIUM|HIGH of the latest update (the original design's key; on a fleet, the
   host that changed last). Per host: ``<prefix>threat:{<host>}`` hash {level, score, previous_level, ts} and
   ``<prefix>threat_scores`` sorted set host -> score (the fleet at a glance: ZREVRANGE ... WITHSCORES).
-- ``PUBLISH <prefix>threat_updates`` JSON {level, score, host, previous_level, ts, top_alerts: [...]}.
+- ``<prefix>incidents:{<host>}`` hash: incident id -> JSON summary (root {pid, comm, exe}, rules in order,
+  score, level, first_ts, last_ts, age_s, ...) of each open incident of the host; replaced whole (RENAME of a
+  scratch key) when the incidents change, deleted when none is open.
+- ``PUBLISH <prefix>threat_updates`` JSON {level, score, host, previous_level, ts, top_alerts: [...],
+  incidents: [...]} (incidents: the open incidents at the new level, worst first).
 - ``XADD <prefix>alerts MAXLEN ~ alerts_maxlen``: one entry per alert, fields host/level/rule/score/json.
 
 While Redis is away alerts wait in a bounded buffer (``buffer_alerts``; the oldest are dropped and counted)
@@ -41,6 +45,7 @@ class RedisSink(Sink):
         self.where = describe(config)
         self._alerts: deque[Alert] = deque()
         self._threat: ThreatUpdate | None = None
+        self._incidents: dict[str, list[dict[str, Any]]] = {}  # host -> latest open incidents not yet written
         self._lock = threading.Lock()
         self._backoff = Backoff(config.backoff_initial_s, config.backoff_max_s)
         self._error = ""
@@ -48,6 +53,9 @@ class RedisSink(Sink):
 
     def host_key(self, host: str) -> str:
         return f"{self.cfg.prefix}threat:{{{_name_part(host)}}}"
+
+    def incidents_key(self, host: str) -> str:
+        return f"{self.cfg.prefix}incidents:{{{_name_part(host)}}}"
 
     def emit_alerts(self, alerts: list[Alert]) -> None:
         with self._lock:
@@ -63,6 +71,11 @@ class RedisSink(Sink):
             self._threat = update
         self._send()
 
+    def emit_incidents(self, host: str, incidents: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._incidents[host] = incidents
+        self._send()
+
     def flush(self) -> None:
         self._backoff.succeeded()
         self._send()
@@ -73,7 +86,8 @@ class RedisSink(Sink):
         with self._lock:
             alerts = list(self._alerts)
             threat = self._threat
-        if not alerts and threat is None:
+            incidents = dict(self._incidents)
+        if not alerts and threat is None and not incidents:
             return
         try:
             pipe = self.client.pipeline(transaction=False)
@@ -87,6 +101,15 @@ class RedisSink(Sink):
                     "ts": f"{threat.ts:.3f}"})
                 pipe.zadd(self.k_scores, {host: threat.score})
                 pipe.publish(self.k_channel, json.dumps(self._threat_message(threat, host), default=str))
+            for host, open_now in incidents.items():
+                key = self.incidents_key(host)
+                if open_now:
+                    scratch = f"{key}:next"
+                    pipe.delete(scratch)
+                    pipe.hset(scratch, mapping={str(i["id"]): json.dumps(i, default=str) for i in open_now})
+                    pipe.rename(scratch, key)
+                else:
+                    pipe.delete(key)
             pipe.execute()
         except CONNECTION_ERRORS as exc:
             self._backoff.failed()
@@ -100,6 +123,9 @@ class RedisSink(Sink):
                 self._alerts.popleft()
             if self._threat is threat:
                 self._threat = None
+            for host, open_now in incidents.items():
+                if self._incidents.get(host) is open_now:
+                    del self._incidents[host]
         self.counters["alerts"] += len(alerts)
         self.counters["threat_updates"] += threat is not None
         self._backoff.succeeded()
@@ -113,7 +139,8 @@ class RedisSink(Sink):
     def _threat_message(self, t: ThreatUpdate, host: str) -> dict[str, Any]:
         return {"kind": "threat", "host": host, "level": t.level, "score": t.score,
                 "previous_level": t.previous_level, "ts": t.ts,
-                "top_alerts": [a.to_dict() for a in t.top_alerts[: self.cfg.top_alerts]]}
+                "top_alerts": [a.to_dict() for a in t.top_alerts[: self.cfg.top_alerts]],
+                "incidents": t.incidents}
 
     def health(self) -> Health:
         c = dict(self.counters)
