@@ -24,8 +24,9 @@ class StdoutConfig(PluginConfig):
 
 
 class StdoutSink(Sink):
-    """Readable lines: time, level, score, rule, process, incident, tags, description; one line per alert (control
-    characters in event text are escaped); threat changes with the incident that set the level."""
+    """Readable lines, one per alert: time, level, score, rule, process, incident, tags, description.
+
+    Control characters in event text are escaped; a threat change names the incident that set the level."""
 
     def __init__(self, name: str, config: StdoutConfig, context: RuntimeContext) -> None:
         super().__init__(name, config, context)
