@@ -137,6 +137,9 @@ class CoreConfig(BaseModel):
         60.0, ge=0, description="how often the health thread hands freed heap back to the kernel (malloc_trim) "
         "when private memory is 32 MB or more above the lowest it has been: what a burst (a fork storm) freed; "
         "0: only over memory_limit_mb")
+    stall_timeout_s: float = Field(60.0, gt=0, description="a pipeline thread whose heartbeat is older than this "
+                                   "counts as stalled and the systemd watchdog is no longer fed, so WatchdogSec "
+                                   "restarts RAVN; above restart_backoff_max_s, which a restarting source waits")
     drop_alert_ratio: float = Field(0.01, ge=0, le=1, description="share of events dropped in one health interval "
                                     "over which drop_policy applies")
     drop_policy: Literal["alert", "exit"] = Field(

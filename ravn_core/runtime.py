@@ -54,6 +54,7 @@ from ravn_core.errors import DidNotEnable, RavnError, StartupError
 from ravn_core.events import Batch
 from ravn_core.plugins import PluginHost
 from ravn_core.proctree import ProcessTree
+from ravn_core.sdnotify import Notifier
 from ravn_core.status import ensure_state_dir, write_private_json
 from ravn_core.threat import IncidentTracker
 
@@ -191,6 +192,8 @@ class Runtime:
         self._drop_base = (0, 0)
         self._stats_final: dict[str, Any] | None = None
         self._state_dir_ok = False
+        self.notifier = Notifier()  # systemd: READY at start, WATCHDOG while progressing, STOPPING at stop
+        self._stalled: list[str] = []
 
     # ================================================================================== building
     def _build(self, spec: ComponentSpec) -> Component:
@@ -298,6 +301,7 @@ class Runtime:
                 self._spawn(f"analysis:{i}", self._analysis_loop, slots)
             self._spawn("sink", self._sink_loop)
         self._spawn("health", self._health_loop)
+        self.notifier.ready(f"running: {len(self.sources)} sources attached")
         log.info("RAVN running (role %s, host %s, %d sources, %d analyzers, %d sinks)", self.role, self.hostname,
                  len(self.sources), len(self.analyzers[0]) if self.analyzers else 0, len(self.sinks))
 
@@ -750,11 +754,46 @@ class Runtime:
 
     # ================================================================================== health thread
     def _health_loop(self) -> None:
-        while not self._health_stop.wait(self.core.health_interval_s):
-            try:
-                self.check_health()
-            except Exception:
-                log.exception("health check failed")
+        # With a systemd watchdog, wake often enough to feed it (every third of WatchdogSec) between checks.
+        every = self.core.health_interval_s
+        wake = min(every, self.notifier.watchdog_s / 3) if self.notifier.watchdog_s else every
+        next_check = time.monotonic() + every
+        while not self._health_stop.wait(max(0.0, min(wake, next_check - time.monotonic()))):
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + every
+                try:
+                    self.check_health()
+                except Exception:
+                    log.exception("health check failed")
+            if self.notifier.watchdog_s:
+                stalled = self.stalled_threads()
+                if not stalled:
+                    self.notifier.watchdog()
+                elif stalled != self._stalled:
+                    log.error("pipeline thread(s) %s stalled for over %.1fs; no longer feeding the systemd watchdog",
+                              ", ".join(stalled), self.core.stall_timeout_s)
+                self._stalled = stalled
+
+    def stalled_threads(self) -> list[str]:
+        """Pipeline threads that are dead or whose components' heartbeats are older than ravn.stall_timeout_s
+        (a source, the transport thread, an analysis thread, the sink thread); [] while all make progress."""
+        if self._stopping.is_set():
+            return []
+        now = time.time()
+        beats: dict[str, list[Slot]] = {f"source:{s.name}": [s] for s in self.sources}
+        if self.transport_slot is not None:
+            beats["transport"] = [self.transport_slot]
+        for i, slots in enumerate(self.analyzers):
+            beats[f"analysis:{i}"] = slots
+        beats["sink"] = self.sinks
+        out = []
+        for name, t in list(self._threads.items()):
+            if name == "health":
+                continue
+            slots = beats.get(name, [])
+            if not t.is_alive() or (slots and max(s.heartbeat for s in slots) < now - self.core.stall_timeout_s):
+                out.append(name)
+        return sorted(out)
 
     def check_health(self) -> dict[str, Health]:
         """One round: restart failed sources and dead threads, check memory and drops. Returns every health."""
@@ -894,6 +933,7 @@ class Runtime:
             return self._stats_final
         reason = reason or self._stop_reason or "stop"
         self._stopping.set()
+        self.notifier.stopping(f"stopping: {reason}")
         self.host.runtime_stopping(reason)
         deadline = time.monotonic() + self.core.shutdown_timeout_s
 

@@ -15,7 +15,8 @@ Grammar (keywords are case-sensitive, lower case)::
 
 Operators: ``= != < <= > >=`` (a missing field compares false), ``in`` (set membership), ``startswith``,
 ``endswith``, ``glob`` (fnmatch, ``*`` also crosses ``/``), ``contains`` / ``icontains`` (substring for
-strings; element or key membership for lists and dicts), ``regex`` (``re.search``), ``intersects`` (a list
+strings; element or key membership for lists and dicts), ``regex`` (a search with RE2, linear time: no
+backreferences or lookaround; rules/linear_re.py), ``intersects`` (a list
 field shares an element with the value list), ``anybits`` / ``allbits`` (integer masks, e.g.
 ``file.mode anybits 0o6000``) and the unary ``exists``. Values are converted to the field's type from
 ravn_core/events.py (``0o6000``, ``0x10`` and ``-115`` are ints; ``true``/``false`` are bools), so a typo'd
@@ -37,6 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+from ravn_analyzers.rules.linear_re import LinearRegex, RegexError
 from ravn_core.events import COMMON_FIELDS, EVENT_TYPES, PROCESS_TREE_FIELDS, Event
 from ravn_core.proctree import ProcessTree
 
@@ -609,12 +611,12 @@ class Compiler:
             flags = re.IGNORECASE if op == "icontains" else 0
             crx = re.compile("|".join(re.escape(v) for v in values), flags)
             return f"{self.const(crx)}.search({x} or '') is not None"
-        if op == "regex":
+        if op == "regex":  # RE2: linear time, so no pattern can stall analysis (rules/linear_re.py)
             try:
-                crx = re.compile("|".join(f"(?:{v})" for v in values))
-            except re.error as exc:
+                lrx = LinearRegex("|".join(f"(?:{v})" for v in values))
+            except RegexError as exc:
                 raise ConditionError(f"{fname} regex: {exc}{where}", pos) from None
-            return f"{self.const(crx)}.search({x} or '') is not None"
+            return f"{self.const(lrx)}.search({x} or '') is not None"
         raise ConditionError(f"operator {op!r} is not implemented", pos)  # pragma: no cover
 
     def glob(self, x: str, patterns: list[str]) -> str:

@@ -1,0 +1,85 @@
+"""Hostile input meets the rule engine: event text built to make a rule's regex backtrack, and rule files built
+to exhaust the loader (docs/SECURITY.md). Each test passes only when the attack fails."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ravn_analyzers.rules.engine import RulesAnalyzer, RulesConfig
+from ravn_analyzers.rules.linear_re import LinearRegex, RegexError
+
+from ravn_core.components import BatchContext
+from ravn_core.errors import ConfigError
+from ravn_core.proctree import ProcessTree
+from ravn_core.testing import make_context
+
+T0 = 1_700_000_000 * 10**9
+
+
+def make(tmp_path: Path, text: str) -> RulesAnalyzer:
+    f = tmp_path / "rules.yaml"
+    f.write_text(textwrap.dedent(text))
+    return RulesAnalyzer("analyzer_rules", RulesConfig(rule_files=[str(f)]), make_context("rules"))
+
+
+def open_event(path: str, pid: int = 100) -> dict[str, Any]:
+    return {"evt.type": "open", "evt.ts": T0, "proc.pid": pid, "proc.tid": pid, "proc.ppid": 1, "proc.uid": 1000,
+            "proc.gid": 1000, "proc.comm": "cat", "file.path": path, "file.flags": 0, "file.ret": 3}
+
+
+def rule(cond: str) -> str:
+    return f"""
+    - rule: r
+      description: "{{proc.comm}} opened {{file.path}}"
+      score: 60
+      tags: [T1000]
+      events: [open]
+      condition: {cond}
+    """
+
+
+def test_a_backtracking_regex_does_not_stall_analysis(tmp_path: Path) -> None:
+    """Python's re takes 2^n steps for '^(a+)+$' on n a's and a b (0.2 s at n=22, doubling with each a: minutes
+    at n=32); a user who names files so stalls the analysis thread. The lengths here keep the old engine's time
+    bounded (about 6 s: the test fails rather than hangs); with RE2 the batch takes microseconds, and a path of
+    5,000 a's is no slower. Matching stays right."""
+    an = make(tmp_path, rule("file.path regex '^/tmp/(a+)+$'"))
+    batch = [open_event("/tmp/" + "a" * n + "b", pid=100 + n) for n in (24, 25, 26)] + [open_event("/tmp/aaaa", pid=99)]
+    tree = ProcessTree()
+    tree.update(batch)
+    t0 = time.perf_counter()
+    alerts = an.analyze(batch, BatchContext("h", tree, time.time()))
+    took = time.perf_counter() - t0
+    assert [a.pid for a in alerts] == [99]
+    assert took < 1.0, f"{took:.2f}s for 4 events"
+    long = [open_event("/tmp/" + "a" * 5000 + "b", pid=7)]
+    tree.update(long)
+    t0 = time.perf_counter()
+    assert an.analyze(long, BatchContext("h", tree, time.time())) == []
+    assert time.perf_counter() - t0 < 1.0
+
+
+@pytest.mark.parametrize(("pattern", "why"), [
+    (r"(a)\1", "invalid escape sequence"),  # a backreference
+    ("^(?=.*shadow)", "invalid perl operator"),  # lookahead
+    ("(?<!x)y", "invalid perl operator"),  # lookbehind
+])
+def test_a_regex_re2_cannot_run_in_linear_time_is_rejected_at_load(tmp_path: Path, pattern: str, why: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        make(tmp_path, rule(f"file.path regex '{pattern}'"))
+    msg = str(err.value)
+    assert "rules.yaml:" in msg and "rule 'r'" in msg and why in msg and "RE2" in msg, msg
+
+
+def test_linear_regex_matches_like_a_search() -> None:
+    rx = LinearRegex(r"^/proc/[0-9]+/(mem|maps)$")
+    assert rx.search("/proc/12/mem") and rx.search("/proc/1/maps")
+    assert rx.search("/proc/self/mem") is None and rx.search("") is None
+    assert LinearRegex("(?i)SHADOW").search("/etc/shadow")
+    assert LinearRegex("é+").search("café")  # UTF-8 text, not bytes
+    with pytest.raises(RegexError, match="missing \\)"):
+        LinearRegex("(")
