@@ -216,22 +216,55 @@ class RavnConfig:
 
 
 # ---------------------------------------------------------------------------------------------- YAML with lines
-def _to_python(node: yaml.Node, path: Path_, lines: dict[Path_, int], where: str,
-               scalars: yaml.SafeLoader) -> Any:
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            if not isinstance(key, str):
-                raise ConfigError(f"{where}:{key_node.start_mark.line + 1}: keys must be strings")
-            if key in out:
-                raise ConfigError(f"{where}:{key_node.start_mark.line + 1}: {_fmt((*path, key))}: duplicate key")
-            out[key] = _to_python(value_node, (*path, key), lines, where, scalars)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_to_python(n, (*path, i), lines, where, scalars) for i, n in enumerate(node.value)]
-    return scalars.construct_object(node, deep=True)
+#: nodes a YAML file may expand to, aliases counted each time they are used: a 403-byte "billion laughs" file
+#: (each level an alias list of the one below) otherwise expands to gigabytes; real configs and rule files are
+#: a few thousand nodes
+MAX_YAML_NODES = 200_000
+#: nesting depth a YAML file may have (deeper ones are refused, not a RecursionError)
+MAX_YAML_DEPTH = 64
+
+
+class _Walk:
+    """Turns a composed YAML node tree into Python values, recording the line of every key path; refuses an alias
+    that contains itself, more than MAX_YAML_NODES nodes after alias expansion, and nesting past MAX_YAML_DEPTH."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.lines: dict[Path_, int] = {}
+        self.nodes = 0
+        self.open: set[int] = set()  # ids of the collection nodes being converted (the path from the root)
+        self.scalars = yaml.SafeLoader("")  # resolves scalars (null, ints, timestamps...) the safe way
+
+    def value(self, node: yaml.Node, path: Path_, line: int | None = None) -> Any:
+        self.lines[path] = line or node.start_mark.line + 1
+        self.nodes += 1
+        if self.nodes > MAX_YAML_NODES:
+            raise ConfigError(f"{self.where}:{node.start_mark.line + 1}: over {MAX_YAML_NODES} YAML nodes once "
+                              f"aliases are expanded (an alias bomb?); write the values out instead")
+        if not isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            return self.scalars.construct_object(node, deep=True)
+        if id(node) in self.open:
+            raise ConfigError(f"{self.where}:{node.start_mark.line + 1}: {_fmt(path)}: a YAML alias that contains "
+                              f"itself (recursive anchor)")
+        if len(path) >= MAX_YAML_DEPTH:
+            raise ConfigError(f"{self.where}:{node.start_mark.line + 1}: nested deeper than {MAX_YAML_DEPTH} levels")
+        self.open.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return [self.value(n, (*path, i)) for i, n in enumerate(node.value)]
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if not isinstance(key, str) or key_node.tag != "tag:yaml.org,2002:str":
+                    raise ConfigError(f"{self.where}:{key_node.start_mark.line + 1}: {_fmt(path)}: keys must be "
+                                      f"strings (not numbers, booleans or merge keys `<<`)")
+                if key in out:
+                    raise ConfigError(f"{self.where}:{key_node.start_mark.line + 1}: {_fmt((*path, key))}: "
+                                      f"duplicate key")
+                out[key] = self.value(value_node, (*path, key), key_node.start_mark.line + 1)
+            return out
+        finally:
+            self.open.discard(id(node))
 
 
 def _fmt(path: Path_) -> str:
@@ -241,19 +274,29 @@ def _fmt(path: Path_) -> str:
     return out or "(top level)"
 
 
-def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[Path_, int]]:
-    """Read a YAML mapping and the line of every key path in it."""
+def read_text(path: str | Path, what: str = "config") -> str:
+    """A file's text; a missing or unreadable file is a ConfigError naming it."""
     where = str(path)
     try:
-        text = Path(path).read_text()
+        return Path(path).read_text()
     except FileNotFoundError:
-        raise ConfigError(f"{where}: no such file; pass an existing config (see config/ravn.example.yaml)") from None
+        if what == "config":
+            raise ConfigError(f"{where}: no such file; pass an existing config (see config/ravn.example.yaml)") \
+                from None
+        raise ConfigError(f"{where}: no such {what} file") from None
     except OSError as exc:
-        raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
-    return parse_yaml(text, where)
+        raise ConfigError(f"{where}: cannot read {what} file: {exc.strerror}") from None
 
 
-def parse_yaml(text: str, where: str = "<config>") -> tuple[dict[str, Any], dict[Path_, int]]:
+def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[Path_, int]]:
+    """Read a YAML mapping and the line of every key path in it."""
+    return parse_yaml(read_text(path), str(path))
+
+
+def parse_yaml_lines(text: str, where: str) -> tuple[Any, dict[Path_, int]]:
+    """The one YAML reader of RAVN (configs and rule files): the document's value and the line of every key path
+    (a mapping key's line; a list item's first line). Safe tags only; duplicate keys, non-string keys, recursive
+    aliases, alias bombs and absurd nesting are ConfigErrors naming the file and line."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -261,14 +304,23 @@ def parse_yaml(text: str, where: str = "<config>") -> tuple[dict[str, Any], dict
         line = f":{mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}{line}: malformed YAML: {problem}") from None
-    lines: dict[Path_, int] = {}
+    except RecursionError:
+        raise ConfigError(f"{where}: nested deeper than the YAML parser can follow") from None
     if node is None:
-        return {}, lines
+        return None, {}
+    walk = _Walk(where)
     try:
-        # a SafeLoader's constructor resolves scalar nodes (null, ints, timestamps...) the safe way
-        data = _to_python(node, (), lines, where, yaml.SafeLoader(""))
+        data = walk.value(node, ())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: malformed YAML: {exc}") from None
+    return data, walk.lines
+
+
+def parse_yaml(text: str, where: str = "<config>") -> tuple[dict[str, Any], dict[Path_, int]]:
+    """A config: a YAML mapping (see parse_yaml_lines)."""
+    data, lines = parse_yaml_lines(text, where)
+    if data is None:
+        return {}, lines
     if not isinstance(data, dict):
         raise ConfigError(f"{where}:{lines.get((), 1)}: the config must be a mapping (ravn:, sources:, ...)")
     return data, lines
@@ -332,15 +384,19 @@ def validate(
 
     def build_list(kind: str, sections: list[Section]) -> list[ComponentSpec]:
         # Disabled sections are validated too (a typo is an error either way) but not built.
-        specs = [spec for i, s in enumerate(sections) if (spec := build(kind, s, (kind, i))) and s.enabled]
+        specs: list[ComponentSpec] = []
         seen: dict[str, int] = {}
-        for i, spec in enumerate(specs):
-            if spec.name in seen:
+        for i, section in enumerate(sections):
+            spec = build(kind, section, (kind, i))
+            if not section.enabled:
+                continue
+            if spec.name in seen:  # i is the section's own index: disabled sections before it count too
                 raise ConfigError(
-                    f"{where}:{_line(lines, (kind, i))}: {kind}[{i}]: name {spec.name!r} is used twice in "
-                    f"{kind}; give one of them `name:`"
+                    f"{where}:{_line(lines, (kind, i))}: {kind}[{i}]: name {spec.name!r} is used twice in {kind} "
+                    f"({kind}[{seen[spec.name]}] and {kind}[{i}]); give one of them `name:`"
                 )
             seen[spec.name] = i
+            specs.append(spec)
         return specs
 
     return RavnConfig(

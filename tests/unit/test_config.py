@@ -56,7 +56,7 @@ def test_wrong_type(host, tmp_path: Path) -> None:  # type: ignore[no-untyped-de
 
 def test_bad_value(host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     msg = check(host, "ravn:\n  threat:\n    medium: 90\n    high: 80\n", tmp_path)
-    assert "ravn.yaml:3: ravn.threat" in msg and "must be below high" in msg, msg
+    assert "ravn.yaml:2: ravn.threat" in msg and "must be below high" in msg, msg  # the line of `threat:`
 
 
 def test_unknown_plugin_lists_known(host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -71,7 +71,14 @@ def test_missing_file(host, tmp_path: Path) -> None:  # type: ignore[no-untyped-
 
 def test_duplicate_instance_name(host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     msg = check(host, "sinks:\n  - plugin: stdout\n  - plugin: stdout\n", tmp_path)
-    assert "name 'stdout' is used twice" in msg
+    assert "ravn.yaml:3: sinks[1]: name 'stdout' is used twice in sinks (sinks[0] and sinks[1])" in msg, msg
+
+
+def test_duplicate_instance_name_after_a_disabled_section_names_its_own_line(host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The duplicate at sinks[2] was reported as sinks[1] (its index among the enabled sections)."""
+    text = "sinks:\n  - plugin: stdout\n  - plugin: jsonl\n    enabled: false\n  - plugin: stdout\n"
+    msg = check(host, text, tmp_path)
+    assert "ravn.yaml:5: sinks[2]: name 'stdout' is used twice in sinks (sinks[0] and sinks[2])" in msg, msg
 
 
 def test_duplicate_key(host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -146,3 +153,55 @@ def test_empty_values_and_scalars_parse(host) -> None:  # type: ignore[no-untype
 def test_empty_section_is_a_clear_error(host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     msg = check(host, "sources:\n", tmp_path)
     assert msg.startswith(f"{tmp_path / 'ravn.yaml'}:1: sources:") and "list" in msg, msg
+
+
+# ---------------------------------------------------------------------------------------------- hostile YAML
+BOMB = """a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+"""
+
+
+def test_a_yaml_alias_bomb_is_refused_fast_in_config_check(tmp_path: Path) -> None:
+    """403 bytes that expand to 9^9 strings took 31 s and 2.4 GB in `ravn config check`."""
+    import resource
+    import subprocess
+    import sys
+    import time
+
+    assert len(BOMB) < 420
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "ravn_core.cli", "config", "check", str(path)], capture_output=True,
+                         text=True, timeout=120)
+    took = time.monotonic() - t0
+    assert out.returncode == 2 and "alias bomb" in out.stderr and "bomb.yaml:" in out.stderr, out.stderr
+    assert took < 20, took  # the CLI's own start (plugin loading) is most of it
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak_kb < 600_000, peak_kb
+
+
+def test_a_recursive_alias_is_a_clear_error_not_a_recursion_error() -> None:
+    with pytest.raises(ConfigError, match=r"<config>:1: ravn\.x: a YAML alias that contains itself"):
+        parse_yaml("ravn: &a\n  x: *a\n")
+    with pytest.raises(ConfigError, match="contains itself"):
+        parse_yaml("sources: &s [*s]\n")
+
+
+def test_deep_nesting_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="nested deeper"):
+        parse_yaml("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="nested deeper"):
+        parse_yaml("a: " + "[" * 100 + "]" * 100 + "\n")
+
+
+def test_non_string_keys_are_refused() -> None:
+    with pytest.raises(ConfigError, match="<config>:2: ravn: keys must be strings"):
+        parse_yaml("ravn:\n  1: x\n")

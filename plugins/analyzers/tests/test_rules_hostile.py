@@ -83,3 +83,20 @@ def test_linear_regex_matches_like_a_search() -> None:
     assert LinearRegex("é+").search("café")  # UTF-8 text, not bytes
     with pytest.raises(RegexError, match="missing \\)"):
         LinearRegex("(")
+
+
+def test_an_alias_bomb_in_a_rule_file_is_refused_fast(tmp_path: Path) -> None:
+    """A rule file of a few hundred bytes whose list items expand to 9^9 strings (the rules loader used
+    yaml.safe_load: minutes and gigabytes)."""
+    levels = ['- list: l0\n  items: &l0 ["x","x","x","x","x","x","x","x","x"]']
+    for i in range(1, 9):
+        levels.append(f"- list: l{i}\n  items: &l{i} [{','.join([f'*l{i - 1}'] * 9)}]")
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"rules.yaml:\d+: over \d+ YAML nodes .*alias bomb"):
+        make(tmp_path, "\n".join(levels) + "\n")
+    assert time.perf_counter() - t0 < 5
+
+
+def test_a_recursive_alias_in_a_rule_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"rules.yaml:2: .*a YAML alias that contains itself"):
+        make(tmp_path, "- list: l\n  items: &x [a, *x]\n")

@@ -18,9 +18,10 @@ import queue
 import ssl
 import threading
 import time
+import urllib.request
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ravn_core.components import Alert, Health, PluginConfig, RuntimeContext, Sink, ThreatUpdate
 from ravn_core.config import SecretRef
@@ -46,15 +47,37 @@ class QueueOptions(PluginConfig):
 
 
 class HttpOptions(QueueOptions):
-    url: str = Field("http://127.0.0.1:8080/", pattern=r"^https?://", description="receiver URL (http:// or https://)")
+    url: str = Field("http://127.0.0.1:8080/", pattern=r"^https?://", description="receiver URL (http:// or https://); "
+                     "redirects are not followed (a 3xx is an error naming its Location)")
     headers: dict[str, str] = Field(default_factory=dict, description="extra request headers (not secrets)")
     secret_headers: dict[str, SecretRef] = Field(
         default_factory=dict, description="headers whose values are secrets: {Authorization: {$env: RAVN_HOOK}} "
-                                          "or {$file: /run/secrets/x}")
+                                          "or {$file: /run/secrets/x}; only over https:// (or http:// to loopback)")
     ca_file: str | None = Field(None, description="PEM CA bundle that signs the receiver's certificate "
                                                   "(default: the system store)")
     verify: bool = Field(True, description="verify the receiver's TLS certificate and host name")
     timeout_s: float = Field(5.0, gt=0, le=300, description="per-request timeout")
+
+    @model_validator(mode="after")
+    def _secrets_need_tls(self) -> HttpOptions:
+        if self.secret_headers and not self.url.startswith("https://") and not is_loopback_url(self.url):
+            raise ValueError(f"secret_headers ({', '.join(sorted(self.secret_headers))}) would cross the network in "
+                             f"clear text to {self.url}: use an https:// url (plain http:// only to loopback)")
+        return self
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when ``url``'s host is a loopback address or ``localhost`` (no DNS lookup)."""
+    import ipaddress
+    import urllib.parse
+
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def ssl_context(options: HttpOptions) -> ssl.SSLContext | None:
@@ -67,19 +90,31 @@ def ssl_context(options: HttpOptions) -> ssl.SSLContext | None:
     return ctx
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx is not followed: urllib would resend the secret headers to the new host and turn the POST into a GET
+    (whose 200 would count the alerts as sent). The 3xx surfaces as an HTTPError instead."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        return None
+
+
 def http_post(url: str, body: bytes, headers: dict[str, str], timeout_s: float,
               context: ssl.SSLContext | None) -> int:
-    """POST ``body``; return the status. Raise OSError on a transport error or a retryable status
-    (5xx, 429, 408), PermanentError on another 4xx."""
+    """POST ``body``; return the (2xx) status. Raise OSError on a transport error or a retryable status
+    (5xx, 429, 408), PermanentError on a redirect or another 4xx."""
     import urllib.error
-    import urllib.request
 
+    opener = urllib.request.build_opener(_NoRedirects, urllib.request.HTTPSHandler(context=context))
     req = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s, context=context) as resp:
+        with opener.open(req, timeout=timeout_s) as resp:
             resp.read()
             return int(resp.status)
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            where = exc.headers.get("Location", "?") if exc.headers else "?"
+            raise PermanentError(f"HTTP {exc.code} redirect to {where} not followed (secret headers stay with "
+                                 f"the configured url): point url at the receiver itself") from None
         if exc.code >= 500 or exc.code in (408, 429):
             raise OSError(f"HTTP {exc.code} {exc.reason}") from None
         raise PermanentError(f"HTTP {exc.code} {exc.reason}") from None

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ravn_analyzers.rules.lang import (
@@ -47,6 +46,7 @@ from ravn_analyzers.rules.lang import (
     parts_source,
     template_fields,
 )
+from ravn_core.config import parse_yaml_lines, read_text
 from ravn_core.errors import ConfigError
 from ravn_core.events import EVENT_TYPES
 
@@ -312,45 +312,18 @@ def _expand_items(items: list[str | int], lists: dict[str, list[Any]]) -> list[A
 
 
 def _load_list(where: str) -> tuple[list[Any], dict[tuple[str | int, ...], int]]:
-    try:
-        text = Path(where).read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: no such rule file") from None
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read rule file: {exc.strerror}") from None
-    return _parse_list(text, where)
+    return _parse_list(read_text(where, "rule"), where)
 
 
 def _parse_list(text: str, where: str) -> tuple[list[Any], dict[tuple[str | int, ...], int]]:
-    """The items of a rule file and the line of every key path in it (like ravn_core.config.parse_yaml,
-    which wants a mapping at the top; a rule file is a list)."""
-    try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{where}{line}: malformed YAML: {getattr(exc, 'problem', None) or exc}") from None
-    if data is None or node is None:
+    """The items of a rule file and the line of every key path in it (RAVN's one YAML reader,
+    ``ravn_core.config.parse_yaml_lines``: alias bombs, recursive aliases, duplicate keys are errors)."""
+    data, lines = parse_yaml_lines(text, where)
+    if data is None:
         return [], {}
     if not isinstance(data, list):
         raise ConfigError(f"{where}:1: a rule file is a YAML list of list:, macro: and rule: items")
-    lines: dict[tuple[str | int, ...], int] = {}
-    _lines(node, (), lines)
     return data, lines
-
-
-def _lines(node: yaml.Node, path: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> None:
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode):
-                lines[(*path, key.value)] = key.start_mark.line + 1
-                _lines(value, (*path, key.value), lines)
-                lines[(*path, key.value)] = key.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _lines(item, (*path, i), lines)
 
 
 def _compile_rule(raw: _Raw, compiler: Compiler, resolvers: Resolvers, extra_exc: list[str]) -> Rule:
