@@ -35,7 +35,8 @@ log = logging.getLogger("ravn")
 EPILOG = """exit codes: 0 ok, 1 failure at run time, 2 bad config or plugin that cannot load,
 3 unusable environment (not root / no CAP_BPF, no tracefs, no kernel headers).
 environment: RAVN_DISABLED_PLUGINS=a,b blocks plugins; RAVN_DISABLE_PLUGIN_AUTOLOAD=1 loads only the plugins the
-config names; RAVN_TRACE_PLUGINS=1 logs every hook call."""
+config names; RAVN_PLUGINS=a,b loads only those entry points; plugins whose files are not root's (or are writable
+by others) are never imported; RAVN_TRACE_PLUGINS=1 logs every hook call."""
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 

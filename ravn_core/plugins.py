@@ -1,7 +1,9 @@
 """PluginHost: the typed facade over pluggy's PluginManager (tox's plugin/manager.py).
 
 Only this module touches ``pm.hook``. Discovery order (pytest/tox): builtins, then the ``ravn`` entry points
-after blocking every name in ``RAVN_DISABLED_PLUGINS``, then ``check_pending()``. Registration finishes before
+after blocking every name in ``RAVN_DISABLED_PLUGINS``, then ``check_pending()``. An entry point is imported only
+if it is in ``RAVN_PLUGINS`` (when that allowlist is set) and its files are root's (see ``untrusted``): plugins run
+inside the root daemon. Registration finishes before
 any thread starts; the host is then frozen.
 """
 
@@ -103,6 +105,7 @@ class PluginHost:
                 self.register(importlib.import_module(modname), modname)
         if autoload is None:
             autoload = os.environ.get("RAVN_DISABLE_PLUGIN_AUTOLOAD") != "1"
+        allowed = _allowed_names()
         for ep in _entry_points():
             if self.pm.is_blocked(ep.name) or self.pm.has_plugin(ep.name):
                 continue
@@ -110,6 +113,14 @@ class PluginHost:
                 continue
             dist = ep.dist.name if ep.dist else "?"
             version = ep.dist.version if ep.dist else "?"
+            if allowed is not None and ep.name not in allowed:
+                self._failed[ep.name] = f"{dist} {version}: not in RAVN_PLUGINS (the allowlist); not loaded"
+                continue
+            why = untrusted(ep)
+            if why:
+                self._failed[ep.name] = f"{dist} {version}: refused: {why}"
+                log.warning("plugin %s (%s %s) not loaded: %s", ep.name, dist, version, why)
+                continue
             try:
                 plugin = ep.load()
             except Exception as exc:
@@ -235,6 +246,82 @@ class PluginHost:
             if self.pm.is_blocked(name):
                 out.append(PluginInfo(name, "?", "", [], True))
         return out
+
+
+def _allowed_names() -> set[str] | None:
+    """RAVN_PLUGINS=a,b: only these entry points load (builtins always do); unset: every trusted one."""
+    raw = os.environ.get("RAVN_PLUGINS")
+    return None if raw is None else {n.strip() for n in raw.split(",") if n.strip()}
+
+
+#: files of a plugin found this deep or this many are not all checked; the plugin is refused
+MAX_CHECKED_FILES = 20_000
+
+
+def untrusted(ep: importlib.metadata.EntryPoint) -> str:
+    """Why ``ep``'s code must not be imported into this process, or "" when it may.
+
+    Like osquery with extensions: a plugin runs inside the root daemon, so its files (the top-level package of
+    the entry point's module, and its distribution's metadata, where the entry point itself is declared) and
+    every directory above them must be owned by root or by this process's user and not writable by group or
+    others (a sticky directory such as /tmp excepted). Anyone else who could change them would run code as
+    root. A module already imported is not checked again (its code already ran). Nothing is imported here.
+    """
+    import importlib.machinery
+    import stat
+    import sys
+
+    top = ep.module.split(".", 1)[0]
+    if top in sys.modules:
+        return ""
+    paths: list[str] = []
+    spec = importlib.machinery.PathFinder.find_spec(top)
+    if spec is not None:
+        if spec.submodule_search_locations:
+            paths.extend(spec.submodule_search_locations)
+        elif spec.origin:
+            paths.append(spec.origin)
+    meta = getattr(ep.dist, "_path", None)  # a PathDistribution's .dist-info / .egg-info directory
+    if meta is not None:
+        paths.append(str(meta))
+    euid = os.geteuid()
+    seen: set[str] = set()
+
+    def bad(path: str) -> str:
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            return f"cannot check {path}: {exc.strerror}"
+        if st.st_uid not in (0, euid):
+            return f"{path} is owned by uid {st.st_uid}"
+        if st.st_mode & 0o022 and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX) \
+                and not stat.S_ISLNK(st.st_mode):
+            who = " and ".join(w for bit, w in ((0o020, "group"), (0o002, "others")) if st.st_mode & bit)
+            return f"{path} is writable by {who} (mode {st.st_mode & 0o7777:o})"
+        return ""
+
+    for root in paths:
+        root = os.path.abspath(root)
+        parent = os.path.dirname(root)
+        while parent not in seen:  # the directories above: whoever can write one can swap what is below
+            seen.add(parent)
+            if why := bad(parent):
+                return why
+            if parent == os.path.dirname(parent):
+                break
+            parent = os.path.dirname(parent)
+        if why := bad(root):
+            return why
+        if os.path.isdir(root) and not os.path.islink(root):
+            count = 0
+            for dirpath, dirnames, filenames in os.walk(root):
+                for name in dirnames + filenames:
+                    count += 1
+                    if count > MAX_CHECKED_FILES:
+                        return f"{root} has over {MAX_CHECKED_FILES} files to check"
+                    if why := bad(os.path.join(dirpath, name)):
+                        return why
+    return ""
 
 
 def _disabled_names() -> list[str]:

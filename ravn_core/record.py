@@ -1,9 +1,9 @@
 """Record and replay: events as JSON lines (one event dict per line, fields as in docs/EVENTS.md).
 
 ``RecordTransport`` stands in for the transport in ``ravn record``: every batch the sources produce is appended
-to the file. ``ReplayTransport`` stands in for it in ``ravn replay``: it reads the file back in batches, with no
-root and no kernel. A line that is not a JSON object is reported with its line number and skipped; the replay
-goes on.
+to the file, which is created 0600 (never through a symlink, never another user's file). ``ReplayTransport``
+stands in for it in ``ravn replay``: it reads the file back in batches, with no root and no kernel. A line that is
+not a JSON object is reported with its line number and skipped; the replay goes on.
 """
 
 from __future__ import annotations
@@ -19,13 +19,40 @@ from ravn_core.events import Batch, Event
 log = logging.getLogger("ravn.record")
 
 
+def open_private(path: str) -> IO[str]:
+    """``path`` for writing, 0600 (recorded events hold every process's argv, paths and addresses: root's only).
+
+    Never through a symlink (O_NOFOLLOW); an existing file must be a regular file of this process's user (a file
+    another user planted would stay theirs, readable by them) and is truncated and set to 0600.
+    """
+    import os
+    import stat
+
+    from ravn_core.errors import RavnError
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise RavnError(f"{path}: cannot write the events file: {exc.strerror}"
+                        f"{' (a symlink: refused)' if exc.errno == 40 else ''}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        os.close(fd)
+        raise RavnError(f"{path}: exists and is {'not a regular file' if not stat.S_ISREG(st.st_mode) else ''}"
+                        f"{f'owned by uid {st.st_uid}' if stat.S_ISREG(st.st_mode) else ''}: "
+                        f"record to a new path")
+    os.fchmod(fd, 0o600)
+    os.ftruncate(fd, 0)
+    return os.fdopen(fd, "w", encoding="utf-8")
+
+
 class RecordTransport(Transport):
     """Appends each published batch to a JSON-lines file."""
 
     def __init__(self, path: str, context: RuntimeContext) -> None:
         super().__init__("record", PluginConfig(), context)
         self.path = path
-        self._file: IO[str] = open(path, "w", encoding="utf-8")
+        self._file: IO[str] = open_private(path)
         self.events = 0
 
     def publish(self, host: str, batch: Batch) -> None:

@@ -260,7 +260,11 @@ class Runtime:
         try:
             ensure_state_dir(self.context.state_dir)  # StartupError: someone else's directory, or a symlink
             self._state_dir_ok = True
-        except OSError as exc:  # `ravn replay` as a user who cannot create /run/ravn: no status then
+        except (OSError, StartupError) as exc:
+            if isinstance(exc, StartupError) and self.role != "replay":
+                raise
+            # `ravn replay` needs no root: as a user who cannot create /run/ravn (or whose config names root's
+            # state dir) it runs without a status file or socket
             log.warning("cannot use state dir %s (%s): no status file or socket", self.context.state_dir, exc)
         self.build()
         started: list[Slot] = []

@@ -632,7 +632,7 @@ def ravn_runtime_started(runtime: Runtime, components: list[Component],
     try:
         ensure_state_dir(runtime.context.state_dir)
         state_dir = runtime.context.state_dir
-    except OSError as exc:  # e.g. `ravn replay` as a user who cannot create /run/ravn
+    except (OSError, StartupError) as exc:  # `ravn replay` as a user (Runtime.start refused it for other roles)
         log.warning("no status socket: cannot use state dir %s: %s", runtime.context.state_dir, exc)
         state_dir = ""
     if not core.http_listen and not state_dir:
