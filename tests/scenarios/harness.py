@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,12 +114,16 @@ class Result:
 class Daemon:
     """One ravn daemon for the whole suite, with a reader that timestamps every jsonl line when it appears."""
 
-    def __init__(self, analyzers: str = "rules", start_timeout_s: float = 120.0) -> None:
+    def __init__(self, analyzers: str = "rules", start_timeout_s: float = 120.0,
+                 make_config: Callable[[Path], dict[str, Any]] | None = None) -> None:
+        """:param make_config: the daemon config for a base directory (default: ``config(base, analyzers)``);
+        it must write alerts to the jsonl sink at ``base/alerts.jsonl``."""
         self.base = Path(tempfile.mkdtemp(prefix="ravn-scn-"))
         self.base.chmod(0o755)  # the setuid scenario runs a binary as nobody inside it
         (self.base / "work").mkdir(mode=0o755)
         self.cfg_path = self.base / "ravn.yaml"
-        self.cfg_path.write_text(yaml.safe_dump(config(self.base, analyzers), sort_keys=False))
+        cfg = make_config(self.base) if make_config else config(self.base, analyzers)
+        self.cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         self.alerts_path = self.base / "alerts.jsonl"
         self.records: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -205,14 +210,22 @@ class Daemon:
         json.loads(self._runner_reply.readline())  # {"ready": true}
         self._runner_cmd = open(cmd, "w")
 
-    def _spawn(self, args: list[str], cgroup: Path | None) -> tuple[int, float, float, str]:
-        """Run one simulation through the runner, in its own cgroup (it and all its descendants)."""
+    def _spawn(self, args: list[str], cgroup: Path | None, **request: Any) -> tuple[int, float, float, str]:
+        """Run one simulation through the runner, in its own cgroup (it and all its descendants).
+        ``request`` adds the runner's optional keys (argv, cwd, timeout, new_session: see runner.py)."""
         started = time.time()
-        self._runner_cmd.write(json.dumps({"args": args, "cgroup": str(cgroup) if cgroup else None}) + "\n")
+        self._runner_cmd.write(json.dumps({"args": args, "cgroup": str(cgroup) if cgroup else None, **request})
+                               + "\n")
         self._runner_cmd.flush()
         out = json.loads(self._runner_reply.readline())
         error = "" if out["rc"] == 0 else f"exit {out['rc']}: {out['err'].strip()[-500:]}"
         return out["pid"], started, time.time(), error
+
+    def command(self, argv: list[str], cgroup: Path | None, cwd: str,
+                timeout_s: float) -> tuple[int, float, float, str]:
+        """Run any command through the runner as a session leader, in ``cgroup``, with a timeout after which its
+        process group is killed. Returns (pid, started, ended, error)."""
+        return self._spawn([], cgroup, argv=argv, cwd=cwd, timeout=timeout_s, new_session=True)
 
     def _cgroup(self, name: str) -> tuple[Path | None, int]:
         """A cgroup v2 directory for one simulation: every event of its processes carries its id (proc.cgroup),

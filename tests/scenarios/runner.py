@@ -6,15 +6,23 @@ named make, cc, ...) would otherwise treat every simulation as part of a build w
 seeds it from /proc with ppid 1 and every simulation's ancestry is runner -> init.
 
 Protocol: one JSON request a line on the command FIFO (``{"args": [...], "cgroup": path or null}``), one JSON
-reply a line on the reply FIFO (``{"pid", "rc", "err"}``). EOF on the command FIFO ends it.
+reply a line on the reply FIFO (``{"pid", "rc", "err"}``). EOF on the command FIFO ends it. Optional request keys
+(bench/atomic.py): ``argv`` runs that command instead of a simulation, ``cwd`` its directory, ``timeout`` seconds
+(default 180), ``new_session`` starts it as a session leader, and a timeout then kills its whole process group.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def main(cmd_fifo: str, reply_fifo: str, repo: str) -> None:
@@ -30,16 +38,43 @@ def main(cmd_fifo: str, reply_fifo: str, repo: str) -> None:
                     if cgroup:
                         Path(cgroup, "cgroup.procs").write_text("0")
 
-                proc = subprocess.Popen([sys.executable, "-m", "tests.scenarios.simulations", *req["args"]], cwd=repo,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                        preexec_fn=enter_cgroup)
-                try:
-                    _, err = proc.communicate(timeout=180)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    _, err = proc.communicate()
-                reply.write(json.dumps({"pid": proc.pid, "rc": proc.returncode, "err": err[-2000:]}) + "\n")
+                if req.get("argv"):
+                    pid, rc, err = _run_command(req, repo, enter_cgroup)
+                else:
+                    proc = subprocess.Popen([sys.executable, "-m", "tests.scenarios.simulations", *req["args"]],
+                                            cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                            preexec_fn=enter_cgroup)
+                    try:
+                        _, err = proc.communicate(timeout=180)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        _, err = proc.communicate()
+                    pid, rc = proc.pid, proc.returncode
+                reply.write(json.dumps({"pid": pid, "rc": rc, "err": err[-2000:]}) + "\n")
                 reply.flush()
+
+
+def _run_command(req: dict[str, Any], repo: str, enter_cgroup: Callable[[], None]) -> tuple[int, int, str]:
+    """One ``argv`` request: stderr goes to a file, not a pipe, so a command that leaves a background child
+    holding it open is done when the command itself exits (the caller ends what it left behind)."""
+    new_session = bool(req.get("new_session"))
+    timeout = float(req.get("timeout") or 180)
+    with tempfile.TemporaryFile("w+", errors="replace") as errf:
+        proc = subprocess.Popen(req["argv"], cwd=req.get("cwd") or repo, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=errf, preexec_fn=enter_cgroup,
+                                start_new_session=new_session)
+        note = ""
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            if new_session:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+            note = f"\n[runner] timed out after {timeout:g} s"
+        errf.seek(0)
+        return proc.pid, proc.returncode, errf.read()[-4000:] + note
 
 
 if __name__ == "__main__":
