@@ -59,7 +59,8 @@
  *   - exec.memfd misses a memfd fd dup'ed to another number, received over a socket or numbered >= 128 unless the
  *     exec used AT_EMPTY_PATH (comm check). A memfd fd closed and reused for a regular file can give a false
  *     positive for an fd exec of that number.
- *   - argv strings that are not resident read as missing and set RAVN_EXEC_ARGV_TRUNC.
+ *   - argv strings that are not resident read as missing and set RAVN_EXEC_ARGV_TRUNC (exec.argv_truncated), as
+ *     do a 17th argument and an argument of RAVN_SEC_ARG_LEN - 1 bytes or more (cut there).
  *   - the kernel keeps a filename as passed: "./x" after `cd /dev/shm`, or "/usr/../dev/shm/x". User space
  *     normalises an absolute one lexically, and makes a relative one absolute
  *     from /proc/<pid>/cwd (or the execveat dirfd) when it decodes the record, microseconds to milliseconds
@@ -396,9 +397,10 @@ static __always_inline int sec_exec_store(const char *filename, const char *cons
 		const char *p = 0;
 		e->argv[i][0] = 0;
 		if (e->argc == i && bpf_probe_read_user(&p, sizeof(p), &argv[i]) == 0 && p) {
-			if (bpf_probe_read_user_str(e->argv[i], RAVN_SEC_ARG_LEN, p) > 0)
+			long n = bpf_probe_read_user_str(e->argv[i], RAVN_SEC_ARG_LEN, p);
+			if (n > 0)
 				e->argc = i + 1;
-			else
+			if (n <= 0 || n == RAVN_SEC_ARG_LEN) /* unreadable, or (maybe) cut at RAVN_SEC_ARG_LEN - 1 bytes */
 				e->flags |= RAVN_EXEC_ARGV_TRUNC;
 		}
 	}

@@ -96,7 +96,9 @@ EVENT_TYPES: Final[dict[str, EventType]] = {
                                 "interpreter for a script; empty on failure or when the process is gone"),
            ("exec.argv", "list[str]", "argument vector, bounded in count and length"),
            ("exec.ret", "int", "0 on success, -errno on failure"),
-           ("exec.memfd", "bool", "the executed file is a memfd (fileless execution)")),
+           ("exec.memfd", "bool", "the executed file is a memfd (fileless execution)"),
+           ("exec.argv_truncated", "bool", "exec.argv is incomplete: more arguments than the probe captures "
+                                           "(RAVN_SEC_ARGC), or one that could not be read")),
         _t("fork", "ebpf_security", "new process created (new threads are not reported); proc.* is the parent",
            ("fork.child_pid", "int", "pid (tgid) of the child"),
            ("fork.child_tid", "int", "tid of the child")),
@@ -174,6 +176,20 @@ PROCESS_TREE_FIELDS: Final[tuple[Field, ...]] = (
     Field("proc.pexe", "str", "parent's exe"),
     Field("proc.anames", "list[str]", "comm of every ancestor, parent first"),
     Field("proc.aexes", "list[str]", "exe of every ancestor, parent first"),
+    Field("proc.exename", "str", "basename of proc.exe (the executed file's name: a process cannot change it, "
+                                 "unlike proc.comm, but anyone can run a copy named like a daemon)"),
+    Field("proc.trusted_name", "str", "basename of proc.exe when proc.exe lies under a root-owned system directory "
+                                      "(SYSTEM_EXE_DIRS: /usr/, /bin/, /sbin/, /lib*/, /opt/, /etc/, /snap/), else "
+                                      "absent: what allowlists key on (prctl or /proc/self/comm cannot forge it, a "
+                                      "copy in /tmp does not get it)"),
+    Field("proc.ptrusted_name", "str", "proc.trusted_name of the parent"),
+    Field("proc.atrusted_names", "list[str]", "proc.trusted_name of every ancestor that has one, parent first"),
+)
+
+#: Directories whose programs count as installed (root-owned on a sane host; writes there are detected by the
+#: default rules): proc.trusted_name is the executable's basename only for programs under one of them.
+SYSTEM_EXE_DIRS: Final[tuple[str, ...]] = (
+    "/usr/", "/bin/", "/sbin/", "/lib/", "/lib32/", "/lib64/", "/libx32/", "/opt/", "/etc/", "/snap/",
 )
 
 

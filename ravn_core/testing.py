@@ -264,7 +264,7 @@ def synthetic_event(event_type: str = "exec", seq: int = 0, source: str = "test"
                           "proc.uid": 0, "proc.gid": 0, "proc.comm": "synthetic", "proc.cgroup": 1}
     if event_type == "exec":
         ev.update({"exec.filename": "/usr/bin/true", "exec.exe": "/usr/bin/true", "exec.argv": ["true"],
-                   "exec.ret": 0, "exec.memfd": False})
+                   "exec.ret": 0, "exec.memfd": False, "exec.argv_truncated": False})
     ev.update(fields)
     return ev
 

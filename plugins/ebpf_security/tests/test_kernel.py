@@ -112,7 +112,7 @@ def test_exec_success(probe: SecuritySource) -> None:
     schema_ok(ex)
     assert ex["exec.filename"] == "/bin/true"
     assert ex["exec.argv"] == ["/bin/true", "alpha", "beta gamma", ""]
-    assert ex["exec.ret"] == 0 and ex["exec.memfd"] is False
+    assert ex["exec.ret"] == 0 and ex["exec.memfd"] is False and ex["exec.argv_truncated"] is False
     assert (ex["proc.tid"], ex["proc.ppid"], ex["proc.uid"], ex["proc.gid"]) == (pid, os.getpid(), os.getuid(),
                                                                                   os.getgid())
     assert ex["proc.comm"] == "true"  # the comm after the exec
@@ -136,6 +136,28 @@ def test_exec_argv_is_bounded(probe: SecuritySource) -> None:
     assert len(ex["exec.argv"]) == 16
     assert ex["exec.argv"][1] == "x" * 127  # 128 bytes with the NUL
     assert ex["exec.argv"][2:] == argv[2:16]
+    assert ex["exec.argv_truncated"] is True
+
+
+@pytest.mark.parametrize(("argv", "truncated"), [
+    (["/bin/true", *[str(i) for i in range(15)]], False),  # 16 arguments: all captured
+    (["/bin/true", *[str(i) for i in range(16)]], True),  # a 17th is not
+    (["/bin/true", "y" * 126], False),  # 127 bytes with the NUL fit
+    (["/bin/true", "y" * 127], True),  # 128 bytes with the NUL are cut (the last byte cannot be told apart)
+])
+def test_exec_argv_truncated_flag(probe: SecuritySource, argv: list[str], truncated: bool) -> None:
+    """exec.argv_truncated says the captured argv is not the whole of it (issue 13: a payload hidden past the
+    16th argument or the 127th byte must not look like a complete command line to the rules)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execv("/bin/true", argv)
+        finally:
+            os._exit(127)
+    os.waitpid(pid, 0)
+    ex = only(of_pid(probe, pid), "exec")
+    assert ex["exec.argv"] == [a[:127] for a in argv[:16]]
+    assert ex["exec.argv_truncated"] is truncated
 
 
 def test_exec_failure_reports_errno(probe: SecuritySource) -> None:

@@ -148,6 +148,7 @@ def exec_decoder(header: Header, counters: dict[str, int]) -> Decoder:
         ev["exec.argv"] = [_str(argv[i * ARG_LEN:(i + 1) * ARG_LEN]) for i in range(argc)]
         ev["exec.ret"] = v[9]
         ev["exec.memfd"] = bool(v[10] & EXEC_MEMFD)
+        ev["exec.argv_truncated"] = bool(v[10] & EXEC_ARGV_TRUNC)
         return ev
 
     return decode

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from ravn_analyzers.rules.linear_re import LinearRegex, RegexError
-from ravn_core.events import COMMON_FIELDS, EVENT_TYPES, PROCESS_TREE_FIELDS, Event
+from ravn_core.events import COMMON_FIELDS, EVENT_TYPES, PROCESS_TREE_FIELDS, SYSTEM_EXE_DIRS, Event
 from ravn_core.proctree import ProcessTree
 
 Node: TypeAlias = tuple[Any, ...]
@@ -68,12 +68,18 @@ DERIVED_FIELDS: dict[str, str] = {
     "file.newdir": "str",  # dirname of file.newpath
     "exec.name": "str",  # basename of exec.filename
     "exec.cmdline": "str",  # exec.argv joined by spaces
+    "file.other_proc": "bool",  # file.path is under /proc/<N>/ of another process than the acting one
+    "exec.script": "str",  # the first argument after argv[0] that is not an option; absent after -c/-e/-m
+    "exec.stdin_script": "bool",  # no script argument and no inline code: a shell/interpreter would read stdin
+    "exec.argv0": "str",  # exec.argv[0] (what ps shows; exec -a sets it freely)
     "proc.cmdline": "str",  # proc.args joined by spaces (process tree)
 }
 # Which event field a derived field needs, to check that a rule's events can carry it.
 _DERIVED_FROM = {
     "file.name": "file.path", "file.dir": "file.path", "file.newname": "file.newpath",
     "file.newdir": "file.newpath", "exec.name": "exec.filename", "exec.cmdline": "exec.argv",
+    "file.other_proc": "file.path", "exec.script": "exec.argv", "exec.stdin_script": "exec.argv",
+    "exec.argv0": "exec.argv",
 }
 TREE_FIELDS: frozenset[str] = frozenset({f.name for f in PROCESS_TREE_FIELDS} | {"proc.cmdline"})
 
@@ -121,12 +127,23 @@ class Resolvers:
             "proc.pexe": self._cached("proc.pexe", lambda ev: _attr(self._parent(ev), "exe")),
             "proc.anames": self._cached("proc.anames", lambda ev: [a.comm for a in self._ancestors(ev)]),
             "proc.aexes": self._cached("proc.aexes", lambda ev: [a.exe for a in self._ancestors(ev) if a.exe]),
+            "proc.exename": self._cached("proc.exename", lambda ev: _exe_name(self._exe(ev))),
+            "proc.trusted_name": self._cached("proc.trusted_name", lambda ev: _trusted_name(self._exe(ev))),
+            "proc.ptrusted_name": self._cached(
+                "proc.ptrusted_name", lambda ev: _trusted_name(_attr(self._parent(ev), "exe"))),
+            "proc.atrusted_names": self._cached(
+                "proc.atrusted_names",
+                lambda ev: [n for a in self._ancestors(ev) if (n := _trusted_name(a.exe)) is not None]),
             "file.name": _basename("file.path"),
             "file.dir": _dirname("file.path"),
             "file.newname": _basename("file.newpath"),
             "file.newdir": _dirname("file.newpath"),
             "exec.name": _basename("exec.filename"),
             "exec.cmdline": lambda ev: " ".join(ev.get("exec.argv") or ()) or None,
+            "file.other_proc": _other_proc,
+            "exec.script": lambda ev: _script_arg(ev)[0],
+            "exec.stdin_script": lambda ev: _script_arg(ev)[1] if "exec.argv" in ev else None,
+            "exec.argv0": lambda ev: (ev.get("exec.argv") or [None])[0],
         }
 
     def _cached(self, name: str, fn: Callable[[Event], Any]) -> Callable[[Event], Any]:
@@ -170,6 +187,55 @@ class Resolvers:
             if parent is not None:
                 out = [parent, *self.tree.ancestors(parent.pid)]
         return out
+
+
+def _other_proc(ev: Event) -> bool | None:
+    """``file.other_proc``: the path is /proc/<N>/... (or /proc/<N>/task/<M>/...) of a process other than the
+    acting one; False for /proc/self, /proc/thread-self and the process's own pid or tid."""
+    p = ev.get("file.path")
+    if not p:
+        return None
+    if not p.startswith("/proc/"):
+        return False
+    n = p[6:].split("/", 1)[0]
+    return n.isdigit() and int(n) not in (ev.get("proc.pid"), ev.get("proc.tid"))
+
+
+#: options after which a shell or interpreter runs inline code or a module, not a script file
+_INLINE_OPTS = frozenset({"-c", "-e", "-E", "-m", "-r", "--command", "--eval"})
+
+
+def _script_arg(ev: Event) -> tuple[str | None, bool]:
+    """``(exec.script, exec.stdin_script)``. exec.script: the file a shell or interpreter was asked to run
+    (``sh /tmp/x`` -> /tmp/x), i.e. the first argument after argv[0] that is not an option; None when inline code
+    or a module comes first (``-c``, ``-e``, ``-m``) or there is none. exec.stdin_script: there is neither, or
+    ``-s`` / ``-`` asks for stdin: the program would run what arrives on its stdin, as the shell at the end of
+    ``curl ... | sh`` does. Meaningful for shells and interpreters only (rules test exec.name first)."""
+    argv = ev.get("exec.argv") or ()
+    for a in argv[1:]:
+        if a in _INLINE_OPTS or (a[:1] == "-" and a[1:].isalpha() and "c" in a):
+            return None, False  # -c, -e ... and bundles such as -ec, -lc
+        if a == "-" or a == "-s":
+            return None, True  # read the program from stdin explicitly
+        if not a.startswith("-"):
+            return str(a), False
+    return None, True
+
+
+def _script(ev: Event) -> str | None:
+    return _script_arg(ev)[0]
+
+
+def _exe_name(exe: str | None) -> str | None:
+    return exe.rsplit("/", 1)[-1] or None if exe else None
+
+
+def _trusted_name(exe: str | None) -> str | None:
+    """The basename of an executable under SYSTEM_EXE_DIRS, else None. Allowlists key on it, never on comm: any
+    process can rename itself (prctl PR_SET_NAME, /proc/self/comm), but not move its executable into /usr."""
+    if not exe or not exe.startswith(SYSTEM_EXE_DIRS) or "/../" in exe:
+        return None
+    return exe.rsplit("/", 1)[-1].removesuffix(" (deleted)") or None  # a daemon whose package was upgraded
 
 
 def _attr(obj: Any, name: str) -> Any:
