@@ -236,7 +236,7 @@ def curl_pipe_script(work: Path) -> None:
 
 
 @scenario("T1140", "a payload decoded into a temp file by a redirect, then run by sh", "decoded_payload_written",
-          "dropped_script_run")
+          "decoder_wrote_payload", "dropped_script_run")
 def decoded_script_tmp(work: Path) -> None:
     target = work / ".cache.sh"
     script = work / "stage.sh"

