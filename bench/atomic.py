@@ -197,31 +197,39 @@ class Atomic:
         return max(0.0, first["_seen"] - float(first["ts"]))
 
 
-INCIDENT_LEVELS: dict[str, int] = {}  # incident id -> the highest level a threat update reported for it
+INCIDENT_LEVELS: dict[str, int] = {}  # incident id -> its level, scored from its alerts in the sink
 
 
 def _level(alert: dict[str, Any]) -> int:
     """The alert's level, or its incident's (``Alert.incident``) when that is higher."""
     lvl = LEVELS.get(alert.get("level", "LOW"), 0)
     inc = alert.get("incident")
-    if isinstance(inc, dict):
-        lvl = max(lvl, LEVELS.get(str(inc.get("level", "LOW")), 0))
-    elif isinstance(inc, str):
-        lvl = max(lvl, INCIDENT_LEVELS.get(inc, 0))
-    return lvl
+    return max(lvl, INCIDENT_LEVELS.get(inc, 0)) if isinstance(inc, str) and inc else lvl
 
 
 def note_incidents(daemon: Daemon) -> None:
-    """Incident levels from the threat updates in the sink (``incidents``: summaries with id and level)."""
-    with daemon._lock:
-        records = list(daemon.records)
-    for rec in records:
-        if rec.get("kind") != "threat":
+    """Scores each incident from all its alerts in the sink, as the core does (ravn_core.threat.incident_score:
+    each (analyzer, rule) once at its best score): the level it reached, which a threat update does not report
+    when another open incident already holds the host at that level."""
+    from ravn_core.components import Alert
+    from ravn_core.config import ThreatConfig
+    from ravn_core.threat import Contribution, incident_score, level_for, tactic_of
+
+    cfg = ThreatConfig()
+    by_incident: dict[str, dict[tuple[str, str], Contribution]] = {}
+    for a in daemon.alerts():
+        inc = a.get("incident")
+        if not isinstance(inc, str) or not inc:
             continue
-        for inc in rec.get("incidents") or []:
-            if isinstance(inc, dict) and inc.get("id"):
-                lvl = LEVELS.get(str(inc.get("level", "LOW")), 0)
-                INCIDENT_LEVELS[inc["id"]] = max(INCIDENT_LEVELS.get(inc["id"], 0), lvl)
+        rules = by_incident.setdefault(inc, {})
+        key = (str(a.get("analyzer")), str(a.get("rule")))
+        score = float(a.get("score", 0))
+        if key not in rules or score > rules[key].score:
+            ts = float(a.get("ts", 0))
+            rules[key] = Contribution(key[0], key[1], score, tactic_of(a.get("tags") or []),
+                                      bool(a.get("corroboration")), ts, ts, Alert(key[0], key[1], int(score), ""))
+    for inc, rules in by_incident.items():
+        INCIDENT_LEVELS[inc] = LEVELS[level_for(incident_score(rules.values(), cfg), cfg)]
 
 
 # ------------------------------------------------------------------------------------------------- loading

@@ -568,6 +568,75 @@ def benign(work: Path) -> None:
     subprocess.run(["gzip", str(logs / "app.log.2")], **run)  # type: ignore[call-overload]
 
 
+# ---------------------------------------------------------------------------------------------- tradecraft
+# (60_tradecraft.yaml: behaviour classes the Atomic Red Team run found missing)
+def _tool(work: Path, name: str) -> str:
+    """The real tool when installed (it runs harmlessly on WORKDIR files), else a stand-in with its name."""
+    return shutil.which(name) or str(fake_tool(work, name))
+
+
+@scenario("T1070.003", "a shell command line switches history off; the history file is linked to /dev/null",
+          "shell_history_disabled", "shell_history_overwritten")
+def history_tamper(work: Path) -> None:
+    sh("unset HISTFILE; export HISTFILESIZE=0; history -c 2>/dev/null; true", cwd=work)
+    subprocess.run(["ln", "-sf", "/dev/null", str(work / ".bash_history")], timeout=TIMEOUT, check=True)
+
+
+@scenario("T1552.003", "grep through a shell history file for passwords", "shell_history_searched")
+def history_search(work: Path) -> None:
+    write(work / ".bash_history", "mysql -u root -pS3cret\n")
+    subprocess.run(["grep", "-i", "-e", "-p", "-e", "pass", str(work / ".bash_history")], timeout=TIMEOUT,
+                   stdout=subprocess.DEVNULL)
+
+
+@scenario("T1552.001", "find looks for cloud tokens and .netrc files", "credential_store_search")
+def credential_store_find(work: Path) -> None:
+    subprocess.run(["find", str(work), "-name", ".netrc", "-o", "-path", "*/.aws/credentials"], timeout=TIMEOUT,
+                   stdout=subprocess.DEVNULL)
+
+
+@scenario("T1070.006", "touch copies /bin/ls's timestamps onto a dropped file", "timestamp_forged")
+def timestomp(work: Path) -> None:
+    write(work / "dropped", "x")
+    subprocess.run(["touch", "-acmr", "/bin/ls", str(work / "dropped")], timeout=TIMEOUT, check=True)
+
+
+@scenario("T1560.001", "openssl encrypts collected data with a pass phrase on its command line",
+          "staged_data_encrypted")
+def encrypted_staging(work: Path) -> None:
+    write(work / "loot.txt", "collected\n")
+    subprocess.run([_tool(work, "openssl"), "enc", "-aes-256-cbc", "-pbkdf2", "-pass", "pass:atomic", "-in",
+                    str(work / "loot.txt"), "-out", str(work / "loot.enc")], timeout=TIMEOUT,
+                   stderr=subprocess.DEVNULL)
+
+
+@scenario("T1548.001", "setcap grants cap_setuid to a copy of a binary in the work dir", "capability_granted")
+def capability_grant(work: Path) -> None:
+    shutil.copy("/bin/true", work / "t")
+    subprocess.run([_tool(work, "setcap"), "cap_setuid+ep", str(work / "t")], timeout=TIMEOUT,
+                   stderr=subprocess.DEVNULL)
+
+
+@scenario("T1059.004", "awk escapes to a shell (GTFOBins)", "shell_escape_from_program")
+def shell_escape_awk(work: Path) -> None:
+    subprocess.run(["awk", 'BEGIN {system("exec /bin/sh")}'], stdin=subprocess.DEVNULL, timeout=TIMEOUT,
+                   stdout=subprocess.DEVNULL)
+
+
+@scenario("T1053.006", "systemd-run schedules a transient timer (its time value is refused before any bus call)",
+          "transient_systemd_job")
+def transient_systemd_job(work: Path) -> None:
+    subprocess.run([_tool(work, "systemd-run"), "--on-active=not-a-time", "/bin/true"], timeout=TIMEOUT,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@scenario("T1543.002", "systemctl links a unit file from /dev/shm (a path that does not exist: nothing is linked)",
+          "systemd_unit_outside_unit_dirs")
+def systemd_link_from_shm(work: Path) -> None:
+    subprocess.run([_tool(work, "systemctl"), "link", f"/dev/shm/ravn-scn-{os.getpid()}-missing.service"],
+                   timeout=TIMEOUT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 SCENARIOS["canary"] = Scenario("canary", "T1059", (), "harness readiness check", canary)
 ATTACKS = [n for n in SCENARIOS if n != "canary"]
 

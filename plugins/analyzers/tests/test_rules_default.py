@@ -241,6 +241,20 @@ ATTACKS.update({
 # the exec of the sibling pipeline members and of the writers: one parent, the pipeline's shell
 ATTACKS["persistence_points_to_temp"][1]["proc.pid"] = ATTACKS["persistence_points_to_temp"][0]["proc.pid"]
 
+# 60_tradecraft.yaml (behaviour classes the Atomic Red Team run found missing)
+ATTACKS.update({
+    "shell_history_disabled": [X("/bin/sh", "-c", "unset HISTFILE; export HISTFILESIZE=0; id")],
+    "shell_history_overwritten": [X("/usr/bin/ln", "-sf", "/dev/null", "/root/.bash_history")],
+    "shell_history_searched": [X("/usr/bin/grep", "-i", "pass", "/home/al/.bash_history")],
+    "credential_store_search": [X("/usr/bin/find", "/home", "-name", ".git-credentials")],
+    "timestamp_forged": [X("/usr/bin/touch", "-r", "/bin/ls", "/usr/local/bin/.u")],
+    "staged_data_encrypted": [X("/usr/bin/zip", "-P", "s3cret", "/tmp/l.zip", "/tmp/loot")],
+    "transient_systemd_job": [X("/usr/bin/systemd-run", "--on-active=60", "/tmp/.u")],
+    "systemd_unit_outside_unit_dirs": [X("/usr/bin/systemctl", "link", "/dev/shm/u.service")],
+    "capability_granted": [X("/usr/sbin/setcap", "cap_setuid+ep", "/tmp/python3")],
+    "shell_escape_from_program": under(chain(("/usr/bin/find", "find")), X("/bin/sh", "-p")),
+})
+
 
 @pytest.fixture(scope="module")
 def analyzer() -> RulesAnalyzer:
@@ -356,6 +370,17 @@ def _benign() -> list[list[dict[str, Any]]]:
         by("/usr/bin/cloud-init", Open("/home/ubuntu/.ssh/authorized_keys", comm="cloud-init", write=True)),
         by("/usr/bin/python3", E("prctl", comm="python3", prctl__option=15, prctl__name="worker-3", prctl__ret=0))
         if "prctl" in EVENT_TYPES else [],
+        # 60_tradecraft.yaml's benign neighbours
+        [X("/bin/bash", "-c", "history | tail -5"), X("/usr/bin/touch", "/tmp/stamp"),
+         X("/usr/bin/zip", "-r", "a.zip", "d")],
+        under(make, X("/usr/bin/touch", "-d", "@0", "/tmp/build/out", comm="touch")),
+        [X("/usr/bin/touch", "-d", "12 days ago", "old/f1.tmp")],
+        [X("/usr/sbin/setcap", "cap_net_raw+ep", "/usr/bin/ping"), X("/usr/bin/gpg", "--verify", "a.sig")],
+        [X("/usr/bin/openssl", "req", "-x509", "-new", "-key", "k", "-out", "c"),
+         X("/usr/bin/find", ".", "-name", "*.py")],
+        [X("/usr/bin/systemd-run", "--scope", "--user", "make", "-j4"), X("/usr/bin/systemctl", "enable", "nginx")],
+        under(chain(("/usr/bin/awk", "awk")), X("/bin/sh", "-c", "sort -u /tmp/a")),
+        under(chain(("/usr/bin/find", "find")), X("/bin/sh", "-c", "gzip -9 \"$1\"", "sh", "/var/log/x.log")),
     ]
 
 
