@@ -15,8 +15,10 @@
  * wildcard, "/home/X/.ssh/" with X = '*': its root ("/home/") goes in ravn_file_wild, and a path under that root
  * is looked up a second time with its first component after the root replaced by '*'. Everything is bounded:
  * one or two trie lookups per path, fixed-size compares.
- *   Always reported: chmod/fchmod that sets S_ISUID or S_ISGID (whatever the path), and the event types named in
- *   RAVN_FILE_ALL_MASK (default: rename, so a mass-rename rule sees every rename).
+ *   Always reported: chmod/fchmod that sets S_ISUID or S_ISGID (whatever the path), chmod/fchmod that grants write
+ *   to others (S_IWOTH: chmod 777, a+rwx, o+w) unless it also sets the sticky bit (RAVN_FILE_WORLD_WRITABLE,
+ *   RAVN_FILE_F_PERM), and the event types named in RAVN_FILE_ALL_MASK (default: rename, so a mass-rename rule
+ *   sees every rename).
  *
  * Overhead: each traced syscall costs one program run: a user-string read (<= 256 bytes) and one LPM lookup
  * (two under a wildcard root); a hash update + a ring record only for reported events. The exit program costs
@@ -26,11 +28,14 @@
  * Caveats:
  *   - relative paths (openat(AT_FDCWD, "shadow") in /etc) cannot be prefix-matched here. With
  *     RAVN_FILE_RELATIVE=1 a relative path is sent to user space when the open has write intent, for every
- *     change (unlink, rename, ...), and for a read open whose whole path is the last component of a read
- *     prefix (ravn_file_names: "shadow", "id_rsa", ...); user space joins it with /proc/<pid>/cwd (or the
+ *     change (unlink, rename, ...), and for a read open whose last component, or whose parent directory, is in
+ *     ravn_file_names (the last component of each read prefix - "shadow", ".ssh" - and the configured
+ *     relative_names - "id_rsa", "mem"...: "./shadow", "../etc/shadow", ".ssh/id_rsa" in $HOME; one scan of the
+ *     path and at most two hash lookups); user space joins it with /proc/<pid>/cwd (or the
  *     dirfd's path) and applies the same prefixes. That happens when the record is decoded, milliseconds
  *     later: a process gone by then is not resolved (counted, dropped), and one that changed directory in
- *     between is resolved against its new cwd. Relative read opens of other names are not seen at all;
+ *     between is resolved against its new cwd. Relative read opens of other names are not seen at all
+ *     (`cd /root/.ssh; cat backup_of_key` is missed: add the name to relative_names);
  *   - fchmod (setuid/setgid) names its file by fd: the path is read from /proc/<pid>/fd/<fd> at decode time
  *     (empty if the fd is closed by then; it shows the file's current name if it was renamed);
  *   - an absolute path with an empty, "." or ".." component ("/etc//shadow", "/tmp/../etc/shadow") would slip
@@ -63,6 +68,9 @@ RAVN_PROC_PROGRAMS
 #ifndef RAVN_FILE_NORMALIZE
 #define RAVN_FILE_NORMALIZE 1
 #endif
+#ifndef RAVN_FILE_WORLD_WRITABLE /* report every chmod that grants write to others (not sticky dirs) */
+#define RAVN_FILE_WORLD_WRITABLE 1
+#endif
 #define RAVN_FILE_MAX_WILD 4   /* wildcard roots (map size) */
 #ifndef RAVN_FILE_N_WILD
 #define RAVN_FILE_N_WILD RAVN_FILE_MAX_WILD /* roots in use: the loop below runs this many times (0: none) */
@@ -70,6 +78,7 @@ RAVN_PROC_PROGRAMS
 #define RAVN_FILE_WILD_LEN 32  /* a root is at most 31 bytes */
 #define RAVN_FILE_COMP_MAX 64  /* the wildcard component is at most 63 bytes */
 #define RAVN_FILE_NAME_LEN 32  /* basenames of read prefixes (relative read opens) */
+#define RAVN_FILE_SCAN 64      /* bytes at the end of a relative path searched for its last two components */
 
 #define FILE_CLASS_READ 1
 #define FILE_CLASS_WRITE 2
@@ -81,6 +90,14 @@ RAVN_PROC_PROGRAMS
 #define R_O_TRUNC 01000
 #define R_S_ISUID 04000
 #define R_S_ISGID 02000
+#define R_S_ISVTX 01000
+#define R_S_IWOTH 02
+
+/* chmod 777 / a+rwx / o+w: write for others, except a sticky directory (1777: a shared temp dir) */
+static __always_inline int file_world_writable(u32 mode)
+{
+	return (mode & R_S_IWOTH) && !(mode & R_S_ISVTX);
+}
 #define R_AT_FDCWD -100
 
 struct file_sys_enter {
@@ -117,6 +134,12 @@ struct file_name_key {
 BPF_LPM_TRIE(ravn_file_rules, struct file_key, struct file_rule, RAVN_FILE_MAX_RULES);
 BPF_ARRAY(ravn_file_wild, struct file_wild_root, RAVN_FILE_MAX_WILD);
 BPF_HASH(ravn_file_names, struct file_name_key, u8, 256);
+struct file_slashes {
+	u32 last;
+	u32 prev;
+	u32 len; /* of the last relative path classified, NUL included */
+};
+BPF_PERCPU_ARRAY(ravn_file_slash, struct file_slashes, 1);
 BPF_PERCPU_ARRAY(ravn_file_keys, struct file_key, 2);
 BPF_PERCPU_ARRAY(ravn_file_scratch, struct ravn_file_event, 1);
 BPF_HASH(ravn_file_inflight, u32, struct ravn_file_event, RAVN_FILE_MAX_INFLIGHT);
@@ -167,6 +190,11 @@ static __always_inline u32 file_classify(const char *upath, char *dst, u32 *why,
 		*why |= RAVN_FILE_F_TRUNCATED;
 	if (k->data[0] != '/') {
 		*why |= rel_flag;
+#if RAVN_FILE_RELATIVE
+		struct file_slashes *sl = ravn_file_slash.lookup(&zero);
+		if (sl)
+			sl->len = n; /* for file_relative_name */
+#endif
 		return 0;
 	}
 #if RAVN_FILE_NORMALIZE
@@ -228,14 +256,60 @@ static __always_inline u32 file_classify(const char *upath, char *dst, u32 *why,
 }
 
 #if RAVN_FILE_RELATIVE
-/* A relative path that is exactly the last component of a read prefix ("shadow"): worth resolving. */
-static __always_inline int file_relative_name(const char *upath)
+/* Whether the component of the user path that starts at byte start is one of ravn_file_names. Read again from
+ * user memory: start is then plain data to the verifier (no pointer arithmetic on a map value), so it need not
+ * be tracked precisely, and the scan loop below does not multiply verifier states. */
+static __always_inline int file_name_at(const char *upath, u32 start)
 {
+	char raw[RAVN_FILE_NAME_LEN] = {};
+	bpf_probe_read_user_str(raw, sizeof(raw), upath + (start & (RAVN_FILE_PATH_MAX - 1)));
 	struct file_name_key nk = {};
-	if (bpf_probe_read_user_str(nk.s, sizeof(nk.s), upath) <= 0)
-		return 0;
-	return ravn_file_names.lookup(&nk) != 0;
+	/* copy up to the '/' or NUL; the rest of the key stays zero (a copy that stops, not a flag that zeroes:
+	 * the verifier sees 32 ways out of the loop instead of 2^32 stack contents) */
+	for (int j = 0; j < RAVN_FILE_NAME_LEN; j++) {
+		char c = raw[j];
+		if (c == '/' || c == 0)
+			break;
+		nk.s[j] = c;
+	}
+	return nk.s[0] && ravn_file_names.lookup(&nk) != 0;
 }
+
+/* A relative path whose last component ("./shadow", "../etc/shadow", "etc/shadow") or whose parent directory
+ * (".ssh/id_rsa") is in ravn_file_names: worth resolving in user space. One scan of the path (the event's copy)
+ * for its last two slashes, then at most two hash lookups. */
+static __always_inline int file_relative_name(const char *path, const char *upath)
+{
+	/* 1 + the index of the last '/' and of the one before (0: none), kept in map memory rather than registers:
+	 * the verifier then sees one state per iteration instead of one per (last, prev) pair (E2BIG otherwise) */
+	u32 zero = 0;
+	struct file_slashes *sl = ravn_file_slash.lookup(&zero);
+	if (!sl)
+		return 0;
+	sl->last = 0;
+	sl->prev = 0;
+	/* only the last RAVN_FILE_SCAN bytes: the two components that matter are short (names < 32 bytes), and a
+	 * longer loop is more than the verifier will walk */
+	u32 len = sl->len;
+	u32 off = len > RAVN_FILE_SCAN + 1 ? len - RAVN_FILE_SCAN - 1 : 0;
+	for (u32 j = 0; j < RAVN_FILE_SCAN; j++) {
+		u32 i = (off + j) & (RAVN_FILE_PATH_MAX - 1);
+		char c = path[i];
+		if (c == 0)
+			break;
+		if (c == '/') {
+			sl->prev = sl->last;
+			sl->last = i + 1;
+		}
+	}
+	u32 last = sl->last, prev = sl->prev;
+	if (off > 0 && last == 0)
+		return 0; /* no slash in the window: the last component is longer than any name */
+	if (file_name_at(upath, last))
+		return 1;
+	return last > 0 && (prev > 0 || off == 0) && file_name_at(upath, prev);
+}
+
 #endif
 
 static __always_inline struct ravn_file_event *file_begin(u64 *id, u64 *ug)
@@ -366,7 +440,7 @@ int ravn_file_enter(struct file_sys_enter *args)
 	case NR_fchmod:
 		/* no path: reported only when it sets setuid/setgid; user space resolves the fd */
 		type = RAVN_EVT_CHMOD; dfd = a[0]; mode = a[1];
-		if (!(mode & (R_S_ISUID | R_S_ISGID)))
+		if (!(mode & (R_S_ISUID | R_S_ISGID)) && !(RAVN_FILE_WORLD_WRITABLE && file_world_writable(mode)))
 			return 0;
 		break;
 	case NR_chown:
@@ -430,12 +504,15 @@ int ravn_file_enter(struct file_sys_enter *args)
 			wanted = (RAVN_FILE_ALL_MASK & (1 << RAVN_EVT_OPEN)) != 0;
 #if RAVN_FILE_RELATIVE
 		if (!wanted && (e->why & RAVN_FILE_F_RELATIVE))
-			wanted = write || file_relative_name(p1);
+			wanted = write || file_relative_name(e->path, p1);
 #endif
 		if (e->why & RAVN_FILE_F_NORMALIZE)
 			wanted = 1; /* the prefixes as passed say nothing: user space decides on the normal path */
 	} else if (type == RAVN_EVT_CHMOD && (mode & (R_S_ISUID | R_S_ISGID))) {
 		e->why |= RAVN_FILE_F_SETID | (p1 ? 0 : RAVN_FILE_F_FD);
+		wanted = 1;
+	} else if (type == RAVN_EVT_CHMOD && RAVN_FILE_WORLD_WRITABLE && file_world_writable(mode)) {
+		e->why |= RAVN_FILE_F_PERM | (p1 ? 0 : RAVN_FILE_F_FD);
 		wanted = 1;
 	} else {
 		wanted = file_change_wanted(type, c1, c2, e->why);
@@ -443,7 +520,7 @@ int ravn_file_enter(struct file_sys_enter *args)
 	if (!wanted)
 		return 0;
 	if (!(e->why & (RAVN_FILE_F_MATCHED | RAVN_FILE_F_RELATIVE | RAVN_FILE_F_NEWRELATIVE | RAVN_FILE_F_SETID |
-			RAVN_FILE_F_NORMALIZE | RAVN_FILE_F_NEWNORMALIZE)))
+			RAVN_FILE_F_PERM | RAVN_FILE_F_NORMALIZE | RAVN_FILE_F_NEWNORMALIZE)))
 		e->why |= RAVN_FILE_F_ALL;
 	e->dirfd = dfd;
 	e->newdirfd = ndfd;

@@ -23,8 +23,9 @@
  *            signal:signal_generate supplies the real number of a fatal signal the kernel turned into SIGKILL).
  *   cred     setuid setgid setreuid setregid setresuid setresgid setfsuid setfsgid capset: arguments and result.
  *   ptrace   request, pid, addr, data, result.
- *   module   init_module(175) delete_module(176) finit_module(313) through raw_syscalls:sys_enter (module_hook:
- *            raw): this kernel has no module support, so those syscalls have no syscalls:* tracepoints.
+ *   module   init_module(175) delete_module(176) finit_module(313): through their own syscalls:* tracepoints
+ *            where the kernel has them (module_hook: auto), or raw_syscalls:sys_enter (module_hook: raw) on a
+ *            kernel without module support, which has no such tracepoints (this VM's kernel).
  *   capable  capability:cap_capable for capabilities in SEC_CAP_MASK, at most once per (process, capability,
  *            granted/denied) per SEC_CAP_WINDOW_NS; optionally denied-only or granted-only (SEC_CAP_MODE).
  *            CAP_SYS_ADMIN checks made inside mmap/mprotect/brk/mremap/fork/clone/execve (the overcommit
@@ -34,11 +35,19 @@
  *            result), unshare, setns, dup2/dup3 onto fd 0, 1 or 2 (filtered at sys_enter).
  *   setsid   syscalls:sys_exit_setsid (ravn_sec_setsid): a process became a session leader; only successes
  *            (ret > 0, the new session id). The process tree keeps the session, the incidents' join key.
+ *   process_vm  syscalls:sys_enter/exit_process_vm_readv and _writev (ravn_sec_process_vm_enter): reading or
+ *            writing another process's memory; calls on the caller's own pid are dropped in the kernel.
+ *   prctl    syscalls:sys_enter/exit_prctl (ravn_sec_prctl_enter): only PR_SET_NAME (the new comm, read from
+ *            user memory: masquerading as a kernel thread or daemon) and PR_SET_MM (rewriting where argv, env or
+ *            the exe link point); every other option returns after one compare.
+ *   module   with module_hook: auto (default), syscalls:sys_enter_init_module/finit_module/delete_module
+ *            (ravn_sec_module_enter) when the kernel has them (CONFIG_MODULES); nothing otherwise.
  *   Calls with a result are paired: sys_enter stores the arguments in a per-thread hash (sec_pending,
  *   sec_mount_pending, sec_exec_pending) and sys_exit emits them with the result. proc.* of a paired event is
  *   taken at sys_enter: the identity *before* a credential change.
  *
- * Overhead: every syscalls:* tracepoint used here fires only for its own syscall, all rare on a server; the
+ * Overhead: every syscalls:* tracepoint used here fires only for its own syscall, all rare on a server (prctl is
+ * the most frequent: thread naming, a few calls per thread start, each costing one compare unless it names); the
  * sched/task tracepoints fire once per exec, fork and exit; signal_generate/signal_deliver once per signal.
  * capability:cap_capable fires on every capability check - often: the overcommit check of every mmap, brk, fork
  * and exec asks for CAP_SYS_ADMIN - and costs a mask test outside SEC_CAP_MASK, a pt_regs read (to skip those
@@ -49,9 +58,11 @@
  * The exception is module_hook: raw. A program on raw_syscalls:sys_enter runs on EVERY syscall of every process:
  * ~45 ns of program time per syscall (2.3% of one core during redis-benchmark) plus the tracepoint dispatch that
  * bpf_stats does not count; the lead measured ~7% redis-benchmark slowdown for even a no-op program there, more
- * than the <=5% budget for all four probes together. So the default is module_hook: off: module loading cannot
- * succeed on this kernel (no CONFIG_MODULES), and the exec of insmod/modprobe is still reported by exec. Turn it
- * on where an attempt from a custom loader (a direct init_module/finit_module call) must be caught.
+ * than the <=5% budget for all four probes together. So the default is module_hook: auto: the three module
+ * syscall tracepoints when they exist (they fire only for those syscalls: free), nothing where they do not - there
+ * module loading cannot succeed (no CONFIG_MODULES), and the exec of insmod/modprobe is still reported by exec.
+ * raw is for a kernel without module support where even a failed direct init_module/finit_module call by a
+ * custom loader must be caught.
  *
  * Caveats:
  *   - exit.code never has the 0x80 core-dump bit, and is -1 when no traced path saw the cause (probe started
@@ -121,6 +132,11 @@
 #define SEC_NR_SETUID 105
 #define SEC_NR_SETGID 106
 #define SEC_NR_SETSID 112
+#define SEC_NR_PRCTL 157
+#define SEC_NR_PROCESS_VM_READV 310
+#define SEC_NR_PROCESS_VM_WRITEV 311
+#define SEC_PR_SET_NAME 15
+#define SEC_PR_SET_MM 35
 #define SEC_NR_SETREUID 113
 #define SEC_NR_SETREGID 114
 #define SEC_NR_SETRESUID 117
@@ -860,4 +876,54 @@ int ravn_sec_setsid(struct sec_exit_args *args)
 	if (ravn_filtered(pid_tgid, uid_gid))
 		return 0;
 	return sec_emit(RAVN_EVT_SETSID, SEC_NR_SETSID, 0, 0, ret, 0, 0, pid_tgid, uid_gid);
+}
+
+/* ----------------------------------------------------------------------------- process_vm, prctl, module */
+/* syscalls:sys_enter_process_vm_readv / _writev (pid, lvec, liovcnt, rvec, riovcnt, flags): another process's
+ * memory read or written without ptrace. Paired: ravn_sec_sys_exit adds the byte count (or -errno). */
+int ravn_sec_process_vm_enter(struct sec_enter_args *args)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	s32 target = (s32)args->a[0];
+	if ((u32)target == (u32)(pid_tgid >> 32))
+		return 0; /* its own memory */
+	u64 uid_gid = bpf_get_current_uid_gid();
+	if (ravn_filtered(pid_tgid, uid_gid))
+		return 0;
+	return sec_store(RAVN_EVT_PROCESS_VM, args->nr, target, args->a[2], args->a[4], 0, 3, 0, pid_tgid, uid_gid);
+}
+
+/* syscalls:sys_enter_prctl (option, arg2, ...): PR_SET_NAME and PR_SET_MM only, tested first. */
+int ravn_sec_prctl_enter(struct sec_enter_args *args)
+{
+	s64 option = args->a[0];
+	if (option != SEC_PR_SET_NAME && option != SEC_PR_SET_MM)
+		return 0;
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u64 uid_gid = bpf_get_current_uid_gid();
+	if (ravn_filtered(pid_tgid, uid_gid))
+		return 0;
+	if (option == SEC_PR_SET_NAME) /* the kernel keeps at most 15 bytes of it */
+		return sec_store(RAVN_EVT_PRCTL, SEC_NR_PRCTL, option, 0, 0, 0, 1, (const char *)args->a[1], pid_tgid,
+				 uid_gid);
+	return sec_store(RAVN_EVT_PRCTL, SEC_NR_PRCTL, option, args->a[1], 0, 0, 2, 0, pid_tgid, uid_gid);
+}
+
+/* syscalls:sys_enter_init_module / finit_module / delete_module (module_hook: auto, on kernels that have them).
+ * The same events as ravn_sec_raw_enter, from tracepoints that fire only for these syscalls. The arguments are
+ * copied with a probe read: delete_module's record is shorter than finit_module's. */
+int ravn_sec_module_enter(struct sec_enter_args *args)
+{
+	int nr = args->nr;
+	u64 a[3] = {};
+	bpf_probe_read_kernel(a, sizeof(a), (void *)((u64)args + 16 /* offset of a[] */));
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u64 uid_gid = bpf_get_current_uid_gid();
+	if (ravn_filtered(pid_tgid, uid_gid))
+		return 0;
+	if (nr == SEC_NR_FINIT_MODULE)
+		return sec_emit(RAVN_EVT_MODULE, nr, (s32)a[0], a[2], 0, 2, 0, pid_tgid, uid_gid);
+	if (nr == SEC_NR_DELETE_MODULE)
+		return sec_emit(RAVN_EVT_MODULE, nr, -1, a[1], 0, 2, (const char *)a[0], pid_tgid, uid_gid);
+	return sec_emit(RAVN_EVT_MODULE, nr, -1, a[1], 0, 2, 0, pid_tgid, uid_gid);
 }

@@ -165,6 +165,17 @@ EVENT_TYPES: Final[dict[str, EventType]] = {
         _t("setsid", "ebpf_security", "a process became a session leader (successful setsid); the process tree "
                                       "keeps the session, the first key incidents join alerts by",
            ("setsid.sid", "int", "the new session id (the caller's pid)")),
+        _t("process_vm", "ebpf_security", "another process's memory read or written with process_vm_readv/writev "
+                                          "(calls on the caller's own pid are not reported)",
+           ("process_vm.call", "str", "process_vm_readv|process_vm_writev"),
+           ("process_vm.target", "int", "pid whose memory is accessed"),
+           ("process_vm.ret", "int", "bytes transferred or -errno")),
+        _t("prctl", "ebpf_security", "prctl PR_SET_NAME (the thread renames itself) or PR_SET_MM (argv, env or exe "
+                                     "link moved); other options are not reported",
+           ("prctl.option", "str", "PR_SET_NAME|PR_SET_MM"),
+           ("prctl.name", "str", "PR_SET_NAME: the new name as passed (the kernel keeps 15 bytes); else empty"),
+           ("prctl.arg", "int", "PR_SET_MM: the sub-option (PR_SET_MM_ARG_START 8, ... EXE_FILE 13); else 0"),
+           ("prctl.ret", "int", "syscall result")),
     )
 }
 

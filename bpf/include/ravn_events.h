@@ -61,7 +61,9 @@ enum ravn_event_type {
 	RAVN_EVT_SYMLINK = 28,
 	RAVN_EVT_TRUNCATE = 29,
 	RAVN_EVT_SETSID = 30, /* ebpf_security, struct ravn_sec_event */
-	RAVN_EVT_MAX = 31, /* one past the last id */
+	RAVN_EVT_PROCESS_VM = 31, /* ebpf_security, struct ravn_sec_event */
+	RAVN_EVT_PRCTL = 32, /* ebpf_security, struct ravn_sec_event */
+	RAVN_EVT_MAX = 33, /* one past the last id */
 };
 
 /* Common header, first member of every event struct. 56 bytes. */
@@ -143,7 +145,9 @@ _Static_assert(sizeof(struct ravn_exec_event) == 2376, "update ExecEvent in ravn
  *   memfd    args[0] flags, str: name, ret: fd or -errno
  *   bpf      args[0] cmd
  *   unshare  args[0] flags;  setns args[0] fd, args[1] nstype;  dup args[0] oldfd, args[1] newfd, args[2] flags
- *   setsid   ret: the new session id (> 0; failures are not sent) */
+ *   setsid   ret: the new session id (> 0; failures are not sent)
+ *   process_vm  args[0] target pid, args[1] local iovec count, args[2] remote iovec count, ret: bytes or -errno
+ *   prctl    args[0] option (PR_SET_NAME 15, PR_SET_MM 35), args[1] PR_SET_MM sub-option; str: the new name */
 struct ravn_sec_event {
 	struct ravn_hdr hdr;
 	s64 args[6];
@@ -202,6 +206,7 @@ _Static_assert(sizeof(struct ravn_net_event) == 112, "update NetEvent in ravn_eb
 #define RAVN_FILE_F_NORMALIZE 0x80   /* path is absolute with "//", "." or ".." components: user space normalises it
                                       * and applies the prefixes */
 #define RAVN_FILE_F_NEWNORMALIZE 0x100 /* the same for newpath */
+#define RAVN_FILE_F_PERM 0x200       /* reported because a chmod grants write to others (chmod 777, o+w) */
 struct ravn_file_event {
 	struct ravn_hdr hdr;
 	s64 ret;          /* syscall result: fd or -errno for open, 0 or -errno otherwise */

@@ -266,7 +266,36 @@ def argv0_kworker(work: Path) -> None:
     subprocess.run(["bash", "-c", "exec -a '[kworker/0:1]' sleep 0.1"], timeout=TIMEOUT)
 
 
+@scenario("T1036.004", "prctl(PR_SET_NAME, 'kworker/0:1') then a connection under that name",
+          "process_renamed_to_system_name", "kernel_thread_name_spoofed")
+def prctl_kworker(work: Path) -> None:
+    lst = Listener(send=b"")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            libc.prctl(15, b"kworker/0:1", 0, 0, 0)
+            socket.create_connection(("127.0.0.1", lst.port), timeout=3).close()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    lst.close()
+
+
+@scenario("T1036.004", "a shell renames itself through /proc/self/comm, then opens a file",
+          "process_renamed_via_procfs", "kernel_thread_name_spoofed")
+def comm_write(work: Path) -> None:
+    subprocess.run(["bash", "-c", "printf 'kworker/u8:2' > /proc/self/comm; : > /dev/shm/.ravn-scn-comm-$$; "
+                    "rm -f /dev/shm/.ravn-scn-comm-$$"], timeout=TIMEOUT)
+
+
 # ---------------------------------------------------------------------------------------------- permissions
+@scenario("T1222.002", "chmod 777 on a single file (outside every watched directory)", "world_writable_chmod")
+def chmod_777(work: Path) -> None:
+    path = work / "tool"
+    path.write_text("#!/bin/sh\n")
+    sh(f"chmod 777 {path}")
+
+
 @scenario("T1222.002", "chmod -R 777 on a directory tree", "recursive_permission_change")
 def chmod_recursive_777(work: Path) -> None:
     tree = work / "www"
@@ -320,6 +349,42 @@ def proc_mem_read(work: Path) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+class IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+def _process_vm(nr: int) -> None:
+    """A child reads (310) or writes (311) a buffer of this process with process_vm_readv/writev."""
+    buf = ctypes.create_string_buffer(b"password=hunter2", 16)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            local = ctypes.create_string_buffer(b"password=hunter2", 16)  # writev puts back the same bytes
+            li, ri = IoVec(ctypes.addressof(local), 16), IoVec(ctypes.addressof(buf), 16)  # same address: fork
+            one = ctypes.c_long(1)
+            libc.syscall(ctypes.c_long(nr), ctypes.c_long(os.getppid()), ctypes.byref(li), one, ctypes.byref(ri), one,
+                         ctypes.c_long(0))
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+@scenario("T1003.007", "process_vm_readv of another process's memory", "process_memory_read")
+def process_vm_read(work: Path) -> None:
+    _process_vm(310)
+
+
+@scenario("T1055", "process_vm_writev into another process (writes back the bytes it holds)",
+          "process_memory_written")
+def process_vm_write(work: Path) -> None:
+    _process_vm(311)
+
+
+@scenario("T1003.008", "cd /etc && cat ./shadow (a relative path)", "credential_file_dumped", "sensitive_file_read")
+def shadow_relative(work: Path) -> None:
+    sh("cd /etc && cat ./shadow > /dev/null")
 
 
 @scenario("T1082", "id, whoami, uname, ps, hostname, groups within a second", "discovery_burst")

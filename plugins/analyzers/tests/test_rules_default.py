@@ -14,7 +14,6 @@ import pytest
 from ravn_analyzers.rules.engine import RulesAnalyzer, RulesConfig
 
 from ravn_core.components import Alert, BatchContext
-from ravn_core.events import EVENT_TYPES
 from ravn_core.proctree import ProcessTree
 from ravn_core.testing import make_context
 
@@ -238,6 +237,17 @@ ATTACKS.update({
     "immutable_attribute_changed": [X("/usr/bin/chattr", "+i", "/tmp/.x/run")],
     "system_file_immutable_changed": [X("/usr/bin/chattr", "+i", "/root/.ssh/authorized_keys")],
 })
+ATTACKS.update({
+    "process_memory_read": [E("process_vm", comm="mimipenguin", process_vm__call="process_vm_readv",
+                              process_vm__target=812, process_vm__ret=4096)],
+    "process_memory_written": [E("process_vm", comm="inject", process_vm__call="process_vm_writev",
+                                 process_vm__target=812, process_vm__ret=64)],
+    "process_renamed_to_system_name": by("/tmp/.x/implant", E("prctl", comm="implant", prctl__option="PR_SET_NAME",
+                                                             prctl__name="kworker/0:1", prctl__arg=0, prctl__ret=0)),
+    "process_renamed_via_procfs": [Open("/proc/self/comm", write=True, flags=0o1001)],
+    "process_argv_rewritten": [E("prctl", comm="implant", prctl__option="PR_SET_MM", prctl__name="", prctl__arg=8,
+                                 prctl__ret=0)],
+})
 # the exec of the sibling pipeline members and of the writers: one parent, the pipeline's shell
 ATTACKS["persistence_points_to_temp"][1]["proc.pid"] = ATTACKS["persistence_points_to_temp"][0]["proc.pid"]
 
@@ -290,6 +300,13 @@ def test_attack_fires_rule(analyzer: RulesAnalyzer, name: str) -> None:
     assert name in fired, f"{name} did not fire; fired: {sorted(fired)}"
     alert = next(a for a in alerts if a.rule == name)
     assert "?" not in alert.description.split(), alert.description  # every placeholder was filled
+
+
+def _own_mem() -> list[dict[str, Any]]:
+    """A process reading /proc/<its own pid>/mem (not another process's)."""
+    events = by("/usr/bin/cat", Open("/proc/0/mem", comm="cat"))
+    events[-1]["file.path"] = f"/proc/{events[-1]['proc.pid']}/mem"
+    return events
 
 
 def _benign() -> list[list[dict[str, Any]]]:
@@ -368,8 +385,15 @@ def _benign() -> list[list[dict[str, Any]]]:
         by("/usr/bin/tar", Open("/etc/shadow", comm="tar"), parents=chain(("/usr/sbin/cron", "cron"),
                                                                            ("/bin/sh", "sh"))),  # nightly backup
         by("/usr/bin/cloud-init", Open("/home/ubuntu/.ssh/authorized_keys", comm="cloud-init", write=True)),
-        by("/usr/bin/python3", E("prctl", comm="python3", prctl__option=15, prctl__name="worker-3", prctl__ret=0))
-        if "prctl" in EVENT_TYPES else [],
+        by("/usr/bin/python3", E("prctl", comm="python3", prctl__option="PR_SET_NAME", prctl__name="worker-3",
+                                 prctl__arg=0, prctl__ret=0)),  # a thread name
+        by("/usr/sbin/sshd", E("prctl", comm="sshd", prctl__option="PR_SET_NAME", prctl__name="sshd", prctl__arg=0,
+                               prctl__ret=0)),
+        by("/usr/bin/gdb", E("process_vm", comm="gdb", process_vm__call="process_vm_readv", process_vm__target=812,
+                             process_vm__ret=8)),
+        by("/usr/bin/python3", Open("/proc/self/task/4243/comm", comm="python3", write=True)),  # a thread name
+        by("/usr/bin/python3", Open("/proc/self/mem", comm="python3")),  # its own memory
+        _own_mem(),
         # 60_tradecraft.yaml's benign neighbours
         [X("/bin/bash", "-c", "history | tail -5"), X("/usr/bin/touch", "/tmp/stamp"),
          X("/usr/bin/zip", "-r", "a.zip", "d")],

@@ -91,6 +91,27 @@ def main() -> None:
         os.close(os.open(f"{o}/.hidden", os.O_WRONLY | os.O_CREAT, 0o600))  # normal ("/.h"): not sent
         os.close(os.open(f"{w}/u", os.O_WRONLY | os.O_CREAT, 0o600))
         os.unlink(f"{o}/../watch/u")  # a change: reported as {w}/u
+    elif scenario == "perm_relative":
+        for name in ("ww", "sticky", "plain", "fww"):
+            os.close(os.open(f"{o}/{name}", os.O_WRONLY | os.O_CREAT, 0o644))
+        os.chmod(f"{o}/ww", 0o777)  # grants write to others, outside the prefixes: reported
+        os.chmod(f"{o}/sticky", 0o1777)  # sticky: not reported
+        os.chmod(f"{o}/plain", 0o755)  # not reported
+        fd = os.open(f"{o}/fww", os.O_RDONLY)
+        os.fchmod(fd, 0o666)  # through an fd: reported, path from /proc/<pid>/fd
+        time.sleep(0.15)
+        os.close(fd)
+        # relative read opens: a read prefix's last component anywhere in last place, or its directory as parent
+        os.chdir(s)
+        os.close(os.open("./cred", os.O_RDONLY))  # "./shadow" after cd /etc
+        time.sleep(0.15)
+        os.chdir(base)
+        os.close(os.open("secret/key", os.O_RDONLY))  # ".ssh/id_rsa" from $HOME
+        time.sleep(0.15)
+        os.chdir(o)
+        os.close(os.open("../secret/key", os.O_RDONLY))  # "../etc/shadow"
+        os.close(os.open("../outside/plain", os.O_RDONLY))  # neither: not sent
+        time.sleep(0.3)
     elif scenario == "chown_denied":
         out["ret"] = raw_syscall(92, f"{w}/owned".encode(), 0, 0)  # chown as nobody: -EPERM
     elif scenario == "write":

@@ -33,7 +33,11 @@ def test_abi() -> None:
 def test_defaults_validate_and_explain_themselves() -> None:
     cfg = FileConfig()
     rules = PathRules.from_config(cfg)
-    assert rules.roots == ("/home/",) or set(rules.roots) == {"/home/", "/sys/fs/cgroup/"}
+    assert set(rules.roots) == {"/home/", "/sys/fs/cgroup/", "/proc/"}
+    assert rules.classify("/proc/4242/mem") == CLASS_READ  # another process's memory
+    assert rules.classify("/proc/4242/comm") == rules.classify("/proc/self/comm") == CLASS_WRITE  # renames
+    assert rules.classify("/proc/4242/stat") == 0  # what ps reads all the time
+    assert {"shadow", ".ssh", "id_rsa", "mem"} <= set(rules.names)  # relative read opens worth resolving
     assert rules.classify("/etc/shadow") == CLASS_READ
     assert rules.classify("/etc/sudoers.d/90-cloud") == CLASS_READ
     assert rules.classify("/etc/passwd") == CLASS_WRITE

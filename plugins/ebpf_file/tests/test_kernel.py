@@ -143,6 +143,24 @@ def test_paths_with_dot_components_are_normalised(probe: FileSource, base: Path)
     assert delta == {"normalized": 6, "normalized_filtered": 2}
 
 
+def test_world_writable_chmod_and_relative_reads(probe: FileSource, base: Path) -> None:
+    """chmod 777 / fchmod 666 are reported wherever the file is (not a sticky 1777, not 755); relative read opens
+    are resolved when their last component or their parent directory is a read prefix's last component
+    (issue 13: `cd /etc; cat ./shadow`, `cat .ssh/id_rsa` from $HOME, `cat ../etc/shadow`)."""
+    _, events = run_child(probe, CHILD, "perm_relative", str(base))
+    o, s = f"{base}/outside", f"{base}/secret"
+    got = [(e["evt.type"], e["file.path"], e.get("file.mode")) for e in events]
+    assert got == [
+        ("chmod", f"{o}/ww", 0o777),
+        ("chmod", f"{o}/fww", 0o666),
+        ("open", f"{s}/cred", 0),
+        ("open", f"{s}/key", 0),
+        ("open", f"{s}/key", 0),
+    ], got
+    assert [e["file.ret"] for e in events[:2]] == [0, 0] and all(e["file.ret"] >= 0 for e in events[2:])
+    assert oct(os.stat(f"{o}/ww").st_mode & 0o7777) == oct(0o777)  # ground truth of the mode reported
+
+
 def test_result_and_uid_of_a_denied_change(probe: FileSource, base: Path) -> None:
     truth, events = run_child(probe, CHILD, "chown_denied", str(base), user=NOBODY)
     (e,) = events

@@ -88,6 +88,14 @@ def test_exec_decoder() -> None:
     ("setns", (3, 0x4000000), 0, 308, 2, b"", {"ns.fd": 3, "ns.flags": 0x4000000, "ns.ret": 0}),
     ("dup", (3, 1, 0), 1, 33, 3, b"", {"dup.oldfd": 3, "dup.newfd": 1, "dup.ret": 1}),
     ("setsid", (), 4242, 112, 0, b"", {"setsid.sid": 4242}),
+    ("process_vm", (4242, 1, 2), 64, 310, 3, b"",
+     {"process_vm.call": "process_vm_readv", "process_vm.target": 4242, "process_vm.ret": 64}),
+    ("process_vm", (4242, 1, 1), -1, 311, 3, b"",
+     {"process_vm.call": "process_vm_writev", "process_vm.target": 4242, "process_vm.ret": -1}),
+    ("prctl", (15,), 0, 157, 1, b"kworker/0:1",
+     {"prctl.option": "PR_SET_NAME", "prctl.name": "kworker/0:1", "prctl.arg": 0, "prctl.ret": 0}),
+    ("prctl", (35, 8), -22, 157, 2, b"", {"prctl.option": "PR_SET_MM", "prctl.name": "", "prctl.arg": 8,
+                                         "prctl.ret": -22}),
 ])
 def test_sec_decoders(etype: str, args: tuple[int, ...], ret: int, nr: int, nargs: int, s: bytes,
                       expect: dict) -> None:  # type: ignore[type-arg]

@@ -548,6 +548,94 @@ def test_setsid_reports_the_new_session_and_the_tree_follows_it(probe: SecurityS
     assert tree.get(pid).sid == sid  # type: ignore[union-attr]
 
 
+# ------------------------------------------------------------------------------------------- process_vm, prctl
+class IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+def vm_call(nr: int, pid: int, local: IoVec, remote: IoVec) -> int:
+    """process_vm_readv/writev of one iovec each (every argument a C long: syscall(2) is variadic)."""
+    one, zero = ctypes.c_long(1), ctypes.c_long(0)
+    return int(libc.syscall(ctypes.c_long(nr), ctypes.c_long(pid), ctypes.byref(local), one, ctypes.byref(remote),
+                            one, zero))
+
+
+def test_process_vm_read_and_write_of_another_process(probe: SecuritySource) -> None:
+    """A child reads, then writes, a buffer of this (its parent) process with process_vm_readv/writev; a read of
+    its own memory is not reported. Ground truth: the bytes read, and this process's buffer after the write."""
+    mine = ctypes.create_string_buffer(b"ravn-secret-0123", 16)
+    r, w = os.pipe()
+
+    def body() -> None:
+        local = ctypes.create_string_buffer(16)
+        liov, riov = IoVec(ctypes.addressof(local), 16), IoVec(ctypes.addressof(mine), 16)  # same address: fork
+        n1 = vm_call(310, os.getppid(), liov, riov)
+        os.write(w, local.raw)
+        self_iov = IoVec(ctypes.addressof(mine), 16)
+        vm_call(310, os.getpid(), liov, self_iov)  # own memory
+        patch = ctypes.create_string_buffer(b"RAVN", 4)
+        wl, wr = IoVec(ctypes.addressof(patch), 4), IoVec(ctypes.addressof(mine), 4)
+        n2 = vm_call(311, os.getppid(), wl, wr)
+        assert (n1, n2) == (16, 4)
+
+    pid, status = in_child(body)
+    os.close(w)
+    read = os.read(r, 16)
+    os.close(r)
+    assert status == 0 and read == b"ravn-secret-0123" and mine.raw[:4] == b"RAVN"
+    vms = [e for e in of_pid(probe, pid) if e["evt.type"] == "process_vm"]
+    assert [(e["process_vm.call"], e["process_vm.target"], e["process_vm.ret"]) for e in vms] == [
+        ("process_vm_readv", os.getpid(), 16), ("process_vm_writev", os.getpid(), 4)]
+    assert all(e["proc.pid"] == pid and e["proc.ppid"] == os.getpid() for e in vms)
+    schema_ok(vms[0])
+
+
+def test_prctl_set_name_and_set_mm(probe: SecuritySource) -> None:
+    """PR_SET_NAME carries the name asked for (the kernel keeps 15 bytes: /proc/<pid>/comm is the ground truth);
+    PR_SET_MM carries its sub-option and result; any other option (PR_GET_NAME) is not reported."""
+    r, w = os.pipe()
+
+    def body() -> None:
+        libc.prctl(15, b"kworker/0:1-events", 0, 0, 0)  # PR_SET_NAME
+        os.write(w, Path("/proc/self/comm").read_bytes())
+        name = ctypes.create_string_buffer(16)
+        libc.prctl(16, name, 0, 0, 0)  # PR_GET_NAME: not reported
+        zero = ctypes.c_ulong(0)
+        libc.prctl(35, ctypes.c_ulong(8), zero, zero, zero)  # PR_SET_MM, PR_SET_MM_ARG_START 0: -EINVAL (or -EPERM)
+
+    pid, status = in_child(body)
+    os.close(w)
+    comm = os.read(r, 64).decode().strip()
+    os.close(r)
+    assert status == 0 and comm == "kworker/0:1-eve"
+    evs = [e for e in of_pid(probe, pid) if e["evt.type"] == "prctl"]
+    assert [e["prctl.option"] for e in evs] == ["PR_SET_NAME", "PR_SET_MM"]
+    named, mm = evs
+    schema_ok(named)
+    assert (named["prctl.name"], named["prctl.ret"], named["proc.pid"]) == ("kworker/0:1-events", 0, pid)
+    assert named["prctl.name"][:15] == comm
+    assert mm["prctl.arg"] == 8 and mm["prctl.ret"] in (-errno.EINVAL, -errno.EPERM) and mm["prctl.name"] == ""
+    assert mm["proc.comm"] == comm  # later events carry the new name
+
+
+def test_module_hook_auto_attaches_only_existing_tracepoints(tmp_path: Path) -> None:
+    """module_hook auto: the module syscalls' own tracepoints when tracefs lists them (never raw_syscalls);
+    this VM's kernel has none (no CONFIG_MODULES), so nothing is attached for modules here."""
+    require_kernel()
+    src = SecuritySource("ebpf_security", SecurityConfig(), make_context("sec"))
+    tps = src.tracepoints()
+    assert not any(tp.startswith("raw_syscalls") for _, tp in tps)
+    have = [sc for sc in ("init_module", "finit_module", "delete_module")
+            if Path(f"/sys/kernel/tracing/events/syscalls/sys_enter_{sc}").is_dir()]
+    assert [tp for prog, tp in tps if prog == "ravn_sec_module_enter"] == [f"syscalls:sys_enter_{sc}" for sc in have]
+    fake = tmp_path / "events" / "syscalls"
+    for sc in ("finit_module", "delete_module"):
+        (fake / f"sys_enter_{sc}").mkdir(parents=True)
+    src.tracefs = tmp_path
+    assert [tp for prog, tp in src.tracepoints() if prog == "ravn_sec_module_enter"] == [
+        "syscalls:sys_enter_finit_module", "syscalls:sys_enter_delete_module"]
+
+
 # ---------------------------------------------------------------------------------------------------- health
 def test_health_counts_every_program(probe: SecuritySource) -> None:
     h = probe.health()

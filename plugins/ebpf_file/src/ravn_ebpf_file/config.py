@@ -12,11 +12,11 @@ Prefix semantics (the same in the kernel's LPM trie and in :class:`PathRules`):
   setuid/setgid chmod, which is always reported).
 
 Why these defaults: reads are reported only where a read alone is the signal (credentials, private keys, shell
-history), because reads under /etc, /usr/lib and /lib happen on every exec (the dynamic loader opens
-/etc/ld.so.cache and the libraries). Writes are reported under the wider set of places attackers persist or
+history, another process's memory), because reads under /etc, /usr/lib and /lib happen on every exec (the dynamic
+loader opens /etc/ld.so.cache and the libraries). Writes are reported under the wider set of places attackers persist or
 tamper with: all of /etc (passwd, group, pam.d, cron, systemd units, ld.so.preload), binaries and libraries, boot,
-cron spools, shell start-up files, logs (clearing), and the kernel knobs used for escapes (core_pattern,
-modprobe, cgroup v1 release_agent).
+cron spools, shell start-up files, logs (clearing), the kernel knobs used for escapes (core_pattern,
+modprobe, cgroup v1 release_agent), and /proc/<pid>/comm (a process renaming itself, or another).
 """
 
 from __future__ import annotations
@@ -45,6 +45,12 @@ DEFAULT_READ: Final[tuple[str, ...]] = (
     "/root/.kube/", "/home/*/.kube/",
     "/root/.bash_history", "/home/*/.bash_history", "/root/.zsh_history", "/home/*/.zsh_history",
     "/root/.python_history", "/home/*/.python_history",
+    "/proc/*/mem",
+)
+#: names of files inside watched directories whose relative read opens (`cd ~/.ssh; cat id_rsa`) are resolved
+DEFAULT_RELATIVE_NAMES: Final[tuple[str, ...]] = (
+    "id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", "id_ecdsa_sk", "id_ed25519_sk", "authorized_keys",
+    "ssh_host_rsa_key", "ssh_host_ecdsa_key", "ssh_host_ed25519_key", "ssh_host_dsa_key", "credentials", "mem",
 )
 DEFAULT_WRITE: Final[tuple[str, ...]] = (
     "/etc/",
@@ -56,6 +62,7 @@ DEFAULT_WRITE: Final[tuple[str, ...]] = (
     "/home/*/.config/autostart/", "/home/*/.config/systemd/", "/root/.config/systemd/",
     "/proc/sys/kernel/core_pattern", "/proc/sys/kernel/modprobe", "/proc/sysrq-trigger",
     "/sys/fs/cgroup/*/release_agent",
+    "/proc/self/comm", "/proc/thread-self/comm", "/proc/*/comm",
 )
 
 
@@ -104,6 +111,13 @@ class FileConfig(BccProbeConfig):
         True, description="send relative-path writes and changes (and reads whose path is a read prefix's last "
                           "component, e.g. 'shadow') to user space, which resolves them via /proc/<pid>/cwd and "
                           "applies the prefixes")
+    relative_names: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_RELATIVE_NAMES),
+        description="file names whose relative read opens are resolved too (besides the last component of each "
+                    "read prefix, file or directory): `cd ~/.ssh; cat id_rsa`")
+    report_world_writable: bool = Field(
+        True, description="report every chmod/fchmod that grants write to others (chmod 777, a+rwx, o+w), "
+                          "wherever the file is; sticky directories (1777) excepted")
     normalize_paths: bool = Field(
         True, description="send absolute paths with '//', '.' or '..' components (/etc//shadow, /tmp/../etc/"
                           "shadow) to user space, which normalises them and applies the prefixes; without it "
@@ -146,10 +160,11 @@ class PathRules:
         for p in cfg.exclude_prefixes:
             classes[p] = CLASS_EXCLUDE
         roots = tuple(dict.fromkeys(p.partition("*")[0] for p in classes if "*" in p))
+        # the last component of each read prefix (file or directory: "shadow", ".ssh") and the relative_names
+        last = (p.rstrip("/").rsplit("/", 1)[1] for p in cfg.read_prefixes)
         names = tuple(dict.fromkeys(
-            name for p in cfg.read_prefixes
-            if not p.endswith("/") and "*" not in (name := p.rsplit("/", 1)[1])
-            and 0 < len(name.encode()) < NAME_LEN))
+            name for name in (*last, *cfg.relative_names)
+            if "*" not in name and "/" not in name and 0 < len(name.encode()) < NAME_LEN))
         return cls(classes, roots, names)
 
     def classify(self, path: str) -> int:

@@ -28,6 +28,7 @@ F_FD: Final = 0x20
 F_TRUNCATED: Final = 0x40
 F_NORMALIZE: Final = 0x80
 F_NEWNORMALIZE: Final = 0x100
+F_PERM: Final = 0x200
 WRITE_FLAGS: Final = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
 
 #: what the decoders count (in the source's health counters)
@@ -101,7 +102,7 @@ def make_decoders(header: Callable[[tuple[Any, ...]], Event], rules: PathRules, 
                     p = resolve_path(v[1], dirfd, both[i])
                     if p is None:
                         counters["relative_unresolved"] += 1
-                        return None if not why & (F_SETID | F_ALL) else (both[0], both[1])
+                        return None if not why & (F_SETID | F_PERM | F_ALL) else (both[0], both[1])
                     both[i] = p
             path, newpath = both
             counters["relative_resolved"] += 1
@@ -109,7 +110,7 @@ def make_decoders(header: Callable[[tuple[Any, ...]], Event], rules: PathRules, 
         if normalized:
             counters["normalized"] += 1
         # the kernel's match on a path as passed stands, unless that path was not normal
-        if why & F_SETID or (why & F_MATCHED and not normalized) or etype in all_types:
+        if why & (F_SETID | F_PERM) or (why & F_MATCHED and not normalized) or etype in all_types:
             return path, newpath
         write = bool(v[_FLAGS] & WRITE_FLAGS) if etype == "open" else True
         if not rules.wanted(etype, path, newpath or None, write, False):

@@ -52,6 +52,7 @@ class FileSource(BccProbe):
             f"-DRAVN_FILE_ALL_MASK={mask}",
             f"-DRAVN_FILE_RELATIVE={int(c.relative_paths)}",
             f"-DRAVN_FILE_NORMALIZE={int(c.normalize_paths)}",
+            f"-DRAVN_FILE_WORLD_WRITABLE={int(c.report_world_writable)}",
             f"-DRAVN_FILE_N_WILD={len(self.rules.roots)}",
             f"-DRAVN_FILE_MAX_RULES={c.max_rules}",
             f"-DRAVN_FILE_MAX_INFLIGHT={c.max_inflight}",

@@ -10,9 +10,9 @@ from ravn_core.bpf import BccProbeConfig
 from ravn_ebpf_security.names import BPF_COMMAND_NUMBERS, BPF_COMMANDS, BPF_MAP_ELEMENT_OPS, CAPABILITY_NUMBERS
 
 EventName = Literal["exec", "fork", "exit", "cred", "ptrace", "module", "capable", "memfd_create", "bpf", "mount",
-                    "unshare", "setns", "dup", "setsid"]
+                    "unshare", "setns", "dup", "setsid", "process_vm", "prctl"]
 ALL_EVENTS: tuple[EventName, ...] = ("exec", "fork", "exit", "cred", "ptrace", "module", "capable", "memfd_create",
-                                     "bpf", "mount", "unshare", "setns", "dup", "setsid")
+                                     "bpf", "mount", "unshare", "setns", "dup", "setsid", "process_vm", "prctl")
 
 #: Capabilities reported by default: the ones that mean "can change the kernel, other processes or the network
 #: stack, or read what it should not". Not CAP_DAC_OVERRIDE/CAP_FOWNER/CAP_CHOWN: root uses them constantly.
@@ -28,19 +28,20 @@ DEFAULT_BPF_COMMANDS: tuple[str, ...] = tuple(c for c in BPF_COMMANDS if c not i
 
 class SecurityConfig(BccProbeConfig):
     """ebpf_security: exec/fork/exit, credential changes, ptrace, modules, capabilities, memfd, bpf, mounts,
-    namespaces, dup onto stdio and new sessions (setsid)."""
+    namespaces, dup onto stdio, new sessions (setsid), cross-process memory access (process_vm) and renames
+    (prctl PR_SET_NAME / PR_SET_MM)."""
 
     events: list[EventName] = Field(
         default_factory=lambda: list(ALL_EVENTS),
-        description="event types to trace; each attaches only its own tracepoints (module also needs "
-                    "module_hook: raw)")
+        description="event types to trace; each attaches only its own tracepoints (module: see module_hook)")
     exec_enoent: bool = Field(
         True, description="report execs that failed with ENOENT (false drops them in the kernel: execvp and "
                           "shells try each PATH directory, so most ENOENT failures are lookups, not attacks)")
-    module_hook: Literal["raw", "off"] = Field(
-        "off", description="raw: see init_module/finit_module/delete_module through raw_syscalls:sys_enter (this "
-                           "kernel has no module syscall tracepoints); costs every syscall of every process ~7% on "
-                           "syscall-heavy loads, so off by default (insmod/modprobe are still seen by exec)")
+    module_hook: Literal["auto", "raw", "off"] = Field(
+        "auto", description="auto: init_module/finit_module/delete_module through their own syscall tracepoints "
+                            "when the kernel has them (free), else not at all (such a kernel cannot load modules; "
+                            "insmod/modprobe are still seen by exec); raw: through raw_syscalls:sys_enter on any "
+                            "kernel, which costs every syscall of every process (~7% on syscall-heavy loads)")
     capabilities: list[str] = Field(default_factory=lambda: list(DEFAULT_CAPABILITIES),
                                     description="capabilities whose checks are reported (CAP_* names)")
     capable_report: Literal["all", "denied", "granted"] = Field(
@@ -75,7 +76,7 @@ class SecurityConfig(BccProbeConfig):
 
     def enabled(self, event: EventName) -> bool:
         if event == "module":
-            return "module" in self.events and self.module_hook == "raw"
+            return "module" in self.events and self.module_hook != "off"
         return event in self.events
 
     def capability_mask(self) -> int:

@@ -16,6 +16,8 @@ from ravn_core.events import Event
 from ravn_ebpf_security.names import (
     CRED_CALLS,
     MODULE_CALLS,
+    PRCTL_OPTIONS,
+    PROCESS_VM_CALLS,
     bpf_command_name,
     capability_name,
     ptrace_request_name,
@@ -246,11 +248,26 @@ def _setsid(v: tuple[Any, ...], ev: Event) -> None:
     ev["setsid.sid"] = v[_RET]
 
 
+def _process_vm(v: tuple[Any, ...], ev: Event) -> None:
+    nr = v[_NR]
+    ev["process_vm.call"] = PROCESS_VM_CALLS.get(nr, str(nr))
+    ev["process_vm.target"] = v[_A0]
+    ev["process_vm.ret"] = v[_RET]
+
+
+def _prctl(v: tuple[Any, ...], ev: Event) -> None:
+    option = v[_A0]
+    ev["prctl.option"] = PRCTL_OPTIONS.get(option, str(option))
+    ev["prctl.name"] = _str(v[_STR])
+    ev["prctl.arg"] = v[_A1]
+    ev["prctl.ret"] = v[_RET]
+
+
 #: event type carried by ravn_sec_event -> its field builder
 SEC_FIELDS: Final[dict[str, Fields]] = {
     "fork": _fork, "exit": _exit, "cred": _cred, "ptrace": _ptrace, "module": _module, "capable": _capable,
     "memfd_create": _memfd, "bpf": _bpf, "unshare": _unshare, "setns": _setns, "dup": _dup,
-    "setsid": _setsid,
+    "setsid": _setsid, "process_vm": _process_vm, "prctl": _prctl,
 }
 
 

@@ -71,3 +71,6 @@ def bpf_command_name(cmd: int) -> str:
 
 def ptrace_request_name(request: int) -> str:
     return PTRACE_REQUESTS.get(request, f"PTRACE_{request:#x}")
+PROCESS_VM_CALLS: Final[dict[int, str]] = {310: "process_vm_readv", 311: "process_vm_writev"}
+#: prctl options the probe reports (linux/prctl.h)
+PRCTL_OPTIONS: Final[dict[int, str]] = {15: "PR_SET_NAME", 35: "PR_SET_MM"}

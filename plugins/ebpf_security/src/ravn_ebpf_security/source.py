@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from ravn_core.bpf import BccProbe, Decoder
+from pathlib import Path
+from typing import ClassVar
+
+from ravn_core.bpf import TRACEFS, BccProbe, Decoder
 from ravn_ebpf_security.config import SecurityConfig
 from ravn_ebpf_security.decode import decoders
 
@@ -10,6 +13,7 @@ CRED_SYSCALLS = ("setuid", "setgid", "setreuid", "setregid", "setresuid", "setre
                  "capset")
 
 ENTER, EXIT = "ravn_sec_sys_enter", "ravn_sec_sys_exit"
+MODULE_SYSCALLS = ("init_module", "finit_module", "delete_module")
 
 
 def _paired(*syscalls: str) -> list[tuple[str, str]]:
@@ -26,6 +30,8 @@ class SecuritySource(BccProbe):
     package = "ravn_ebpf_security"
     bpf_file = "security.bpf.c"
     config: SecurityConfig
+    #: where tracepoints are listed (module_hook: auto attaches the module syscalls' only when they exist)
+    tracefs: ClassVar[Path] = TRACEFS
 
     def probe_cflags(self) -> list[str]:
         c = self.config
@@ -67,8 +73,16 @@ class SecuritySource(BccProbe):
             tps += _paired(*CRED_SYSCALLS)
         if c.enabled("ptrace"):
             tps += _paired("ptrace")
-        if c.enabled("module"):
+        if c.enabled("module") and c.module_hook == "raw":
             tps.append(("ravn_sec_raw_enter", "raw_syscalls:sys_enter"))
+        elif c.enabled("module"):  # auto: the module syscalls' own tracepoints, where the kernel has them
+            tps += [("ravn_sec_module_enter", f"syscalls:sys_enter_{sc}") for sc in MODULE_SYSCALLS
+                    if (self.tracefs / "events" / "syscalls" / f"sys_enter_{sc}").is_dir()]
+        if c.enabled("process_vm"):
+            for sc in ("process_vm_readv", "process_vm_writev"):
+                tps += [("ravn_sec_process_vm_enter", f"syscalls:sys_enter_{sc}"), (EXIT, f"syscalls:sys_exit_{sc}")]
+        if c.enabled("prctl"):
+            tps += [("ravn_sec_prctl_enter", "syscalls:sys_enter_prctl"), (EXIT, "syscalls:sys_exit_prctl")]
         if c.enabled("capable") and c.capabilities:
             tps.append(("ravn_sec_capable", "capability:cap_capable"))
         if c.enabled("memfd_create"):
