@@ -95,7 +95,7 @@ TACTICS: dict[str, str] = {
     "T1007": "discovery", "T1016": "discovery", "T1018": "discovery", "T1033": "discovery", "T1046": "discovery",
     "T1049": "discovery", "T1057": "discovery", "T1069": "discovery", "T1082": "discovery", "T1083": "discovery",
     "T1087": "discovery", "T1124": "discovery", "T1135": "discovery", "T1201": "discovery", "T1518": "discovery",
-    "T1613": "discovery", "T1614": "discovery",
+    "T1217": "discovery", "T1613": "discovery", "T1614": "discovery",
     # lateral movement
     "T1021": "lateral-movement", "T1563": "lateral-movement", "T1570": "lateral-movement",
     # collection
