@@ -3,9 +3,11 @@ workload. Needs root (real probes).
 
     sudo .venv/bin/python bench/detect.py [--analyzers rules|onnx|both] [--only NAME ...] [--markdown]
 
-Prints the coverage table (technique, scenario, detected, level, latency, and one column per analyzer: the
-rules engine and the ML model), the benign workload's alerts, and as the last line one JSON object with at
-least ``scenarios``, ``detected``, ``benign_high`` and ``benign_medium``.
+Prints the coverage table (technique, scenario, detected, level, latency, the scenario's incident: the highest level
+and score its incidents reached and their rules, and one column per analyzer: the rules engine and the ML model),
+the benign workload's alerts and incidents, and as the last line one JSON object with at least ``scenarios``,
+``detected``, ``benign_high`` and ``benign_medium`` (alerts), ``incident_high`` (scenarios whose incident reached
+HIGH) and ``benign_incident_level`` (the highest level a benign incident reached: the host level it caused).
 
 A scenario counts as detected when an alert of at least MEDIUM attributed to it carries its ATT&CK technique;
 for the ML model (whose alerts may carry no technique) any MEDIUM+ alert attributed to it counts in its column.
@@ -24,6 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ravn_core.threat import incident_line
 from tests.scenarios.harness import LEVELS, Daemon, Result
 from tests.scenarios.simulations import ATTACKS, BENIGN_STEPS, SCENARIOS
 
@@ -41,6 +44,15 @@ def _cell(a: dict[str, Any] | None) -> str:
         return "-"
     lat = max(0.0, a["_seen"] - float(a["ts"])) * 1000
     return f"{a['level']} {a['rule']} ({lat:.0f} ms)"
+
+
+def _incident_cell(r: Result) -> str:
+    if not r.incidents:
+        return "-"
+    worst = r.incidents[0]
+    more = f" +{len(r.incidents) - 1}" if len(r.incidents) > 1 else ""
+    return (f"{r.incident_level} {float(worst.get('peak', worst.get('score', 0))):.0f} "
+            f"({len(worst.get('rules') or [])} rules){more}")
 
 
 def main() -> int:
@@ -78,11 +90,13 @@ def main() -> int:
             if args.analyzers != "rules":  # the model's verdicts on the benign processes come at their exits
                 time.sleep(15.0)
                 benign.alerts = daemon.attributed(benign.root_pid, benign.cgroup_id)
+        for r in [*results, *([benign] if benign else [])]:
+            r.incidents = daemon.incidents_of(r.alerts)
     finally:
         rc = daemon.stop()
         daemon.cleanup()
 
-    cols = ["technique", "scenario", "detected", "level", "latency", "rules", "ml (onnx)"]
+    cols = ["technique", "scenario", "detected", "level", "latency", "incident", "rules", "ml (onnx)"]
     rows = []
     for r in results:
         levels = [a["level"] for a in r.matching()]
@@ -90,6 +104,7 @@ def main() -> int:
             r.scenario.technique, r.scenario.name, "yes" if r.detected else "NO",
             max(levels, key=LEVELS.__getitem__) if levels else "-",
             f"{r.latency_s * 1000:.0f} ms" if r.latency_s is not None else "-",
+            _incident_cell(r),
             _cell(_best(r.alerts, ANALYZER_NAMES["rules"], r.scenario.technique))
             if args.analyzers != "onnx" else "n/a",
             _cell(_best(r.alerts, ANALYZER_NAMES["onnx"], None)) if args.analyzers != "rules" else "n/a",
@@ -113,6 +128,9 @@ def main() -> int:
               + (f"; workload error: {benign.error}" if benign.error else ""))
         for a in sorted(benign_alerts, key=lambda a: -LEVELS[a["level"]]):
             print(f"  {a['level']:6} {a['analyzer']}/{a['rule']}: {a['description']}")
+        print(f"benign incidents: {len(benign.incidents)}, highest level {benign.incident_level}")
+        for inc in benign.incidents:
+            print(f"  {incident_line(inc)}")
 
     lat = [r.latency_s * 1000 for r in results if r.latency_s is not None]
     detected_by = {k: sum(1 for r in results if _best(r.alerts, v, r.scenario.technique if k == "rules" else None))
@@ -128,12 +146,17 @@ def main() -> int:
         "latency_max_ms": round(max(lat), 1) if lat else None,
         "benign_high": len(by_level["HIGH"]), "benign_medium": len(by_level["MEDIUM"]),
         "benign_low": len(by_level["LOW"]),
+        "incident_high": sum(r.incident_level == "HIGH" for r in results),
+        "incident_levels": {r.scenario.name: r.incident_level for r in results},
+        "benign_incident_level": benign.incident_level if benign else None,
+        "benign_incidents": [incident_line(i) for i in benign.incidents] if benign else [],
         "benign_alerts": [f"{a['level']} {a['rule']}: {a['description']}" for a in benign_alerts],
         "daemon_startup_s": round(startup, 1), "warm_up_s": round(warm, 1), "daemon_exit": rc,
         "total_s": round(time.time() - t0, 1),
     }
     print(json.dumps(summary))
-    return 0 if summary["detected"] == len(results) and summary["benign_high"] == 0 else 1
+    return 0 if (summary["detected"] == len(results) and summary["benign_high"] == 0
+                 and summary["benign_incident_level"] != "HIGH") else 1
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ main process (a process whose parent is pid 1), unless P is that process: one al
 not pull every later login or job into its incident. So ``setsid nohup ./x &`` from an attacker's shell stays in
 the shell's incident (x's parent belongs to it). When nothing matches, a new incident starts, keyed by P's session
 (sid > 1; for a process whose session is not known yet, its nearest ancestor's) or, with no session known, by its
-ancestry root: the nearest session leader or service main process, else P itself. The joining process's pid and
+ancestry root: the nearest session leader, else the topmost ancestor below a service's main process (P itself when
+P is one). The joining process's pid and
 session are added to the incident. Self-alerts (analyzer ``ravn``: drops, memory, quarantine) form one incident
 of their own, rooted at RAVN.
 
@@ -374,9 +375,11 @@ class IncidentTracker:
                 key, root = f"sid:{sid}", _root(self._proc(sid) or me, alert)
             else:
                 top = me
-                for p in chain:
+                for i, p in enumerate(chain):
+                    if i > 0 and _boundary(p):
+                        break  # not a service's main process: its other children are other lineages
                     top = p
-                    if p.ppid <= 2 or p.pid == p.sid:
+                    if p.pid == p.sid:
                         break
                 key, root = f"pid:{top.pid if top else pid}", _root(top, alert)
             incident = self._by_key.get(key) or self._new(key, root, now)

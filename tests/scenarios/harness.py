@@ -2,14 +2,18 @@
 bench/detect.py.
 
 Contract with the runtime: ``.venv/bin/ravn --config CFG`` prints "RAVN running" on stderr once every component
-started; the ``jsonl`` sink writes one JSON object per line, flushed each (``kind`` = "alert" or "threat");
-SIGTERM stops it cleanly.
+started; the ``jsonl`` sink writes one JSON object per line, flushed each (``kind`` = "alert", "threat" or
+"incidents": the open incidents, at most once a second when they change); SIGTERM stops it cleanly.
 
 Attribution: each simulation runs in its own process (``python -m tests.scenarios.simulations run NAME DIR``)
 inside its own cgroup v2; an alert belongs to it when a triggering event carries that cgroup's id
 (``proc.cgroup``), or, without cgroups, when that process is the alerting process or one of its ancestors (the
 alert's ``evidence.ancestry``, from the daemon's process tree) or the parent of a triggering event. Alerts from the
 rest of the host (other tests, other users) are ignored, so the suite can run on a busy CI machine.
+
+Incidents: every alert names its incident; ``Daemon.incidents_of(alerts)`` gives the latest summaries the daemon
+wrote of those incidents (root, rules in order, score, peak, level), so a result shows what its alerts added up to
+(``Result.incidents``, ``Result.incident_level``: the highest level an incident of the scenario reached).
 """
 
 from __future__ import annotations
@@ -88,6 +92,13 @@ class Result:
     alerts: list[dict[str, Any]] = field(default_factory=list)  # attributed alerts, each with "_seen" (wall s)
     error: str = ""
     cgroup_id: int = 0
+    incidents: list[dict[str, Any]] = field(default_factory=list)  # summaries of the alerts' incidents
+
+    @property
+    def incident_level(self) -> str:
+        """The highest level any incident of the scenario reached (from its peak score, default thresholds)."""
+        peak = max((float(i.get("peak", i.get("score", 0))) for i in self.incidents), default=0.0)
+        return "HIGH" if peak > 80 else "MEDIUM" if peak > 50 else "LOW"
 
     def matching(self, min_level: str = "MEDIUM") -> list[dict[str, Any]]:
         """Attributed alerts of at least ``min_level`` carrying the scenario's technique."""
@@ -178,6 +189,23 @@ class Daemon:
     def alerts(self) -> list[dict[str, Any]]:
         with self._lock:
             return [r for r in self.records if r.get("kind", "alert") == "alert" and "rule" in r]
+
+    def incidents_of(self, alerts: list[dict[str, Any]], wait_s: float = 2.0) -> list[dict[str, Any]]:
+        """The latest summary written of each incident the alerts joined (waiting up to ``wait_s`` for the
+        daemon's next ``incidents`` record to name them all), worst first."""
+        ids = {a["incident"] for a in alerts if a.get("incident")}
+        deadline = time.time() + wait_s
+        while True:
+            latest: dict[str, dict[str, Any]] = {}
+            with self._lock:
+                for rec in self.records:
+                    if rec.get("kind") in ("incidents", "threat"):
+                        for inc in rec.get("incidents") or []:
+                            if inc.get("id") in ids:
+                                latest[inc["id"]] = inc
+            if set(latest) >= ids or time.time() > deadline:
+                return sorted(latest.values(), key=lambda i: -float(i.get("peak", i.get("score", 0))))
+            time.sleep(0.1)
 
     def stop(self) -> int:
         self._stop.set()
@@ -283,6 +311,7 @@ class Daemon:
                 if done(res) or time.time() > deadline:
                     break
                 time.sleep(0.05)
+            res.incidents = self.incidents_of(res.alerts, wait_s=0.0)
         finally:
             shutil.rmtree(work, ignore_errors=True)
             self._remove_cgroup(cgroup)
@@ -297,6 +326,7 @@ class Daemon:
             pid, started, ended, error = self._spawn(["benign", str(work)], cgroup)
             time.sleep(settle_s)
             res = Result(sc, pid, started, ended, self.attributed(pid, cgroup_id), error, cgroup_id)
+            res.incidents = self.incidents_of(res.alerts)
         finally:
             shutil.rmtree(work, ignore_errors=True)
             self._remove_cgroup(cgroup)

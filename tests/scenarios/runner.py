@@ -5,6 +5,10 @@ named make, cc, ...) would otherwise treat every simulation as part of a build w
 ``make test``. The harness starts this runner double-forked (reparented to init) BEFORE the daemon, so the daemon
 seeds it from /proc with ppid 1 and every simulation's ancestry is runner -> init.
 
+Each simulation starts in a session of its own (``setsid``), as an attacker's login or reverse shell would: the
+daemon joins alerts into incidents by session first, so one simulation's alerts form its own incident(s) and are
+never combined with another's.
+
 Protocol: one JSON request a line on the command FIFO (``{"args": [...], "cgroup": path or null}``), one JSON
 reply a line on the reply FIFO (``{"pid", "rc", "err"}``). EOF on the command FIFO ends it. Optional request keys
 (bench/atomic.py): ``argv`` runs that command instead of a simulation, ``cwd`` its directory, ``timeout`` seconds
@@ -43,7 +47,7 @@ def main(cmd_fifo: str, reply_fifo: str, repo: str) -> None:
                 else:
                     proc = subprocess.Popen([sys.executable, "-m", "tests.scenarios.simulations", *req["args"]],
                                             cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                            preexec_fn=enter_cgroup)
+                                            preexec_fn=enter_cgroup, start_new_session=True)
                     try:
                         _, err = proc.communicate(timeout=180)
                     except subprocess.TimeoutExpired:

@@ -1,7 +1,9 @@
 """Detection suite: every attack simulation against ONE real daemon (real probes, real kernel).
 
 Each simulation must raise an alert of at least MEDIUM carrying its ATT&CK technique within 2 s of the
-triggering event; the benign workload must raise no HIGH alert and at most a handful of MEDIUM ones. Runs as
+triggering event, and its alerts must form incidents rooted at the simulation's own process (each simulation runs
+in a session of its own); the benign workload must raise no HIGH alert, no HIGH incident and at most a handful of
+MEDIUM alerts. Runs as
 root in CI (@pytest.mark.kernel); about a minute in all (most of it the daemon compiling its BPF programs and
 the benign workload's venv). bench/detect.py prints the same results as a table.
 """
@@ -47,6 +49,10 @@ def test_attack_detected(daemon: Daemon, name: str) -> None:
     assert res.detected, (f"{name} ({res.scenario.technique}, expected {res.scenario.rules}) not detected at "
                           f"MEDIUM+: {_show(res.alerts)}")
     assert res.latency_s is not None and res.latency_s <= MAX_LATENCY_S, f"latency {res.latency_s:.3f} s"
+    incidents = daemon.incidents_of(res.alerts)
+    assert {a["incident"] for a in res.alerts} == {i["id"] for i in incidents}, "an incident was never reported"
+    assert {i["root"]["pid"] for i in incidents} == {res.root_pid}, (
+        f"{name}: incidents not rooted at the simulation's process {res.root_pid}: {incidents}")
 
 
 @pytest.mark.timeout(180)
@@ -57,3 +63,4 @@ def test_benign_workload_is_quiet(daemon: Daemon) -> None:
     medium = [a for a in res.alerts if a["level"] == "MEDIUM"]
     assert not high, f"HIGH alerts on benign activity: {_show(high)}"
     assert len(medium) <= MAX_BENIGN_MEDIUM, f"too many MEDIUM alerts on benign activity: {_show(medium)}"
+    assert res.incident_level != "HIGH", f"a benign incident reached HIGH: {res.incidents}"

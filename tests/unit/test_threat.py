@@ -116,7 +116,11 @@ def test_ancestry_joins_when_the_session_is_unknown() -> None:
     out, _ = s.process([alert("a", 60, pid=202, tags=C2), alert("b", 60, pid=203, tags=EXEC)], now=0)
     assert out[0].incident == out[1].incident
     [inc] = s.open_incidents(0)
-    assert inc["root"] == {"pid": 200, "comm": "cron", "exe": ""} and inc["key"] == "pid:200"
+    assert inc["root"] == {"pid": 201, "comm": "sh", "exe": ""} and inc["key"] == "pid:201"
+    # another job of the same service is another lineage; an alert on the service itself is its own
+    t.fork(200, 211, "sh").fork(211, 212, "curl")
+    out, _ = s.process([alert("c", 60, pid=212, tags=CREDS), alert("d", 60, pid=200, tags=PERSIST)], now=1)
+    assert len({out[0].incident, out[1].incident, inc["id"]}) == 3
 
 
 def test_setsid_child_of_an_attacker_shell_stays_in_its_incident() -> None:
