@@ -70,15 +70,15 @@ MAX_SIDS = 256
 TACTICS: dict[str, str] = {
     # initial access
     "T1078": "initial-access", "T1133": "initial-access", "T1190": "initial-access", "T1195": "initial-access",
-    "T1199": "initial-access",
+    "T1199": "initial-access", "T1189": "initial-access", "T1200": "initial-access", "T1566": "initial-access",
     # execution
     "T1059": "execution", "T1072": "execution", "T1106": "execution", "T1129": "execution", "T1203": "execution",
-    "T1204": "execution", "T1569": "execution", "T1609": "execution", "T1610": "execution",
+    "T1204": "execution", "T1569": "execution", "T1609": "execution", "T1610": "execution", "T1651": "execution",
     # persistence
     "T1037": "persistence", "T1053": "persistence", "T1098": "persistence", "T1136": "persistence",
     "T1176": "persistence", "T1505": "persistence", "T1525": "persistence", "T1542": "persistence",
     "T1543": "persistence", "T1546": "persistence", "T1547": "persistence", "T1554": "persistence",
-    "T1556": "persistence", "T1574": "persistence",
+    "T1556": "persistence", "T1574": "persistence", "T1205": "persistence",
     # privilege escalation
     "T1055": "privilege-escalation", "T1068": "privilege-escalation", "T1134": "privilege-escalation",
     "T1484": "privilege-escalation", "T1548": "privilege-escalation", "T1611": "privilege-escalation",
@@ -87,34 +87,41 @@ TACTICS: dict[str, str] = {
     "T1070": "defense-evasion", "T1140": "defense-evasion", "T1202": "defense-evasion", "T1211": "defense-evasion",
     "T1218": "defense-evasion", "T1222": "defense-evasion", "T1480": "defense-evasion", "T1497": "defense-evasion",
     "T1562": "defense-evasion", "T1564": "defense-evasion", "T1612": "defense-evasion", "T1620": "defense-evasion",
-    "T1622": "defense-evasion",
+    "T1622": "defense-evasion", "T1553": "defense-evasion", "T1578": "defense-evasion", "T1599": "defense-evasion",
+    "T1600": "defense-evasion", "T1601": "defense-evasion",
     # credential access
     "T1003": "credential-access", "T1040": "credential-access", "T1056": "credential-access",
     "T1110": "credential-access", "T1212": "credential-access", "T1552": "credential-access",
     "T1555": "credential-access", "T1557": "credential-access", "T1558": "credential-access",
+    "T1539": "credential-access", "T1606": "credential-access", "T1621": "credential-access",
     # discovery
     "T1007": "discovery", "T1016": "discovery", "T1018": "discovery", "T1033": "discovery", "T1046": "discovery",
     "T1049": "discovery", "T1057": "discovery", "T1069": "discovery", "T1082": "discovery", "T1083": "discovery",
     "T1087": "discovery", "T1124": "discovery", "T1135": "discovery", "T1201": "discovery", "T1518": "discovery",
-    "T1217": "discovery", "T1613": "discovery", "T1614": "discovery",
+    "T1613": "discovery", "T1614": "discovery", "T1010": "discovery", "T1120": "discovery", "T1217": "discovery",
+    "T1580": "discovery", "T1619": "discovery", "T1652": "discovery", "T1654": "discovery",
     # lateral movement
     "T1021": "lateral-movement", "T1563": "lateral-movement", "T1570": "lateral-movement",
+    "T1080": "lateral-movement", "T1210": "lateral-movement", "T1550": "lateral-movement",
     # collection
     "T1005": "collection", "T1074": "collection", "T1113": "collection", "T1115": "collection",
     "T1119": "collection", "T1123": "collection", "T1125": "collection", "T1560": "collection",
+    "T1025": "collection", "T1039": "collection", "T1114": "collection", "T1185": "collection",
+    "T1213": "collection", "T1530": "collection", "T1602": "collection",
     # command and control
     "T1001": "command-and-control", "T1008": "command-and-control", "T1071": "command-and-control",
     "T1090": "command-and-control", "T1095": "command-and-control", "T1102": "command-and-control",
     "T1105": "command-and-control", "T1132": "command-and-control", "T1219": "command-and-control",
     "T1568": "command-and-control", "T1571": "command-and-control", "T1572": "command-and-control",
-    "T1573": "command-and-control",
+    "T1573": "command-and-control", "T1104": "command-and-control", "T1659": "command-and-control",
     # exfiltration
     "T1020": "exfiltration", "T1030": "exfiltration", "T1041": "exfiltration", "T1048": "exfiltration",
-    "T1537": "exfiltration", "T1567": "exfiltration",
+    "T1537": "exfiltration", "T1567": "exfiltration", "T1011": "exfiltration", "T1029": "exfiltration",
+    "T1052": "exfiltration",
     # impact
     "T1485": "impact", "T1486": "impact", "T1489": "impact", "T1490": "impact", "T1491": "impact",
     "T1496": "impact", "T1498": "impact", "T1499": "impact", "T1529": "impact", "T1531": "impact",
-    "T1561": "impact", "T1565": "impact",
+    "T1561": "impact", "T1565": "impact", "T1495": "impact", "T1657": "impact",
 }
 
 
