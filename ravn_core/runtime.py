@@ -1045,7 +1045,8 @@ class Runtime:
         now = time.time()
         with self._threat_lock:
             threat = {h: {"level": s.level, "score": s.score, "incidents": s.open_incidents(now, 50),
-                          "counters": dict(s.counters)} for h, s in self.scorers.items()}
+                          "open_by_level": s.open_by_level(), "counters": dict(s.counters)}
+                      for h, s in self.scorers.items()}
         mine = threat.get(self.hostname, {"level": "LOW", "score": 0.0, "incidents": []})
         degraded = [n for n, c in components.items() if c["state"] != "ok"]
         return {

@@ -335,6 +335,14 @@ class IncidentTracker:
         shown.sort(key=lambda i: (i.score, i.last_ts), reverse=True)
         return [i.summary(now) for i in shown[:limit]]
 
+    def open_by_level(self) -> dict[str, int]:
+        """How many shown incidents are open at each level (for /metrics)."""
+        out = dict.fromkeys(_LEVELS, 0)
+        for i in self._open.values():
+            if not i.corroborated_only:
+                out[i.level] += 1
+        return out
+
     def take_changed(self, now: float) -> list[dict[str, Any]] | None:
         """The open incidents when they changed since the last call (for ``Sink.emit_incidents``), else None."""
         if not self.changed:

@@ -257,6 +257,21 @@ class RavnCollector:
             score.add_metric([host], float(t["score"]))
             lvl.add_metric([host], float(LEVEL_VALUE.get(t["level"], 0)))
         yield from (score, lvl)
+        inc = GaugeMetricFamily("ravn_incidents_open", "open incidents of a host, by level (held corroboration "
+                                "not counted)", labels=["host", "level"])
+        ic = {name: CounterMetricFamily(f"ravn_incidents_{name}", text, labels=["host"]) for name, text in (
+            ("opened", "incidents opened"), ("closed", "incidents closed after ravn.threat.incident_window_s quiet"),
+            ("evicted", "incidents evicted over ravn.threat.max_incidents"))}
+        held = CounterMetricFamily("ravn_corroboration_held", "corroborating alerts kept in an incident of their own "
+                                   "kind only, not sent to the sinks", labels=["host"])
+        for host, t in status["hosts"].items():
+            for level, n in (t.get("open_by_level") or {}).items():
+                inc.add_metric([host, level], float(n))
+            counters = t.get("counters") or {}
+            for name, fam in ic.items():
+                fam.add_metric([host], float(counters.get(f"incidents_{name}", 0)))
+            held.add_metric([host], float(counters.get("corroboration_held", 0)))
+        yield from (inc, *ic.values(), held)
 
         # ---- process tree (bounded by ravn.proctree_max)
         pt = GaugeMetricFamily("ravn_proctree_processes", "processes held in the process tree", labels=["host"])

@@ -87,6 +87,9 @@ def test_healthz_metrics_and_status(tmp_path: Path) -> None:
         assert sample(m, "ravn_alerts_total", level="HIGH", rule="count") == rt.counters["alerts_emitted"]
         assert sample(m, "ravn_component_restarts_total", component="source:test_source") == 0
         assert sample(m, "ravn_threat_level", host=rt.hostname) == 2
+        high = sample(m, "ravn_incidents_open", host=rt.hostname, level="HIGH")
+        assert high >= 1 and sample(m, "ravn_incidents_opened_total", host=rt.hostname) >= high
+        assert sample(m, "ravn_incidents_evicted_total", host=rt.hostname) == 0
         assert sample(m, "process_resident_memory_bytes") > 10e6
         assert sample(m, "process_cpu_seconds_total") > 0
         assert sample(m, "ravn_healthy") == 1
