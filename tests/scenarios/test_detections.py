@@ -3,18 +3,15 @@
 Each simulation must raise an alert of at least MEDIUM carrying its ATT&CK technique within 2 s of the
 triggering event, and its alerts must form incidents rooted at the simulation's own process (each simulation runs
 in a session of its own); the benign workload must raise no HIGH alert, no HIGH incident and at most a handful of
-MEDIUM alerts. Runs as
-root in CI (@pytest.mark.kernel); about a minute in all (most of it the daemon compiling its BPF programs and
-the benign workload's venv). bench/detect.py prints the same results as a table.
+MEDIUM alerts. Runs as root in CI (@pytest.mark.kernel); about a minute in all (most of it the daemon compiling its
+BPF programs and the benign workload's venv). The daemon is conftest.py's. bench/detect.py prints the same results
+as a table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from ravn_core.testing import require_kernel
 from tests.scenarios.harness import Daemon
 from tests.scenarios.simulations import ATTACKS, SCENARIOS
 
@@ -22,19 +19,6 @@ pytestmark = pytest.mark.kernel
 
 MAX_LATENCY_S = 2.0
 MAX_BENIGN_MEDIUM = 3
-
-
-@pytest.fixture(scope="session")
-def daemon() -> Iterator[Daemon]:
-    require_kernel()
-    d = Daemon()
-    try:
-        d.warm_up()
-        yield d
-    finally:
-        rc = d.stop()
-        d.cleanup()
-    assert rc == 0, f"ravn exited {rc} on SIGTERM:\n{''.join(d.stderr_lines[-20:])}"
 
 
 def _show(alerts: list[dict[str, object]]) -> str:
