@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 from ravn_analyzers.onnx.analyzer import OnnxAnalyzer, OnnxConfig, default_model_path
+from ravn_analyzers.onnx.model import ModelError, Scorer
 from ravn_analyzers.onnx.tokens import display
 
 from ravn_core.components import BatchContext
@@ -53,10 +55,11 @@ def test_normal_stream_is_quiet_and_anomalous_one_alerts_with_evidence(cyclic_mo
     assert [a.pid for a in alerts] == [300]
     a = alerts[0]
     assert a.analyzer == "analyzer_onnx" and a.rule == "cyclic-test" and a.comm == "evil"
-    # capped at max_score (80): an anomaly alone is MEDIUM for the threat scorer; the level is the core's to set
-    assert a.score == 80 and a.tags[0] == "anomaly"
-    uncapped = build(cyclic_model(), max_score=100).analyze(batch, ctx(tree))
-    assert [x.score for x in uncapped] == [100]
+    # corroboration by default: the model's own score, flagged for the core, which keeps it LOW and adds it to
+    # the process's incident
+    assert a.score == 100 and a.corroboration and a.tags[0] == "anomaly"
+    assert "(corroboration)" in a.description
+    assert "corroboration only (own_alerts is off)" in an.health().detail
     ev = a.evidence
     assert ev["model"] == "cyclic-test" and ev["model_version"] == "0.0.1"
     assert ev["process_score_nats"] > 6 and ev["threshold_nats"] == 1.0
@@ -347,3 +350,89 @@ def test_inference_memory_is_taken_at_load() -> None:
     for n in [*range(1, 17), *range(16, 0, -1), 64, 128]:
         an.scorer.run(np.full((n, an.window), 3, dtype=np.int64))
     assert anon_rss_bytes() - before < 3 * 1024 * 1024
+
+
+# ---------------------------------------------------------------------------------------------- own alerts
+def learning(**over: Any) -> str:
+    base = {"host": "testhost", "threshold_nats": 1.0, "strong_threshold_nats": 2.0, "heldout_hours": 6.0,
+            "medium_alerts": 3, "fa_per_hour": 0.5, "budget_per_hour": 1.0, "budget_met": True}
+    return json.dumps({**base, **over})
+
+
+def anomalous_alert(an: OnnxAnalyzer, host: str = "testhost") -> Any:
+    alerts = an.analyze(syscalls(300, scrambled(200), "evil"), BatchContext(host, ProcessTree(), time.time()))
+    assert len(alerts) == 1
+    return alerts[0]
+
+
+def test_own_alerts_only_for_a_learned_model_that_met_its_budget_on_this_host(cyclic_model: Any) -> None:
+    met = cyclic_model("met.onnx", **{"ravn.learning": learning()})
+    # met, and asked for: an alert of its own, at most MEDIUM (80)
+    an = build(met, own_alerts=True)
+    a = anomalous_alert(an)
+    assert not a.corroboration and a.score == 80 and "(corroboration)" not in a.description
+    assert "own alerts (measured 0.50 MEDIUM false alarms per host-hour on 6.00 h held back on testhost)" \
+        in an.health().detail
+    # ... for the host it learned only: another host's batches (fleet mode) get corroboration
+    assert anomalous_alert(an, host="otherhost").corroboration
+    # met, not asked for: corroboration
+    an = build(met)
+    assert anomalous_alert(an).corroboration and "own_alerts is off" in an.health().detail
+    # a stricter own_alerts_budget than the measured rate: corroboration, and the reason
+    an = build(met, own_alerts=True, own_alerts_budget=0.25)
+    assert anomalous_alert(an).corroboration
+    assert "not within own_alerts_budget (0.25 per host-hour)" in an.health().detail
+    # a budget never loosened beyond 1 MEDIUM per host-hour
+    with pytest.raises(ValueError, match="less than or equal to 1"):
+        OnnxConfig(own_alerts_budget=2.0)
+    # not met at learning time
+    missed = cyclic_model("missed.onnx", **{"ravn.learning": learning(fa_per_hour=4.0, budget_met=False)})
+    an = build(missed, own_alerts=True)
+    assert anomalous_alert(an).corroboration
+    assert "measured 4.00 MEDIUM false alarms per host-hour" in an.health().detail
+    assert "not within its learning budget (1 per host-hour)" in an.health().detail
+    # no learning metadata at all (e.g. the shipped model)
+    an = build(cyclic_model(), own_alerts=True)
+    assert anomalous_alert(an).corroboration
+    assert "no false-alarm rate measured on this host (make one with `ravn learn`)" in an.health().detail
+
+
+def test_a_learned_model_brings_its_budget_thresholds(cyclic_model: Any) -> None:
+    """A learned model's thresholds (calibrated to the false-alarm budget) replace the per-process ones, unless
+    fa_rate is set explicitly."""
+    high = cyclic_model("high.onnx", **{"ravn.learning": learning(threshold_nats=50.0, strong_threshold_nats=60.0)})
+    assert build(high).analyze(syscalls(300, scrambled(200)), ctx()) == []  # ~8 nats: far below 50
+    assert len(build(high, fa_rate=0.01).analyze(syscalls(300, scrambled(200)), ctx())) == 1
+
+
+@pytest.mark.parametrize(("over", "expect"), [
+    ({"budget_met": "yes"}, "ravn.learning['budget_met'] is 'yes', not a bool"),
+    ({"fa_per_hour": True}, "ravn.learning['fa_per_hour'] is True, not a number"),
+    ({"threshold_nats": 3.0}, "0 < threshold_nats <= strong_threshold_nats"),
+])
+def test_bad_learning_metadata_is_refused(cyclic_model: Any, over: dict[str, Any], expect: str) -> None:
+    h = build(cyclic_model(**{"ravn.learning": learning(**over)})).health()
+    assert h.state == "degraded" and expect in h.detail
+
+
+def test_oversized_model_file_is_refused_naming_it_and_the_limit(tmp_path: Path, cyclic_model: Any) -> None:
+    path = cyclic_model()
+    size = path.stat().st_size
+    limit_mb = (size - 1) / 1048576
+    an = build(path, max_model_mb=limit_mb)
+    h = an.health()
+    assert h.state == "degraded"
+    assert f"model file {path} is larger than the limit of {size - 1} bytes" in h.detail
+    assert an.analyze(syscalls(1, scrambled(100)), ctx()) == []
+    # exactly at the limit loads
+    assert build(path, max_model_mb=size / 1048576).health().state == "ok"
+    # the read is bounded, so a FIFO that never ends is refused too, not read forever
+    fifo = tmp_path / "endless.onnx"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f"yes x > {fifo}"])
+    try:
+        with pytest.raises(ModelError, match=f"model file {fifo} is larger than the limit of 1000 bytes"):
+            Scorer(str(fifo), max_bytes=1000)
+    finally:
+        writer.kill()
+        writer.wait()

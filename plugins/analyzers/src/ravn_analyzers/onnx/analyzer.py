@@ -5,9 +5,16 @@ Each process's events become a token stream (tokens.py). Once a process has a fu
 every process in the batch is stacked and scored in ONE ``session.run``. The model returns each token's
 surprise (negative log-likelihood, nats); a process's score is the mean surprise over its last ``horizon``
 scored tokens. That mean is mapped to 0-100 through the model's calibration (the threshold at ``fa_rate`` on
-held-back normal processes maps to 50, the one at ``strong_fa_rate`` to 75) and an alert is raised when it
-reaches ``alert_score``. An exited process (``exit_grace_s`` after its exit event, which comes before its last
-syscall summary) and an idle one get a final score on their partial window in ``tick``.
+held-back normal processes maps to 50, the one at ``strong_fa_rate`` to 75; a model made by ``ravn learn``
+brings thresholds calibrated to a false-alarm budget per host-hour instead) and the process is reported when
+it reaches ``alert_score``. An exited process (``exit_grace_s`` after its exit event, which comes before its
+last syscall summary) and an idle one get a final score on their partial window in ``tick``.
+
+The model corroborates; it does not accuse. Its alerts carry ``corroboration=True``: the core keeps them LOW
+and adds their score (with a capped weight) to the incident of the process they name. Only a model whose
+metadata (``ravn.learning``) shows that it met the false-alarm budget on held-back data of this host, with
+``own_alerts`` set, raises alerts of its own, at most ``OWN_MAX_SCORE`` (MEDIUM); ``health()`` and the log
+say which mode is in force and why.
 
 The analyzer never folds or threat-scores: that is the core's job (ravn_core/threat.py).
 
@@ -34,12 +41,13 @@ from ravn_analyzers.onnx.model import (
     RUN_WINDOWS,
     UNK,
     ModelError,
+    ModelInfo,
     RunningScore,
     Scorer,
     ScoringParams,
     Windower,
     pack,
-    score_to_100,
+    scale_to_100,
 )
 from ravn_analyzers.onnx.tokens import TECHNIQUE_HINTS, display, event_tokens
 from ravn_core.components import Alert, Analyzer, BatchContext, Health, PluginConfig, RuntimeContext
@@ -47,6 +55,10 @@ from ravn_core.errors import DidNotEnable
 from ravn_core.events import Batch
 
 DEFAULT_MODEL = "default"
+#: ceiling of an own (non-corroboration) alert's score: MEDIUM at most, HIGH only through an incident
+OWN_MAX_SCORE = 80
+#: the false-alarm budget a model must have met for own alerts: MEDIUM alerts per host-hour of held-back data
+FA_BUDGET_PER_HOUR = 1.0
 
 
 def default_model_path() -> str:
@@ -61,12 +73,19 @@ class OnnxConfig(PluginConfig):
     window: int | None = Field(None, ge=8, le=4096, description="tokens per window (default: the model's)")
     stride: int | None = Field(None, ge=1, le=4096,
                                description="new tokens per window (default: window minus the model's context)")
-    fa_rate: float = Field(0.01, gt=0, lt=1, description="calibrated false-alarm rate whose threshold maps to 50")
-    strong_fa_rate: float = Field(0.001, gt=0, lt=1, description="calibrated rate whose threshold maps to 75")
+    fa_rate: float | None = Field(None, gt=0, lt=1, description="calibrated per-process false-alarm rate whose "
+                                  "threshold maps to 50 (default: a learned model's budget threshold, else 0.01)")
+    strong_fa_rate: float = Field(0.001, gt=0, lt=1, description="calibrated rate whose threshold maps to 75 "
+                                  "(with fa_rate set, or a model without learned thresholds)")
     threshold: float | None = Field(None, gt=0, description="override: mean surprise (nats) that maps to 50")
-    alert_score: int = Field(50, ge=1, le=100, description="alert when a process's 0-100 score reaches this")
-    max_score: int = Field(80, ge=1, le=100, description="ceiling of the model's alert scores: at the default 80 an "
-                           "anomaly alone is at most MEDIUM (HIGH is above 80) and needs a rule alert to escalate")
+    alert_score: int = Field(50, ge=1, le=100, description="report a process when its 0-100 score reaches this "
+                             "(a LOW corroboration alert, unless own_alerts applies)")
+    own_alerts: bool = Field(False, description="let the model raise alerts of its own (at most MEDIUM), honoured "
+                             "only for a model from `ravn learn` on this host that met its false-alarm budget")
+    own_alerts_budget: float = Field(FA_BUDGET_PER_HOUR, gt=0, le=FA_BUDGET_PER_HOUR,
+                                     description="own_alerts needs the model's measured MEDIUM false alarms per "
+                                     "host-hour (held-back data) to be at most this")
+    max_model_mb: float = Field(16.0, gt=0, le=1024, description="a larger model file is refused (not loaded)")
     min_events: int | None = Field(None, ge=1, description="scored tokens before a live process can alert "
                                                            "(default: the model's calibration setting)")
     exit_min_events: int | None = Field(None, ge=1, description="scored tokens for a final score at exit/idle")
@@ -159,7 +178,8 @@ class OnnxAnalyzer(Analyzer):
         """Load the model file; on failure keep a working model, or step aside. True when a new one loaded."""
         self._mtime = self._stat()
         try:
-            scorer = Scorer(self.model_path, threads=self.config.threads)
+            scorer = Scorer(self.model_path, threads=self.config.threads,
+                            max_bytes=int(self.config.max_model_mb * 1024 * 1024))
             self._check(scorer)
         except ModelError as exc:
             if self.scorer is not None and not self.reason:
@@ -178,7 +198,8 @@ class OnnxAnalyzer(Analyzer):
         self.scoring = ScoringParams(self.config.min_events or sc.min_events,
                                      self.config.exit_min_events or sc.exit_min_events,
                                      self.config.horizon or sc.horizon)
-        self.t50 = self.config.threshold or info.calibration.threshold(self.config.fa_rate)
+        self.t50, self.t75 = self._thresholds(info)
+        self.own_host, self.mode = self._own_alerts(info)
         self._procs.clear()
         self._exits.clear()
         self._strikes = 0
@@ -186,9 +207,39 @@ class OnnxAnalyzer(Analyzer):
             self.log.warning("model %s %s back in use (was: %s)", info.name, info.version, self.reason)
         self.reason = ""
         self.retryable = False
-        self.log.info("model %s %s loaded from %s (window %d, context %d, threshold %.3f nats)", info.name,
-                      info.version, self.model_path, self.window, self.ctx_len, self.t50)
+        self.log.info("model %s %s loaded from %s (window %d, context %d, threshold %.3f nats); %s", info.name,
+                      info.version, self.model_path, self.window, self.ctx_len, self.t50, self.mode)
         return True
+
+    def _thresholds(self, info: ModelInfo) -> tuple[float, float]:
+        """(nats at 50, nats at 75): the ``threshold`` override, else a learned model's budget thresholds (unless
+        ``fa_rate`` is set), else the per-process calibration at ``fa_rate`` / ``strong_fa_rate``."""
+        cfg = self.config
+        if cfg.threshold:
+            return cfg.threshold, cfg.threshold * 1.25
+        if cfg.fa_rate is None and info.learning is not None:
+            return float(info.learning["threshold_nats"]), float(info.learning["strong_threshold_nats"])
+        cal = info.calibration
+        return cal.threshold(cfg.fa_rate or 0.01), cal.threshold(cfg.strong_fa_rate)
+
+    def _own_alerts(self, info: ModelInfo) -> tuple[str | None, str]:
+        """(the host whose batches may get own alerts, or None; the mode in one line, for health and the log)."""
+        learning = info.learning
+        if not self.config.own_alerts:
+            return None, "corroboration only (own_alerts is off)"
+        if learning is None:
+            return None, ("corroboration only: own_alerts is on, but the model has no false-alarm rate measured "
+                          "on this host (make one with `ravn learn`)")
+        rate, hours, host = learning["fa_per_hour"], learning["heldout_hours"], learning["host"]
+        measured = f"{rate:.2f} MEDIUM false alarms per host-hour on {hours:.2f} h held back on {host}"
+        if not learning["budget_met"] or rate > self.config.own_alerts_budget:
+            return None, (f"corroboration only: own_alerts is on, but the model measured {measured}, not within "
+                          f"{'its learning budget' if not learning['budget_met'] else 'own_alerts_budget'} "
+                          f"({min(learning['budget_per_hour'], self.config.own_alerts_budget):g} per host-hour)")
+        if host != self.context.host:
+            return host, (f"own alerts for host {host} only (measured {measured}); corroboration only for "
+                          f"other hosts (this host is {self.context.host})")
+        return host, f"own alerts (measured {measured})"
 
     def _check(self, scorer: Scorer) -> None:
         """One inference of the largest run: a model that loads but cannot run on [N, window] int64 is not usable.
@@ -399,17 +450,13 @@ class OnnxAnalyzer(Analyzer):
         scorer = self.scorer
         assert scorer is not None
         value = p.score.mean()
-        cal = scorer.info.calibration
-        if self.config.threshold:
-            t50 = self.config.threshold
-            score = int(max(0, min(100, round(50 * value / t50 if value <= t50 else 50 + 25 * (value - t50) /
-                                              (0.25 * t50)))))
-        else:
-            t50 = cal.threshold(self.config.fa_rate)
-            score = score_to_100(value, cal, self.config.fa_rate, self.config.strong_fa_rate)
+        t50 = self.t50
+        score = scale_to_100(value, t50, self.t75)
         if score < self.config.alert_score:
             return None
-        score = min(score, self.config.max_score)
+        own = self.own_host is not None and ctx.host == self.own_host
+        if own:
+            score = min(score, OWN_MAX_SCORE)
         now = ctx.now
         if p.alerted_at and now - p.alerted_at < self.config.realert_s and score < p.alerted_score + 10:
             return None
@@ -429,9 +476,8 @@ class OnnxAnalyzer(Analyzer):
             rule=info.name,
             score=score,
             description=(f"unusual syscall/event sequence for {p.comm or '?'} (pid {pid}): mean surprise "
-                         f"{value:.2f} nats over its last {p.score.count} events, above the "
-                         f"{self.config.fa_rate:.1%} false-alarm threshold {t50:.2f} of model {info.name} "
-                         f"{info.version}"),
+                         f"{value:.2f} nats over its last {p.score.count} events, threshold {t50:.2f} of model "
+                         f"{info.name} {info.version}" + ("" if own else " (corroboration)")),
             pid=pid,
             comm=p.comm,
             tags=tags,
@@ -446,6 +492,7 @@ class OnnxAnalyzer(Analyzer):
                 "lineage": ctx.proctree.lineage(pid),
             },
             host=ctx.host,
+            corroboration=not own,
         )
 
     # ------------------------------------------------------------------------------------------ status
@@ -455,11 +502,12 @@ class OnnxAnalyzer(Analyzer):
         if self.scorer is None:
             return Health("degraded", self.reason, counters)
         info = self.scorer.info
-        return Health("ok", f"model {info.name} {info.version}", counters)
+        return Health("ok", f"model {info.name} {info.version}; {self.mode}", counters)
 
     def describe(self) -> dict[str, Any]:
         return {"model_path": self.model_path, "reason": self.reason,
-                "model": None if self.scorer is None else self.scorer.info.name}
+                "model": None if self.scorer is None else self.scorer.info.name,
+                "mode": "" if self.scorer is None else self.mode}
 
     def close(self) -> None:
         self.scorer = None

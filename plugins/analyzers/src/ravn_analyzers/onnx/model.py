@@ -18,12 +18,14 @@ Metadata (``metadata_props``, all strings):
   ravn.scoring           JSON: {"min_events", "exit_min_events", "horizon"} used for calibration
   ravn.calibration       JSON: {"thresholds": {"0.01": x, "0.001": y}, "n_heldout": n, "score": "mean_nll"}
   ravn.trained_on        one line: what data, how many sequences/tokens
+  ravn.learning          optional, written by ``ravn learn`` (learn.py): JSON with the host it learned, its
+                         budget-calibrated thresholds and the false alarms per host-hour measured on held-back data
+                         of that host (LEARNING_KEYS); the analyzer lets only such a model alert on its own
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +43,15 @@ OUTPUT_NAME = "nll"
 #: shipped model, +74 MB of private memory after one run of 128 windows, +12 MB at 16; and 16 windows per run
 #: scored the most tokens per second (2.4M vs 1.5M at 128: the working set stays in cache).
 RUN_WINDOWS: Final = 16
+#: default ceiling of a model file's size: the shipped model is 46 KB, a 4096-token vocabulary with the default
+#: architecture about 1 MB; onnxruntime would otherwise read any size the path points at into memory
+MAX_MODEL_BYTES: Final = 16 * 1024 * 1024
+#: keys of ``ravn.learning`` and their types (checked on load)
+LEARNING_KEYS: Final[dict[str, type | tuple[type, ...]]] = {
+    "host": str, "threshold_nats": (int, float), "strong_threshold_nats": (int, float),
+    "heldout_hours": (int, float), "medium_alerts": int, "fa_per_hour": (int, float),
+    "budget_per_hour": (int, float), "budget_met": bool,
+}
 
 
 class ModelError(Exception):
@@ -87,6 +98,8 @@ class ModelInfo:
     calibration: Calibration
     trained_on: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    #: ``ravn.learning`` (validated against LEARNING_KEYS), or None for a model not made by ``ravn learn``
+    learning: dict[str, Any] | None = None
 
     def token_ids(self) -> dict[str, int]:
         return {t: i + 2 for i, t in enumerate(self.vocab)}
@@ -118,8 +131,28 @@ def parse_metadata(props: dict[str, str]) -> ModelInfo:
     if window <= context or context < 0:
         raise ModelError(f"bad RAVN metadata: window {window} must exceed context {context}")
     extra = {k: v for k, v in props.items() if not k.startswith("ravn.")}
+    learning = parse_learning(props["ravn.learning"]) if "ravn.learning" in props else None
     return ModelInfo(props.get("ravn.model_name", "unnamed"), props.get("ravn.model_version", "0"), vocab, window,
-                     context, scoring, calibration, props.get("ravn.trained_on", ""), extra)
+                     context, scoring, calibration, props.get("ravn.trained_on", ""), extra, learning)
+
+
+def parse_learning(text: str) -> dict[str, Any]:
+    """``ravn.learning``: a JSON object with every key of LEARNING_KEYS of its type; raise ModelError naming the
+    first problem."""
+    try:
+        learning = json.loads(text)
+    except ValueError as exc:
+        raise ModelError(f"bad RAVN metadata: ravn.learning is not JSON: {exc}") from exc
+    if not isinstance(learning, dict):
+        raise ModelError("bad RAVN metadata: ravn.learning is not a JSON object")
+    for key, typ in LEARNING_KEYS.items():
+        value = learning.get(key)
+        if not isinstance(value, typ) or (typ is not bool and isinstance(value, bool)):
+            raise ModelError(f"bad RAVN metadata: ravn.learning[{key!r}] is {value!r}, not a "
+                             f"{'number' if isinstance(typ, tuple) else typ.__name__}")
+    if not 0 < learning["threshold_nats"] <= learning["strong_threshold_nats"]:
+        raise ModelError("bad RAVN metadata: ravn.learning needs 0 < threshold_nats <= strong_threshold_nats")
+    return learning
 
 
 class Scorer:
@@ -127,19 +160,22 @@ class Scorer:
 
     :param source: a path or the model's bytes.
     :param threads: intra-op threads (1 = one core).
+    :param max_bytes: a larger model (file or bytes) is refused with a ModelError naming it and the limit; the
+        file is read here, at most ``max_bytes + 1`` bytes of it, so a file that grows after a check is refused too.
     """
 
-    def __init__(self, source: str | bytes, threads: int = 1) -> None:
+    def __init__(self, source: str | bytes, threads: int = 1, max_bytes: int = MAX_MODEL_BYTES) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:  # the factory turns this into DidNotEnable
             raise ModelError(f"onnxruntime is not importable: {exc}") from exc
         if isinstance(source, str):
-            if not os.path.exists(source):
-                raise ModelError(f"model file {source} does not exist")
             self.path: str | None = source
+            source = read_model_file(source, max_bytes)
         else:
             self.path = None
+            if len(source) > max_bytes:
+                raise ModelError(f"model bytes: {len(source)} bytes, over the limit of {max_bytes} bytes")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -189,6 +225,22 @@ class Scorer:
         if result.shape != windows.shape:
             raise ModelError(f"model returned shape {result.shape} for input {windows.shape}")
         return result
+
+
+def read_model_file(path: str, max_bytes: int = MAX_MODEL_BYTES) -> bytes:
+    """The bytes of a model file, refused with a ModelError naming the file when it is missing, unreadable or
+    larger than ``max_bytes`` (read in one bounded read: the limit holds even for a file that grows or a FIFO)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise ModelError(f"model file {path} does not exist") from None
+    except OSError as exc:
+        raise ModelError(f"model file {path} cannot be read: {exc.strerror or exc}") from exc
+    if len(data) > max_bytes:
+        raise ModelError(f"model file {path} is larger than the limit of {max_bytes} bytes "
+                         f"({max_bytes / 1048576:g} MiB; analyzer_onnx max_model_mb)")
+    return data
 
 
 # ---------------------------------------------------------------------------------------------- windows
@@ -311,8 +363,12 @@ def score_to_100(value: float, calibration: Calibration, fa_rate: float, strong_
     """Map a running mean NLL to 0-100: the threshold at ``fa_rate`` maps to 50, the one at ``strong_fa_rate``
     (rarer) to 75, linear between and beyond (clipped); below the first threshold linear from 0 at NLL 0.
     """
-    t1 = calibration.threshold(fa_rate)
-    t2 = calibration.threshold(strong_fa_rate)
+    return scale_to_100(value, calibration.threshold(fa_rate), calibration.threshold(strong_fa_rate))
+
+
+def scale_to_100(value: float, t1: float, t2: float) -> int:
+    """Map a running mean NLL to 0-100: ``t1`` (nats) maps to 50, ``t2`` to 75 (``1.25 * t1`` when ``t2`` is not
+    above ``t1``), linear between and beyond (clipped); below ``t1`` linear from 0 at NLL 0."""
     if t2 <= t1:
         t2 = t1 * 1.25 + 1e-6
     if value <= t1:
