@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 _SYS_BPF: Final = 321  # x86_64
 _LOOKUP, _UPDATE, _DELETE, _NEXT_KEY = 1, 2, 3, 4
+_LOOKUP_BATCH, _DELETE_BATCH = 24, 27
+_ENOENT, _EINVAL, _ENOSPC, _EOPNOTSUPP, _ENOTSUPP = 2, 22, 28, 95, 524
 _PERCPU_TYPES: Final = frozenset({5, 6, 10})  # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH
 _FDS_PER_MESSAGE: Final = 200  # the kernel takes at most 253 (SCM_MAX_FD) per message
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -49,6 +51,14 @@ class _ElemAttr(ctypes.Structure):
 
     _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
                 ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+class _BatchAttr(ctypes.Structure):
+    """The batch part of ``union bpf_attr`` (BPF_MAP_LOOKUP_BATCH, BPF_MAP_DELETE_BATCH)."""
+
+    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64), ("keys", ctypes.c_uint64),
+                ("values", ctypes.c_uint64), ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
+                ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
 
 
 _UINTS: Final[dict[int, Any]] = {1: ctypes.c_uint8, 2: ctypes.c_uint16, 4: ctypes.c_uint32, 8: ctypes.c_uint64}
@@ -149,6 +159,66 @@ class FdMap:
             value = self._lookup(self._buf(key, self.key_size, self.Key))
             if value is not None:  # deleted since the key was listed
                 yield key, value
+
+
+    def read_all(self, chunk: int = 256) -> tuple[bytes, bytes, int]:
+        """Every entry at once: (keys, values) each packed back to back as the kernel stores them, and how many.
+
+        BPF_MAP_LOOKUP_BATCH, ``chunk`` entries per ``bpf(2)`` call instead of two calls per entry; maps whose
+        kernel has no batch lookup are read key by key. Not for per-CPU maps."""
+        if self.percpu:
+            raise NotImplementedError(f"bpf map {self.name}: read_all of a per-CPU map")
+        ks, vs = self.key_size, self.value_size
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        total = 0
+        token_in, token_out = ctypes.create_string_buffer(8), ctypes.create_string_buffer(8)
+        kbuf, vbuf = ctypes.create_string_buffer(ks * chunk), ctypes.create_string_buffer(vs * chunk)
+        first = True
+        while True:
+            attr = _BatchAttr(0 if first else ctypes.addressof(token_in), ctypes.addressof(token_out),
+                              ctypes.addressof(kbuf), ctypes.addressof(vbuf), chunk, self.fd, 0, 0)
+            err = 0
+            if _libc.syscall(_SYS_BPF, _LOOKUP_BATCH, ctypes.byref(attr), ctypes.sizeof(attr)) < 0:
+                err = ctypes.get_errno()
+            if err == _ENOSPC and attr.count == 0:  # one hash bucket holds more than a chunk: a bigger one
+                chunk *= 2
+                kbuf, vbuf = ctypes.create_string_buffer(ks * chunk), ctypes.create_string_buffer(vs * chunk)
+                continue
+            if err and err != _ENOENT:
+                if first and err in (_EINVAL, _EOPNOTSUPP, _ENOTSUPP):
+                    return self._read_all_by_key()
+                raise OSError(err, f"bpf map {self.name}: lookup batch: {os.strerror(err)}")
+            n = attr.count
+            if n:
+                keys.append(ctypes.string_at(kbuf, ks * n))
+                values.append(ctypes.string_at(vbuf, vs * n))
+                total += n
+            if err == _ENOENT:  # the end of the map
+                return b"".join(keys), b"".join(values), total
+            ctypes.memmove(token_in, token_out, 8)
+            first = False
+
+    def _read_all_by_key(self) -> tuple[bytes, bytes, int]:
+        pairs = [(bytes(k), bytes(v)) for k, v in self.items()]
+        return b"".join(k for k, _ in pairs), b"".join(v for _, v in pairs), len(pairs)
+
+    def delete_many(self, keys: bytes, count: int) -> None:
+        """Delete ``count`` keys packed back to back (as read_all gives them) in one BPF_MAP_DELETE_BATCH; keys
+        gone meanwhile are skipped. Falls back to one delete per key."""
+        if not count:
+            return
+        kbuf = ctypes.create_string_buffer(keys, len(keys))
+        attr = _BatchAttr(0, 0, ctypes.addressof(kbuf), 0, count, self.fd, 0, 0)
+        done = 0
+        if _libc.syscall(_SYS_BPF, _DELETE_BATCH, ctypes.byref(attr), ctypes.sizeof(attr)) == 0:
+            return
+        done = attr.count  # the batch stops at the first key that fails (one gone meanwhile): the rest one by one
+        ks = self.key_size
+        for i in range(done, count):
+            err = self._call(_DELETE, ctypes.create_string_buffer(keys[i * ks:(i + 1) * ks], ks))
+            if err and err != _ENOENT:
+                raise OSError(err, f"bpf map {self.name}: delete: {os.strerror(err)}")
 
 
 class LoadedBpf:
