@@ -125,6 +125,21 @@ def test_other_probe_events_are_tokens(cyclic_model: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- fallbacks
+def test_right_padding_does_not_change_the_packaged_model_at_real_positions() -> None:
+    """analyze packs a batch only as wide as its longest window (rounded up): that is exact only because the model
+    is causal, so a row's outputs at its real positions do not depend on the padding after them."""
+    import numpy as np
+    from ravn_analyzers.onnx.model import pack
+
+    scorer = Scorer(default_model_path())
+    rng = np.random.default_rng(7)
+    windows = [rng.integers(3, len(scorer.ids), size=int(rng.integers(1, 60))).tolist() for _ in range(24)]
+    full = scorer.run(pack(windows, scorer.info.window))
+    narrow = scorer.run(pack(windows, 64))
+    for i, w in enumerate(windows):
+        assert np.array_equal(full[i, :len(w)], narrow[i, :len(w)])
+
+
 def test_missing_model_steps_aside_and_a_new_file_brings_it_back(tmp_path: Path, cyclic_model: Any) -> None:
     path = tmp_path / "later.onnx"
     an = build(path)
