@@ -26,6 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import benign as benign_kinds
 from ravn_core.threat import incident_line
 from tests.scenarios.harness import LEVELS, Daemon, Result
 from tests.scenarios.simulations import ATTACKS, BENIGN_STEPS, SCENARIOS
@@ -61,6 +62,10 @@ def main() -> int:
                     help="which analyzers the daemon runs (the ML engineer's model: onnx)")
     ap.add_argument("--only", nargs="*", help="scenario names (default: all)")
     ap.add_argument("--no-benign", action="store_true", help="skip the benign workload")
+    ap.add_argument("--benign-kinds", default=",".join(k for k in benign_kinds.KINDS
+                                                       if k not in benign_kinds.TRAINED_KINDS),
+                    help="bench/benign.py kinds run after the suite's own benign workload (comma-separated, "
+                         "'' for none); default: every kind the model was not trained on")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown (docs/DETECTIONS.md)")
     args = ap.parse_args()
     names = args.only or ATTACKS
@@ -86,7 +91,7 @@ def main() -> int:
             for r in results:
                 r.alerts = daemon.attributed(r.root_pid, r.cgroup_id)
         if not args.no_benign:
-            benign = daemon.run_benign()
+            benign = daemon.run_benign(kinds=args.benign_kinds)
             if args.analyzers != "rules":  # the model's verdicts on the benign processes come at their exits
                 time.sleep(15.0)
                 benign.alerts = daemon.attributed(benign.root_pid, benign.cgroup_id)
@@ -123,7 +128,8 @@ def main() -> int:
     benign_alerts = benign.alerts if benign else []
     by_level = {lvl: [a for a in benign_alerts if a.get("level") == lvl] for lvl in LEVELS}
     if benign is not None:
-        print(f"\nbenign workload ({', '.join(BENIGN_STEPS)}): {len(by_level['HIGH'])} HIGH, "
+        kinds = f"; bench/benign.py kinds: {args.benign_kinds}" if args.benign_kinds else ""
+        print(f"\nbenign workload ({', '.join(BENIGN_STEPS)}{kinds}): {len(by_level['HIGH'])} HIGH, "
               f"{len(by_level['MEDIUM'])} MEDIUM, {len(by_level['LOW'])} LOW"
               + (f"; workload error: {benign.error}" if benign.error else ""))
         for a in sorted(benign_alerts, key=lambda a: -LEVELS[a["level"]]):

@@ -40,6 +40,8 @@
  *   prctl    syscalls:sys_enter/exit_prctl (ravn_sec_prctl_enter): only PR_SET_NAME (the new comm, read from
  *            user memory: masquerading as a kernel thread or daemon) and PR_SET_MM (rewriting where argv, env or
  *            the exe link point); every other option returns after one compare.
+ *   socket   syscalls:sys_enter/exit_socket (ravn_sec_socket_enter): packet and raw sockets only (AF_PACKET, SOCK_RAW,
+ *            SOCK_PACKET: sniffing, crafted packets); every other socket returns after two compares.
  *   module   with module_hook: auto (default), syscalls:sys_enter_init_module/finit_module/delete_module
  *            (ravn_sec_module_enter) when the kernel has them (CONFIG_MODULES); nothing otherwise.
  *   Calls with a result are paired: sys_enter stores the arguments in a per-thread hash (sec_pending,
@@ -137,6 +139,10 @@
 #define SEC_NR_PROCESS_VM_WRITEV 311
 #define SEC_PR_SET_NAME 15
 #define SEC_PR_SET_MM 35
+#define SEC_NR_SOCKET 41
+#define SEC_AF_PACKET 17
+#define SEC_SOCK_RAW 3
+#define SEC_SOCK_PACKET 10
 #define SEC_NR_SETREUID 113
 #define SEC_NR_SETREGID 114
 #define SEC_NR_SETRESUID 117
@@ -926,4 +932,20 @@ int ravn_sec_module_enter(struct sec_enter_args *args)
 	if (nr == SEC_NR_DELETE_MODULE)
 		return sec_emit(RAVN_EVT_MODULE, nr, -1, a[1], 0, 2, (const char *)a[0], pid_tgid, uid_gid);
 	return sec_emit(RAVN_EVT_MODULE, nr, -1, a[1], 0, 2, 0, pid_tgid, uid_gid);
+}
+
+/* ---------------------------------------------------------------------------------------------- socket */
+/* syscalls:sys_enter_socket (family, type, protocol): packet and raw sockets only. Paired (the fd or -errno). */
+int ravn_sec_socket_enter(struct sec_enter_args *args)
+{
+	s64 family = args->a[0];
+	s64 type = args->a[1];
+	u32 kind = type & 0xf; /* SOCK_TYPE_MASK: without SOCK_NONBLOCK / SOCK_CLOEXEC */
+	if (family != SEC_AF_PACKET && kind != SEC_SOCK_RAW && kind != SEC_SOCK_PACKET)
+		return 0;
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u64 uid_gid = bpf_get_current_uid_gid();
+	if (ravn_filtered(pid_tgid, uid_gid))
+		return 0;
+	return sec_store(RAVN_EVT_SOCKET, SEC_NR_SOCKET, family, type, args->a[2], 0, 3, 0, pid_tgid, uid_gid);
 }

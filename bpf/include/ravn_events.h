@@ -63,7 +63,8 @@ enum ravn_event_type {
 	RAVN_EVT_SETSID = 30, /* ebpf_security, struct ravn_sec_event */
 	RAVN_EVT_PROCESS_VM = 31, /* ebpf_security, struct ravn_sec_event */
 	RAVN_EVT_PRCTL = 32, /* ebpf_security, struct ravn_sec_event */
-	RAVN_EVT_MAX = 33, /* one past the last id */
+	RAVN_EVT_SOCKET = 33, /* ebpf_security, struct ravn_sec_event */
+	RAVN_EVT_MAX = 34, /* one past the last id */
 };
 
 /* Common header, first member of every event struct. 56 bytes. */
@@ -147,7 +148,8 @@ _Static_assert(sizeof(struct ravn_exec_event) == 2376, "update ExecEvent in ravn
  *   unshare  args[0] flags;  setns args[0] fd, args[1] nstype;  dup args[0] oldfd, args[1] newfd, args[2] flags
  *   setsid   ret: the new session id (> 0; failures are not sent)
  *   process_vm  args[0] target pid, args[1] local iovec count, args[2] remote iovec count, ret: bytes or -errno
- *   prctl    args[0] option (PR_SET_NAME 15, PR_SET_MM 35), args[1] PR_SET_MM sub-option; str: the new name */
+ *   prctl    args[0] option (PR_SET_NAME 15, PR_SET_MM 35), args[1] PR_SET_MM sub-option; str: the new name
+ *   socket   args[0] family, args[1] type (with its SOCK_* flags), args[2] protocol, ret: fd or -errno */
 struct ravn_sec_event {
 	struct ravn_hdr hdr;
 	s64 args[6];

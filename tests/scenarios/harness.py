@@ -317,13 +317,15 @@ class Daemon:
             self._remove_cgroup(cgroup)
         return res
 
-    def run_benign(self, settle_s: float = 2.5) -> Result:
+    def run_benign(self, settle_s: float = 2.5, kinds: str = "") -> Result:
+        """The benign workload of simulations.py, then one round of each of ``kinds`` (bench/benign.py, a
+        comma-separated list) in the same cgroup: everything it starts is attributed to it."""
         work = self.base / "work" / "benign"
         work.mkdir(mode=0o755)
         sc = Scenario("benign", "", (), "benign workload", lambda p: None)
         cgroup, cgroup_id = self._cgroup("benign")
         try:
-            pid, started, ended, error = self._spawn(["benign", str(work)], cgroup)
+            pid, started, ended, error = self._spawn(["benign", str(work), *([kinds] if kinds else [])], cgroup)
             time.sleep(settle_s)
             res = Result(sc, pid, started, ended, self.attributed(pid, cgroup_id), error, cgroup_id)
             res.incidents = self.incidents_of(res.alerts)

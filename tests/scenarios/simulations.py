@@ -382,6 +382,11 @@ def process_vm_write(work: Path) -> None:
     _process_vm(311)
 
 
+@scenario("T1040", "an AF_PACKET raw socket opened (a sniffer's first step; nothing is read)", "packet_socket_opened")
+def packet_socket(work: Path) -> None:
+    socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0x0300).close()
+
+
 @scenario("T1003.008", "cd /etc && cat ./shadow (a relative path)", "credential_file_dumped", "sensitive_file_read")
 def shadow_relative(work: Path) -> None:
     sh("cd /etc && cat ./shadow > /dev/null")
@@ -710,10 +715,14 @@ def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[0] == "run" and argv[1] in SCENARIOS:
         SCENARIOS[argv[1]].run(Path(argv[2]))
         return 0
-    if len(argv) == 2 and argv[0] == "benign":
+    if len(argv) in (2, 3) and argv[0] == "benign":
         benign(Path(argv[1]))
+        if len(argv) == 3 and argv[2]:  # more kinds from bench/benign.py: build, packages, admin, web, cron
+            from bench import benign as more
+
+            more.run(Path(argv[1]), kinds=more.parse_kinds(argv[2]))
         return 0
-    print(f"usage: simulations.py run {{{','.join(SCENARIOS)}}} WORKDIR | benign WORKDIR", file=sys.stderr)
+    print(f"usage: simulations.py run {{{','.join(SCENARIOS)}}} WORKDIR | benign WORKDIR [KINDS]", file=sys.stderr)
     return 2
 
 

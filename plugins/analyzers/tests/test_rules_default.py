@@ -245,6 +245,8 @@ ATTACKS.update({
     "process_renamed_to_system_name": by("/tmp/.x/implant", E("prctl", comm="implant", prctl__option="PR_SET_NAME",
                                                              prctl__name="kworker/0:1", prctl__arg=0, prctl__ret=0)),
     "process_renamed_via_procfs": [Open("/proc/self/comm", write=True, flags=0o1001)],
+    "packet_socket_opened": [E("socket", comm="sniff", socket__family="AF_PACKET", socket__type="SOCK_RAW",
+                               socket__protocol=768, socket__ret=3)],
     "process_argv_rewritten": [E("prctl", comm="implant", prctl__option="PR_SET_MM", prctl__name="", prctl__arg=8,
                                  prctl__ret=0)],
 })
@@ -394,6 +396,10 @@ def _benign() -> list[list[dict[str, Any]]]:
         by("/usr/bin/python3", Open("/proc/self/task/4243/comm", comm="python3", write=True)),  # a thread name
         by("/usr/bin/python3", Open("/proc/self/mem", comm="python3")),  # its own memory
         _own_mem(),
+        by("/usr/sbin/dhclient", E("socket", comm="dhclient", socket__family="AF_PACKET", socket__type="SOCK_RAW",
+                                   socket__protocol=768, socket__ret=3)),
+        by("/usr/bin/ping", E("socket", comm="ping", socket__family="AF_INET", socket__type="SOCK_RAW",
+                              socket__protocol=1, socket__ret=3)),
         # 60_tradecraft.yaml's benign neighbours
         [X("/bin/bash", "-c", "history | tail -5"), X("/usr/bin/touch", "/tmp/stamp"),
          X("/usr/bin/zip", "-r", "a.zip", "d")],

@@ -94,6 +94,8 @@ def test_exec_decoder() -> None:
      {"process_vm.call": "process_vm_writev", "process_vm.target": 4242, "process_vm.ret": -1}),
     ("prctl", (15,), 0, 157, 1, b"kworker/0:1",
      {"prctl.option": "PR_SET_NAME", "prctl.name": "kworker/0:1", "prctl.arg": 0, "prctl.ret": 0}),
+    ("socket", (17, 0x80003, 768), 5, 41, 3, b"", {"socket.family": "AF_PACKET", "socket.type": "SOCK_RAW",
+                                                   "socket.protocol": 768, "socket.ret": 5}),
     ("prctl", (35, 8), -22, 157, 2, b"", {"prctl.option": "PR_SET_MM", "prctl.name": "", "prctl.arg": 8,
                                          "prctl.ret": -22}),
 ])

@@ -618,6 +618,31 @@ def test_prctl_set_name_and_set_mm(probe: SecuritySource) -> None:
     assert mm["proc.comm"] == comm  # later events carry the new name
 
 
+def test_packet_and_raw_sockets(probe: SecuritySource) -> None:
+    """AF_PACKET and SOCK_RAW sockets are reported with family, type (flags stripped), protocol and the fd; a TCP
+    socket is not."""
+    r, w = os.pipe()
+
+    def body() -> None:
+        fds = []
+        for fam, typ, proto in ((socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0x0300),
+                                (socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP),
+                                (socket.AF_INET, socket.SOCK_STREAM, 0)):
+            s = socket.socket(fam, typ, proto)
+            fds.append(s.detach())
+        os.write(w, ",".join(map(str, fds)).encode())
+
+    pid, status = in_child(body)
+    os.close(w)
+    fds = [int(x) for x in os.read(r, 64).decode().split(",")]
+    os.close(r)
+    assert status == 0
+    evs = [e for e in of_pid(probe, pid) if e["evt.type"] == "socket"]
+    assert [(e["socket.family"], e["socket.type"], e["socket.protocol"], e["socket.ret"]) for e in evs] == [
+        ("AF_PACKET", "SOCK_RAW", 0x0300, fds[0]), ("AF_INET", "SOCK_RAW", socket.IPPROTO_ICMP, fds[1])]
+    schema_ok(evs[0])
+
+
 def test_module_hook_auto_attaches_only_existing_tracepoints(tmp_path: Path) -> None:
     """module_hook auto: the module syscalls' own tracepoints when tracefs lists them (never raw_syscalls);
     this VM's kernel has none (no CONFIG_MODULES), so nothing is attached for modules here."""

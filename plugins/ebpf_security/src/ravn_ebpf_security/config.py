@@ -10,9 +10,10 @@ from ravn_core.bpf import BccProbeConfig
 from ravn_ebpf_security.names import BPF_COMMAND_NUMBERS, BPF_COMMANDS, BPF_MAP_ELEMENT_OPS, CAPABILITY_NUMBERS
 
 EventName = Literal["exec", "fork", "exit", "cred", "ptrace", "module", "capable", "memfd_create", "bpf", "mount",
-                    "unshare", "setns", "dup", "setsid", "process_vm", "prctl"]
+                    "unshare", "setns", "dup", "setsid", "process_vm", "prctl", "socket"]
 ALL_EVENTS: tuple[EventName, ...] = ("exec", "fork", "exit", "cred", "ptrace", "module", "capable", "memfd_create",
-                                     "bpf", "mount", "unshare", "setns", "dup", "setsid", "process_vm", "prctl")
+                                     "bpf", "mount", "unshare", "setns", "dup", "setsid", "process_vm", "prctl",
+                                     "socket")
 
 #: Capabilities reported by default: the ones that mean "can change the kernel, other processes or the network
 #: stack, or read what it should not". Not CAP_DAC_OVERRIDE/CAP_FOWNER/CAP_CHOWN: root uses them constantly.
@@ -29,7 +30,7 @@ DEFAULT_BPF_COMMANDS: tuple[str, ...] = tuple(c for c in BPF_COMMANDS if c not i
 class SecurityConfig(BccProbeConfig):
     """ebpf_security: exec/fork/exit, credential changes, ptrace, modules, capabilities, memfd, bpf, mounts,
     namespaces, dup onto stdio, new sessions (setsid), cross-process memory access (process_vm) and renames
-    (prctl PR_SET_NAME / PR_SET_MM)."""
+    (prctl PR_SET_NAME / PR_SET_MM) and packet or raw sockets."""
 
     events: list[EventName] = Field(
         default_factory=lambda: list(ALL_EVENTS),

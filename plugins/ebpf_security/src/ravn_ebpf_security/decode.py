@@ -18,6 +18,8 @@ from ravn_ebpf_security.names import (
     MODULE_CALLS,
     PRCTL_OPTIONS,
     PROCESS_VM_CALLS,
+    SOCKET_FAMILIES,
+    SOCKET_TYPES,
     bpf_command_name,
     capability_name,
     ptrace_request_name,
@@ -255,6 +257,14 @@ def _process_vm(v: tuple[Any, ...], ev: Event) -> None:
     ev["process_vm.ret"] = v[_RET]
 
 
+def _socket(v: tuple[Any, ...], ev: Event) -> None:
+    family, stype = v[_A0], v[_A1]
+    ev["socket.family"] = SOCKET_FAMILIES.get(family, str(family))
+    ev["socket.type"] = SOCKET_TYPES.get(stype & 0xF, str(stype & 0xF))
+    ev["socket.protocol"] = v[_A2]
+    ev["socket.ret"] = v[_RET]
+
+
 def _prctl(v: tuple[Any, ...], ev: Event) -> None:
     option = v[_A0]
     ev["prctl.option"] = PRCTL_OPTIONS.get(option, str(option))
@@ -267,7 +277,7 @@ def _prctl(v: tuple[Any, ...], ev: Event) -> None:
 SEC_FIELDS: Final[dict[str, Fields]] = {
     "fork": _fork, "exit": _exit, "cred": _cred, "ptrace": _ptrace, "module": _module, "capable": _capable,
     "memfd_create": _memfd, "bpf": _bpf, "unshare": _unshare, "setns": _setns, "dup": _dup,
-    "setsid": _setsid, "process_vm": _process_vm, "prctl": _prctl,
+    "setsid": _setsid, "process_vm": _process_vm, "prctl": _prctl, "socket": _socket,
 }
 
 

@@ -74,3 +74,7 @@ def ptrace_request_name(request: int) -> str:
 PROCESS_VM_CALLS: Final[dict[int, str]] = {310: "process_vm_readv", 311: "process_vm_writev"}
 #: prctl options the probe reports (linux/prctl.h)
 PRCTL_OPTIONS: Final[dict[int, str]] = {15: "PR_SET_NAME", 35: "PR_SET_MM"}
+#: socket families and types named in socket events (linux/socket.h, linux/net.h)
+SOCKET_FAMILIES: Final[dict[int, str]] = {1: "AF_UNIX", 2: "AF_INET", 10: "AF_INET6", 16: "AF_NETLINK", 17: "AF_PACKET"}
+SOCKET_TYPES: Final[dict[int, str]] = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPACKET",
+                                       10: "SOCK_PACKET"}

@@ -81,6 +81,8 @@ class SecuritySource(BccProbe):
         if c.enabled("process_vm"):
             for sc in ("process_vm_readv", "process_vm_writev"):
                 tps += [("ravn_sec_process_vm_enter", f"syscalls:sys_enter_{sc}"), (EXIT, f"syscalls:sys_exit_{sc}")]
+        if c.enabled("socket"):
+            tps += [("ravn_sec_socket_enter", "syscalls:sys_enter_socket"), (EXIT, "syscalls:sys_exit_socket")]
         if c.enabled("prctl"):
             tps += [("ravn_sec_prctl_enter", "syscalls:sys_enter_prctl"), (EXIT, "syscalls:sys_exit_prctl")]
         if c.enabled("capable") and c.capabilities:
