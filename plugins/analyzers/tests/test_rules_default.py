@@ -396,6 +396,9 @@ def _benign() -> list[list[dict[str, Any]]]:
         by("/usr/bin/python3", Open("/proc/self/task/4243/comm", comm="python3", write=True)),  # a thread name
         by("/usr/bin/python3", Open("/proc/self/mem", comm="python3")),  # its own memory
         _own_mem(),
+        [Open("/tmp/cron/jobs.d/10-stamp", comm="bash", write=True),
+         *under(chain(("/usr/sbin/cron", "cron"), ("/bin/run-parts", "run-parts")),
+                X("/tmp/cron/jobs.d/10-stamp", t=1))],
         by("/usr/sbin/dhclient", E("socket", comm="dhclient", socket__family="AF_PACKET", socket__type="SOCK_RAW",
                                    socket__protocol=768, socket__ret=3)),
         by("/usr/bin/ping", E("socket", comm="ping", socket__family="AF_INET", socket__type="SOCK_RAW",
