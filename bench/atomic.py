@@ -27,8 +27,8 @@ A test is detected when an alert of at least MEDIUM is attributed to it, or the 
 reached MEDIUM. Latency is from the first such alert's triggering event to the line in the jsonl sink.
 Prints one line per test (technique, test, detected, level, rules, latency), the skipped tests with their
 reason, and as the LAST line one JSON object: total, ran, skipped, detected, rate, levels, missed, errors
-(``detected_rules`` counts the tests detected without the ML model's own alerts). A host without sudo gets a
-shim for the tests (we are root: it runs the command line as root).
+(``detected_rules`` counts the tests detected by the rules alone: their alerts, and incidents scored from
+them). A host without sudo gets a shim for the tests (we are root: it runs the command line as root).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -173,8 +174,9 @@ class Atomic:
         return f"{self.technique}-{self.number}"
 
     def medium(self, analyzers: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-        """Alerts at MEDIUM or above (by themselves or their incident), of ``analyzers`` when given."""
-        return [a for a in self.alerts if _level(a) >= LEVELS["MEDIUM"]
+        """Alerts at MEDIUM or above (by themselves or their incident), of ``analyzers`` when given (and then
+        with the incident scored from those analyzers' alerts alone)."""
+        return [a for a in self.alerts if _level(a, bool(analyzers)) >= LEVELS["MEDIUM"]
                 and (not analyzers or a.get("analyzer") in analyzers)]
 
     @property
@@ -198,13 +200,15 @@ class Atomic:
 
 
 INCIDENT_LEVELS: dict[str, int] = {}  # incident id -> its level, scored from its alerts in the sink
+RULES_INCIDENT_LEVELS: dict[str, int] = {}  # the same from the rules' alerts alone
 
 
-def _level(alert: dict[str, Any]) -> int:
+def _level(alert: dict[str, Any], rules_only: bool = False) -> int:
     """The alert's level, or its incident's (``Alert.incident``) when that is higher."""
     lvl = LEVELS.get(alert.get("level", "LOW"), 0)
     inc = alert.get("incident")
-    return max(lvl, INCIDENT_LEVELS.get(inc, 0)) if isinstance(inc, str) and inc else lvl
+    levels = RULES_INCIDENT_LEVELS if rules_only else INCIDENT_LEVELS
+    return max(lvl, levels.get(inc, 0)) if isinstance(inc, str) and inc else lvl
 
 
 def note_incidents(daemon: Daemon) -> None:
@@ -230,6 +234,8 @@ def note_incidents(daemon: Daemon) -> None:
                                       bool(a.get("corroboration")), ts, ts, Alert(key[0], key[1], int(score), ""))
     for inc, rules in by_incident.items():
         INCIDENT_LEVELS[inc] = LEVELS[level_for(incident_score(rules.values(), cfg), cfg)]
+        own = [c for c in rules.values() if c.analyzer == "analyzer_rules"]
+        RULES_INCIDENT_LEVELS[inc] = LEVELS[level_for(incident_score(own, cfg), cfg)] if own else 0
 
 
 # ------------------------------------------------------------------------------------------------- loading
@@ -456,6 +462,7 @@ def main() -> int:
         ap.error(f"{src}: no atomics/T*/T*.yaml here")
     if os.geteuid() != 0:
         ap.error("needs root (real probes, and the tests change the host)")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still cleans up (finally blocks)
     t0 = time.time()
     # where Atomic Red Team's own runner keeps it (~/AtomicRedTeam), not /tmp: a copy there would put every
     # program of the atomics under the exec-from-/tmp rules
