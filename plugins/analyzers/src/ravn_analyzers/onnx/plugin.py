@@ -1,4 +1,4 @@
-"""Hook implementations of analyzer_onnx: registration and the ``ravn train`` command; nothing runs at import."""
+"""Hook implementations of analyzer_onnx: registration, `ravn train` and `ravn learn`; nothing runs at import."""
 
 from __future__ import annotations
 
@@ -21,5 +21,7 @@ def ravn_register_analyzers(registry: AnalyzerRegistry) -> None:
 @hookimpl
 def ravn_add_commands(subparsers: Any) -> None:
     from ravn_analyzers.onnx.cli import add_train_command
+    from ravn_analyzers.onnx.learn import add_learn_command
 
     add_train_command(subparsers)
+    add_learn_command(subparsers)
