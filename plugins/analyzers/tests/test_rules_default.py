@@ -255,8 +255,10 @@ ATTACKS["persistence_points_to_temp"][1]["proc.pid"] = ATTACKS["persistence_poin
 
 # 60_tradecraft.yaml (behaviour classes the Atomic Red Team run found missing)
 ATTACKS.update({
-    "shell_history_disabled": [X("/bin/sh", "-c", "unset HISTFILE; export HISTFILESIZE=0; id")],
-    "shell_history_overwritten": [X("/usr/bin/ln", "-sf", "/dev/null", "/root/.bash_history")],
+    "shell_history_disabled": [X("/bin/sh", "-c", "unset HISTFILE; export HISTFILESIZE=0; id"),
+                               X("/bin/bash", "-c", 'export HISTFILE="/dev/null"; whoami')],
+    "shell_history_overwritten": [X("/usr/bin/ln", "-sf", "/dev/null", "/root/.bash_history"),
+                                  X("/usr/bin/rm", "-f", "/home/al/.zsh_history")],
     "shell_history_searched": [X("/usr/bin/grep", "-i", "pass", "/home/al/.bash_history")],
     "credential_store_search": [X("/usr/bin/find", "/home", "-name", ".git-credentials")],
     "timestamp_forged": [X("/usr/bin/touch", "-r", "/bin/ls", "/usr/local/bin/.u")],
