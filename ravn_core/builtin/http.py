@@ -446,8 +446,11 @@ class _Bounded:
 
     def _done(self, request: socket.socket) -> None:
         with self._open_lock:
-            if self._open.pop(request, None) is None:
-                return
+            deadline = self._open.pop(request, None)
+        if deadline is None:
+            return
+        if time.monotonic() >= deadline - 0.05:  # ended by its socket timeout or by the reaper below
+            self.reaped += 1
         self.slots.release()
 
     def _admit(self, request: socket.socket) -> bool:
@@ -469,7 +472,6 @@ class _Bounded:
         with self._open_lock:
             late = [s for s, deadline in self._open.items() if deadline < now]
         for sock in late:
-            self.reaped += 1
             try:
                 sock.shutdown(socket.SHUT_RDWR)  # its thread's read or write fails now, and the thread ends
             except OSError:
@@ -529,6 +531,29 @@ def bind_unix(server: socketserver.UnixStreamServer, path: str) -> None:
     server.server_activate()
 
 
+class _EndpointCollector:
+    """The endpoints' own bounds at work: connections refused over the cap, connections closed at the deadline."""
+
+    def __init__(self, endpoint: HttpEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import CounterMetricFamily
+
+        refused = CounterMetricFamily("ravn_http_refused", "connections answered 503 and closed: the endpoint "
+                                      "already served ravn.http_max_connections", labels=["endpoint"])
+        late = CounterMetricFamily("ravn_http_timed_out", "connections closed ravn.http_timeout_s after they were "
+                                   "accepted", labels=["endpoint"])
+        for server in self.endpoint.servers:
+            label = "unix" if server.private else "tcp"
+            refused.add_metric([label], float(server.rejected))
+            late.add_metric([label], float(server.reaped))
+        yield from (refused, late)
+
+
 class HttpEndpoint:
     """The endpoints of one runtime: the TCP server (/healthz, /metrics), the root-only unix socket server
     (/status too), their threads and (optionally) the BPF stats fd."""
@@ -539,6 +564,7 @@ class HttpEndpoint:
         self.core = core
         self.stats_fd = -1
         self.registry = metrics_registry(snapshot, sources, self.bpf_stats_on)
+        self.registry.register(_EndpointCollector(self))
         self.servers: list[_TcpServer | _UnixServer] = []
         self.threads: list[threading.Thread] = []
         self.server: _TcpServer | None = None

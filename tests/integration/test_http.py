@@ -399,6 +399,9 @@ def test_300_half_sent_requests_do_not_make_300_threads(tmp_path: Path) -> None:
         assert peak - before <= 8, (before, peak)
         assert ep.server.rejected + ep.server.reaped >= 292, (ep.server.rejected, ep.server.reaped)
         assert wait_for(lambda: threading.active_count() <= before, 5)
+        m = metrics(ep.url)
+        assert sample(m, "ravn_http_refused_total", endpoint="tcp") == ep.server.rejected
+        assert sample(m, "ravn_http_timed_out_total", endpoint="tcp") == ep.server.reaped >= 1
         assert get(f"{ep.url}/healthz")[0] == 200
     finally:
         for c in socks:
