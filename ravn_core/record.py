@@ -3,7 +3,9 @@
 ``RecordTransport`` stands in for the transport in ``ravn record``: every batch the sources produce is appended
 to the file, which is created 0600 (never through a symlink, never another user's file). ``ReplayTransport``
 stands in for it in ``ravn replay``: it reads the file back in batches, with no root and no kernel. A line that is
-not a JSON object is reported with its line number and skipped; the replay goes on.
+not an event of the schema (``ravn_core.events.validate_event``: JSON object, known evt.type, every field of its
+declared type and bounded) is counted (``bad_lines``), reported with its file and line number (the first 10, then
+every 1000th) and skipped; the replay goes on.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import threading
 from typing import IO
 
 from ravn_core.components import Delivery, Health, PluginConfig, RuntimeContext, Transport
-from ravn_core.events import Batch, Event
+from ravn_core.events import Batch, Event, validate_event
 
 log = logging.getLogger("ravn.record")
 
@@ -106,8 +108,12 @@ class ReplayTransport(Transport):
                 except json.JSONDecodeError as exc:
                     self._bad(f"{self.path}:{self._line}: not JSON ({exc.msg}); line skipped")
                     continue
-                if not isinstance(ev, dict) or not isinstance(ev.get("evt.type"), str):
-                    self._bad(f"{self.path}:{self._line}: not an event (a JSON object with evt.type); line skipped")
+                except RecursionError:
+                    self._bad(f"{self.path}:{self._line}: nested too deeply to be an event; line skipped")
+                    continue
+                problem = validate_event(ev)
+                if problem is not None:
+                    self._bad(f"{self.path}:{self._line}: {problem}; line skipped")
                     continue
                 batch.append(ev)
                 if len(batch) >= self.batch_size:
@@ -119,8 +125,8 @@ class ReplayTransport(Transport):
 
     def _bad(self, message: str) -> None:
         self.bad_lines += 1
-        if self.bad_lines <= 10:
-            log.warning("%s", message)
+        if self.bad_lines <= 10 or self.bad_lines % 1000 == 0:
+            log.warning("%s (%d bad lines so far)", message, self.bad_lines)
 
     def health(self) -> Health:
         return Health(counters={"replayed_events": self.events, "bad_lines": self.bad_lines})
