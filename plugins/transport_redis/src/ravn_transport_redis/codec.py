@@ -289,9 +289,8 @@ _KNOWN: Final = frozenset(_EVENT_FIELDS)
 
 
 def _all_valid(events: Batch) -> bool:
-    """Whether every event fits the schema, checked in C (no Python per event; ~0.85 us per event against ~1.6
-    for ``validate_event``, 1000-event batches, this project's 2-vCPU VM): False may be a false alarm (an event
-    with a field outside the schema; ``invalid_events`` then asks ``validate_event``), True never is."""
+    """Whether every event fits the schema, checked in C (no Python loop per event): False may be a false alarm
+    (an event with a field outside the schema; ``invalid_events`` then asks ``validate_event``), True never is."""
     if not all(map(_KNOWN.issuperset, events)):
         return False
     try:
