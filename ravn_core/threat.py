@@ -305,6 +305,7 @@ class IncidentTracker:
                 if alert.score > fold.alert.score:
                     fold.alert = alert
                 continue
+            self._folds.pop(key, None)  # re-inserted at the end: the map stays in expiry order
             self._folds[key] = _Fold(alert, now + self.cfg.fold_window_s)
             out.append(alert)
         if len(self._folds) > self._max_folds:
