@@ -340,12 +340,3 @@ def test_take_changed_reports_shown_incidents_once_per_change() -> None:
     s.tick(now=102)  # closed
     assert s.take_changed(102) == []
 
-
-def test_a_reopened_fold_window_does_not_hold_back_the_others() -> None:
-    s = tracker()
-    s.process([alert("a", 60, pid=1)], now=0)  # window of a: until 10
-    s.process([alert("b", 60, pid=2)], now=5)  # window of b: until 15
-    s.process([alert("a", 60, pid=1)], now=11)  # a's window reopened: until 21
-    s.process([alert("b", 60, pid=2)], now=12)  # folded into b's window
-    out, _ = s.tick(now=16)
-    assert [(a.rule, a.count) for a in out] == [("b", 1)]
