@@ -191,8 +191,26 @@ class Daemon:
                     raise SystemExit("e2e: the daemon did not answer /healthz") from None
                 time.sleep(0.5)
 
+    def status(self) -> dict[str, Any]:
+        """/status: on the TCP port where the daemon serves it there, else on its root-only unix socket."""
+        sock = self.tmp / "state" / "ravn.sock"
+        if not sock.exists():
+            return get_json(f"{self.base}/status")
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(sock))
+            s.sendall(b"GET /status HTTP/1.0\r\nHost: ravn\r\n\r\n")
+            chunks = []
+            while chunk := s.recv(1 << 16):
+                chunks.append(chunk)
+        head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+        if b" 200 " not in head.split(b"\r\n", 1)[0]:
+            raise SystemExit(f"e2e: /status on {sock}: {head[:200]!r}")
+        data: dict[str, Any] = json.loads(body)
+        return data
+
     def counts(self) -> dict[str, Any]:
-        st = get_json(f"{self.base}/status")["stats"]
+        st = self.status()["stats"]
         return {"accepted": st["accepted"], "dropped": st["dropped"], "analyzed": st["analyzed"],
                 "lost": st.get("publish_lost", 0), "alerts": st["alerts"],
                 "kernel_drops": sum(s["kernel_drops"] for s in st["sources"].values()),

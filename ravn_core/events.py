@@ -227,3 +227,119 @@ def printable(text: str) -> str:
     if _CONTROL.search(text) is None:
         return text
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+# ------------------------------------------------------------------------------------------ boundary validation
+# Events that enter from outside the process (Redis entries, replay files) are checked against the schema before
+# any analyzer sees them. ``validate_event`` is the definition: one dict lookup and a type test per field, from a
+# table built here once. The Redis transport checks its msgpack batches in C with an equivalent msgspec type
+# built from the same tables (ravn_transport_redis/codec.py; a test keeps the two in agreement) and calls
+# ``validate_event`` only to name what is wrong. Events from this host's own probes are not checked.
+MAX_STR: Final = 16_384  # characters in one str value (paths are at most PATH_MAX, 4096)
+MAX_ITEMS: Final = 4_096  # items in one list or dict value (argv, syscall.seq, syscall.counts are bounded lower)
+MAX_FIELDS: Final = 128  # fields in one event (the largest type has 17)
+INT_MIN: Final = -(2**63)  # ints are signed 64-bit
+INT_MAX: Final = 2**63 - 1
+_SCALARS: Final = {"int": int, "str": str, "bool": bool}
+
+# field name -> int | str | bool | "list[str]" | "list[int]" | "dict[str,int]"; one type per name across all
+# event types (a test checks that no two event types declare a field with different types)
+FIELD_TYPES: Final[dict[str, type | str]] = {
+    f.name: _SCALARS.get(f.type, f.type) for t in EVENT_TYPES.values() for f in (*COMMON_FIELDS, *t.fields)
+}
+TREE_ONLY_FIELDS: Final = frozenset(f.name for f in PROCESS_TREE_FIELDS)
+
+
+def _a(t: type) -> str:
+    """``"a list"``, ``"an int"``: the type of a bad value, for reasons."""
+    name = t.__name__
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
+
+
+def _container_problem(value: Any, want: str) -> str | None:
+    """Why ``value`` is not a valid ``want`` (a container type of the schema), or None."""
+    if want == "dict[str,int]":
+        if type(value) is not dict:
+            return f"{_a(type(value))}, want {want}"
+        if len(value) > MAX_ITEMS:
+            return f"a dict of {len(value)} items (at most {MAX_ITEMS})"
+        for k, v in value.items():
+            if type(k) is not str or len(k) > MAX_STR:
+                return f"key {str(k)[:40]!r}: want a str of at most {MAX_STR} characters"
+            if type(v) is not int:
+                return f"item {k[:40]!r} is {_a(type(v))}, want int"
+            if not INT_MIN <= v <= INT_MAX:
+                return f"item {k[:40]!r}: {str(v)[:40]} does not fit signed 64 bits"
+        return None
+    if type(value) is not list:
+        return f"{_a(type(value))}, want {want}"
+    if len(value) > MAX_ITEMS:
+        return f"a list of {len(value)} items (at most {MAX_ITEMS})"
+    if want == "list[str]":
+        for i, v in enumerate(value):
+            if type(v) is not str:
+                return f"item {i} is {_a(type(v))}, want str"
+            if len(v) > MAX_STR:
+                return f"item {i} is a str of {len(v)} characters (at most {MAX_STR})"
+        return None
+    for i, v in enumerate(value):
+        if type(v) is not int:
+            return f"item {i} is {_a(type(v))}, want int"
+        if not INT_MIN <= v <= INT_MAX:
+            return f"item {i}: {str(v)[:40]} does not fit signed 64 bits"
+    return None
+
+
+def validate_event(event: Any) -> str | None:
+    """Why ``event`` does not fit the event schema, or None when it does.
+
+    Checked: a dict whose ``evt.type`` is a str naming one of ``EVENT_TYPES``; every field of the schema that is
+    present has its declared type (``bool`` is not an ``int``, ints fit signed 64 bits, lists and dicts hold
+    items of their declared type); str values are at most ``MAX_STR`` characters, lists and dicts at most
+    ``MAX_ITEMS`` items, an event at most ``MAX_FIELDS`` fields. Fields outside the schema are allowed when their
+    value is a scalar (str, int, float, bool, None; bounded the same way), except the fields the process tree
+    provides (``proc.exe``, ...), which an event may not carry. Fields are not required (a missing one reads as
+    absent), and a field of another event type is checked against its declared type like any other. The reason
+    names the field, e.g. ``"proc.pid: a list, want int"``.
+    """
+    if type(event) is not dict:
+        return f"not an event: {_a(type(event))}, want a mapping of field names to values"
+    etype = event.get("evt.type")
+    if type(etype) is not str:
+        return "evt.type: missing" if etype is None else f"evt.type: {_a(type(etype))}, want str"
+    if etype not in EVENT_TYPES:
+        return f"evt.type: unknown event type {etype[:60]!r}"
+    if len(event) > MAX_FIELDS:
+        return f"{len(event)} fields (at most {MAX_FIELDS})"
+    table = FIELD_TYPES
+    for name, value in event.items():
+        vt = type(value)
+        want = table.get(name)
+        if vt is want:
+            if vt is str:
+                if len(value) > MAX_STR:
+                    return f"{name}: a str of {len(value)} characters (at most {MAX_STR})"
+            elif vt is int and not INT_MIN <= value <= INT_MAX:
+                return f"{name}: {str(value)[:40]} does not fit signed 64 bits"
+            continue
+        if want is None:  # outside the schema
+            if type(name) is not str:
+                return f"field name {str(name)[:40]!r} is not a str"
+            if name in TREE_ONLY_FIELDS:
+                return f"{name}: comes from the process tree, an event may not carry it"
+            if vt is str:
+                if len(value) > MAX_STR:
+                    return f"{name}: a str of {len(value)} characters (at most {MAX_STR})"
+            elif vt is int:
+                if not INT_MIN <= value <= INT_MAX:
+                    return f"{name}: {str(value)[:40]} does not fit signed 64 bits"
+            elif vt is not float and vt is not bool and value is not None:
+                return f"{name}: {_a(vt)} in a field outside the schema (str, int, float, bool or null only)"
+            continue
+        if isinstance(want, str):
+            problem = _container_problem(value, want)
+            if problem is not None:
+                return f"{name}: {problem}"
+            continue
+        return f"{name}: {_a(vt)}, want {want.__name__}"
+    return None

@@ -206,6 +206,7 @@ class Incident:
     peak: float = 0.0
     level: Level = "LOW"
     shown: bool = False  # holds a non-corroborating alert (ever): shown in listings, its changes reported
+    oldest: float = 0.0  # at most the oldest last_ts of its rules (tick scans the rules only when it is old)
 
     @property
     def corroborated_only(self) -> bool:
@@ -278,7 +279,6 @@ class IncidentTracker:
         self._by_key: dict[str, Incident] = {}
         self._salt = secrets.token_hex(2)
         self._seq = 0
-        self._worst: list[Incident] = []
         self.changed = False  # an incident shown by open_incidents opened, closed or changed since take_changed()
 
     # ------------------------------------------------------------------------------------------ scoring
@@ -305,6 +305,7 @@ class IncidentTracker:
                 if alert.score > fold.alert.score:
                     fold.alert = alert
                 continue
+            self._folds.pop(key, None)  # re-inserted at the end: the map stays in expiry order
             self._folds[key] = _Fold(alert, now + self.cfg.fold_window_s)
             out.append(alert)
         if len(self._folds) > self._max_folds:
@@ -317,11 +318,14 @@ class IncidentTracker:
         out = self._expire_folds(now)
         window = self.cfg.incident_window_s
         for incident in list(self._open.values()):
+            if now - incident.oldest <= window:
+                continue  # no rule of it can have gone quiet yet
             stale = [k for k, c in incident.rules.items() if now - c.last_ts > window]
-            if not stale:
-                continue
             for k in stale:
                 del incident.rules[k]
+            incident.oldest = min((c.last_ts for c in incident.rules.values()), default=now)
+            if not stale:
+                continue
             if incident.rules:
                 self._score_incident(incident)
             else:
@@ -355,9 +359,10 @@ class IncidentTracker:
 
     def top_alerts(self, now: float) -> list[Alert]:
         """The best alert of each rule of the worst incident, highest first."""
-        if not self._worst:
+        worst = self._worst_incidents()
+        if not worst:
             return []
-        ranked = sorted(self._worst[0].rules.values(), key=lambda c: c.score, reverse=True)
+        ranked = sorted(worst[0].rules.values(), key=lambda c: c.score, reverse=True)
         return [c.alert for c in ranked[: self.cfg.top_alerts]]
 
     # ------------------------------------------------------------------------------------------ lineage
@@ -421,7 +426,7 @@ class IncidentTracker:
 
     def _new(self, key: str, root: dict[str, Any], now: float) -> Incident:
         self._seq += 1
-        incident = Incident(f"{self._salt}-{self._seq}", self.host, key, root, now, now)
+        incident = Incident(f"{self._salt}-{self._seq}", self.host, key, root, now, now, oldest=now)
         self._open[incident.id] = incident
         self._by_key.setdefault(key, incident)
         self.counters["incidents_opened"] += 1
@@ -479,22 +484,31 @@ class IncidentTracker:
         worst = max((i.score for i in self._open.values()), default=0.0)
         self.score = worst
         level = level_for(worst, self.cfg)
-        self._worst = sorted((i for i in self._open.values() if i.level == level and not i.corroborated_only),
-                             key=lambda i: i.score, reverse=True)
         if level == self.level:
             return []
         previous, self.level = self.level, level
+        shown = self._worst_incidents()
         return [ThreatUpdate(self.host, level, self.score, previous, self.top_alerts(now), ts=now,
-                             incidents=[i.summary(now) for i in self._worst[: max(1, self.cfg.top_alerts)]])]
+                             incidents=[i.summary(now) for i in shown[: max(1, self.cfg.top_alerts)]])]
+
+    def _worst_incidents(self) -> list[Incident]:
+        """The shown incidents at the host's level, worst first."""
+        return sorted((i for i in self._open.values() if i.level == self.level and not i.corroborated_only),
+                      key=lambda i: i.score, reverse=True)
 
     # ------------------------------------------------------------------------------------------ folding
     def _expire_folds(self, now: float, force: bool = False) -> list[Alert]:
         out = []
-        for key, fold in list(self._folds.items()):
-            if force or now >= fold.until:
-                del self._folds[key]
-                if fold.repeats:
-                    out.append(replace(fold.alert, count=fold.repeats, ts=now))
+        # insertion order is expiry order (until = the time of insertion + fold_window_s): stop at the first open one
+        expired = []
+        for key, fold in self._folds.items():
+            if not force and now < fold.until:
+                break
+            expired.append(key)
+        for key in expired:
+            fold = self._folds.pop(key)
+            if fold.repeats:
+                out.append(replace(fold.alert, count=fold.repeats, ts=now))
         return out
 
 

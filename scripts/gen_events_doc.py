@@ -18,7 +18,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ravn_core.bpf import EVENT_TYPE_IDS  # noqa: E402 - after the path tweak, for running from a checkout
-from ravn_core.events import COMMON_FIELDS, EVENT_TYPES, PROCESS_TREE_FIELDS, SCHEMA_VERSION, Field  # noqa: E402
+from ravn_core.events import (  # noqa: E402
+    COMMON_FIELDS,
+    EVENT_TYPES,
+    MAX_FIELDS,
+    MAX_ITEMS,
+    MAX_STR,
+    PROCESS_TREE_FIELDS,
+    SCHEMA_VERSION,
+    Field,
+)
 
 DOC = ROOT / "docs" / "EVENTS.md"
 
@@ -57,6 +66,13 @@ def generate() -> str:
         "runtime batches (lists) of them. Every event carries the common fields; each type adds its own. The kernel",
         "records behind them are defined once in `bpf/include/ravn_events.h` (`struct ravn_hdr` + one struct per",
         "type; the type id is the `enum ravn_event_type` value shown below).",
+        "",
+        "Events that enter from outside the process (Redis entries, replay files) are checked against this schema",
+        "(`ravn_core.events.validate_event`): `evt.type` one of the types below; every field of the schema that is",
+        f"present of its declared type (`bool` is not `int`; ints signed 64-bit); str values at most {MAX_STR}",
+        f"characters, lists and dicts at most {MAX_ITEMS} items, an event at most {MAX_FIELDS} fields; fields outside",
+        "the schema only as scalars, and never a process-tree field. A bad event is dead-lettered (Redis) or",
+        "skipped and reported with file and line (replay); the rest of its batch is analyzed.",
         "",
         "## Common fields",
         "",

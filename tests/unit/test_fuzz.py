@@ -2,8 +2,8 @@
 
 Targets: the config loader (parse_yaml + validate against every installed plugin's model), the rule loader
 (ravn_analyzers.rules.loader.load_rules), the probes' record decoders (random record contents of the right size
-must decode into an event with well-typed common fields), the replay line reader (ravn_core.builtin.record) and the
-Redis transport's batch decoders (ravn_transport_redis.codec). Each test prints how many inputs it tried
+must decode into an event with well-typed common fields), the replay line reader (ravn_core.record) and the Redis
+transport's batch decoders (ravn_transport_redis.codec). Each test prints how many inputs it tried
 (``pytest -s``); docs/OPERATIONS.md records the figures. Kept fast for CI: max_examples 200-300, no deadline.
 """
 
@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ravn_core.errors import ConfigError, DecodeError
+from ravn_core.events import validate_event
 from ravn_core.testing import require
 
 EXAMPLES = 300
@@ -197,14 +198,14 @@ event_lines = st.one_of(
 @SETTINGS
 @given(lines=st.lists(event_lines, max_size=20))
 def test_replay_reader_skips_bad_lines_and_keeps_good_ones(lines: list[str], tmp_path_factory: Any) -> None:
-    from ravn_core.builtin.record import ReplayConfig, ReplayTransport
+    from ravn_core.record import ReplayTransport
     from ravn_core.testing import make_context
 
     tried["replay reader"] += 1
     path = Path(tmp_path_factory.mktemp("replay")) / "events.jsonl"
     text = "\n".join(line.replace("\n", " ").replace("\r", " ") for line in lines)
     path.write_text(text, encoding="utf-8")
-    t = ReplayTransport("replay", ReplayConfig(path=str(path), batch_size=7), make_context("replay", host="fuzzhost"))
+    t = ReplayTransport(str(path), make_context("replay"), "fuzzhost", batch_size=7)
     got = []
     try:
         while (d := t.consume(0)) is not None:
@@ -220,7 +221,7 @@ def test_replay_reader_skips_bad_lines_and_keeps_good_ones(lines: list[str], tmp
             ev = json.loads(line)
         except ValueError:
             continue
-        if isinstance(ev, dict) and isinstance(ev.get("evt.type"), str):
+        if validate_event(ev) is None:  # the replay boundary checks the event schema
             good.append(ev)
     assert got == good
     assert t.bad_lines == sum(1 for ln in text.split("\n") if ln.strip()) - len(good)

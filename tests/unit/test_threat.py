@@ -339,3 +339,4 @@ def test_take_changed_reports_shown_incidents_once_per_change() -> None:
     assert s.take_changed(50) is None
     s.tick(now=102)  # closed
     assert s.take_changed(102) == []
+

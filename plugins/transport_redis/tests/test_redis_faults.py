@@ -99,7 +99,7 @@ def test_worker_sigkilled_mid_batch_its_entries_are_reclaimed(redis_server: Redi
 
 def test_poison_batch_dead_lettered_after_max_deliveries(redis_server: RedisServer, make_transport: Made) -> None:
     agent = make_transport(redis_server)
-    agent.publish("h1", [{"test.seq": 1}])
+    agent.publish("h1", [event(1)])
     agent.flush(5)
     # three workers in turn take the batch and "crash" on it (never ack)
     for i in range(3):
@@ -131,7 +131,7 @@ def test_agent_spools_to_file_while_redis_is_away_and_resends_after_restart(make
         server.start()
         again = make_transport(server, state_dir=state)
         worker = make_transport(server, host="w")
-        again.publish("h1", [{"test.seq": 1000}])  # first publish of the new run sends the old spool first
+        again.publish("h1", [event(1000)])  # first publish of the new run sends the old spool first
         again.flush(5)
         got = drain([worker], 1001)
         assert all_seqs(got) == list(range(1001))
@@ -160,7 +160,7 @@ def test_batches_whose_reply_was_lost_are_not_sent_twice(redis_server: RedisServ
     from ravn_transport_redis.spool import Entry
 
     agent = make_transport(redis_server, mode=mode)
-    agent.publish("h1", [{"test.seq": 0}])  # registers the key, connects
+    agent.publish("h1", [event(0)])  # registers the key, connects
     agent.flush(5)
     r = redis.Redis(port=redis_server.port)
     key = "ravn:events:{h1}" if mode == "stream" else "ravn:events:raw"
@@ -168,9 +168,9 @@ def test_batches_whose_reply_was_lost_are_not_sent_twice(redis_server: RedisServ
     for seq in range(1, 6):
         bid = f"h1:lost:{seq}"
         if mode == "stream":
-            payload: dict[bytes, bytes] | bytes = codec.stream_fields("h1", bid, [{"test.seq": seq}], 0)
+            payload: dict[bytes, bytes] | bytes = codec.stream_fields("h1", bid, [event(seq)], 0)
         else:
-            payload = codec.list_element("h1", bid, [{"test.seq": seq}], 0)
+            payload = codec.list_element("h1", bid, [event(seq)], 0)
         entries.append(Entry(key, bid, payload, 1, unconfirmed=True))
     for e in entries[:3]:  # these reached Redis
         r.xadd(key, e.payload) if mode == "stream" else r.lpush(key, e.payload)  # type: ignore[arg-type]

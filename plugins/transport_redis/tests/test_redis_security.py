@@ -11,7 +11,7 @@ import redis
 from pydantic import ValidationError
 from ravn_transport_redis.config import RedisSinkConfig, RedisTransportConfig
 from ravn_transport_redis.sink import RedisSink
-from redis_helpers import Made, all_seqs, batches, drain
+from redis_helpers import Made, all_seqs, batches, drain, event
 
 from ravn_core.components import Alert, ThreatUpdate
 from ravn_core.testing import RedisServer, free_port, make_context, wait_for
@@ -41,7 +41,7 @@ def test_requirepass(make_transport: Made, monkeypatch: pytest.MonkeyPatch, tmp_
         _round_trip(make_transport, port=server.port, password={"$env": "RAVN_TEST_REDIS_PW"})
         (tmp_path / "pw").write_text("wrong\n")
         bad = make_transport(port=server.port, password={"$file": str(tmp_path / "pw")})
-        bad.publish("h1", [{"test.seq": 1}])
+        bad.publish("h1", [event(1)])
         assert wait_for(lambda: bad.health().state == "degraded", 3)
         assert "invalid" in bad.health().detail.lower() or "auth" in bad.health().detail.lower()
         assert "wrong" not in repr(bad.cfg)  # the secret never shows
@@ -108,7 +108,7 @@ def test_tls_with_ca_file(make_transport: Made, pki: Path) -> None:
     try:
         _round_trip(make_transport, port=server.port, tls={"enabled": True, "ca_file": str(pki / "ca.crt")})
         plain = make_transport(port=server.port, backoff_max_s=0.1)  # no TLS: the server does not talk to us
-        plain.publish("h1", [{"test.seq": 1}])
+        plain.publish("h1", [event(1)])
         assert wait_for(lambda: plain.health().state == "degraded", 5)
     finally:
         server.stop()
@@ -121,7 +121,7 @@ def test_mutual_tls(make_transport: Made, pki: Path) -> None:
                "key_file": str(pki / "client.key")}
         _round_trip(make_transport, port=server.port, tls=tls)
         no_cert = make_transport(port=server.port, tls={"enabled": True, "ca_file": str(pki / "ca.crt")})
-        no_cert.publish("h1", [{"test.seq": 1}])
+        no_cert.publish("h1", [event(1)])
         assert wait_for(lambda: no_cert.health().state == "degraded", 5)
     finally:
         server.stop()

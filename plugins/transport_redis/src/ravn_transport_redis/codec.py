@@ -22,22 +22,37 @@ holds the value rows of the events with keyset ``i`` and ``order[j]`` says which
 after a reconnect, workers drop duplicates by it). Values outside the event schema's types never make ``publish``
 fail: sets become lists, ints beyond 64 bits and other objects become their ``str``.
 
-List mode, one element per batch, JSON for consumers written against the original design (format 1, unchanged)::
+List mode, one element per batch, JSON (format 1, unchanged since the first release)::
 
     LPUSH <prefix>events:raw {"v": 1, "schema": 1, "host": ..., "id": ..., "n": ..., "ts": ..., "events": [...]}
+
+Decoding checks the structure only; ``invalid_events`` then checks each event against the event schema
+(``ravn_core.events.validate_event``), in C for a whole batch when all is well (a msgspec type built from the
+schema's tables), in Python per event to name what is wrong when not.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Annotated, Any, Final, Literal, Required, TypedDict
 
 import msgpack
 import msgspec
 
 from ravn_core.errors import DecodeError
-from ravn_core.events import SCHEMA_VERSION, Batch
+from ravn_core.events import (
+    EVENT_TYPES,
+    FIELD_TYPES,
+    INT_MAX,
+    INT_MIN,
+    MAX_ITEMS,
+    MAX_STR,
+    SCHEMA_VERSION,
+    Batch,
+    Event,
+    validate_event,
+)
 
 STREAM_FORMAT: Final = 2  # what ``stream_fields`` writes
 LIST_FORMAT: Final = 1  # what ``list_element`` writes
@@ -233,6 +248,8 @@ def decode_list(raw: bytes) -> Decoded:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DecodeError(f"element is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise DecodeError("element is nested too deeply to be a batch of events") from None
     if not isinstance(doc, dict):
         raise DecodeError(f"element is a JSON {type(doc).__name__}, not an object")
     _check_versions(_version(doc.get("v"), "format version 'v'"), _version(doc.get("schema"), "schema version"),
@@ -251,3 +268,59 @@ def peek_batch_id(raw: bytes) -> str | None:
         return str(doc["id"]) if isinstance(doc, dict) and "id" in doc else None
     except ValueError:
         return None
+
+
+# ------------------------------------------------------------------------------------------------ schema check
+_INT = Annotated[int, msgspec.Meta(ge=INT_MIN, le=INT_MAX)]
+_STR = Annotated[str, msgspec.Meta(max_length=MAX_STR)]
+_MSGSPEC_TYPES: Final[dict[Any, Any]] = {
+    int: _INT, str: _STR, bool: bool,
+    "list[str]": Annotated[list[_STR], msgspec.Meta(max_length=MAX_ITEMS)],
+    "list[int]": Annotated[list[_INT], msgspec.Meta(max_length=MAX_ITEMS)],
+    "dict[str,int]": Annotated[dict[_STR, _INT], msgspec.Meta(max_length=MAX_ITEMS)],
+}
+# Every schema field with its type, evt.type required and one of EVENT_TYPES. Fields outside the schema are not
+# in it (msgspec skips them): ``_KNOWN.issuperset`` sends an event that has any to ``validate_event``, and an
+# event of known fields only has at most len(_KNOWN) < MAX_FIELDS of them.
+_EVENT_FIELDS: Final[dict[str, Any]] = {name: _MSGSPEC_TYPES[t] for name, t in FIELD_TYPES.items()}
+_EVENT_FIELDS["evt.type"] = Required[Literal[tuple(EVENT_TYPES)]]
+SchemaEvent = TypedDict("SchemaEvent", _EVENT_FIELDS, total=False)  # type: ignore[misc]  # built from the schema
+_KNOWN: Final = frozenset(_EVENT_FIELDS)
+
+
+def _all_valid(events: Batch) -> bool:
+    """Whether every event fits the schema, checked in C (no Python loop per event): False may be a false alarm
+    (an event with a field outside the schema; ``invalid_events`` then asks ``validate_event``), True never is."""
+    if not all(map(_KNOWN.issuperset, events)):
+        return False
+    try:
+        msgspec.convert(events, list[SchemaEvent])
+    except (msgspec.ValidationError, RecursionError):
+        return False
+    return True
+
+
+def invalid_events(events: Batch) -> list[tuple[int, str]]:
+    """(index, reason) of each event that does not fit the event schema; [] for a clean batch."""
+    if _all_valid(events):
+        return []
+    return [(i, r) for i, e in enumerate(events) if (r := validate_event(e)) is not None]
+
+
+def preview(event: Event, max_fields: int = 40, max_chars: int = 200) -> str:
+    """A bounded JSON rendering of a (possibly hostile) event for the dead-letter stream and logs."""
+    if not isinstance(event, dict):
+        return json.dumps(f"<{type(event).__name__}>")
+    out: dict[str, Any] = {}
+    for k, v in list(event.items())[:max_fields]:
+        key = str(k)[:100]
+        if isinstance(v, str):
+            out[key] = v if len(v) <= max_chars else f"{v[:max_chars]}... ({len(v)} characters)"
+        elif isinstance(v, bool | float) or v is None:
+            out[key] = v
+        elif isinstance(v, int):
+            out[key] = v if INT_MIN <= v <= INT_MAX else f"{str(v)[:40]}... (an int of {v.bit_length()} bits)"
+        else:
+            size = len(v) if hasattr(v, "__len__") else "?"
+            out[key] = f"<{type(v).__name__} of {size} items>"
+    return json.dumps(out)

@@ -62,7 +62,7 @@ class RedisTransportConfig(RedisConnection):
     """``transport: {plugin: redis, ...}``."""
 
     mode: Literal["stream", "list"] = Field(
-        "stream", description="stream: XADD + consumer groups; list: LPUSH + reliable BLMOVE (original design)")
+        "stream", description="stream: XADD + consumer groups; list: LPUSH + reliable BLMOVE (one shared list)")
     stream_per: Literal["host", "source", "fleet"] = Field(
         "host", description="one stream per host, per host+source (evt.source), or one stream for the fleet")
     maxlen: int = Field(
@@ -84,6 +84,10 @@ class RedisTransportConfig(RedisConnection):
     spool_file_mb: float = Field(
         512.0, ge=0, description="then spilled to <state_dir>/redis-spool-<host>-<name>.bin up to this; then dropped")
     dedup_window: int = Field(100_000, ge=0, description="batch ids remembered per worker to drop duplicates")
+    allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="workers: hosts analyzed (glob patterns, e.g. 'web-*'); others' streams are not read (list and "
+                    "fleet modes: their batches are dead-lettered); empty = every host")
     heartbeat_ttl_ms: int = Field(
         10_000, ge=500, description="list mode: a worker whose heartbeat key expired is dead; its list is requeued")
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -113,6 +115,40 @@ def describe(cfg: RedisConnection) -> str:
     else:
         where = f"{cfg.host}:{cfg.port}/{cfg.db}"
     return f"{'cluster ' if cfg.cluster else ''}{'tls ' if cfg.tls.enabled else ''}{where}"
+
+
+def is_loopback(cfg: RedisConnection) -> bool:
+    """Whether we dial this machine only: a unix socket, ``localhost`` or a loopback address."""
+    if cfg.url:
+        parts = urlsplit(cfg.url)
+        if parts.scheme == "unix":
+            return True
+        host = parts.hostname or ""
+    else:
+        host = cfg.host
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def insecure(cfg: RedisConnection) -> list[str]:
+    """Warnings for a connection anyone on the path, or anyone who can reach Redis, can abuse; logged at start."""
+    where = describe(cfg)
+    found = []
+    if cfg.password is None:
+        found.append(
+            f"redis {where}: no password (AUTH) configured: whoever can reach this Redis can forge, read or delete "
+            "RAVN's events and alerts; give each agent its own ACL user (plugins/transport_redis/README.md, "
+            "'Security')")
+    tls = cfg.tls.enabled or (cfg.url or "").startswith("rediss://")
+    if not tls and not is_loopback(cfg):
+        found.append(
+            f"redis {where}: not loopback and no TLS: events, alerts and the password cross the network in clear "
+            "and can be altered on the way; set tls: {enabled: true, ca_file: ...} (README, 'Security')")
+    return found
 
 
 class Backoff:

@@ -17,7 +17,9 @@ is under one lock); in list mode one heartbeat thread.
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -28,12 +30,13 @@ import redis
 
 from ravn_core.components import Delivery
 from ravn_core.errors import DecodeError
-from ravn_transport_redis.codec import Decoded, decode_list, decode_stream
-from ravn_transport_redis.common import Link, Token, is_error
+from ravn_transport_redis.codec import Decoded, decode_list, decode_stream, invalid_events, preview
+from ravn_transport_redis.common import Link, Token, is_error, name_part
 from ravn_transport_redis.connection import CONNECTION_ERRORS, Backoff
 
 COUNTERS = ("consumed", "consumed_events", "acked", "dead_lettered", "reconnects", "reclaimed", "duplicates",
-            "trimmed_unread", "lost_to_reclaim", "recovered")
+            "trimmed_unread", "lost_to_reclaim", "recovered", "invalid_events", "ignored_streams")
+_DEAD_EXAMPLES = 10  # invalid events shown (bounded preview each) in one dead-letter record
 _CLOSE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, redis.exceptions.ResponseError)
 
 # (key, stream entry id or raw list element, stream fields or None, monotonic time fetched)
@@ -58,7 +61,9 @@ class ConsumerBase(ABC):
         self._backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
         self._ready: deque[Fetched] = deque()
         self._next_claim = 0.0
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._allowed = (re.compile("|".join(fnmatch.translate(p) for p in cfg.allow_hosts)).fullmatch
+                         if cfg.allow_hosts else None)
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._inflight: set[tuple[str, Any]] = set()
         self._acks: list[Token] = []  # acked by the runtime, not yet sent to Redis
         self._backlog = 0
@@ -183,6 +188,12 @@ class ConsumerBase(ABC):
                 decoded = self._decode(key, entry, fields, fetched)
                 if decoded is None:
                     continue
+                if self._allowed is not None and not self._allowed(decoded.host):
+                    raise DecodeError(f"host {decoded.host[:80]!r} is not in allow_hosts")
+                bad = invalid_events(decoded.events)
+                if bad and len(bad) == len(decoded.events):
+                    self.counters["invalid_events"] += len(bad)
+                    raise DecodeError(self._invalid_reason(decoded, bad))
             except DecodeError as exc:
                 try:
                     self._dead_letter(key, entry, fields, str(exc))
@@ -195,9 +206,38 @@ class ConsumerBase(ABC):
                 return None
             if not self._first_sight(key, entry, decoded):
                 continue
+            if bad:
+                self.counters["invalid_events"] += len(bad)
+                self._dead_letter_events(key, decoded, bad)
             self.counters["consumed"] += 1
             self.counters["consumed_events"] += len(decoded.events)
             return Delivery(decoded.host, decoded.events, Token(key, entry, decoded.batch_id, decoded.ts_ns))
+
+    @staticmethod
+    def _invalid_reason(d: Decoded, bad: list[tuple[int, str]]) -> str:
+        i, why = bad[0]
+        return (f"{len(bad)} of {len(d.events)} events do not fit the event schema (docs/EVENTS.md); "
+                f"event {i}: {why}")
+
+    def _dead_letter_events(self, key: str, d: Decoded, bad: list[tuple[int, str]]) -> None:
+        """Some events of a batch do not fit the schema: they go to the dead-letter stream (one record, with a
+        bounded preview of the first few) and leave ``d.events``; the rest is analyzed and the entry acked with
+        it. The record is best effort: if Redis is away now, the events are only counted and logged."""
+        reason = self._invalid_reason(d, bad)
+        record: dict[Any, Any] = {"reason": reason, "source": key, "consumer": self.link.consumer,
+                                  "ts": str(time.time()), "batch": d.batch_id, "host": d.host,
+                                  "events": str(len(d.events)), "invalid": str(len(bad))}
+        for i, why in bad[:_DEAD_EXAMPLES]:
+            record[f"event.{i}"] = f"{why}: {preview(d.events[i])}"
+        try:
+            self.client.xadd(self.link.keys.deadletter, record, maxlen=self.cfg.deadletter_maxlen, approximate=True)
+            self.counters["dead_lettered"] += 1
+        except CONNECTION_ERRORS as exc:
+            reason += f" (not dead-lettered: {type(exc).__name__})"
+        if self.counters["invalid_events"] <= 100 or self.counters["dead_lettered"] % 1000 == 0:
+            self.log.warning("%s, batch %s: %s; analyzing the other events", key, d.batch_id[:80], reason)
+        drop = {i for i, _ in bad}
+        d.events = [e for i, e in enumerate(d.events) if i not in drop]
 
     def _requeue(self, item: Fetched, exc: BaseException) -> None:
         with self._lock:
@@ -209,13 +249,16 @@ class ConsumerBase(ABC):
         with self._lock:
             if (key, entry) in self._inflight:
                 return False  # our own entry, redelivered to us while we still work on it
-            if d.batch_id in self._seen:
-                self._seen.move_to_end(d.batch_id)
+            # Batch ids are namespaced by the key they came from: ids another writer put on another stream
+            # can never make a real batch look like a duplicate.
+            seen = (key, d.batch_id)
+            if seen in self._seen:
+                self._seen.move_to_end(seen)
                 dup = True
             else:
                 dup = False
                 if self.cfg.dedup_window:
-                    self._seen[d.batch_id] = None
+                    self._seen[seen] = None
                     if len(self._seen) > self.cfg.dedup_window:
                         self._seen.popitem(last=False)
                 self._inflight.add((key, entry))
@@ -270,7 +313,8 @@ class ConsumerBase(ABC):
         record: dict[Any, Any] = {"reason": reason, "source": key, "consumer": self.link.consumer,
                                   "ts": str(time.time())}
         record.update(self._dead_record(key, entry, fields))
-        self.log.warning("dead-lettering %s %s: %s", key, record.get("id", "(list)"), reason)
+        if self.counters["dead_lettered"] < 10 or self.counters["dead_lettered"] % 1000 == 0:
+            self.log.warning("dead-lettering %s %s: %s", key, record.get("id", "(list)"), reason)
         pipe = self.client.pipeline(transaction=False)
         pipe.xadd(self.link.keys.deadletter, record, maxlen=self.cfg.deadletter_maxlen, approximate=True)
         self._ack_command(pipe, key, [entry])
@@ -341,10 +385,22 @@ return n
 
 
 class StreamConsumer(ConsumerBase):
-    """Reads the registered streams through the consumer group ``cfg.group``."""
+    """Reads the registered streams through the consumer group ``cfg.group``.
+
+    Which streams: the registry's members that are stream keys of this transport's shape (``stream_per``
+    host/source: ``<prefix>events:{<host>}`` or ``<prefix>events:{<host>}:<source>``; fleet:
+    ``<prefix>events``), and whose host is in ``allow_hosts`` when that is set; other members are ignored and
+    counted (``ignored_streams``). The host of a batch on a per-host stream is the one in its key, never the
+    entry's ``h`` field: an entry whose ``h`` names another host is dead-lettered. With per-host ACL users
+    (README, "Security") only that host's agent can write its stream."""
 
     def __init__(self, link: Link) -> None:
         super().__init__(link)
+        prefix = re.escape(self.cfg.prefix)
+        self._per_host = self.cfg.stream_per != "fleet"
+        self._shape = re.compile(rf"{prefix}events:\{{([A-Za-z0-9_.\-]+)\}}(?::[A-Za-z0-9_.\-]+)?"
+                                 if self._per_host else rf"{prefix}events")
+        self._ignored_logged = 0
         self.streams: list[str] = []
         self._groups: set[str] = set()
         self._next_discover = 0.0
@@ -378,9 +434,27 @@ class StreamConsumer(ConsumerBase):
             if not is_error(exc, "BUSYGROUP"):
                 raise
 
+    def _host_of(self, key: str) -> str | None:
+        """The host named by a per-host stream key (None: fleet stream, or not a stream key of ours)."""
+        m = self._shape.fullmatch(key)
+        return m.group(1) if m is not None and self._per_host else None
+
+    def _wanted(self, key: str) -> bool:
+        m = self._shape.fullmatch(key)
+        if m is None:
+            return False
+        return self._allowed is None or not self._per_host or self._allowed(m.group(1)) is not None
+
     def _discover(self) -> None:
         """Read the stream registry; create the group on streams we have not seen."""
-        members = sorted(k.decode() for k in self.client.smembers(self.link.keys.registry))
+        registered = [k.decode(errors="replace") for k in self.client.smembers(self.link.keys.registry)]
+        members = sorted(k for k in registered if k in self._groups or self._wanted(k))
+        ignored = len(registered) - len(members)
+        self.counters["ignored_streams"] = ignored
+        if ignored > 2 * self._ignored_logged:
+            self._ignored_logged = ignored
+            self.log.warning("ignoring %d members of %s that are not stream keys of this transport%s",
+                             ignored, self.link.keys.registry, " or not in allow_hosts" if self._allowed else "")
         with self._lock:
             streams = sorted(set(self.streams) | set(members))
             new = [k for k in streams if k not in self._groups]
@@ -433,7 +507,14 @@ class StreamConsumer(ConsumerBase):
             self.counters["trimmed_unread"] += 1
             self.client.xack(key, self.cfg.group, entry)
             return None
-        return decode_stream(fields)
+        d = decode_stream(fields)
+        host = self._host_of(key)
+        if host is not None:
+            if name_part(d.host) != host:
+                raise DecodeError(f"entry says host {d.host[:80]!r} on the stream of host {host!r}: the host of "
+                                  "a batch is the one in its stream key (forged?)")
+            d.host = host
+        return d
 
     def _still_mine(self, key: str, entry: Any) -> bool:
         """For an entry that waited long in the local queue: is it still pending on us? Then touch it

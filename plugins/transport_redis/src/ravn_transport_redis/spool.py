@@ -4,6 +4,9 @@ Bounded twice: up to ``memory_bytes`` in memory, then appended to a file up to `
 are dropped (and counted). Order is kept: while the file holds anything, new batches go to the file too, and
 the memory part (all older) is sent first. When the file has been sent completely it is truncated.
 
+The file is created 0600 (owner only) whatever the umask, never opened through a symlink, and refused when
+another user owns it.
+
 At ``close()`` whatever is still in memory is written to the file, and a new spool on the same path sends the
 file's batches first: batches spooled while Redis was away survive an agent restart. A batch sent from the
 file and confirmed by Redis may be sent again if the agent dies before the file is truncated (at-least-once;
@@ -23,6 +26,7 @@ from typing import BinaryIO
 import msgpack
 
 _LEN = struct.Struct(">I")
+SPOOL_MODE = 0o600
 
 
 @dataclass
@@ -83,12 +87,23 @@ class Spool:
     def _open(self) -> BinaryIO:
         if self._file is None:
             os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
-            f = open(self.path, "a+b")  # kept open for the spool's life
+            # 0600 whatever the umask (the file holds this host's events); never through a symlink; a file
+            # someone else owns is refused, and one left with a wider mode is narrowed.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, SPOOL_MODE)
+            f = os.fdopen(fd, "r+b")  # kept open for the spool's life; every write seeks first
             try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+                owner = os.fstat(fd).st_uid
+                if owner != os.geteuid():
+                    raise RuntimeError(f"spool file {self.path} is owned by uid {owner}, not by this process "
+                                       f"(uid {os.geteuid()}); refusing to use it")
+                os.fchmod(fd, SPOOL_MODE)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    raise RuntimeError(f"spool file {self.path} is in use by another RAVN process") from None
+            except BaseException:
                 f.close()
-                raise RuntimeError(f"spool file {self.path} is in use by another RAVN process") from None
+                raise
             self._file = f
             f.seek(0, os.SEEK_END)
             self._file_size = f.tell()

@@ -17,7 +17,7 @@ from ravn_core.components import Delivery, Health, RuntimeContext, Transport
 from ravn_core.events import Batch
 from ravn_transport_redis.common import Link, Token, name_part
 from ravn_transport_redis.config import RedisTransportConfig
-from ravn_transport_redis.connection import describe, make_client
+from ravn_transport_redis.connection import describe, insecure, make_client
 from ravn_transport_redis.consumer import COUNTERS as CONSUMER_COUNTERS
 from ravn_transport_redis.consumer import ConsumerBase, ListConsumer, StreamConsumer
 from ravn_transport_redis.publisher import COUNTERS as PUBLISHER_COUNTERS
@@ -35,6 +35,8 @@ class RedisTransport(Transport):
         consumer = config.consumer or f"{name_part(socket.gethostname())}-{os.getpid()}-{secrets.token_hex(2)}"
         client_name = config.client_name or f"ravn-{name_part(context.host)}-{os.getpid()}"
         self.link = Link(name, config, make_client(config, client_name), describe(config), consumer, self.log)
+        for warning in insecure(config):
+            self.log.warning("%s", warning)
         self._made = threading.Lock()
         self._publisher: Publisher | None = None
         self._consumer: ConsumerBase | None = None
