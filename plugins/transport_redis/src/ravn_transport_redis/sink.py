@@ -2,8 +2,8 @@
 
 Keys (``prefix`` defaults to ``ravn:``):
 
-- ``<prefix>threat_level``: LOW|MEDIUM|HIGH of the latest update (the original design's key; on a fleet, the
-  host that changed last). Per host: ``<prefix>threat:{<host>}`` hash {level, score, previous_level, ts} and
+- ``<prefix>threat_level``: LOW|MEDIUM|HIGH of the latest update (one key for the whole deployment; on a
+  fleet, the host that changed last). Per host: ``<prefix>threat:{<host>}`` hash {level, score, previous_level, ts} and
   ``<prefix>threat_scores`` sorted set host -> score (the fleet at a glance: ZREVRANGE ... WITHSCORES).
 - ``<prefix>incidents:{<host>}`` hash: incident id -> JSON summary (root {pid, comm, exe}, rules in order,
   score, level, first_ts, last_ts, age_s, ...) of each open incident of the host; replaced whole (RENAME of a
