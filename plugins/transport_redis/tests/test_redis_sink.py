@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -110,3 +111,34 @@ def test_alerts_wait_while_redis_is_away(sinks: list[RedisSink]) -> None:
         assert r.get("ravn:threat_level") == b"MEDIUM" and sink.health().state == "ok"
     finally:
         server.stop()
+
+
+def test_sink_warns_at_start_without_auth_or_tls(sinks: list[RedisSink], caplog: pytest.LogCaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: only the transport warned; a sink without AUTH, or off loopback without TLS, started silently
+    although whoever reaches that Redis can then forge or read the threat level and alerts."""
+    server = RedisServer("--requirepass", "s3cret").start()
+    try:
+        with caplog.at_level(logging.WARNING):
+            bare = _sink(sinks, server.port)  # reached without AUTH
+        assert any("no password (AUTH) configured" in m for m in caplog.messages), caplog.messages
+        bare.emit_alerts([_alert(1)])
+        assert bare.health().state == "degraded"  # and refused: NOAUTH
+        caplog.clear()
+        monkeypatch.setenv("RAVN_TEST_PW", "s3cret")
+        with caplog.at_level(logging.WARNING):
+            ok = _sink(sinks, server.port, password={"$env": "RAVN_TEST_PW"})
+            ok.emit_alerts([_alert(2)])
+            assert ok.health().state == "ok" and ok.health().counters["alerts"] == 1
+        assert not any("AUTH" in m or "TLS" in m for m in caplog.messages), caplog.messages
+    finally:
+        server.stop()
+    pw = {"password": {"$env": "RAVN_TEST_PW"}}
+    for kw, warned in (({"url": "redis://192.0.2.10:6379/0"}, True), ({"url": "redis://redis.example:6379/0"}, True),
+                       ({"url": "redis://192.0.2.10:6379/0", "tls": {"enabled": True}}, False),
+                       ({"url": "rediss://redis.example:6379/0"}, False), ({"url": "unix:///run/redis.sock"}, False),
+                       ({"url": "redis://localhost:6379/0"}, False), ({"url": "redis://127.0.0.2:6379/0"}, False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            _sink(sinks, 6379, **kw, **pw)  # connects lazily: nothing is dialled here
+        assert any("not loopback and no TLS" in m for m in caplog.messages) == warned, kw

@@ -27,7 +27,7 @@ from typing import Any
 from ravn_core.components import Alert, Health, RuntimeContext, Sink, ThreatUpdate
 from ravn_transport_redis.common import name_part as _name_part
 from ravn_transport_redis.config import RedisSinkConfig
-from ravn_transport_redis.connection import CONNECTION_ERRORS, Backoff, describe, make_client
+from ravn_transport_redis.connection import CONNECTION_ERRORS, Backoff, describe, insecure, make_client
 
 
 class RedisSink(Sink):
@@ -43,6 +43,8 @@ class RedisSink(Sink):
         self.k_alerts = f"{p}alerts"
         self.client = make_client(config, config.client_name or f"ravn-sink-{_name_part(context.host)}-{os.getpid()}")
         self.where = describe(config)
+        for warning in insecure(config):  # the same warnings as the transport: alerts are forged or read there too
+            self.log.warning("%s", warning)
         self._alerts: deque[Alert] = deque()
         self._threat: ThreatUpdate | None = None
         self._incidents: dict[str, list[dict[str, Any]]] = {}  # host -> latest open incidents not yet written
