@@ -26,7 +26,7 @@ from ravn_core import __version__
 from ravn_core.config import RavnConfig, load_yaml, validate
 from ravn_core.errors import EXIT_CONFIG, EXIT_ENVIRONMENT, EXIT_FAILURE, EXIT_OK, RavnError, UnusableEnvironment
 from ravn_core.events import printable
-from ravn_core.plugins import PluginHost
+from ravn_core.plugins import PluginHost, autoload_disabled, named_plugins
 from ravn_core.status import DEFAULT_STATE_DIR, StatusReader
 from ravn_core.threat import incident_line
 
@@ -34,9 +34,9 @@ log = logging.getLogger("ravn")
 
 EPILOG = """exit codes: 0 ok, 1 failure at run time, 2 bad config or plugin that cannot load,
 3 unusable environment (not root / no CAP_BPF, no tracefs, no kernel headers).
-environment: RAVN_DISABLED_PLUGINS=a,b blocks plugins; RAVN_DISABLE_PLUGIN_AUTOLOAD=1 loads only the plugins the
-config names; RAVN_PLUGINS=a,b loads only those entry points; plugins whose files are not root's (or are writable
-by others) are never imported; RAVN_TRACE_PLUGINS=1 logs every hook call."""
+environment: RAVN_DISABLED_PLUGINS=a,b blocks plugins; RAVN_DISABLE_PLUGIN_AUTOLOAD=1 loads only the entry points
+the config or RAVN_PLUGINS names; RAVN_PLUGINS=a,b loads only those entry points; plugins whose files are not
+root's (or are writable by others) are never imported; RAVN_TRACE_PLUGINS=1 logs every hook call."""
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
@@ -107,11 +107,31 @@ def setup_logging(level: str, debug: bool) -> None:
     )
 
 
-def load_host() -> PluginHost:
+def load_host(config_path: str | None = None) -> PluginHost:
+    """Builtins and entry points; with RAVN_DISABLE_PLUGIN_AUTOLOAD=1 only the entry points named by the config's
+    ``plugin:`` keys or by RAVN_PLUGINS (the config is read first, with the same checks as ``config check``)."""
     host = PluginHost()
-    host.load()
+    only: set[str] = set()
+    if autoload_disabled() and config_path:
+        only = named_plugins(load_yaml(config_path)[0])
+    host.load(only=only)
     host.register_components()
     return host
+
+
+def config_arg(argv: list[str]) -> str | None:
+    """The config file of a command line (``--config``/``-c``, or ``config check FILE``), before the full parser
+    exists (plugins add commands)."""
+    words = [a for a in argv if not a.startswith("-")]
+    if words[:2] == ["config", "check"] and len(words) > 2:
+        return words[2]
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config", "-c")
+    try:
+        known, _ = pre.parse_known_args(argv)
+    except SystemExit:  # e.g. ``-c`` without a value: the full parser reports it
+        return None
+    return known.config if isinstance(known.config, str) else None
 
 
 def load_config(path: str, host: PluginHost) -> RavnConfig:
@@ -302,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        host = load_host()
+        host = load_host(config_arg(argv))
         parser = build_parser(host)
         args = parser.parse_args(argv)
         code: int = args.func(args, host)

@@ -368,9 +368,14 @@ def validate(
         reg = registry.get(section.plugin)
         if reg is None:
             known = ", ".join(registry.names()) or "none installed"
+            hint = ""
+            if os.environ.get("RAVN_DISABLE_PLUGIN_AUTOLOAD") == "1":
+                hint = ("; RAVN_DISABLE_PLUGIN_AUTOLOAD=1 imports only the entry points named by the config or "
+                        "RAVN_PLUGINS: name the one that provides it in RAVN_PLUGINS (e.g. transport_redis for "
+                        "redis, sinks for webhook)")
             raise ConfigError(
                 f"{where}:{_line(lines, (*base, 'plugin'))}: {_fmt((*base, 'plugin'))}: unknown {registry.kind} "
-                f"plugin {section.plugin!r} (known: {known}; `ravn plugins list` shows what is installed)"
+                f"plugin {section.plugin!r} (known: {known}; `ravn plugins list` shows what is installed{hint})"
             )
         options = dict(section.model_extra or {})
         name = section.name or section.plugin

@@ -93,7 +93,8 @@ class PluginHost:
     def load(self, *, autoload: bool | None = None, only: set[str] | None = None) -> None:
         """Builtins, then entry points (minus RAVN_DISABLED_PLUGINS), then ``check_pending``.
 
-        :param autoload: False loads only the entry points named in ``only`` (RAVN_DISABLE_PLUGIN_AUTOLOAD=1).
+        :param autoload: False loads only the entry points named in ``only`` or in ``RAVN_PLUGINS``
+            (RAVN_DISABLE_PLUGIN_AUTOLOAD=1; the CLI passes the plugin names of its config as ``only``).
         """
         for name in _disabled_names():
             if name in ESSENTIAL_PLUGINS:
@@ -104,12 +105,13 @@ class PluginHost:
             if not self.pm.is_blocked(modname):
                 self.register(importlib.import_module(modname), modname)
         if autoload is None:
-            autoload = os.environ.get("RAVN_DISABLE_PLUGIN_AUTOLOAD") != "1"
+            autoload = not autoload_disabled()
         allowed = _allowed_names()
+        named = (only or set()) | (allowed or set())
         for ep in _entry_points():
             if self.pm.is_blocked(ep.name) or self.pm.has_plugin(ep.name):
                 continue
-            if not autoload and (only is None or ep.name not in only):
+            if not autoload and ep.name not in named:
                 continue
             dist = ep.dist.name if ep.dist else "?"
             version = ep.dist.version if ep.dist else "?"
@@ -178,15 +180,7 @@ class PluginHost:
 
     def check_named_plugins(self, data: dict[str, Any]) -> None:
         """A plugin the config names that failed to import fails startup with its reason."""
-        wanted: set[str] = set()
-        for key in ("sources", "analyzers", "sinks", "health_probes"):
-            for section in data.get(key) or []:
-                if isinstance(section, dict) and isinstance(section.get("plugin"), str):
-                    wanted.add(section["plugin"])
-        transport = data.get("transport")
-        if isinstance(transport, dict) and isinstance(transport.get("plugin"), str):
-            wanted.add(transport["plugin"])
-        for name in sorted(wanted):
+        for name in sorted(named_plugins(data)):
             if name in self._failed:
                 raise StartupError(f"plugin {name!r} named in the config cannot load: {self._failed[name]}")
             if self.pm.is_blocked(name):
@@ -246,6 +240,27 @@ class PluginHost:
             if self.pm.is_blocked(name):
                 out.append(PluginInfo(name, "?", "", [], True))
         return out
+
+
+def autoload_disabled() -> bool:
+    """RAVN_DISABLE_PLUGIN_AUTOLOAD=1: only the entry points the config or RAVN_PLUGINS names are imported."""
+    return os.environ.get("RAVN_DISABLE_PLUGIN_AUTOLOAD") == "1"
+
+
+def named_plugins(data: Any) -> set[str]:
+    """The ``plugin:`` names of a config mapping (sources, transport, analyzers, sinks, health_probes)."""
+    wanted: set[str] = set()
+    if not isinstance(data, dict):
+        return wanted
+    for key in ("sources", "analyzers", "sinks", "health_probes"):
+        sections = data.get(key)
+        for section in sections if isinstance(sections, list) else []:
+            if isinstance(section, dict) and isinstance(section.get("plugin"), str):
+                wanted.add(section["plugin"])
+    transport = data.get("transport")
+    if isinstance(transport, dict) and isinstance(transport.get("plugin"), str):
+        wanted.add(transport["plugin"])
+    return wanted
 
 
 def _allowed_names() -> set[str] | None:

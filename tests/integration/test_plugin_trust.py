@@ -4,8 +4,10 @@ allowlist (RAVN_PLUGINS) limits the rest. A plugin package planted for real by t
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -116,3 +118,38 @@ def test_every_shipped_plugin_passes_the_trust_check() -> None:
     assert {ep.name for ep in eps} >= {"ebpf_syscall", "analyzer_rules", "sinks", "transport_redis"}
     for ep in eps:
         assert untrusted(ep) == "", ep.name
+
+
+def _ravn(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a fresh interpreter (its own entry points and sys.modules)."""
+    code = "import sys; from ravn_core.cli import main; sys.exit(main(sys.argv[1:]))"
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("RAVN_PLUGINS", "RAVN_DISABLED_PLUGINS", "RAVN_DISABLE_PLUGIN_AUTOLOAD")}
+    return subprocess.run([sys.executable, "-c", code, *args], env={**clean, **env}, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_autoload_off_still_loads_what_the_config_and_the_allowlist_name(tmp_path: Path) -> None:
+    """Before: with RAVN_DISABLE_PLUGIN_AUTOLOAD=1 the CLI loaded no entry point at all, so every config naming a
+    plugin failed ("unknown analyzer plugin 'analyzer_rules' (known: none installed)") and an operator had to
+    turn autoload back on (every installed entry point into the root daemon) to run at all."""
+    cfg = tmp_path / "ravn.yaml"
+    cfg.write_text("analyzers:\n  - plugin: analyzer_rules\nsinks:\n  - plugin: stdout\n")
+    off = {"RAVN_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    r = _ravn(["config", "check", str(cfg)], off)
+    assert r.returncode == 0 and "analyzers:analyzer_rules" in r.stdout, r.stderr
+    r = _ravn(["-c", str(cfg), "plugins", "list", "--json"], off)
+    assert r.returncode == 0, r.stderr
+    loaded = {p["name"] for p in json.loads(r.stdout) if "error" not in p}
+    assert "analyzer_rules" in loaded  # named by the config
+    assert not loaded & {"analyzer_onnx", "ebpf_syscall", "transport_redis", "sinks"}, loaded  # not named: unread
+    # RAVN_PLUGINS names an entry point whose components have other names (sinks: webhook, syslog, falco)
+    cfg.write_text("analyzers:\n  - plugin: analyzer_rules\nsinks:\n  - plugin: webhook\n"
+                   "    url: http://127.0.0.1:9/x\n")
+    r = _ravn(["config", "check", str(cfg)], off)
+    assert r.returncode == 2 and "unknown sink plugin 'webhook'" in r.stderr and "RAVN_PLUGINS" in r.stderr, r.stderr
+    r = _ravn(["config", "check", str(cfg)], {**off, "RAVN_PLUGINS": "analyzer_rules,sinks"})
+    assert r.returncode == 0 and "sinks:webhook" in r.stdout, r.stderr
+    # and the allowlist still refuses what it does not name, even when the config names it
+    r = _ravn(["config", "check", str(cfg)], {**off, "RAVN_PLUGINS": "sinks"})
+    assert r.returncode == 2 and "'analyzer_rules'" in r.stderr and "not in RAVN_PLUGINS" in r.stderr, r.stderr
