@@ -3,7 +3,8 @@
     sudo .venv/bin/python bench/atomic.py [ART_DIR] [--only T1059.004 T1003.008-1 ...] [--list] [--markdown]
 
 ART_DIR is a checkout of Red Canary's Atomic Red Team (MIT), or its ``atomics/`` folder; the default is
-``../shared/data/atomic-red-team`` next to the repository. Every atomic test whose ``supported_platforms`` list
+``$RAVN_ATOMIC_RED_TEAM``, else ``shared/data/atomic-red-team`` beside the checkout or one of its parent folders
+(a missing folder is an error naming where it was looked for). Every atomic test whose ``supported_platforms`` list
 ``linux`` and whose executor is ``sh`` or ``bash`` is considered; each is run or skipped, with the reason:
 
 - safety: the test's commands are matched against the host-safety patterns below (downloads and other network
@@ -19,16 +20,20 @@ for the run in the home directory (the tests write next to their files). The dae
 unchanged but for its state directory, the jsonl sink's path and the HTTP listener (off). Each test runs once,
 through the scenario harness's runner (outside this process's ancestry), as a session leader in its own cgroup,
 with a timeout. Its alerts are those whose events carry that cgroup or whose ancestry holds the test's process
-(the harness's attribution), triggered while it ran. After ``--wait`` seconds (or the first MEDIUM alert) the
-cgroup's leftovers are killed, the test's ``cleanup_command`` runs, and root's shell, cron and profile files are
-put back if the test left them changed.
+(the harness's attribution), triggered while it ran. When the test ends, the runner waits until the daemon
+has analyzed every event it had taken in by then (its status socket's counters; at most ``--catch-up`` seconds):
+the daemon sees the whole host, and on a busy one it may run behind. After a further ``--wait`` seconds (or the
+first MEDIUM alert) the cgroup's leftovers are killed, the test's ``cleanup_command`` runs, and root's shell,
+cron and profile files are put back if the test left them changed.
 
 A test is detected when an alert of at least MEDIUM is attributed to it, or the incident its alerts belong to
 reached MEDIUM. Latency is from the first such alert's triggering event to the line in the jsonl sink.
 Prints one line per test (technique, test, detected, level, rules, latency), the skipped tests with their
 reason, and as the LAST line one JSON object: total, ran, skipped, detected, rate, levels, missed, errors
 (``detected_rules`` counts the tests detected by the rules alone: their alerts, and incidents scored from
-them). A host without sudo gets a shim for the tests (we are root: it runs the command line as root).
+them), and the daemon's lag and losses (``catch_up_max_s``, ``events_lost`` per test: a test that lost events
+is not a clean measure). A host without sudo gets a shim for the tests (we are root: it runs the command line
+as root).
 """
 
 from __future__ import annotations
@@ -55,7 +60,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.scenarios.harness import LEVELS, Daemon  # noqa: E402  (after the sys.path line above)
 
-DEFAULT_ART = REPO.parent / "shared" / "data" / "atomic-red-team"
+ART_ENV = "RAVN_ATOMIC_RED_TEAM"
+ART_REL = Path("shared") / "data" / "atomic-red-team"
 SHELLS = {"sh": "/bin/sh", "bash": "/bin/bash"}
 
 # ------------------------------------------------------------------------------------------------- safety
@@ -168,6 +174,8 @@ class Atomic:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     restored: list[str] = field(default_factory=list)
     cleanup_error: str = ""
+    catch_up_s: float = 0.0  # how long the daemon took, after the test ended, to analyze the events it had taken in
+    drops: int = 0  # events the daemon lost (queue full, ring buffer overrun) while the test ran
 
     @property
     def id(self) -> str:
@@ -239,6 +247,15 @@ def note_incidents(daemon: Daemon) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- loading
+def default_art() -> Path | None:
+    """``$RAVN_ATOMIC_RED_TEAM``, else ``shared/data/atomic-red-team`` next to the checkout or next to one of its
+    parent folders (a git worktree under ``wt/<name>`` finds the folder its main checkout sits beside)."""
+    env = os.environ.get(ART_ENV)
+    if env:
+        return Path(env)
+    return next((d / ART_REL for d in REPO.parents if (d / ART_REL).is_dir()), None)
+
+
 def _substitute(text: str, args: dict[str, Any], atomics: Path) -> str:
     for key, spec in args.items():
         default = (spec or {}).get("default")
@@ -393,18 +410,53 @@ def attributed(daemon: Daemon, t: Atomic) -> list[dict[str, Any]]:
     return [a for a in daemon.attributed(t.pid, t.cgroup_id) if lo - 0.5 <= float(a.get("ts", 0)) <= hi + 0.5]
 
 
-def run_one(daemon: Daemon, t: Atomic, timeout_s: float, wait_s: float) -> None:
+def daemon_counters(daemon: Daemon) -> dict[str, int]:
+    """The daemon's event counters from its status socket: taken in by the sources, lost (queue full, ring buffer
+    overruns, publish failures), analyzed, and alerts still queued for the sinks."""
+    from ravn_core.status import StatusReader
+
+    st = StatusReader(str(daemon.base / "state"), timeout_s=10.0).read()["stats"]
+    return {"accepted": int(st.get("accepted", 0)), "dropped": int(st.get("dropped", 0)),
+            "kernel_drops": sum(int(s.get("kernel_drops", 0)) for s in (st.get("sources") or {}).values()),
+            "publish_lost": int(st.get("publish_lost", 0)), "analyzed": int(st.get("analyzed", 0)),
+            "pending": int(st.get("ingress_depth", 0)) + int(st.get("sink_depth", 0))}
+
+
+def lost(c: dict[str, int]) -> int:
+    return c["dropped"] + c["kernel_drops"] + c["publish_lost"]
+
+
+def catch_up(daemon: Daemon, limit_s: float) -> tuple[float, dict[str, int]]:
+    """Waits until the daemon has analyzed every event it had taken in when the test ended, and its sinks' queue
+    is empty: a daemon behind a busy host (other jobs' events count too) must not turn late alerts into misses.
+    Returns the seconds waited (``limit_s`` at most) and the counters then."""
+    time.sleep(0.3)  # the test's last events leave the ring buffers (the sources poll every few ms)
+    t0 = time.time()
+    c = daemon_counters(daemon)
+    target = c["accepted"] - c["dropped"] - c["publish_lost"]
+    while time.time() - t0 < limit_s:
+        c = daemon_counters(daemon)
+        if c["analyzed"] >= target - c["publish_lost"] and c["pending"] == 0:
+            break
+        time.sleep(0.1)
+    return time.time() - t0, c
+
+
+def run_one(daemon: Daemon, t: Atomic, timeout_s: float, wait_s: float, catch_up_s: float = 120.0) -> None:
     work = daemon.base / "work" / t.id
     work.mkdir(mode=0o755)
     before = {p: _snapshot_one(p) for p in GUARDED}
     absent = [d for d in NEW_DIRS if not os.path.lexists(d)]
     cgroup, cgroup_id = daemon._cgroup(t.id)  # the harness's per-run cgroup (attribution by proc.cgroup)
     try:
+        before_counters = daemon_counters(daemon)
         pid, started, ended, error = daemon.command([SHELLS[t.executor], "-c", t.command], cgroup, str(work),
                                                      timeout_s)
         t.pid, t.error, t.cgroup_id = pid, error, cgroup_id
-        deadline = ended + wait_s
-        t.window = (started, deadline)
+        t.window = (started, ended + wait_s)  # events after the test's end + wait_s are not its own
+        t.catch_up_s, after = catch_up(daemon, catch_up_s)
+        t.drops = lost(after) - lost(before_counters)
+        deadline = time.time() + wait_s
         while True:
             t.alerts = attributed(daemon, t)
             if t.detected or time.time() > deadline:
@@ -448,16 +500,26 @@ def table(rows: list[list[str]], cols: list[str], markdown: bool) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("art", nargs="?", default=str(DEFAULT_ART), help="Atomic Red Team folder or its atomics/")
+    ap.add_argument("art", nargs="?", type=Path,
+                    help=f"Atomic Red Team folder or its atomics/ (default: ${ART_ENV}, else {ART_REL} beside the "
+                         "checkout or one of its parent folders)")
     ap.add_argument("--only", nargs="*", help="techniques (T1059.004) or tests (T1059.004-9)")
     ap.add_argument("--list", action="store_true", help="print the selection and skip reasons; run nothing")
     ap.add_argument("--markdown", action="store_true", help="tables as Markdown (docs/DETECTIONS.md)")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds a test may run before it is killed")
-    ap.add_argument("--wait", type=float, default=3.0, help="seconds to wait for alerts after a test ends")
+    ap.add_argument("--wait", type=float, default=3.0,
+                    help="seconds to wait for alerts once the daemon has analyzed a test's events")
+    ap.add_argument("--catch-up", type=float, default=120.0,
+                    help="seconds the daemon may take, after a test ends, to analyze the events it took in")
     args = ap.parse_args()
 
-    src = Path(args.art)
+    src = args.art or default_art()
+    if src is None:
+        ap.error(f"no Atomic Red Team folder: pass it, or set ${ART_ENV}, or put it at {ART_REL} beside the checkout "
+                 f"({REPO}) or one of its parent folders (github:redcanaryco/atomic-red-team, MIT)")
     src = src / "atomics" if (src / "atomics").is_dir() else src
+    if not src.is_dir():
+        ap.error(f"{src}: Atomic Red Team folder not found" + (f" (from ${ART_ENV})" if not args.art else ""))
     if not any(src.glob("T*/T*.yaml")):
         ap.error(f"{src}: no atomics/T*/T*.yaml here")
     if os.geteuid() != 0:
@@ -492,8 +554,10 @@ def main() -> int:
                 t.skip = prerequisites(t, scratch, fetch=True)  # fetch local prerequisites just before the test
                 if t.skip:
                     continue
-                run_one(daemon, t, args.timeout, args.wait)
+                run_one(daemon, t, args.timeout, args.wait, args.catch_up)
                 print(f"  [{i}/{len(to_run)}] {t.id}: {'detected' if t.detected else 'missed'} {t.level}"
+                      + (f" (daemon behind {t.catch_up_s:.1f} s)" if t.catch_up_s >= 1.0 else "")
+                      + (f" ({t.drops} events lost)" if t.drops else "")
                       + (f" (error: {t.error.splitlines()[-1][:80]})" if t.error else "")
                       + (f" (restored {', '.join(t.restored)})" if t.restored else ""), file=sys.stderr)
             time.sleep(max(args.wait, 5.0))  # late verdicts (the model scores a process at its exit)
@@ -533,6 +597,10 @@ def main() -> int:
         "test_errors": {t.id: t.error.strip().splitlines()[-1][:160] for t in ran if t.error.strip()},
         "cleanup_errors": {t.id: t.cleanup_error for t in ran if t.cleanup_error},
         "restored": {t.id: t.restored for t in ran if t.restored},
+        # the daemon's lag behind the host and its losses: a run where tests lost events is not a clean measure
+        "catch_up_max_s": round(max((t.catch_up_s for t in ran), default=0.0), 1),
+        "catch_up_total_s": round(sum(t.catch_up_s for t in ran), 1),
+        "events_lost": {t.id: t.drops for t in ran if t.drops},
         "daemon_exit": rc, "total_s": round(time.time() - t0, 1),
     }
     print(json.dumps(summary))

@@ -36,7 +36,9 @@
  *   setsid   syscalls:sys_exit_setsid (ravn_sec_setsid): a process became a session leader; only successes
  *            (ret > 0, the new session id). The process tree keeps the session, the incidents' join key.
  *   process_vm  syscalls:sys_enter/exit_process_vm_readv and _writev (ravn_sec_process_vm_enter): reading or
- *            writing another process's memory; calls on the caller's own pid are dropped in the kernel.
+ *            writing another process's memory; calls on the caller's own pid are dropped in the kernel, and a
+ *            (caller, target, call) is reported at most once per SEC_VM_WINDOW_NS (a failed call does not
+ *            count): a profiler reads another process's memory thousands of times a second.
  *   prctl    syscalls:sys_enter/exit_prctl (ravn_sec_prctl_enter): only PR_SET_NAME (the new comm, read from
  *            user memory: masquerading as a kernel thread or daemon) and PR_SET_MM (rewriting where argv, env or
  *            the exe link point); every other option returns after one compare.
@@ -113,6 +115,9 @@
 #endif
 #ifndef SEC_CAP_WINDOW_NS
 #define SEC_CAP_WINDOW_NS 1000000000ULL
+#endif
+#ifndef SEC_VM_WINDOW_NS /* a (caller, target, readv/writev) is reported at most once per window (0: every call) */
+#define SEC_VM_WINDOW_NS 1000000000ULL
 #endif
 #ifndef SEC_CAP_SKIP_VM /* 1: drop CAP_SYS_ADMIN checks made by memory accounting (see ravn_sec_capable) */
 #define SEC_CAP_SKIP_VM 1
@@ -252,6 +257,15 @@ struct sec_cap_key {
 	u16 denied;
 };
 BPF_TABLE("lru_hash", struct sec_cap_key, u64, sec_cap_last, 16384);
+struct sec_vm_key {
+	u32 tgid;
+	s32 target;
+	u32 nr;
+	u32 __pad;
+};
+/* (caller, target, call) -> when it was last reported: a profiler (py-spy) or debugger calls process_vm_readv
+ * thousands of times a second, each one an event that would flood the ring buffer and the pipeline. */
+BPF_TABLE("lru_hash", struct sec_vm_key, u64, sec_vm_last, 16384);
 
 /* --------------------------------------------------------------------------------------------- helpers */
 /* Emit an event that has no result to wait for. */
@@ -792,6 +806,11 @@ int ravn_sec_sys_exit(struct sec_exit_args *args)
 		return 0;
 	if (p->nr == nr) { /* else a stale entry of a call that never returned */
 		p->ret = ret;
+		if (ret < 0 && (nr == SEC_NR_PROCESS_VM_READV || nr == SEC_NR_PROCESS_VM_WRITEV)) {
+			/* a failed call does not hold back the next one, which may succeed */
+			struct sec_vm_key k = {.tgid = p->hdr.pid, .target = (s32)p->args[0], .nr = nr};
+			sec_vm_last.delete(&k);
+		}
 		if (ravn_events.ringbuf_output(p, sizeof(*p), 0) < 0)
 			ravn_count_drop();
 	}
@@ -896,6 +915,14 @@ int ravn_sec_process_vm_enter(struct sec_enter_args *args)
 	u64 uid_gid = bpf_get_current_uid_gid();
 	if (ravn_filtered(pid_tgid, uid_gid))
 		return 0;
+	if (SEC_VM_WINDOW_NS) {
+		struct sec_vm_key k = {.tgid = pid_tgid >> 32, .target = target, .nr = args->nr};
+		u64 now = bpf_ktime_get_ns();
+		u64 *last = sec_vm_last.lookup(&k);
+		if (last && now - *last < SEC_VM_WINDOW_NS)
+			return 0;
+		sec_vm_last.update(&k, &now);
+	}
 	return sec_store(RAVN_EVT_PROCESS_VM, args->nr, target, args->a[2], args->a[4], 0, 3, 0, pid_tgid, uid_gid);
 }
 

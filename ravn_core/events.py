@@ -166,7 +166,8 @@ EVENT_TYPES: Final[dict[str, EventType]] = {
                                       "keeps the session, the first key incidents join alerts by",
            ("setsid.sid", "int", "the new session id (the caller's pid)")),
         _t("process_vm", "ebpf_security", "another process's memory read or written with process_vm_readv/writev "
-                                          "(calls on the caller's own pid are not reported)",
+                                          "(calls on the caller's own pid are not reported; a (caller, target, "
+                                          "call) at most once per process_vm_window_ms, failed calls aside)",
            ("process_vm.call", "str", "process_vm_readv|process_vm_writev"),
            ("process_vm.target", "int", "pid whose memory is accessed"),
            ("process_vm.ret", "int", "bytes transferred or -errno")),

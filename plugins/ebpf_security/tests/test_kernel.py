@@ -590,6 +590,32 @@ def test_process_vm_read_and_write_of_another_process(probe: SecuritySource) -> 
     schema_ok(vms[0])
 
 
+def test_process_vm_calls_reported_once_per_window(probe: SecuritySource) -> None:
+    """A profiler-like loop (300 reads of the same process within the 1 s process_vm_window_ms) is one event, so
+    it cannot flood the ring buffer; a failed call (EFAULT: an unmapped remote address) does not hold back the
+    next call, which succeeds and is reported; a write is a call of its own. Ground truth: the return values."""
+    mine = ctypes.create_string_buffer(b"ravn-secret-0123", 16)
+    r, w = os.pipe()
+
+    def body() -> None:
+        local = ctypes.create_string_buffer(16)
+        liov, riov = IoVec(ctypes.addressof(local), 16), IoVec(ctypes.addressof(mine), 16)
+        bad = vm_call(310, os.getppid(), liov, IoVec(8, 16))  # address 8: never mapped
+        results = [vm_call(310, os.getppid(), liov, riov) for _ in range(300)]
+        patch = ctypes.create_string_buffer(b"ravn", 4)
+        n = vm_call(311, os.getppid(), IoVec(ctypes.addressof(patch), 4), IoVec(ctypes.addressof(mine), 4))
+        os.write(w, f"{bad} {min(results)} {max(results)} {n}".encode())
+
+    pid, status = in_child(body)
+    os.close(w)
+    got = os.read(r, 64).decode().split()
+    os.close(r)
+    assert status == 0 and got == ["-1", "16", "16", "4"]
+    vms = [e for e in of_pid(probe, pid) if e["evt.type"] == "process_vm"]
+    assert [(e["process_vm.call"], e["process_vm.ret"]) for e in vms] == [
+        ("process_vm_readv", -14), ("process_vm_readv", 16), ("process_vm_writev", 4)]
+
+
 def test_prctl_set_name_and_set_mm(probe: SecuritySource) -> None:
     """PR_SET_NAME carries the name asked for (the kernel keeps 15 bytes: /proc/<pid>/comm is the ground truth);
     PR_SET_MM carries its sub-option and result; any other option (PR_GET_NAME) is not reported."""

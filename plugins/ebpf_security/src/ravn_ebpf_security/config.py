@@ -50,6 +50,10 @@ class SecurityConfig(BccProbeConfig):
     capable_window_ms: int = Field(
         1000, ge=0, description="report a (process, capability, granted/denied) at most once per this many ms "
                                 "(cap_capable fires on every check; 0 reports every check)")
+    process_vm_window_ms: int = Field(
+        1000, ge=0, description="report a (process, target process, process_vm_readv/writev) at most once per this "
+                                "many ms (a profiler makes thousands of calls a second; a failed call does not "
+                                "count; 0 reports every call)")
     capable_skip_overcommit: bool = Field(
         True, description="drop the CAP_SYS_ADMIN checks the kernel's memory overcommit accounting makes inside "
                           "mmap/brk/mprotect/mremap/fork/exec (one per process, never a privileged action)")

@@ -45,6 +45,7 @@ class SecuritySource(BccProbe):
             f"-DSEC_CAP_MODE={('all', 'denied', 'granted').index(c.capable_report)}",
             f"-DSEC_CAP_WINDOW_NS={c.capable_window_ms * 1_000_000}ULL",
             f"-DSEC_CAP_SKIP_VM={int(c.capable_skip_overcommit)}",
+            f"-DSEC_VM_WINDOW_NS={c.process_vm_window_ms * 1_000_000}ULL",
             f"-DSEC_BPF_CMD_MASK={c.bpf_command_mask():#x}ULL",
             f"-DSEC_MAX_PENDING={c.max_pending}",
         ]
