@@ -6,7 +6,7 @@
  * What it traces (specific syscall tracepoints only; never raw_syscalls): one program, ravn_file_enter, on the
  * sys_enter_* tracepoint of open, openat, openat2, creat, unlink, unlinkat, rmdir, rename, renameat, renameat2,
  * chmod, fchmodat, fchmodat2, fchmod (setuid/setgid modes only), chown, lchown, fchownat, link, linkat, symlink,
- * symlinkat and truncate (it dispatches on the x86_64 syscall number), and one, ravn_file_exit, on their
+ * symlinkat, truncate, chdir and fchdir (it dispatches on the x86_64 syscall number), and one, ravn_file_exit, on their
  * sys_exit_* tracepoints: it adds the result and submits the record kept since the enter.
  *
  * Matching: ravn_file_rules is an LPM trie keyed by path bytes; user space inserts one entry per configured
@@ -31,11 +31,13 @@
  *     change (unlink, rename, ...), and for a read open whose last component, or whose parent directory, is in
  *     ravn_file_names (the last component of each read prefix - "shadow", ".ssh" - and the configured
  *     relative_names - "id_rsa", "mem"...: "./shadow", "../etc/shadow", ".ssh/id_rsa" in $HOME; one scan of the
- *     path and at most two hash lookups); user space joins it with /proc/<pid>/cwd (or the
- *     dirfd's path) and applies the same prefixes. That happens when the record is decoded, milliseconds
- *     later: a process gone by then is not resolved (counted, dropped), and one that changed directory in
- *     between is resolved against its new cwd. Relative read opens of other names are not seen at all
- *     (`cd /root/.ssh; cat backup_of_key` is missed: add the name to relative_names);
+ *     path and at most two hash lookups); user space joins it with the cwd the kernel kept for the process
+ *     (ravn_file_cwd: its last absolute chdir, inherited at fork, seeded from /proc at start; sent in newpath,
+ *     RAVN_FILE_F_CWD) or else with /proc/<pid>/cwd (or the dirfd's path) when the record is decoded, and
+ *     applies the same prefixes. After a relative chdir or fchdir the kernel forgets the cwd, so a process that
+ *     did one and is gone before its record is decoded is not resolved (counted, dropped). Relative read opens
+ *     of other names are not seen at all (`cd /root/.ssh; cat backup_of_key` is missed: add the name to
+ *     relative_names). chdir and fchdir are traced for this and never reported;
  *   - fchmod (setuid/setgid) names its file by fd: the path is read from /proc/<pid>/fd/<fd> at decode time
  *     (empty if the fd is closed by then; it shows the file's current name if it was renamed);
  *   - an absolute path with an empty, "." or ".." component ("/etc//shadow", "/tmp/../etc/shadow") would slip
@@ -51,7 +53,39 @@
 #include "ravn_events.h"
 #include "ravn_common.bpf.h"
 
-RAVN_PROC_PROGRAMS
+#ifndef RAVN_FILE_MAX_CWD
+#define RAVN_FILE_MAX_CWD 8192 /* processes whose cwd the kernel keeps (LRU, 256 bytes each) */
+#endif
+
+/* The cwd each process last entered by an absolute chdir, inherited at fork, deleted at exit and on a relative
+ * chdir or fchdir (which the kernel cannot join); seeded by user space from /proc/<pid>/cwd at start. A relative
+ * open of a process that has one carries it in newpath (RAVN_FILE_F_CWD), so user space can resolve the path
+ * after the process is gone ("cd /etc && cat ./shadow" exits long before its record is decoded). */
+struct file_cwd {
+	char path[RAVN_FILE_PATH_MAX];
+};
+BPF_TABLE("lru_hash", u32, struct file_cwd, ravn_file_cwd, RAVN_FILE_MAX_CWD);
+
+int ravn_on_newtask(struct ravn_newtask_args *args)
+{
+	if (!(args->clone_flags & RAVN_CLONE_THREAD)) {
+		u32 creator = bpf_get_current_pid_tgid() >> 32;
+		u32 child = args->pid;
+		struct file_cwd *cwd = ravn_file_cwd.lookup(&creator);
+		if (cwd)
+			ravn_file_cwd.update(&child, cwd);
+	}
+	return ravn_track_newtask(args);
+}
+
+int ravn_on_exit(struct ravn_exit_args *args)
+{
+	if (args->group_dead) {
+		u32 tgid = bpf_get_current_pid_tgid() >> 32;
+		ravn_file_cwd.delete(&tgid);
+	}
+	return ravn_track_exit(args);
+}
 
 #ifndef RAVN_FILE_MAX_RULES
 #define RAVN_FILE_MAX_RULES 1024
@@ -99,6 +133,7 @@ static __always_inline int file_world_writable(u32 mode)
 	return (mode & R_S_IWOTH) && !(mode & R_S_ISVTX);
 }
 #define R_AT_FDCWD -100
+#define RAVN_FILE_CHDIR 0xffff /* not an event type: a chdir/fchdir kept from enter to exit to track the cwd */
 
 struct file_sys_enter {
 	u64 __common;
@@ -370,6 +405,8 @@ static __always_inline int file_change_wanted(u32 type, u32 c1, u32 c2, u32 why)
  * per path instead of once per syscall, which keeps the compile short) */
 #define NR_truncate 76
 #define NR_rename 82
+#define NR_chdir 80
+#define NR_fchdir 81
 #define NR_rmdir 84
 #define NR_creat 85
 #define NR_link 86
@@ -475,6 +512,10 @@ int ravn_file_enter(struct file_sys_enter *args)
 	case NR_symlinkat:
 		type = RAVN_EVT_SYMLINK; p1 = (const char *)a[0]; ndfd = a[1]; p2 = (const char *)a[2]; target = 1;
 		break;
+	case NR_chdir:
+	case NR_fchdir:
+		type = RAVN_FILE_CHDIR; p1 = nr == NR_chdir ? (const char *)a[0] : 0;
+		break;
 	default:
 		return 0;
 	}
@@ -492,6 +533,12 @@ int ravn_file_enter(struct file_sys_enter *args)
 		c2 = file_classify(p2, e->newpath, &e->why, RAVN_FILE_F_NEWRELATIVE, RAVN_FILE_F_NEWNORMALIZE);
 
 	int wanted = 0;
+	if (type == RAVN_FILE_CHDIR) {
+		/* kept to the exit, never reported: an absolute path becomes the cwd, anything else forgets it */
+		if (!p1 || (e->why & (RAVN_FILE_F_RELATIVE | RAVN_FILE_F_TRUNCATED)))
+			e->path[0] = 0;
+		return file_keep(e, id, ug, type);
+	}
 	if (type == RAVN_EVT_OPEN) {
 		int write = (flags & (R_O_WRONLY | R_O_RDWR | R_O_CREAT | R_O_TRUNC)) != 0;
 		if (c1 & FILE_CLASS_EXCLUDE)
@@ -522,6 +569,16 @@ int ravn_file_enter(struct file_sys_enter *args)
 	if (!(e->why & (RAVN_FILE_F_MATCHED | RAVN_FILE_F_RELATIVE | RAVN_FILE_F_NEWRELATIVE | RAVN_FILE_F_SETID |
 			RAVN_FILE_F_PERM | RAVN_FILE_F_NORMALIZE | RAVN_FILE_F_NEWNORMALIZE)))
 		e->why |= RAVN_FILE_F_ALL;
+#if RAVN_FILE_RELATIVE
+	if (type == RAVN_EVT_OPEN && (e->why & RAVN_FILE_F_RELATIVE) && dfd == R_AT_FDCWD) {
+		u32 tgid = id >> 32;
+		struct file_cwd *cwd = ravn_file_cwd.lookup(&tgid);
+		if (cwd) {
+			bpf_probe_read_kernel(e->newpath, RAVN_FILE_PATH_MAX, cwd->path);
+			e->why |= RAVN_FILE_F_CWD;
+		}
+	}
+#endif
 	e->dirfd = dfd;
 	e->newdirfd = ndfd;
 	e->flags = flags;
@@ -542,6 +599,15 @@ int ravn_file_exit(struct file_sys_exit *args)
 	if (!e)
 		return 0;
 	e->ret = args->ret;
+	if (e->hdr.type == RAVN_FILE_CHDIR) {
+		u32 tgid = e->hdr.pid;
+		if (e->ret == 0 && e->path[0] == '/')
+			ravn_file_cwd.update(&tgid, (struct file_cwd *)e->path);
+		else if (e->ret == 0)
+			ravn_file_cwd.delete(&tgid);
+		ravn_file_inflight.delete(&tid);
+		return 0;
+	}
 	/* one-path events leave newpath out of the record (360 instead of 616 bytes of ring space) */
 	u64 size = e->newpath[0] ? sizeof(*e) : RAVN_FILE_SHORT_SIZE;
 	if (ravn_events.ringbuf_output(e, size, 0) != 0)

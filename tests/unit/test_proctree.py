@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 from ravn_core.proctree import ProcessTree, read_proc
 from ravn_core.testing import synthetic_event
@@ -89,13 +90,19 @@ def test_bad_timestamps_do_not_break_the_tree() -> None:
 
 
 def test_session_id_seeded_from_proc_inherited_at_fork_and_set_by_setsid() -> None:
-    t = ProcessTree()
-    t.seed_from_proc()
-    me = t.get(os.getpid())
-    assert me is not None and me.sid == os.getsid(0) > 0
+    # a session leader of our own: the test's own session may be 0 here (a leader outside this pid namespace)
+    leader = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        t = ProcessTree()
+        t.seed_from_proc()
+        seeded = t.get(leader.pid)
+        assert seeded is not None and seeded.sid == os.getsid(leader.pid) == leader.pid
+    finally:
+        leader.kill()
+        leader.wait()
     child = 4_000_000  # above pid_max: never a live pid
-    t.update([fork(os.getpid(), child)])
-    assert t.get(child).sid == os.getsid(0)  # type: ignore[union-attr]
+    t.update([fork(leader.pid, child)])
+    assert t.get(child).sid == leader.pid  # type: ignore[union-attr]
     t.update([synthetic_event("setsid", **{"proc.pid": child, "setsid.sid": child})])
     assert t.get(child).sid == child  # type: ignore[union-attr]
     t.update([fork(child, child + 1)])

@@ -197,7 +197,7 @@ def test_only_specific_tracepoints() -> None:
     from ravn_core.testing import make_context
 
     tps = FileSource("f", FileConfig(), make_context("f")).tracepoints()
-    assert len(tps) == 44 and all(tp.startswith(("syscalls:sys_enter_", "syscalls:sys_exit_")) for _, tp in tps)
+    assert len(tps) == 48 and all(tp.startswith(("syscalls:sys_enter_", "syscalls:sys_exit_")) for _, tp in tps)
     assert all(Path("/sys/kernel/tracing/events", *tp.split(":")).is_dir() for _, tp in tps) or \
         not Path("/sys/kernel/tracing/events").is_dir()
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from ravn_ebpf_file.config import FileConfig
-from ravn_ebpf_file.source import FileSource
+from ravn_ebpf_file.source import FileSource, seed_cwds
 
 from ravn_core import bpf_testing
 from ravn_core.bpf_testing import collect_until_quiet, fresh_cgroup, run_child
@@ -161,6 +161,28 @@ def test_world_writable_chmod_and_relative_reads(probe: FileSource, base: Path) 
     assert oct(os.stat(f"{o}/ww").st_mode & 0o7777) == oct(0o777)  # ground truth of the mode reported
 
 
+def test_relative_read_of_a_process_gone_before_decoding(probe: FileSource, base: Path) -> None:
+    """`cd <dir> && cat ./key` is over long before its record is decoded, so /proc/<pid>/cwd is gone: the cwd the
+    kernel kept (the shell's absolute chdir, inherited at fork; or seeded from /proc at start) resolves it."""
+    s = f"{base}/secret"
+    probe.poll(0)
+    before = dict(probe.counters)
+    subprocess.run(["sh", "-c", f"cd {s} && cat ./cred >/dev/null"], check=True)
+    # started before a (re)seed, in the watched directory's parent: its cwd comes from /proc, not from a chdir
+    waiting = subprocess.Popen(["sh", "-c", "read x && cat secret/key >/dev/null"], cwd=base, stdin=subprocess.PIPE)
+    time.sleep(0.2)
+    assert probe.bpf is not None
+    seed_cwds(probe.bpf["ravn_file_cwd"])
+    waiting.communicate(b"\n", timeout=10)
+    time.sleep(0.3)  # both processes are gone before the first poll
+    events = [e for e in collect_until_quiet(probe) if e["evt.type"] == "open" and e["file.path"].startswith(s)]
+    assert sorted(e["file.path"] for e in events) == [f"{s}/cred", f"{s}/key"], (
+        {k: v - before.get(k, 0) for k, v in probe.counters.items()})
+    assert all(e["proc.comm"] == "cat" for e in events)
+    assert probe.counters["relative_from_kernel_cwd"] - before.get("relative_from_kernel_cwd", 0) >= 2, (
+        {k: v - before.get(k, 0) for k, v in probe.counters.items()})
+
+
 def test_result_and_uid_of_a_denied_change(probe: FileSource, base: Path) -> None:
     truth, events = run_child(probe, CHILD, "chown_denied", str(base), user=NOBODY)
     (e,) = events
@@ -185,7 +207,7 @@ def test_nothing_attached_after_stop(base: Path, bystander: int) -> None:
         assert src.bpf is not None
         ids = src.program_ids()
         h = src.health()
-        assert h.state == "ok" and h.counters["programs_attached"] == h.counters["programs_expected"] == 46
+        assert h.state == "ok" and h.counters["programs_attached"] == h.counters["programs_expected"] == 50
         assert len(ids) == 4  # enter, exit + the base's fork/exit programs
     finally:
         src.stop()

@@ -29,11 +29,12 @@ F_TRUNCATED: Final = 0x40
 F_NORMALIZE: Final = 0x80
 F_NEWNORMALIZE: Final = 0x100
 F_PERM: Final = 0x200
+F_CWD: Final = 0x400
 WRITE_FLAGS: Final = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
 
 #: what the decoders count (in the source's health counters)
-COUNTERS: Final = ("relative_resolved", "relative_unresolved", "relative_filtered", "normalized",
-                   "normalized_filtered")
+COUNTERS: Final = ("relative_resolved", "relative_from_kernel_cwd", "relative_unresolved", "relative_filtered",
+                   "normalized", "normalized_filtered")
 
 #: returned by a decoder for a record user space filtered out; the source drops it (identity compared)
 DROP: Final[Event] = {}
@@ -95,6 +96,10 @@ def make_decoders(header: Callable[[tuple[Any, ...]], Event], rules: PathRules, 
             path = normalize_path(path)
         if why & F_NEWNORMALIZE:
             newpath = normalize_path(newpath)
+        if why & F_CWD:  # a relative open and the cwd the kernel kept for the process: exact at the syscall
+            path, newpath = normalize_path(f"{newpath.rstrip('/')}/{path}"), ""
+            why &= ~(F_RELATIVE | F_CWD)
+            counters["relative_from_kernel_cwd"] += 1
         if why & (F_RELATIVE | F_NEWRELATIVE):
             both = [path, newpath]
             for i, (flag, dirfd) in enumerate(((F_RELATIVE, v[_DIRFD]), (F_NEWRELATIVE, v[_NEWDIRFD]))):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import ctypes
+import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ravn_core.bpf import EVENT_TYPE_IDS, BccProbe
 from ravn_core.components import RuntimeContext
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 SYSCALLS: tuple[str, ...] = (
     "open", "openat", "openat2", "creat", "unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2",
     "chmod", "fchmodat", "fchmodat2", "fchmod", "chown", "lchown", "fchownat", "link", "linkat", "symlink",
-    "symlinkat", "truncate",
+    "symlinkat", "truncate", "chdir", "fchdir",
 )
 
 
@@ -86,6 +87,8 @@ class FileSource(BccProbe):
                 key.s = name.encode()
                 names[key] = ctypes.c_uint8(1)
         assert ctypes.sizeof(trie.Key()) == 4 + PATH_MAX
+        if self.config.relative_paths:
+            seed_cwds(bpf["ravn_file_cwd"])
 
     def decoders(self) -> dict[int, Callable[[bytes], Event]]:
         return make_decoders(self.event_header(), self.rules, frozenset(self.config.report_all), self.counters)
@@ -95,3 +98,21 @@ class FileSource(BccProbe):
 
     def drain(self) -> Batch:
         return [e for e in super().drain() if e is not DROP]
+
+
+def seed_cwds(table: Any) -> int:
+    """Put every running process's /proc/<pid>/cwd into the kernel's cwd map (``ravn_file_cwd``): the processes
+    started before the probe, whose absolute chdir the kernel never saw. Returns how many were seeded."""
+    n = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry.name}/cwd").encode()
+        except OSError:
+            continue
+        if not cwd.startswith(b"/") or len(cwd) >= PATH_MAX or cwd.endswith(b" (deleted)"):
+            continue
+        table[ctypes.c_uint32(int(entry.name))] = table.Leaf.from_buffer_copy(cwd.ljust(PATH_MAX, b"\0"))
+        n += 1
+    return n
