@@ -42,8 +42,9 @@
  *   prctl    syscalls:sys_enter/exit_prctl (ravn_sec_prctl_enter): only PR_SET_NAME (the new comm, read from
  *            user memory: masquerading as a kernel thread or daemon) and PR_SET_MM (rewriting where argv, env or
  *            the exe link point); every other option returns after one compare.
- *   socket   syscalls:sys_enter/exit_socket (ravn_sec_socket_enter): packet and raw sockets only (AF_PACKET, SOCK_RAW,
- *            SOCK_PACKET: sniffing, crafted packets); every other socket returns after two compares.
+ *   socket   syscalls:sys_enter/exit_socket (ravn_sec_socket_enter): packet and raw IP sockets only (AF_PACKET,
+ *            SOCK_PACKET, SOCK_RAW of AF_INET/AF_INET6: sniffing, crafted packets); every other socket (AF_NETLINK
+ *            SOCK_RAW included: getaddrinfo, iproute2) returns after a few compares.
  *   module   with module_hook: auto (default), syscalls:sys_enter_init_module/finit_module/delete_module
  *            (ravn_sec_module_enter) when the kernel has them (CONFIG_MODULES); nothing otherwise.
  *   Calls with a result are paired: sys_enter stores the arguments in a per-thread hash (sec_pending,
@@ -145,6 +146,8 @@
 #define SEC_PR_SET_NAME 15
 #define SEC_PR_SET_MM 35
 #define SEC_NR_SOCKET 41
+#define SEC_AF_INET 2
+#define SEC_AF_INET6 10
 #define SEC_AF_PACKET 17
 #define SEC_SOCK_RAW 3
 #define SEC_SOCK_PACKET 10
@@ -962,13 +965,14 @@ int ravn_sec_module_enter(struct sec_enter_args *args)
 }
 
 /* ---------------------------------------------------------------------------------------------- socket */
-/* syscalls:sys_enter_socket (family, type, protocol): packet and raw sockets only. Paired (the fd or -errno). */
+/* syscalls:sys_enter_socket (family, type, protocol): packet and raw IP sockets only. Paired (the fd or -errno). */
 int ravn_sec_socket_enter(struct sec_enter_args *args)
 {
 	s64 family = args->a[0];
 	s64 type = args->a[1];
 	u32 kind = type & 0xf; /* SOCK_TYPE_MASK: without SOCK_NONBLOCK / SOCK_CLOEXEC */
-	if (family != SEC_AF_PACKET && kind != SEC_SOCK_RAW && kind != SEC_SOCK_PACKET)
+	if (family != SEC_AF_PACKET && kind != SEC_SOCK_PACKET
+	    && !(kind == SEC_SOCK_RAW && (family == SEC_AF_INET || family == SEC_AF_INET6)))
 		return 0;
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u64 uid_gid = bpf_get_current_uid_gid();

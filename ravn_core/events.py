@@ -177,8 +177,9 @@ EVENT_TYPES: Final[dict[str, EventType]] = {
            ("prctl.name", "str", "PR_SET_NAME: the new name as passed (the kernel keeps 15 bytes); else empty"),
            ("prctl.arg", "int", "PR_SET_MM: the sub-option (PR_SET_MM_ARG_START 8, ... EXE_FILE 13); else 0"),
            ("prctl.ret", "int", "syscall result")),
-        _t("socket", "ebpf_security", "a packet or raw socket created (AF_PACKET, SOCK_RAW, SOCK_PACKET): sniffing or "
-                                      "crafted packets; ordinary sockets are not reported",
+        _t("socket", "ebpf_security", "a packet or raw IP socket created (AF_PACKET, SOCK_PACKET, SOCK_RAW of "
+                                      "AF_INET/AF_INET6): sniffing or crafted packets; other sockets (netlink "
+                                      "SOCK_RAW included) are not reported",
            ("socket.family", "str", "AF_PACKET, AF_INET, AF_INET6, ... (the number when unnamed)"),
            ("socket.type", "str", "SOCK_RAW, SOCK_DGRAM, SOCK_PACKET, ... (without SOCK_NONBLOCK/SOCK_CLOEXEC)"),
            ("socket.protocol", "int", "protocol argument (ETH_P_* in network byte order for AF_PACKET)"),

@@ -540,6 +540,17 @@ def mass_rename(work: Path) -> None:
         os.rename(data / f"doc{i}.txt", data / f"doc{i}.txt.locked")
 
 
+@scenario("T1486", "40 existing files replaced by encrypted copies under random names (no known extension)",
+          "mass_file_rename")
+def mass_rename_random(work: Path) -> None:
+    data = work / "data"
+    data.mkdir()
+    for i in range(40):
+        (data / f"invoice{i}.pdf").write_text("x")
+    for i in range(40):
+        os.rename(data / f"invoice{i}.pdf", data / f"{os.urandom(6).hex()}.bin")
+
+
 @scenario("T1046", "connects to 25 loopback ports within a second", "port_scan")
 def port_scan(work: Path) -> None:
     for port in range(40100, 40125):
@@ -573,7 +584,8 @@ def setns(work: Path) -> None:
 # ---------------------------------------------------------------------------------------------- benign workload
 BENIGN_STEPS = ("compile C", "pip install into a temp venv (--no-index, local wheel)", "run a test suite",
                 "git operations", "tar and gzip", "ssh-keygen", "dpkg -l, apt-cache policy",
-                "log rotation renames")
+                "log rotation renames", "40 files saved atomically (written as name.tmpXXXXX, renamed to name)",
+                "a netlink raw socket (what getaddrinfo and ip use)")
 
 
 def _wheel(dest: Path) -> Path:
@@ -636,6 +648,16 @@ def benign(work: Path) -> None:
         os.rename(src, logs / f"app.log.{i + 1}")
     (logs / "app.log").write_text("")
     subprocess.run(["gzip", str(logs / "app.log.2")], **run)  # type: ignore[call-overload]
+    # atomic saves, as cmake, editors and package managers write files: a temporary name, then renamed over
+    # the final one (many per second in a build)
+    out = work / "out"
+    out.mkdir()
+    for i in range(40):
+        tmp = out / f"part{i}.make.tmp{os.urandom(3).hex()}"
+        tmp.write_text(f"rule {i}\n")
+        os.rename(tmp, out / f"part{i}.make")
+    # a netlink raw socket (NETLINK_ROUTE): how getaddrinfo, ip and systemd ask the kernel about interfaces
+    socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close()
 
 
 # ---------------------------------------------------------------------------------------------- tradecraft

@@ -405,6 +405,14 @@ def _benign() -> list[list[dict[str, Any]]]:
                                    socket__protocol=768, socket__ret=3)),
         by("/usr/bin/ping", E("socket", comm="ping", socket__family="AF_INET", socket__type="SOCK_RAW",
                               socket__protocol=1, socket__ret=3)),
+        # apt's http method (getaddrinfo) and any resolver: a netlink raw socket is not a packet socket
+        by("/usr/lib/apt/methods/http", E("socket", comm="http", socket__family="AF_NETLINK", socket__type="SOCK_RAW",
+                                          socket__protocol=0, socket__ret=3)),
+        by("/tmp/v/bin/python3", E("socket", comm="python3", socket__family="AF_NETLINK", socket__type="SOCK_RAW",
+                                   socket__protocol=0, socket__ret=3)),
+        # a build tool outside the system dirs saving 40 files atomically (cmake writes x.tmp6a789, then x)
+        _renames("/home/dev/.local/bin/meson",
+                 lambda i: (f"/tmp/b/out/f{i}.make.tmp{i:04x}9", f"/tmp/b/out/f{i}.make")),
         # 60_tradecraft.yaml's benign neighbours
         [X("/bin/bash", "-c", "history | tail -5"), X("/usr/bin/touch", "/tmp/stamp"),
          X("/usr/bin/zip", "-r", "a.zip", "d")],
@@ -417,6 +425,67 @@ def _benign() -> list[list[dict[str, Any]]]:
         under(chain(("/usr/bin/awk", "awk")), X("/bin/sh", "-c", "sort -u /tmp/a")),
         under(chain(("/usr/bin/find", "find")), X("/bin/sh", "-c", "gzip -9 \"$1\"", "sh", "/var/log/x.log")),
     ]
+
+
+def _renames(exe: str, names: Any, n: int = 40) -> list[dict[str, Any]]:
+    """``n`` renames within 0.4 s by one process that executed ``exe``: ``names(i) -> (old path, new path)``."""
+    ex = X(exe)
+    out = [ex]
+    for i in range(n):
+        old, new = names(i)
+        out.append(E("rename", comm=ex["proc.comm"], pid=ex["proc.pid"], ppid=ex["proc.ppid"], t=i * 0.01,
+                     file__path=old, file__newpath=new, file__ret=0))
+    return out
+
+
+# (temporary name, final name): how builds, editors, package managers and libraries save a file atomically
+ATOMIC_SAVES = [
+    ("/w/out/CMakeFiles/progress.marks.tmp{i:04x}9", "/w/out/CMakeFiles/progress.marks{i}"),  # cmake
+    ("/w/src/f{i}.c.tmp", "/w/src/f{i}.c"), ("/w/src/f{i}.json.tmp.{i}77", "/w/src/f{i}.json"),
+    ("/w/src/sedAb{i:02d}Xy", "/w/src/f{i}.c"),  # sed -i
+    ("/w/src/tmpk2j{i:02d}h4g", "/w/src/f{i}.json"), ("/w/src/tmpk2j{i:02d}h4g.json", "/w/f{i}.json"),  # tempfile
+    ("/w/src/.f{i}.txt.Q7x{i:02d}b", "/w/src/f{i}.txt"), ("/w/src/f{i}.conf.aBc{i:02d}Z", "/w/src/f{i}.conf"),  # glib
+    ("/w/src/f{i}.txt~", "/w/src/f{i}.txt"), ("/w/dl/f{i}.iso.part", "/w/dl/f{i}.iso"),
+    ("/w/etc/f{i}.conf.dpkg-new", "/w/etc/f{i}.conf"), ("/w/r/.git/refs/heads/b{i}.lock", "/w/r/.git/refs/heads/b{i}"),
+]
+# ransomware: existing files renamed (the same name plus an extension, a random name, a temp-looking name)
+RANSOM_RENAMES = [
+    ("/srv/data/doc{i}.docx", "/srv/data/doc{i}.docx.x7"),
+    ("/srv/data/doc{i}.docx", "/srv/data/{i:08x}e1c2d3.bin"),
+    ("/srv/data/report{i}.pdf", "/srv/data/report{i}.pdf.tmp"),
+    ("/srv/data/photo{i}.jpeg", "/srv/data/photo{i}.jpeg.backup"),
+    ("/home/al/notes{i}", "/home/al/notes{i}.Ab12Cd"),
+]
+
+
+@pytest.mark.parametrize(("old", "new"), ATOMIC_SAVES)
+def test_atomic_saves_are_not_a_rename_burst(analyzer: RulesAnalyzer, old: str, new: str) -> None:
+    """A temporary file renamed to its final name (written then renamed so that readers never see half a file)
+    is an atomic save, not ransomware, whoever does it: 40 of them in 0.4 s by an unknown tool stay quiet."""
+    for exe in ("/home/dev/.local/bin/tool", "/tmp/v/bin/python3"):
+        alerts = analyze(analyzer, _renames(exe, lambda i: (old.format(i=i), new.format(i=i))))
+        assert "mass_file_rename" not in {a.rule for a in alerts}, (exe, old)
+
+
+@pytest.mark.parametrize(("old", "new"), RANSOM_RENAMES)
+def test_a_burst_of_renamed_existing_files_still_fires(analyzer: RulesAnalyzer, old: str, new: str) -> None:
+    for exe in ("/tmp/.x/locker", "/usr/bin/python3"):
+        alerts = analyze(analyzer, _renames(exe, lambda i: (old.format(i=i), new.format(i=i))))
+        assert "mass_file_rename" in {a.rule for a in alerts}, (exe, old, new)
+
+
+@pytest.mark.parametrize(("family", "stype", "fires"), [
+    ("AF_PACKET", "SOCK_RAW", True), ("AF_PACKET", "SOCK_DGRAM", True), ("AF_INET", "SOCK_RAW", True),
+    ("AF_INET6", "SOCK_RAW", True), ("AF_INET", "SOCK_PACKET", True),
+    ("AF_NETLINK", "SOCK_RAW", False), ("AF_NETLINK", "SOCK_DGRAM", False), ("AF_UNIX", "SOCK_RAW", False),
+])
+def test_packet_socket_is_a_sniffing_family(analyzer: RulesAnalyzer, family: str, stype: str, fires: bool) -> None:
+    """Only AF_PACKET, SOCK_PACKET and raw IP sockets see or craft packets; a netlink raw socket (getaddrinfo,
+    iproute2, apt's http method) talks to the kernel."""
+    for exe in ("/tmp/.x/sniff", "/usr/lib/apt/methods/http"):
+        alerts = analyze(analyzer, by(exe, E("socket", comm="x", socket__family=family, socket__type=stype,
+                                             socket__protocol=0, socket__ret=3)))
+        assert ("packet_socket_opened" in {a.rule for a in alerts}) is fires, (exe, family, stype)
 
 
 def test_benign_activity_is_quiet(analyzer: RulesAnalyzer) -> None:

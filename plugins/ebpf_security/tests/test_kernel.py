@@ -645,15 +645,16 @@ def test_prctl_set_name_and_set_mm(probe: SecuritySource) -> None:
 
 
 def test_packet_and_raw_sockets(probe: SecuritySource) -> None:
-    """AF_PACKET and SOCK_RAW sockets are reported with family, type (flags stripped), protocol and the fd; a TCP
-    socket is not."""
+    """AF_PACKET and raw IP sockets are reported with family, type (flags stripped), protocol and the fd; a TCP
+    socket and a netlink SOCK_RAW socket (getaddrinfo, iproute2) are not."""
     r, w = os.pipe()
 
     def body() -> None:
         fds = []
         for fam, typ, proto in ((socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0x0300),
                                 (socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP),
-                                (socket.AF_INET, socket.SOCK_STREAM, 0)):
+                                (socket.AF_INET, socket.SOCK_STREAM, 0),
+                                (socket.AF_NETLINK, socket.SOCK_RAW, 0)):  # NETLINK_ROUTE
             s = socket.socket(fam, typ, proto)
             fds.append(s.detach())
         os.write(w, ",".join(map(str, fds)).encode())
