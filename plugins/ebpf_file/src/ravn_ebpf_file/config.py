@@ -15,8 +15,9 @@ Why these defaults: reads are reported only where a read alone is the signal (cr
 history, another process's memory), because reads under /etc, /usr/lib and /lib happen on every exec (the dynamic
 loader opens /etc/ld.so.cache and the libraries). Writes are reported under the wider set of places attackers persist or
 tamper with: all of /etc (passwd, group, pam.d, cron, systemd units, ld.so.preload), binaries and libraries, boot,
-cron spools, shell start-up files, logs (clearing), the kernel knobs used for escapes (core_pattern,
-modprobe, cgroup v1 release_agent), and /proc/<pid>/comm (a process renaming itself, or another).
+cron spools, the start-up files of every common shell in root's and users' homes, logs (clearing), the kernel
+knobs used for escapes (core_pattern, modprobe, cgroup v1 release_agent), and /proc/<pid>/comm (a process renaming
+itself, or another).
 """
 
 from __future__ import annotations
@@ -52,14 +53,20 @@ DEFAULT_RELATIVE_NAMES: Final[tuple[str, ...]] = (
     "id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", "id_ecdsa_sk", "id_ed25519_sk", "authorized_keys",
     "ssh_host_rsa_key", "ssh_host_ecdsa_key", "ssh_host_ed25519_key", "ssh_host_dsa_key", "credentials", "mem",
 )
+#: start-up files shells read from a home directory (bash, sh/dash/ksh via $ENV, zsh, csh/tcsh, fish): a line
+#: appended to one runs at every login or new shell of that user
+SHELL_STARTUP_FILES: Final[tuple[str, ...]] = (
+    ".bashrc", ".bash_profile", ".bash_login", ".bash_logout", ".bash_aliases", ".profile", ".shrc", ".kshrc",
+    ".mkshrc", ".zshrc", ".zprofile", ".zshenv", ".zlogin", ".zlogout", ".cshrc", ".tcshrc", ".login",
+    ".config/fish/",
+)
 DEFAULT_WRITE: Final[tuple[str, ...]] = (
     "/etc/",
     "/bin/", "/sbin/", "/usr/bin/", "/usr/sbin/", "/usr/local/bin/", "/usr/local/sbin/",
     "/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/", "/usr/local/lib/", "/boot/",
     "/var/spool/cron/", "/var/log/",
-    "/root/.bashrc", "/root/.bash_profile", "/root/.profile", "/root/.bash_logout", "/root/.config/autostart/",
-    "/home/*/.bashrc", "/home/*/.bash_profile", "/home/*/.profile", "/home/*/.bash_logout",
-    "/home/*/.config/autostart/", "/home/*/.config/systemd/", "/root/.config/systemd/",
+    *(f"{home}{name}" for home in ("/root/", "/home/*/") for name in SHELL_STARTUP_FILES),
+    "/root/.config/autostart/", "/home/*/.config/autostart/", "/home/*/.config/systemd/", "/root/.config/systemd/",
     "/proc/sys/kernel/core_pattern", "/proc/sys/kernel/modprobe", "/proc/sysrq-trigger",
     "/sys/fs/cgroup/*/release_agent",
     "/proc/self/comm", "/proc/thread-self/comm", "/proc/*/comm",
