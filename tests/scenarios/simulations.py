@@ -722,6 +722,13 @@ def shell_escape_awk(work: Path) -> None:
                    stdout=subprocess.DEVNULL)
 
 
+@scenario("T1059.006", "a python one-liner gives a shell a terminal (pty.spawn: the step after a reverse shell)",
+          "interpreter_pty_shell")
+def pty_shell_upgrade(work: Path) -> None:
+    subprocess.run([sys.executable, "-c", "import pty; pty.spawn(['/bin/sh', '-c', 'id'])"],
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=TIMEOUT)
+
+
 @scenario("T1053.006", "systemd-run schedules a transient timer (its time value is refused before any bus call)",
           "transient_systemd_job")
 def transient_systemd_job(work: Path) -> None:

@@ -266,6 +266,7 @@ ATTACKS.update({
     "transient_systemd_job": [X("/usr/bin/systemd-run", "--on-active=60", "/tmp/.u")],
     "systemd_unit_outside_unit_dirs": [X("/usr/bin/systemctl", "link", "/dev/shm/u.service")],
     "capability_granted": [X("/usr/sbin/setcap", "cap_setuid+ep", "/tmp/python3")],
+    "interpreter_pty_shell": [X("/usr/bin/python3", "-c", "import pty;pty.spawn('/bin/sh')")],
     "shell_escape_from_program": under(chain(("/usr/bin/find", "find")), X("/bin/sh", "-p")),
 })
 
@@ -378,6 +379,9 @@ def _benign() -> list[list[dict[str, Any]]]:
         [X("/bin/bash", "-c", "echo aGk= | base64 -d")],
         [X("/bin/bash", "-c", "base64 -d < cert.b64 > cert.pem")],
         [X("/usr/bin/python3", "-c", "import base64; print(base64.b64decode(b'aGk='))")],
+        # a pty in a program's own code, and a one-liner that runs a shell command without a terminal
+        [X("/usr/bin/python3", "/usr/lib/python3/dist-packages/pexpect/run.py", "ssh", "host")],
+        [X("/usr/bin/python3", "-c", "import subprocess; subprocess.run(['sh', '-c', 'make -j2'])")],
         # scripts in temp dirs run by their own build, files chmod'ed normally, chattr -l, modprobe by name
         [E("chmod", comm="chmod", file__path="/tmp/build/run.sh", file__mode=0o755, file__ret=0)],
         [E("chmod", comm="mktemp", file__path="/tmp/shared", file__mode=0o1777, file__ret=0)],
