@@ -15,8 +15,9 @@ ART_DIR is a checkout of Red Canary's Atomic Red Team (MIT), or its ``atomics/``
   fails, its ``get_prereq_command`` is run only when it is local (no network, no package manager), else the test
   is skipped.
 
-Input arguments take their defaults, and ``PathToAtomicsFolder`` is a scratch copy of the atomics folder made
-for the run in the home directory (the tests write next to their files). The daemon runs ``config/ravn.yaml``
+Input arguments take their defaults, and ``PathToAtomicsFolder`` (and ``/tmp/AtomicRedTeam/atomics``, which some
+tests' arguments name instead) is a scratch copy of the atomics folder made for the run in the home directory (the
+tests write next to their files). The daemon runs ``config/ravn.yaml``
 unchanged but for its state directory, the jsonl sink's path and the HTTP listener (off). Each test runs once,
 through the scenario harness's runner (outside this process's ancestry), as a session leader in its own cgroup,
 with a timeout. Its alerts are those whose events carry that cgroup or whose ancestry holds the test's process
@@ -129,7 +130,12 @@ COMMAND_ONLY = [
 TOOLS = ["nmap", "tshark", "tcpdump", "7z", "ccrypt", "sshpass", "go", "upx", "xclip", "emacs", "busybox", "xwd",
          "at", "python2", "hping3", "masscan", "zip", "unzip", "rsync", "socat", "ncat", "nc", "gpg", "openssl",
          "gcc", "perl", "cpan", "xxd", "sqlite3", "lsof", "localectl", "systemd-run", "chsh", "setcap", "ed",
-         "shred", "sockstat", "useradd", "logger", "strings", "bzip2", "tar", "gzip", "ping"]
+         "shred", "sockstat", "useradd", "logger", "strings", "bzip2", "tar", "gzip", "ping", "crontab", "lsmod",
+         "clang", "clang++", "chflags", "update-ca-trust"]
+# Tools a test's own script runs without its command naming them: test id -> tool.
+SCRIPT_TOOLS = {"T1568.002-1": "dig"}
+# A test that writes into one of these directories needs the program that owns it (the test does not create it).
+NEEDS_DIR = [("/var/spool/cron/crontabs", "cron")]
 # Runs a sudo command line as root (options dropped, -u USER through runuser) when the host has no sudo.
 SUDO_SHIM = """#!/bin/sh
 user=""
@@ -260,7 +266,8 @@ def _substitute(text: str, args: dict[str, Any], atomics: Path) -> str:
     for key, spec in args.items():
         default = (spec or {}).get("default")
         text = text.replace("#{" + key + "}", "" if default is None else str(default))
-    return text.replace("PathToAtomicsFolder", str(atomics))
+    # some tests' arguments name Atomic Red Team's usual Linux location instead of PathToAtomicsFolder
+    return text.replace("PathToAtomicsFolder", str(atomics)).replace("/tmp/AtomicRedTeam/atomics", str(atomics))
 
 
 def load(atomics: Path) -> list[Atomic]:
@@ -301,9 +308,13 @@ def unsafe(t: Atomic) -> str:
     reason = next((r for pat, r in COMMAND_ONLY if re.search(pat, t.command)), "")
     if reason:
         return reason
-    for tool in TOOLS:
-        if re.search(_W + re.escape(tool) + r"(?![\w-])", t.command) and not shutil.which(tool):
+    for tool in [*TOOLS, SCRIPT_TOOLS.get(t.id, "")]:
+        if tool and (tool == SCRIPT_TOOLS.get(t.id) or re.search(_W + re.escape(tool) + r"(?![\w+-])", t.command)) \
+                and not shutil.which(tool):
             return f"needs {tool}, which is not installed (no network to install it)"
+    for d, owner in NEEDS_DIR:
+        if d in t.command and not os.path.isdir(d):
+            return f"writes into {d}, which does not exist ({owner} is not installed)"
     return ""
 
 
