@@ -85,6 +85,37 @@ def test_linear_regex_matches_like_a_search() -> None:
         LinearRegex("(")
 
 
+PATTERNS = [r"^/proc/[0-9]+/(mem|maps)$", r"(?i)(curl|wget)\s+.*\|\s*(ba)?sh", r"^/(tmp|dev/shm|var/tmp)/",
+            r"\.(so|ko)(\.\d+)*$", r"é+", r"^$", r"(^|/)\.[^/]+$", r"x*"]
+TEXTS = ["", "/proc/12/mem", "/proc/self/maps", "curl -s http://x | bash", "WGET x|sh", "/tmp/a", "/dev/shmx",
+         "/lib/libc.so.6", "/lib/x.ko", "café", "/home/a/.hidden", "a\nb", "/tmp/" + "a" * 300]
+
+
+def test_the_fast_matcher_answers_like_the_public_api() -> None:
+    """RE2's matcher is called through a private attribute (linear_re's docstring says why); the public
+    ``search`` is the reference, and the fallback used when that attribute is gone gives the same answers."""
+    import re2
+    from ravn_analyzers.rules import linear_re
+
+    assert linear_re.FAST_PATH  # the installed google-re2 has it: a release that drops it shows up here
+    for pattern in PATTERNS:
+        fast, public = LinearRegex(pattern, fast=True), LinearRegex(pattern, fast=False)
+        for text in TEXTS:
+            want = re2.search(pattern, text) is not None
+            assert (fast.search(text) is not None) == (public.search(text) is not None) == want, (pattern, text)
+
+
+def test_a_lone_surrogate_in_event_text_neither_raises_nor_hides_a_match(tmp_path: Path) -> None:
+    """JSON from Redis or a replay file can carry a lone surrogate ("\\udcff"); RE2's public search raises
+    UnicodeEncodeError on it, which would cost the rules analyzer an error per event."""
+    an = make(tmp_path, rule("file.path regex 'shadow$'"))
+    batch = [open_event("/etc/\udcff/shadow", pid=5), open_event("/etc/\udcffx", pid=6)]
+    tree = ProcessTree()
+    tree.update(batch)
+    assert [a.pid for a in an.analyze(batch, BatchContext("h", tree, time.time()))] == [5]
+    assert LinearRegex("shadow$", fast=False).search("/etc/\udcff/shadow")
+
+
 def test_an_alias_bomb_in_a_rule_file_is_refused_fast(tmp_path: Path) -> None:
     """A rule file of a few hundred bytes whose list items expand to 9^9 strings (the rules loader used
     yaml.safe_load: minutes and gigabytes)."""

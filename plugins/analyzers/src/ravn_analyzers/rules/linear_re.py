@@ -6,8 +6,16 @@ whatever the pattern. It has no backreferences (``\\1``) and no lookaround (``(?
 that uses them is rejected when the rules load, with the pattern and RE2's reason. ``\\d``, ``\\w`` and ``\\s``
 are ASCII-only in RE2, and ``$`` matches only at the very end (Python's also before a final newline).
 
-Cost: about 1-2 us per test on a short string (RE2's matcher called directly, no match object built), against
-0.3-1 us for ``re``; only ``regex`` conditions pay it (``glob``, ``contains``, ``startswith`` do not use RE2).
+Why RE2's own matcher (``_Regexp._regexp.Match``, not public API) is called: google-re2's public ``search``
+builds a generator and a match object per call and, for ``str`` text, maps byte offsets back to characters; only
+"does it match" is asked here. ``bench/regex.py`` (docs/BENCHMARKS.md, "Rules"): 0.71-0.77 us per test called
+directly, 1.44-3.76 us through ``search(str)``, 1.07-1.52 us through ``search(bytes)``. The public
+``search`` also raises UnicodeEncodeError on a lone surrogate, which JSON from Redis or a replay file can carry;
+here text is encoded with ``replace``. With the default rules (``bench/rules.py``, synthetic mix, about 0.18 regex
+tests per event) the whole analyzer differs by less than the run-to-run noise (about 5%), so the choice matters for
+regex-heavy user rules. The private attribute is checked when this module is imported: if a google-re2 release
+drops it, ``search`` falls back to the public API (same answers, slower), and
+plugins/analyzers/tests/test_rules_hostile.py checks that both give the same answer.
 """
 
 from __future__ import annotations
@@ -16,8 +24,20 @@ from typing import Any
 
 import re2
 
-_UNANCHORED: Any = re2._re2.RE2.Anchor.UNANCHORED
 _NO_MATCH = (-1, -1)
+
+
+def _fast_path_available() -> bool:
+    """Whether google-re2's internals this module calls are there (they are not public API)."""
+    try:
+        probe = re2.compile("x")
+        return callable(probe._regexp.Match) and re2._re2.RE2.Anchor.UNANCHORED is not None
+    except AttributeError:
+        return False
+
+
+FAST_PATH: bool = _fast_path_available()
+_UNANCHORED: Any = re2._re2.RE2.Anchor.UNANCHORED if FAST_PATH else None
 
 
 class RegexError(ValueError):
@@ -28,9 +48,9 @@ class LinearRegex:
     """A compiled pattern with ``search(text)``: truthy when it matches anywhere in ``text``, else None
     (the shape the generated rule code tests: ``.search(x) is not None``)."""
 
-    __slots__ = ("_match", "pattern")
+    __slots__ = ("_compiled", "_match", "pattern")
 
-    def __init__(self, pattern: str) -> None:
+    def __init__(self, pattern: str, *, fast: bool = FAST_PATH) -> None:
         options = re2.Options()
         options.log_errors = False  # the error is raised, with the pattern, as RegexError
         options.never_capture = True  # only "does it match" is asked
@@ -43,10 +63,14 @@ class LinearRegex:
             raise RegexError(f"{reason} (rule regexes use RE2: linear time, no backreferences or lookaround)") \
                 from None
         self.pattern = pattern
-        self._match = compiled._regexp.Match  # RE2::Match on UTF-8 bytes: no per-call offset bookkeeping
+        self._compiled = compiled
+        # RE2::Match on UTF-8 bytes: no per-call offset bookkeeping (see the module docstring)
+        self._match = compiled._regexp.Match if fast else None
 
     def search(self, text: str) -> bool | None:
         data = text.encode("utf-8", "replace")
+        if self._match is None:
+            return True if self._compiled.search(data) is not None else None
         return True if self._match(_UNANCHORED, data, 0, len(data))[0] != _NO_MATCH else None
 
     def __repr__(self) -> str:
