@@ -592,7 +592,8 @@ def setns(work: Path) -> None:
 BENIGN_STEPS = ("compile C", "pip install into a temp venv (--no-index, local wheel)", "run a test suite",
                 "git operations", "tar and gzip", "ssh-keygen", "dpkg -l, apt-cache policy",
                 "log rotation renames", "40 files saved atomically (written as name.tmpXXXXX, renamed to name)",
-                "a netlink raw socket (what getaddrinfo and ip use)")
+                "a netlink raw socket (what getaddrinfo and ip use)",
+                "a request closed, then a command with its output on /dev/null (the socket's old fd number)")
 
 
 def _wheel(dest: Path) -> Path:
@@ -665,6 +666,23 @@ def benign(work: Path) -> None:
         os.rename(tmp, out / f"part{i}.make")
     # a netlink raw socket (NETLINK_ROUTE): how getaddrinfo, ip and systemd ask the kernel about interfaces
     socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close()
+    # a request made and closed, then a command run with its output on /dev/null, which takes the socket's old fd
+    # number (the child's dup2 of it onto stdout is not a socket on stdout)
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        client = socket.create_connection(srv.getsockname())
+        srv.accept()[0].close()
+        old = client.fileno()
+        client.close()
+    null = os.open(os.devnull, os.O_WRONLY)
+    if null != old:  # the lowest free number is usually the socket's; make sure of it
+        os.dup2(null, old)
+        os.close(null)
+    try:
+        subprocess.run(["sh", "-c", "true"], stdout=old, timeout=TIMEOUT)
+    finally:
+        os.close(old)
 
 
 # ---------------------------------------------------------------------------------------------- tradecraft

@@ -314,6 +314,20 @@ def _own_mem() -> list[dict[str, Any]]:
     return events
 
 
+def _request_then_command() -> list[dict[str, Any]]:
+    """A program makes an HTTP request and closes it, then runs ``sh -c`` with its output on /dev/null, which
+    took the socket's old fd number: the child's dup2(3, 1) is not a socket put on stdout."""
+    parent = X("/tmp/v/bin/python3", "agent.py")
+    pid = parent["proc.pid"]
+    net = {"net__family": "ipv4", "net__proto": "tcp", "net__saddr": "10.0.0.5", "net__sport": 41000,
+           "net__daddr": "10.0.0.1", "net__dport": 443}
+    child = next(_pid)
+    return [parent, E("connect", comm="python3", pid=pid, net__fd=3, net__ret=0, **net),
+            E("close", comm="python3", pid=pid, t=0.2, **net),
+            E("dup", comm="python3", pid=child, ppid=pid, t=0.5, dup__oldfd=3, dup__newfd=1, dup__ret=0),
+            {**X("/bin/sh", "-c", "systemctl is-active nginx", ppid=pid, t=0.6), "proc.pid": child}]
+
+
 def _benign() -> list[list[dict[str, Any]]]:
     apt = chain(("/usr/bin/apt-get", "apt-get"), ("/usr/bin/dpkg", "dpkg"))
     dpkg_script = chain(("/usr/bin/apt-get", "apt-get"), ("/usr/bin/dpkg", "dpkg"), ("/bin/sh", "sh"))
@@ -414,6 +428,7 @@ def _benign() -> list[list[dict[str, Any]]]:
                                           socket__protocol=0, socket__ret=3)),
         by("/tmp/v/bin/python3", E("socket", comm="python3", socket__family="AF_NETLINK", socket__type="SOCK_RAW",
                                    socket__protocol=0, socket__ret=3)),
+        _request_then_command(),
         # a build tool outside the system dirs saving 40 files atomically (cmake writes x.tmp6a789, then x)
         _renames("/home/dev/.local/bin/meson",
                  lambda i: (f"/tmp/b/out/f{i}.make.tmp{i:04x}9", f"/tmp/b/out/f{i}.make")),

@@ -308,6 +308,39 @@ def test_sequence_needs_order_join_and_window(tmp_path: Path) -> None:
     assert not run(an, s)
 
 
+SEQ_UNLESS = SEQ + """    unless:
+      events: [close]
+      condition: net.sport > 0
+      join: {net.sport: net.sport, net.daddr: net.daddr, net.dport: net.dport}
+"""
+
+
+def _conn(etype: str, pid: int, t: float, sport: int = 40000, **kw: Any) -> dict[str, Any]:
+    return ev(etype, pid=pid, ts_s=t, net__family="ipv4", net__proto="tcp", net__saddr="127.0.0.1",
+              net__sport=sport, net__daddr="127.0.0.1", net__dport=4444, **kw)
+
+
+def test_sequence_unless_ends_it(tmp_path: Path) -> None:
+    """unless: a request made and closed, then a child started with its stdout on the fd number the socket had
+    (now /dev/null or a pipe), is not a reverse shell; a close of another connection changes nothing."""
+    connect = _conn("connect", 100, 0.0, net__fd=3, net__ret=0)
+    later = [ev("dup", pid=200, ppid=100, ts_s=1.0, dup__oldfd=3, dup__newfd=1, dup__ret=0),
+             ev("exec", pid=200, ppid=100, ts_s=1.1, exec__filename="/bin/sh", exec__argv=["sh", "-c", "x"],
+                exec__ret=0)]
+    an = make(tmp_path, SEQ_UNLESS)
+    assert not run(an, [connect, _conn("close", 100, 0.5), *later])
+    assert an.state_keys() == 0
+    an = make(tmp_path, SEQ_UNLESS)
+    assert run(an, [connect, _conn("close", 100, 0.5, sport=40001), *later])  # another connection closed
+    an = make(tmp_path, SEQ_UNLESS)
+    assert run(an, [connect, _conn("close", 300, 0.5), *later])  # another process's close
+    an = make(tmp_path, SEQ)
+    assert run(an, [connect, _conn("close", 100, 0.5), *later])  # without unless: the closed socket's fd "matches"
+    bad = SEQ + "    unless: {events: [close], condition: net.sport > 0, join: {net.sport: exec.filename}}\n"
+    with pytest.raises(ConfigError, match=r"must be a field of unless.s events and exec\.filename of the first"):
+        make(tmp_path, bad)
+
+
 # ---------------------------------------------------------------------------------------------- thresholds
 THR = """
 - rule: portscan

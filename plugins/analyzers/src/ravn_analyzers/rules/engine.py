@@ -226,6 +226,14 @@ class RulesAnalyzer(Analyzer):
         key = rule.keyfns[etype](ev)
         table = self._tables[rule.name]
         st = table.d.get(key)
+        unless = rule.unless
+        if unless is not None and etype in unless.events and unless.match(ev):
+            # e.g. the first step's connection closed: its fd number may now be another file's
+            if st is not None and _joined(unless.join, ev, st.events[0]):
+                del table.d[key]
+                st = None
+            if not any(etype in step.events for step in rule.steps):
+                return None
         if st is None and not rule.inherit and etype not in rule.steps[0].events:
             return None  # a later step with nothing in progress for this key: the common case, kept cheap
         ts = ev.get("evt.ts")

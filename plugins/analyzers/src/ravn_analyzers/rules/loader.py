@@ -86,12 +86,21 @@ class StepItem(_Model):
     by: str | None = None
 
 
+class UnlessItem(_Model):
+    events: list[str] = Field(min_length=1)
+    condition: str = Field(min_length=1)
+    # this event's field -> the FIRST step's field that must hold the same value (e.g. net.sport: net.sport)
+    join: dict[str, str] = Field(default_factory=dict)
+
+
 class SequenceItem(_Model):
     by: str = "proc.pid"
     window: float = Field(gt=0, le=3600)
     steps: list[StepItem] = Field(min_length=2, max_length=8)
     # with by: proc.pid, a step may also be taken by a child of the process that took the previous step
     inherit: bool = False
+    # an event that ends the sequence in progress for its key (e.g. the connection of the first step closed)
+    unless: UnlessItem | None = None
 
 
 class ThresholdItem(_Model):
@@ -133,6 +142,16 @@ class Step:
 
 
 @dataclass
+class Unless:
+    """Drops the sequence in progress for the event's key when ``match`` holds and ``join`` ties the event to the
+    sequence's first event."""
+
+    events: tuple[str, ...]
+    match: Predicate
+    join: tuple[tuple[str, str], ...]
+
+
+@dataclass
 class Rule:
     """A compiled rule. ``match`` includes the exceptions; for a sequence it is true when any step matches."""
 
@@ -150,6 +169,7 @@ class Rule:
     window: float = 0.0
     steps: list[Step] = field(default_factory=list)
     inherit: bool = False
+    unless: Unless | None = None
     distinct: str = ""
     count: int = 0
     step_by: dict[str, str] = field(default_factory=dict)  # event type -> key field, for steps with their own by
@@ -373,16 +393,32 @@ def _compile_rule(raw: _Raw, compiler: Compiler, resolvers: Resolvers, extra_exc
             steps.append(Step(evs, match, tuple(st.join.items()), step_parts))
             all_events.extend(evs)
             prev_fields = allowed
+        unless: Unless | None = None
+        if seq.unless is not None:
+            u = seq.unless
+            evs = check_events(u.events, "sequence", "unless", "events")
+            allowed = fields_of(evs)
+            match, _ = _rule_predicate(item, u.condition, [], compiler, allowed, fail,
+                                       ("sequence", "unless", "condition"), exceptions=False)
+            first = fields_of(steps[0].events)
+            for mine, theirs in u.join.items():
+                if mine not in allowed or theirs not in first:
+                    raise fail(f"join {mine}: {theirs}: {mine} must be a field of unless's events and {theirs} of "
+                               "the first step's", "sequence", "unless", "join")
+            unless = Unless(evs, match, tuple(u.join.items()))
+            all_events.extend(evs)
         events = tuple(dict.fromkeys(all_events))
         by = seq.by
         if by != "host" and by not in FIELD_TYPES:
             raise fail(f"sequence.by: unknown field {by!r} (or 'host')", "sequence", "by")
 
         step_list = steps
+        stop = unless
 
         def any_step(ev: dict[str, Any]) -> bool:
             t = ev.get("evt.type")
-            return any(t in s.events and s.match(ev) for s in step_list)
+            return (any(t in s.events and s.match(ev) for s in step_list)
+                    or (stop is not None and t in stop.events and stop.match(ev)))
 
         rule_match: Predicate = any_step
         srcs: dict[str, Parts] = {}
@@ -390,6 +426,8 @@ def _compile_rule(raw: _Raw, compiler: Compiler, resolvers: Resolvers, extra_exc
         for t in events:
             of_t = [compiler.rule_parts(st.condition, texts, fields_of(st.events), etype=t)
                     for st in seq.steps if t in st.events]
+            if seq.unless is not None and t in seq.unless.events:  # the rule's exceptions do not apply to it
+                of_t.append(compiler.rule_parts(seq.unless.condition, [], fields_of(seq.unless.events), etype=t))
             srcs[t] = of_t[0] if len(of_t) == 1 else ((" or ".join(f"({parts_source(p)})" for p in of_t),), None)
         render_fields = set().union(*(fields_of(s.events) for s in steps))
     else:
@@ -420,6 +458,7 @@ def _compile_rule(raw: _Raw, compiler: Compiler, resolvers: Resolvers, extra_exc
                 list(item.tags), events, rule_match, source, item.details, by=by, srcs=srcs)
     if item.sequence is not None:
         rule.window, rule.steps, rule.inherit = item.sequence.window, steps, item.sequence.inherit
+        rule.unless = unless
         rule.step_by = step_by
         if rule.inherit and by != "proc.pid":
             raise fail("sequence.inherit needs by: proc.pid", "sequence", "inherit")
@@ -429,17 +468,18 @@ def _compile_rule(raw: _Raw, compiler: Compiler, resolvers: Resolvers, extra_exc
 
 
 def _rule_predicate(item: RuleItem, text: str, extra: list[str], compiler: Compiler, allowed: set[str], fail: Any,
-                    path: tuple[str | int, ...]) -> tuple[Predicate, Parts]:
+                    path: tuple[str | int, ...], exceptions: bool = True) -> tuple[Predicate, Parts]:
     try:
         compiler.compile(text, allowed)
     except ConditionError as exc:
         raise fail(f"{path[-1]}: {exc}", *path) from None
-    for i, e in enumerate(item.exceptions):
+    items = item.exceptions if exceptions else []
+    for i, e in enumerate(items):
         try:
             compiler.compile(e.condition, allowed)
         except ConditionError as exc:
             raise fail(f"exceptions[{i}] ({e.name}): {exc}", "exceptions", i, "condition") from None
-    texts = [e.condition for e in item.exceptions] + list(extra)
+    texts = [e.condition for e in items] + list(extra)
     try:
         parts = compiler.rule_parts(text, texts, allowed)
         return compiler.make(parts_source(parts)), parts
