@@ -5,9 +5,11 @@ workload. Needs root (real probes).
 
 Prints the coverage table (technique, scenario, detected, level, latency, the scenario's incident: the highest level
 and score its incidents reached and their rules, and one column per analyzer: the rules engine and the ML model),
-the benign workload's alerts and incidents, and as the last line one JSON object with at least ``scenarios``,
-``detected``, ``benign_high`` and ``benign_medium`` (alerts), ``incident_high`` (scenarios whose incident reached
-HIGH) and ``benign_incident_level`` (the highest level a benign incident reached: the host level it caused).
+the benign workload's alerts and incidents, the daemon's event counters (accepted, dropped in the daemon and in the
+kernel: events lost under load make a run suspect), and as the last line one JSON object with at least
+``scenarios``, ``detected``, ``benign_high`` and ``benign_medium`` (alerts), ``incident_high`` (scenarios whose
+incident reached HIGH), ``benign_incident_level`` (the highest level a benign incident reached: the host level it
+caused) and ``events``.
 
 A scenario counts as detected when an alert of at least MEDIUM attributed to it carries its ATT&CK technique;
 for the ML model (whose alerts may carry no technique) any MEDIUM+ alert attributed to it counts in its column.
@@ -99,6 +101,12 @@ def main() -> int:
             r.incidents = daemon.incidents_of(r.alerts)
     finally:
         rc = daemon.stop()
+        try:  # the daemon's final counters: events lost under load make a measurement suspect
+            final = json.loads((daemon.base / "state" / "status.json").read_text())["stats"]
+            drops = {"accepted": final["accepted"], "dropped": final["dropped"],
+                     "kernel_drops": sum(s.get("kernel_drops", 0) for s in final["sources"].values())}
+        except (OSError, ValueError, KeyError, AttributeError):
+            drops = {}
         daemon.cleanup()
 
     cols = ["technique", "scenario", "detected", "level", "latency", "incident", "rules", "ml (onnx)"]
@@ -138,6 +146,9 @@ def main() -> int:
         for inc in benign.incidents:
             print(f"  {incident_line(inc)}")
 
+    if drops:
+        print(f"daemon events: {drops['accepted']} accepted, {drops['dropped']} dropped in the daemon, "
+              f"{drops['kernel_drops']} dropped in the kernel")
     lat = [r.latency_s * 1000 for r in results if r.latency_s is not None]
     detected_by = {k: sum(1 for r in results if _best(r.alerts, v, r.scenario.technique if k == "rules" else None))
                    for k, v in ANALYZER_NAMES.items()}
@@ -157,6 +168,7 @@ def main() -> int:
         "benign_incident_level": benign.incident_level if benign else None,
         "benign_incidents": [incident_line(i) for i in benign.incidents] if benign else [],
         "benign_alerts": [f"{a['level']} {a['rule']}: {a['description']}" for a in benign_alerts],
+        "events": drops,
         "daemon_startup_s": round(startup, 1), "warm_up_s": round(warm, 1), "daemon_exit": rc,
         "total_s": round(time.time() - t0, 1),
     }

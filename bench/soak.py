@@ -1,16 +1,24 @@
-"""Soak: the real daemon with every probe of a config, under a steady exec/open/connect load, for N minutes.
+"""Soak: the real daemon with every probe of a config, under a steady load for N minutes, and its verdicts.
 
-Starts ``ravn --config <config with state/log paths moved to a temp dir>`` as a child process, drives a load
-generator process (``--rate`` execs, file opens and TCP connects per second, each), samples the daemon's RSS
-every second and its /status every 5 s, then stops it with SIGTERM and reads the final counters. Optionally,
-after the measurement window, ``--forks N`` short-lived processes are forked and exited as fast as Python can
-(the process-tree bound under a fork storm: ``ravn_proctree_processes`` must stay <= ``ravn.proctree_max``).
+Starts ``ravn --config <config with state/log paths moved to a temp dir>`` as a child process and drives, for the
+whole window, a synthetic load generator (``--rate`` execs, file opens and TCP connects per second, each; 0: none)
+and/or bench/benign.py's workload kinds (``--benign build,web|all``: rounds of real benign work, in a session and
+a cgroup of their own, repeated until the window ends). Samples the daemon's RSS every second and its /status every
+5 s, waits ``--settle`` seconds after the work (the model scores processes at their exit), then stops it with
+SIGTERM and reads the final counters and the jsonl sink. Optionally, after the measurement window, ``--forks N``
+short-lived processes are forked and exited as fast as Python can (the process-tree bound under a fork storm:
+``ravn_proctree_processes`` must stay <= ``ravn.proctree_max``).
 
 Reports: RSS at the end of warm-up and at the end, growth after warm-up (mean of the first vs the last 30 s after
 warm-up), max RSS, events accepted/dropped/analyzed per source, unaccounted loss (accepted - dropped - analyzed
-after a clean stop), kernel drops, and the fork-storm figures. The last line is one JSON object.
+after a clean stop), kernel drops, the fork-storm figures, and the verdicts: alerts per level and analyzer,
+MEDIUM alerts per host-hour (rules vs model), the HIGH alerts, the highest incident level, and the host threat
+level's highest value. Verdicts are given twice: for the benign workload (alerts attributed to its session or
+cgroup: what the benign work itself caused) and for the whole host (everything the daemon saw, other users'
+activity included). The last line is one JSON object.
 
     sudo .venv/bin/python bench/soak.py --minutes 10 --rate 50 --forks 100000
+    sudo .venv/bin/python bench/soak.py --minutes 10 --rate 0 --benign all   # 10 minutes of mixed benign work
     sudo .venv/bin/python bench/soak.py --minutes 3 --skip-missing   # plugins not installed are left out
 """
 
@@ -32,11 +40,16 @@ from typing import Any
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import benign as benign_kinds
 from ravn_core.bpf_testing import build_fork_loop
 from ravn_core.builtin.health import anon_rss_bytes, rss_bytes
 from ravn_core.status import StatusReader
+from ravn_core.threat import incident_line
 
 ROOT = Path(__file__).resolve().parent.parent
+LEVELS = {"LOW": 0, "MEDIUM": 1, "HIGH": 2}
 
 
 # ---------------------------------------------------------------------------------------------- load generator
@@ -78,6 +91,103 @@ def fork_storm(count: int, workdir: Path) -> float:
                 os._exit(0)
             os.waitpid(pid, 0)
     return time.monotonic() - t0
+
+
+# ---------------------------------------------------------------------------------------------- benign work
+def make_cgroup(name: str) -> tuple[Path | None, int]:
+    """A cgroup v2 directory for the benign workload: every event of its processes carries its id (proc.cgroup)."""
+    root = next((p for p in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup")) if (p / "cgroup.procs").exists()),
+                None)
+    if root is None:
+        return None, 0
+    path = root / f"ravn-soak-{os.getpid()}-{name}"
+    try:
+        path.mkdir(exist_ok=True)
+        return path, path.stat().st_ino
+    except OSError:
+        return None, 0
+
+
+def start_benign(kinds: str, seconds: float, workdir: Path, cgroup: Path | None, seed: int) -> subprocess.Popen[str]:
+    """bench/benign.py's ``kinds`` for ``seconds`` (the round under way finishes), as a session leader in
+    ``cgroup``: its session id and cgroup attribute the alerts it causes."""
+    procs = str(cgroup / "cgroup.procs") if cgroup else ""
+
+    def enter() -> None:
+        if procs:
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.chmod(0o755)
+    return subprocess.Popen([sys.executable, str(ROOT / "bench" / "benign.py"), str(workdir), "--kinds", kinds,
+                             "--seconds", str(seconds), "--seed", str(seed), "--verbose"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=enter, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+
+
+def belongs(alert: dict[str, Any], root: int, cgroup_id: int) -> bool:
+    """The alert is about the benign workload: its process, an event or an ancestor is in the workload's cgroup or
+    session, or descends from its driver."""
+    ev = alert.get("evidence") or {}
+    if alert.get("pid") == root:
+        return True
+    if cgroup_id and any(e.get("proc.cgroup") == cgroup_id for e in ev.get("events") or []):
+        return True
+    procs = [ev.get("process") or {}, *(ev.get("ancestry") or []), *(ev.get("lineage") or [])]
+    return any(p.get("pid") == root or p.get("sid") == root for p in procs)
+
+
+def verdicts(records: list[dict[str, Any]], hours: float, keep: Any = None) -> dict[str, Any]:
+    """Alert figures of the jsonl records whose alerts pass ``keep`` (all when None): counts per level and
+    analyzer, MEDIUM per host-hour (rules vs model), the HIGH alerts, and the incidents the alerts joined."""
+    alerts = [r for r in records if r.get("kind", "alert") == "alert" and "rule" in r and (keep is None or keep(r))]
+    counts: dict[str, dict[str, int]] = {}
+    for a in alerts:
+        per = counts.setdefault(a.get("analyzer", "?"), dict.fromkeys(LEVELS, 0))
+        per[a.get("level", "LOW")] = per.get(a.get("level", "LOW"), 0) + 1
+    medium = [a for a in alerts if a.get("level") == "MEDIUM"]
+    ids = {a.get("incident") for a in alerts if a.get("incident")}
+    latest: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r.get("kind") in ("incidents", "threat"):
+            for inc in r.get("incidents") or []:
+                if inc.get("id") in ids:
+                    prev = latest.get(inc["id"])
+                    # keep the summary at the incident's highest level (it may have been reported lower later)
+                    level = LEVELS.get(inc.get("level", "LOW"), 0)
+                    if prev is None or level >= LEVELS.get(prev.get("level", "LOW"), 0):
+                        latest[inc["id"]] = inc
+    incidents = sorted(latest.values(), key=lambda i: (-LEVELS.get(i.get("level", "LOW"), 0),
+                                                       -float(i.get("score", 0))))
+    by_rule: dict[str, int] = {}
+    for a in medium:
+        key = f"{a.get('analyzer', '?')}/{a.get('rule', '?')}"
+        by_rule[key] = by_rule.get(key, 0) + 1
+    return {
+        "alerts": counts,
+        "high": len([a for a in alerts if a.get("level") == "HIGH"]),
+        "medium": len(medium),
+        "medium_per_host_hour": round(len(medium) / hours, 2) if hours > 0 else None,
+        "medium_per_host_hour_rules": round(sum(a.get("analyzer") == "analyzer_rules" for a in medium) / hours, 2)
+        if hours > 0 else None,
+        "medium_per_host_hour_model": round(sum(a.get("analyzer") == "analyzer_onnx" for a in medium) / hours, 2)
+        if hours > 0 else None,
+        "medium_by_rule": by_rule,
+        "high_alerts": [f"{a.get('analyzer')}/{a.get('rule')} pid {a.get('pid')} {a.get('comm')}: "
+                        f"{a.get('description')}" for a in alerts if a.get("level") == "HIGH"][:50],
+        "incidents": len(incidents),
+        "incident_level": incidents[0].get("level", "LOW") if incidents else "-",
+        "incidents_medium_plus": [incident_line(i) for i in incidents if LEVELS.get(i.get("level", "LOW"), 0) >= 1],
+    }
+
+
+def host_level(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The host threat level over the run: its highest value and the changes to HIGH (from the threat records)."""
+    threat = [r for r in records if r.get("kind") == "threat"]
+    worst = max((r.get("level", "LOW") for r in threat), key=lambda lvl: LEVELS.get(lvl, 0), default="LOW")
+    return {"max": worst, "changes": len(threat),
+            "to_high": sum(1 for r in threat if r.get("level") == "HIGH" and r.get("previous_level") != "HIGH")}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -134,7 +244,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=10.0, help="length of the soak (default 10)")
     p.add_argument("--warmup", type=float, default=60.0, help="seconds before RSS growth is measured")
-    p.add_argument("--rate", type=float, default=50.0, help="execs, opens and connects per second, each")
+    p.add_argument("--rate", type=float, default=50.0, help="execs, opens and connects per second, each (0: none)")
+    p.add_argument("--benign", default="", metavar="KINDS",
+                   help=f"bench/benign.py kinds run for the whole window (comma-separated or 'all': "
+                        f"{', '.join(benign_kinds.KINDS)}); default none")
+    p.add_argument("--seed", type=int, default=0, help="seed of the benign workload's rounds")
+    p.add_argument("--settle", type=float, default=20.0,
+                   help="seconds between the end of the work and the daemon's stop (the model's verdicts come at "
+                        "process exits; default 20)")
     p.add_argument("--forks", type=int, default=0, help="after the soak window, fork+exit this many processes")
     p.add_argument("--config", default=str(ROOT / "config" / "ravn.yaml"))
     p.add_argument("--skip-missing", action="store_true", help="leave out plugins that are not installed")
@@ -151,7 +268,13 @@ def main() -> int:
         load(float(args.load[0]), float(args.load[1]), args.load[2])
         return 0
 
+    if args.benign:
+        try:
+            benign_kinds.parse_kinds(args.benign)
+        except ValueError as exc:
+            p.error(str(exc))
     tmp = Path(tempfile.mkdtemp(prefix="ravn-soak-"))
+    tmp.chmod(0o755)
     port = free_port()
     cfg, sources, skipped = make_config(Path(args.config), tmp, port, args.skip_missing, args.exclude, args.set,
                                         args.transport_set)
@@ -180,8 +303,13 @@ def main() -> int:
                 return 1
             time.sleep(0.5)
     started = time.monotonic()
+    wall_started = time.time()
     loadgen = subprocess.Popen([sys.executable, __file__, "--load", str(args.rate), str(seconds), str(tmp)],
-                               stdout=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, text=True) if args.rate > 0 else None
+    cgroup, cgroup_id = make_cgroup("benign") if args.benign else (None, 0)
+    # the last round runs to its end: stop starting rounds a little before the window closes
+    benign = start_benign(args.benign, max(1.0, seconds - 30), tmp / "benign", cgroup, args.seed) \
+        if args.benign else None
     samples: list[tuple[float, int]] = []
     anon_samples: list[tuple[float, int]] = []
     statuses: list[dict[str, Any]] = []
@@ -198,8 +326,19 @@ def main() -> int:
                 print(f"soak: t={t:.0f}s rss={samples[-1][1] / 1048576:.1f} MB accepted={statuses[-1]['accepted']} "
                       f"dropped={statuses[-1]['dropped']} proctree={statuses[-1]['proctree']:.0f}", flush=True)
         time.sleep(max(0.0, started + len(samples) - time.monotonic()))
-    load_out = loadgen.communicate(timeout=60)[0].strip().splitlines()
+    load_out = loadgen.communicate(timeout=60)[0].strip().splitlines() if loadgen else []
     load_iterations = json.loads(load_out[-1])["load_iterations"] if load_out else 0
+    benign_rounds: list[str] = []
+    benign_s = 0.0
+    if benign is not None:
+        try:
+            benign_rounds = benign.communicate(timeout=600)[1].strip().splitlines()[-1:]  # "build: 3 rounds, ..."
+        except subprocess.TimeoutExpired:
+            os.killpg(benign.pid, signal.SIGKILL)
+            benign_rounds = ["killed: still running 600 s after the window"]
+        benign_s = time.monotonic() - started
+    if args.settle > 0:
+        time.sleep(args.settle)
 
     storm: dict[str, Any] = {}
     if args.forks:
@@ -228,6 +367,24 @@ def main() -> int:
     code = daemon.wait(120)
     final = json.loads((tmp / "state" / "status.json").read_text())
     st = final["stats"]
+    wall_s = time.time() - wall_started
+    records: list[dict[str, Any]] = []
+    alerts_file = tmp / "alerts.jsonl"
+    if alerts_file.exists():
+        records = [json.loads(line) for line in alerts_file.read_text().splitlines() if line.strip()]
+    if cgroup is not None:
+        try:
+            cgroup.rmdir()
+        except OSError:
+            pass
+    host_hours = wall_s / 3600
+    judged: dict[str, Any] = {"host": {**verdicts(records, host_hours), "threat_level": host_level(records),
+                                       "hours": round(host_hours, 4)}}
+    if benign is not None:
+        root = benign.pid
+        judged["benign"] = {**verdicts(records, benign_s / 3600, lambda a: belongs(a, root, cgroup_id)),
+                            "kinds": args.benign, "rounds": benign_rounds, "seconds": round(benign_s),
+                            "hours": round(benign_s / 3600, 4), "exit": benign.returncode}
 
     after = [r for t, r in samples if t >= args.warmup]
     window = min(30, max(1, len(after) // 4))
@@ -252,12 +409,24 @@ def main() -> int:
                        for n, s in st["sources"].items()},
         "alerts": st["alerts_emitted"], "self_alerts": st["self_alerts"],
         "fork_storm": storm,
+        "verdicts": judged,
     }
     (tmp / "samples.json").write_text(json.dumps({"rss": samples, "status": statuses}))
     print(f"soak: RSS after warm-up {result['rss_after_warmup_mb']} MB, end {result['rss_end_mb']} MB "
           f"({result['rss_growth_pct']}%), max {result['rss_max_mb']} MB; accepted {st['accepted']} dropped "
           f"{st['dropped']} analyzed {st['analyzed']} kernel drops {kernel_drops} unaccounted {result['unaccounted']}"
           f"; samples in {tmp / 'samples.json'}")
+    for part, v in judged.items():
+        print(f"soak verdicts ({part}, {v['hours'] * 60:.1f} min): {v['high']} HIGH, {v['medium']} MEDIUM alerts "
+              f"= {v['medium_per_host_hour']} MEDIUM per host-hour (rules {v['medium_per_host_hour_rules']}, "
+              f"model {v['medium_per_host_hour_model']}); incidents {v['incidents']}, highest {v['incident_level']}"
+              + (f"; host threat level max {v['threat_level']['max']}" if "threat_level" in v else ""))
+        for key, n in sorted(v["medium_by_rule"].items(), key=lambda kv: -kv[1]):
+            print(f"  MEDIUM x{n} {key}")
+        for line in v["high_alerts"][:10]:
+            print(f"  HIGH {line}")
+        for line in v["incidents_medium_plus"][:10]:
+            print(f"  incident {line}")
     print(json.dumps(result))
     return 0 if code == 0 else 1
 
