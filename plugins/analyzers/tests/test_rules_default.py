@@ -625,6 +625,39 @@ def test_a_renamed_parent_grants_nothing(analyzer: RulesAnalyzer) -> None:
     assert "cron_job_written" not in {a.rule for a in analyze(analyzer, tee_under_dpkg)}
 
 
+def test_a_renamed_build_parent_grants_nothing(analyzer: RulesAnalyzer) -> None:
+    """60_tradecraft's build exception keys on the ancestors' executables: a parent that renamed itself
+    ``dpkg-buildpackage`` (or ``debuild``, ``fakeroot``) does not excuse a forged timestamp; the real one does."""
+    for parent in ("dpkg-buildpackage", "debuild", "fakeroot", "rpmbuild"):
+        alerts = analyze(analyzer, _renamed("/usr/bin/touch", "touch", X("/usr/bin/touch", "-t", "197001010000",
+                                                                           "/tmp/.x/implant"), parent_comm=parent))
+        assert "timestamp_forged" in {a.rule for a in alerts}, parent
+    real = by("/usr/bin/touch", X("/usr/bin/touch", "-t", "197001010000", "debian/x"),
+              parents=chain(("/usr/bin/dpkg-buildpackage", "dpkg-buildpack")))
+    assert "timestamp_forged" not in {a.rule for a in analyze(analyzer, real)}
+
+
+def test_no_default_exception_is_granted_by_a_name() -> None:
+    """Issue 12 point 4, for every default rule file: an exception may name proc.comm, proc.pname or proc.anames
+    only to take itself away (``not proc.anames intersects (...)``), never to grant (any process sets its comm)."""
+    from importlib.resources import files
+
+    import yaml
+
+    spoofable = re.compile(r"(\bnot\s*\(?\s*)?\bproc\.(comm|pname|anames)\b")
+    checked = 0
+    for f in files("ravn_analyzers.rules").joinpath("default").iterdir():
+        if not f.name.endswith(".yaml"):
+            continue
+        for item in yaml.safe_load(f.read_text()) or []:
+            for exc in item.get("exceptions") or []:
+                cond = exc["condition"] if isinstance(exc, dict) else str(exc)
+                checked += 1
+                for m in spoofable.finditer(cond):
+                    assert m.group(1), f"{f.name} {item.get('rule')}: exception {cond!r} grants on {m.group(0)}"
+    assert checked > 50
+
+
 def test_trusted_name_fields() -> None:
     from ravn_analyzers.rules.lang import _script, _trusted_name
 
