@@ -198,33 +198,35 @@ def dump_bpf(config: RavnConfig) -> int:
 
 
 def cmd_record(args: argparse.Namespace, host: PluginHost) -> int:
-    from ravn_core.record import RecordTransport
-    from ravn_core.runtime import Runtime, runtime_context
+    from ravn_core.config import with_transport
+    from ravn_core.runtime import Runtime
 
     config = load_config(args.config, host)
     setup_logging(config.core.log_level, args.debug)
     check_environment(config)
-    transport = RecordTransport(args.output, runtime_context(config))
-    runtime = Runtime(config, host, role="record", transport=transport)
+    config = with_transport(config, host.registries(), "record", {"path": args.output})
+    runtime = Runtime(config, host, role="record")
     stats = runtime.run(duration=args.duration)
-    print(f"recorded {transport.events} events to {args.output}", file=sys.stderr)
+    events = stats["transport"].get("recorded_events", 0)
+    print(f"recorded {events:.0f} events to {args.output}", file=sys.stderr)
     _report(stats)
     return EXIT_OK
 
 
 def cmd_replay(args: argparse.Namespace, host: PluginHost) -> int:
-    from ravn_core.record import ReplayTransport
-    from ravn_core.runtime import Runtime, runtime_context
+    from ravn_core.config import with_transport
+    from ravn_core.runtime import Runtime
 
     config = load_config(args.config, host)
     setup_logging(config.core.log_level, args.debug)
     if not os.path.exists(args.events):
         raise RavnError(f"{args.events}: no such events file (write one with `ravn record`)")
-    transport = ReplayTransport(args.events, runtime_context(config), config.core.hostname(), args.batch_size)
-    runtime = Runtime(config, host, role="replay", transport=transport)
+    config = with_transport(config, host.registries(), "replay", {"path": args.events, "batch_size": args.batch_size})
+    runtime = Runtime(config, host, role="replay")
     stats = runtime.run()
-    print(f"replayed {transport.events} events from {args.events}"
-          f"{f', {transport.bad_lines} bad lines skipped' if transport.bad_lines else ''}; "
+    events, bad = stats["transport"].get("replayed_events", 0), stats["transport"].get("bad_lines", 0)
+    print(f"replayed {events:.0f} events from {args.events}"
+          f"{f', {bad:.0f} bad lines skipped' if bad else ''}; "
           f"{stats['alerts_emitted']} alerts", file=sys.stderr)
     return EXIT_OK
 

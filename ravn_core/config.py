@@ -9,6 +9,7 @@ Secrets are references, never literals: ``password: {$env: RAVN_REDIS_PASSWORD}`
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from dataclasses import dataclass, field
@@ -265,6 +266,22 @@ class _Walk:
             return out
         finally:
             self.open.discard(id(node))
+
+
+def with_transport(config: RavnConfig, registries: dict[str, Registry[Any]], plugin: str,
+                   options: dict[str, Any]) -> RavnConfig:
+    """``config`` with its transport replaced by ``plugin`` and ``options`` (validated by the plugin's model):
+    ``ravn record`` and ``ravn replay`` put the builtin ``record`` / ``replay`` transport in this way."""
+    reg = registries["transport"].get(plugin)
+    if reg is None:
+        raise ConfigError(f"unknown transport plugin {plugin!r} (blocked?)")
+    try:
+        model = reg.config_model.model_validate(options)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"transport {plugin}: {_fmt(tuple(err['loc']))}: {err['msg']}") from None
+    spec = ComponentSpec("transport", plugin, plugin, model, reg)
+    return dataclasses.replace(config, transport=spec, explicitly_named=config.explicitly_named | {plugin})
 
 
 def _fmt(path: Path_) -> str:

@@ -41,12 +41,13 @@ log = logging.getLogger("ravn.plugins")
 ENTRY_POINT_GROUP = "ravn"
 BUILTIN_PLUGINS = (
     "ravn_core.builtin.transport_embedded",
+    "ravn_core.builtin.record",
     "ravn_core.builtin.sinks",
     "ravn_core.builtin.health",
     "ravn_core.builtin.http",
 )
 # Cannot be blocked through RAVN_DISABLED_PLUGINS: without them the runtime cannot run or tell its state.
-ESSENTIAL_PLUGINS = ("ravn_core.builtin.transport_embedded", "ravn_core.builtin.health")
+ESSENTIAL_PLUGINS = ("ravn_core.builtin.transport_embedded", "ravn_core.builtin.record", "ravn_core.builtin.health")
 
 
 @dataclass(frozen=True)

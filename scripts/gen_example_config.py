@@ -93,7 +93,7 @@ def generate() -> str:
     assert reg is not None
     out += model_lines(reg.config_model, "  ")
     for name in transports.names():
-        if name == "embedded":
+        if name in ("embedded", "record", "replay"):  # record/replay: set by `ravn record` / `ravn replay`
             continue
         reg = transports.get(name)
         assert reg is not None

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from ravn_core import hookimpl
 from ravn_core.components import Delivery, PluginConfig, RuntimeContext, Transport
 from ravn_core.config import validate
 from ravn_core.events import Batch
 from ravn_core.plugins import PluginHost
-from ravn_core.record import ReplayTransport
-from ravn_core.runtime import Runtime, runtime_context
+from ravn_core.runtime import Runtime
 from ravn_core.testing import CollectSink, make_host, run_pipeline, synthetic_event, wait_for
 
 FAST = {"restart_backoff_s": 0.02, "restart_backoff_max_s": 0.05, "error_budget": 3, "error_window_s": 60,
@@ -40,14 +40,14 @@ def replay(tmp_path: Path, events: list[dict[str, Any]], batch_size: int) -> tup
     path.write_text("".join(json.dumps(e) + "\n" for e in events))
     h = rules_host()
     cfg = validate({"ravn": {"state_dir": str(tmp_path / "state"), **FAST},
+                    "transport": {"plugin": "replay", "path": str(path), "batch_size": batch_size},
                     "analyzers": [{"plugin": "analyzer_rules"}], "sinks": [{"plugin": "test_sink"}]},
                    h.registries())
-    transport = ReplayTransport(str(path), runtime_context(cfg), cfg.core.hostname(), batch_size)
-    rt = Runtime(cfg, h, role="replay", transport=transport)
+    rt = Runtime(cfg, h, role="replay")
     # The replay reader checks the event schema and would skip these lines itself (tests/integration/
     # test_replay_validation.py); bypassed here to reach the runtime's own defence, for events that in-process
     # sources could still produce.
-    with mock.patch("ravn_core.record.validate_event", lambda _event: None):
+    with mock.patch("ravn_core.builtin.record.validate_event", lambda _event: None):
         return rt, rt.run(duration=30, install_signals=False)
 
 
@@ -159,12 +159,17 @@ class ManyHostsTransport(Transport):
         return Delivery(f"fake-{self.sent}", [synthetic_event("exec", seq=self.sent)])
 
 
+class ManyHostsPlugin:
+    @hookimpl
+    def ravn_register_transports(self, registry: Any) -> None:
+        registry.add("many_hosts", ManyHostsTransport, ManyHostsConfig)
+
+
 def test_per_host_state_is_bounded_by_max_hosts_and_evictions_are_counted(tmp_path: Path) -> None:
-    h = make_host()
-    cfg = validate({"ravn": {"state_dir": str(tmp_path), "max_hosts": 50},
+    h = make_host((ManyHostsPlugin(), "many_hosts"))
+    cfg = validate({"ravn": {"state_dir": str(tmp_path), "max_hosts": 50}, "transport": {"plugin": "many_hosts"},
                     "analyzers": [{"plugin": "test_analyzer", "alert_every": 1, "score": 10}]}, h.registries())
-    transport = ManyHostsTransport("many", ManyHostsConfig(), runtime_context(cfg))
-    rt = Runtime(cfg, h, role="analyze", transport=transport)
+    rt = Runtime(cfg, h, role="analyze")
     rt.start()
     try:
         assert wait_for(lambda: rt.counters["analyzed"] == 300, 10)

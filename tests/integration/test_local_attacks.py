@@ -157,12 +157,12 @@ def _read(path: str) -> str:
 def test_recorded_events_are_root_only(tmp_path: Path, shared: Path) -> None:
     """`ravn record -o /tmp/...` wrote 0644: every user could read the recorded argv, paths and addresses. Also a
     file nobody planted at the output path (theirs, readable by them) or a symlink there is refused."""
+    from ravn_core.builtin.record import RecordConfig, RecordTransport
     from ravn_core.errors import RavnError
-    from ravn_core.record import RecordTransport
 
     require_root()
     out = shared / "events.jsonl"
-    rec = RecordTransport(str(out), make_context("record"))
+    rec = RecordTransport("record", RecordConfig(path=str(out)), make_context("record"))
     rec.publish("h", [{"evt.type": "exec", "exec.argv": ["mysql", "-psecret"]}])
     rec.close()
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600 and "secret" in out.read_text()
@@ -179,10 +179,10 @@ def test_recorded_events_are_root_only(tmp_path: Path, shared: Path) -> None:
     planted = str(shared / "planted.jsonl")
     as_nobody(plant, planted, str(victim))
     with pytest.raises(RavnError, match=f"owned by uid {NOBODY}"):
-        RecordTransport(planted, make_context("record"))
+        RecordTransport("record", RecordConfig(path=planted), make_context("record"))
     with pytest.raises(RavnError, match="cannot write"):  # the kernel's protected_symlinks may refuse it first
-        RecordTransport(planted + ".link", make_context("record"))
+        RecordTransport("record", RecordConfig(path=planted + ".link"), make_context("record"))
     (tmp_path / "link").symlink_to(victim)  # where the kernel does not protect: RAVN's O_NOFOLLOW does
     with pytest.raises(RavnError, match="a symlink: refused"):
-        RecordTransport(str(tmp_path / "link"), make_context("record"))
+        RecordTransport("record", RecordConfig(path=str(tmp_path / "link")), make_context("record"))
     assert victim.read_text() == "keep\n" and Path(planted).read_text() == ""

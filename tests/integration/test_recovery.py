@@ -1,6 +1,6 @@
-"""The original design's error-recovery table, each fault made to happen for real through the real runtime.
+"""The error-recovery table of docs/OPERATIONS.md, each fault made to happen for real through the real runtime.
 
-| fault (design doc)            | test                                                                       |
+| fault                         | test                                                                       |
 |-------------------------------|----------------------------------------------------------------------------|
 | thread crash                  | a source whose poll raises is restarted; a thread that really dies (a      |
 |                               | BaseException escapes its loop) is restarted by the health thread           |
@@ -144,7 +144,7 @@ def test_thread_that_really_dies_is_restarted_by_the_health_thread() -> None:
     seen: dict[str, Any] = {}
 
     def until(rt: Runtime) -> bool:
-        t = rt._threads.get("source:paced_source")
+        t = rt.supervisor.threads.get("source:paced_source")
         if t is not None and not t.is_alive():
             seen["dead"] = True
         return bool(rt.counters.get("thread_restarts")) and rt.sources[0].component.sent >= 30

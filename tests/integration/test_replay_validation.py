@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ravn_core.builtin.record import ReplayConfig, ReplayTransport
 from ravn_core.events import MAX_STR
-from ravn_core.record import ReplayTransport
 from ravn_core.testing import make_context, synthetic_event
 
 
@@ -27,7 +27,7 @@ def test_replay_skips_hostile_lines_with_file_and_line(tmp_path: Path, caplog: A
     lines += [json.dumps(e) for e in good[3:]]
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    t = ReplayTransport(str(path), make_context("replay"), "h", batch_size=100)
+    t = ReplayTransport("replay", ReplayConfig(path=str(path), batch_size=100), make_context("replay", host="h"))
     got = []
     while (d := t.consume(0)) is not None:
         got += d.batch

@@ -76,7 +76,7 @@ def test_alerts_carry_their_incident_and_every_view_shows_the_open_incidents(tmp
     }
     before = len(CollectSink.instances)
     rt, _ = run_pipeline(config, until=lambda rt: rt.counters["analyzed"] == 200 and bool(
-        CollectSink.instances[before].incidents) and rt.sinkq.qsize() == 0)
+        CollectSink.instances[before].incidents) and rt.sink_stage.queue.qsize() == 0)
     sink = CollectSink.instances[before]
     status = rt.status()
     shown = {i["id"]: i for i in status["incidents"]}
@@ -137,7 +137,8 @@ def test_failing_sink_is_counted_and_restarted() -> None:
         "sinks": [{"plugin": "test_sink", "fail_times": 1}],
     }
     before = len(CollectSink.instances)
-    _rt, stats = run_pipeline(config, until=lambda rt: rt.counters["analyzed"] == 50 and rt.sinkq.qsize() == 0)
+    _rt, stats = run_pipeline(config, until=lambda rt: rt.counters["analyzed"] == 50
+                              and rt.sink_stage.queue.qsize() == 0)
     sink = CollectSink.instances[before]
     assert sink.failures == 1
     # alerts that reach a sink while it waits out its restart backoff are counted as dropped for that sink

@@ -2,8 +2,8 @@
 
 Targets: the config loader (parse_yaml + validate against every installed plugin's model), the rule loader
 (ravn_analyzers.rules.loader.load_rules), the probes' record decoders (random record contents of the right size
-must decode into an event with well-typed common fields), the replay line reader (ravn_core.record) and the Redis
-transport's batch decoders (ravn_transport_redis.codec). Each test prints how many inputs it tried
+must decode into an event with well-typed common fields), the replay line reader (ravn_core.builtin.record) and the
+Redis transport's batch decoders (ravn_transport_redis.codec). Each test prints how many inputs it tried
 (``pytest -s``); docs/OPERATIONS.md records the figures. Kept fast for CI: max_examples 200-300, no deadline.
 """
 
@@ -198,14 +198,14 @@ event_lines = st.one_of(
 @SETTINGS
 @given(lines=st.lists(event_lines, max_size=20))
 def test_replay_reader_skips_bad_lines_and_keeps_good_ones(lines: list[str], tmp_path_factory: Any) -> None:
-    from ravn_core.record import ReplayTransport
+    from ravn_core.builtin.record import ReplayConfig, ReplayTransport
     from ravn_core.testing import make_context
 
     tried["replay reader"] += 1
     path = Path(tmp_path_factory.mktemp("replay")) / "events.jsonl"
     text = "\n".join(line.replace("\n", " ").replace("\r", " ") for line in lines)
     path.write_text(text, encoding="utf-8")
-    t = ReplayTransport(str(path), make_context("replay"), "fuzzhost", batch_size=7)
+    t = ReplayTransport("replay", ReplayConfig(path=str(path), batch_size=7), make_context("replay", host="fuzzhost"))
     got = []
     try:
         while (d := t.consume(0)) is not None:

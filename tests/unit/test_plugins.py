@@ -60,7 +60,8 @@ def test_entry_point_plugins_are_discovered_and_builtins_first(monkeypatch: pyte
     host.load()
     host.register_components()
     names = [n for n, _ in host.pm.list_name_plugin()]
-    assert names[:3] == ["ravn_core.builtin.transport_embedded", "ravn_core.builtin.sinks", "ravn_core.builtin.health"]
+    assert names[:4] == ["ravn_core.builtin.transport_embedded", "ravn_core.builtin.record", "ravn_core.builtin.sinks",
+                         "ravn_core.builtin.health"]
     reg = host.sinks.get("acme")
     assert reg is not None and reg.distribution == "acme-ravn 1.0" and reg.plugin == "acme"
     info = {i.name: i for i in host.plugin_infos()}

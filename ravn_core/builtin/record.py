@@ -1,11 +1,13 @@
-"""Record and replay: events as JSON lines (one event dict per line, fields as in docs/EVENTS.md).
+"""Builtin transports ``record`` and ``replay``: events as JSON lines (one event dict per line, fields as in
+docs/EVENTS.md).
 
-``RecordTransport`` stands in for the transport in ``ravn record``: every batch the sources produce is appended
-to the file, which is created 0600 (never through a symlink, never another user's file). ``ReplayTransport``
-stands in for it in ``ravn replay``: it reads the file back in batches, with no root and no kernel. A line that is
-not an event of the schema (``ravn_core.events.validate_event``: JSON object, known evt.type, every field of its
-declared type and bounded) is counted (``bad_lines``), reported with its file and line number (the first 10, then
-every 1000th) and skipped; the replay goes on.
+``record`` is the transport of ``ravn record``: every batch the sources produce is appended to the file, which is
+created 0600 (never through a symlink, never another user's file). ``replay`` is the transport of ``ravn replay``:
+it reads the file back in batches, with no root and no kernel. A line that is not an event of the schema
+(``ravn_core.events.validate_event``: JSON object, known evt.type, every field of its declared type and bounded) is
+counted (``bad_lines``), reported with its file and line number (the first 10, then every 1000th) and skipped; the
+replay goes on. The CLI puts them in the config's ``transport`` section (``ravn_core.config.with_transport``); a
+YAML config may name them too.
 """
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ import logging
 import threading
 from typing import IO
 
+from pydantic import Field
+
+from ravn_core import hookimpl
 from ravn_core.components import Delivery, Health, PluginConfig, RuntimeContext, Transport
 from ravn_core.events import Batch, Event, validate_event
+from ravn_core.registry import TransportRegistry
 
 log = logging.getLogger("ravn.record")
 
@@ -48,12 +54,22 @@ def open_private(path: str) -> IO[str]:
     return os.fdopen(fd, "w", encoding="utf-8")
 
 
-class RecordTransport(Transport):
-    """Appends each published batch to a JSON-lines file."""
+class RecordConfig(PluginConfig):
+    path: str = Field(description="the JSON-lines file to write (created 0600; an existing one of this user is "
+                      "truncated)")
 
-    def __init__(self, path: str, context: RuntimeContext) -> None:
-        super().__init__("record", PluginConfig(), context)
-        self.path = path
+
+class ReplayConfig(PluginConfig):
+    path: str = Field(description="the JSON-lines file to read (written by `ravn record`)")
+    batch_size: int = Field(1024, ge=1, le=1_000_000, description="events per batch handed to the analyzers")
+
+
+class RecordTransport(Transport):
+    """Appends each published batch to a JSON-lines file (ravn record)."""
+
+    def __init__(self, name: str, config: RecordConfig, context: RuntimeContext) -> None:
+        super().__init__(name, config, context)
+        path = self.path = config.path
         self._file: IO[str] = open_private(path)
         self.events = 0
 
@@ -76,13 +92,13 @@ class RecordTransport(Transport):
 
 
 class ReplayTransport(Transport):
-    """Reads a recorded JSON-lines file back as batches of ``batch_size`` events."""
+    """Reads a recorded JSON-lines file back as batches (ravn replay); the events are this host's."""
 
-    def __init__(self, path: str, context: RuntimeContext, host: str, batch_size: int = 1024) -> None:
-        super().__init__("replay", PluginConfig(), context)
-        self.path = path
-        self.host = host
-        self.batch_size = batch_size
+    def __init__(self, name: str, config: ReplayConfig, context: RuntimeContext) -> None:
+        super().__init__(name, config, context)
+        path = self.path = config.path
+        self.host = context.host
+        self.batch_size = config.batch_size
         self._file: IO[str] = open(path, encoding="utf-8")
         self._lock = threading.Lock()
         self._line = 0
@@ -133,3 +149,9 @@ class ReplayTransport(Transport):
 
     def close(self) -> None:
         self._file.close()
+
+
+@hookimpl
+def ravn_register_transports(registry: TransportRegistry) -> None:
+    registry.add("record", RecordTransport, RecordConfig)
+    registry.add("replay", ReplayTransport, ReplayConfig)
