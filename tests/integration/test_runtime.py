@@ -208,7 +208,7 @@ def test_unusable_environment_exits_3() -> None:
     script.write_text(
         "import sys\nfrom ravn_core import cli\nfrom ravn_core.testing import ThrowawayPlugin\n"
         "orig = cli.load_host\n"
-        "def load_host():\n    from ravn_core.plugins import PluginHost\n    h = PluginHost()\n"
+        "def load_host(config_path=None):\n    from ravn_core.plugins import PluginHost\n    h = PluginHost()\n"
         "    h.register(ThrowawayPlugin(), 'throwaway')\n    h.load()\n    h.register_components()\n    return h\n"
         "cli.load_host = load_host\nsys.exit(cli.main(sys.argv[1:]))\n")
     cmd: list[Any] = [sys.executable, str(script), "--config", str(cfg), "--duration", "1"]
