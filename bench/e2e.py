@@ -236,6 +236,17 @@ class Daemon:
         data: dict[str, Any] = json.loads((self.tmp / "state" / "status.json").read_text())
         return data
 
+    def close(self) -> None:
+        """Stop the daemon if it still runs (the bench gave up or failed): SIGTERM, SIGKILL after 60 s."""
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
 
 class AlertTail:
     """Follows the JSONL alert file; the first wall time each (rule, pid) was seen."""
@@ -316,41 +327,10 @@ def run_storm(kind: str, args: argparse.Namespace, tmp: Path) -> tuple[dict[str,
     return actions, shadow
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(ROOT / "config" / "ravn.yaml"))
-    p.add_argument("--storms", default=",".join(STORMS), help=f"comma-separated, of {', '.join(STORMS)}")
-    p.add_argument("--shells", type=int, default=2, help="exec storm: shells at once (default 2)")
-    p.add_argument("--execs", type=int, default=5000, help="exec storm: /bin/true runs per shell (default 5000)")
-    p.add_argument("--procs", type=int, default=2, help="open/connect storms: generator processes (default 2)")
-    p.add_argument("--opens", type=int, default=20000, help="open storm: opens per process (default 20000)")
-    p.add_argument("--connects", type=int, default=5000, help="connect storm: connects per process (default 5000)")
-    p.add_argument("--rate", type=float, default=20000, help="opens/s per process; connects/s is a quarter")
-    p.add_argument("--alerts", type=int, default=20, help="alert storm: /etc/shadow readers (default 20)")
-    p.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measurement (default 5)")
-    p.add_argument("--settle", type=float, default=1.5,
-                   help="seconds after the generators end before waiting for the backlog to drain")
-    p.add_argument("--poll", type=float, default=0.5, help="seconds between /status polls (idle too)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ravn: core key")
-    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="daemon environment")
-    p.add_argument("--profile", metavar="FILE", help="record the daemon with py-spy (on PATH, or $PY_SPY) during "
-                   "the storms into FILE (collapsed stacks, all threads, idle frames left out)")
-    p.add_argument("--gen", nargs=4, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.gen:
-        gen_main(args.gen[0], int(args.gen[1]), float(args.gen[2]), args.gen[3])
-        return 0
-    storms = [s for s in args.storms.split(",") if s]
-    if unknown := [s for s in storms if s not in STORMS]:
-        p.error(f"unknown storm(s) {unknown}; choose from {STORMS}")
-
-    tmp = Path(tempfile.mkdtemp(prefix="ravn-e2e-"))
-    port = free_port()
-    cfg = make_config(Path(args.config), tmp, port, args.set)
-    env = dict(os.environ)
-    env.update(kv.split("=", 1) for kv in args.env)
-    daemon = Daemon(cfg, tmp, port, env)
-    print(f"e2e: daemon pid {daemon.pid}, config {cfg}", flush=True)
+def measure(daemon: Daemon, args: argparse.Namespace, storms: list[str], tmp: Path,
+            spies: list[subprocess.Popen[bytes]]) -> dict[str, Any]:
+    """Background, then each storm in turn, then the daemon's stop; the result object (the last line printed).
+    A py-spy recorder started here is put in ``spies`` so that the caller can stop it if this fails."""
     daemon.wait_up()
     tail = AlertTail(tmp / "alerts.jsonl")
     daemon.settle(args.settle, args.poll)  # start-up events (the seeding, our own /status reads) analyzed
@@ -366,12 +346,12 @@ def main() -> int:
     print(f"e2e: background: CPU {1e3 * idle_rate:.1f} ms/s, {idle_events:.0f} events/s (with /status every "
           f"{args.poll}s)", flush=True)
 
-    spy = None
     if args.profile:
         exe = os.environ.get("PY_SPY") or shutil.which("py-spy") or "py-spy"
         spy = subprocess.Popen([exe, "record", "--pid", str(daemon.pid), "--rate", "250", "--format", "raw",
                                 "--threads", "--output", args.profile, "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spies.append(spy)
         time.sleep(1)
     results: dict[str, Any] = {}
     for kind in storms:
@@ -418,15 +398,62 @@ def main() -> int:
             line += f"; alert latency ms {r['alert_latency_ms']}"
         print(line, flush=True)
     tail.close()
-    if spy is not None:
+    for spy in spies:
         spy.send_signal(signal.SIGINT)
         spy.wait(60)
+    spies.clear()
     final = daemon.stop()
     st = final["stats"]
     unaccounted = st["accepted"] - st["analyzed"] - st["dropped"] - st.get("publish_lost", 0)
     out = {"background_ms_per_s": round(1e3 * idle_rate, 1), "background_events_per_s": round(idle_events),
            "storms": results, "exit_unaccounted": unaccounted, "config": args.config,
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(ROOT / "config" / "ravn.yaml"))
+    p.add_argument("--storms", default=",".join(STORMS), help=f"comma-separated, of {', '.join(STORMS)}")
+    p.add_argument("--shells", type=int, default=2, help="exec storm: shells at once (default 2)")
+    p.add_argument("--execs", type=int, default=5000, help="exec storm: /bin/true runs per shell (default 5000)")
+    p.add_argument("--procs", type=int, default=2, help="open/connect storms: generator processes (default 2)")
+    p.add_argument("--opens", type=int, default=20000, help="open storm: opens per process (default 20000)")
+    p.add_argument("--connects", type=int, default=5000, help="connect storm: connects per process (default 5000)")
+    p.add_argument("--rate", type=float, default=20000, help="opens/s per process; connects/s is a quarter")
+    p.add_argument("--alerts", type=int, default=20, help="alert storm: /etc/shadow readers (default 20)")
+    p.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measurement (default 5)")
+    p.add_argument("--settle", type=float, default=1.5,
+                   help="seconds after the generators end before waiting for the backlog to drain")
+    p.add_argument("--poll", type=float, default=0.5, help="seconds between /status polls (idle too)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ravn: core key")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="daemon environment")
+    p.add_argument("--profile", metavar="FILE", help="record the daemon with py-spy (on PATH, or $PY_SPY) during "
+                   "the storms into FILE (collapsed stacks, all threads, idle frames left out)")
+    p.add_argument("--gen", nargs=4, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.gen:
+        gen_main(args.gen[0], int(args.gen[1]), float(args.gen[2]), args.gen[3])
+        return 0
+    storms = [s for s in args.storms.split(",") if s]
+    if unknown := [s for s in storms if s not in STORMS]:
+        p.error(f"unknown storm(s) {unknown}; choose from {STORMS}")
+
+    tmp = Path(tempfile.mkdtemp(prefix="ravn-e2e-"))
+    port = free_port()
+    cfg = make_config(Path(args.config), tmp, port, args.set)
+    env = dict(os.environ)
+    env.update(kv.split("=", 1) for kv in args.env)
+    daemon = Daemon(cfg, tmp, port, env)
+    print(f"e2e: daemon pid {daemon.pid}, config {cfg}", flush=True)
+    spies: list[subprocess.Popen[bytes]] = []
+    try:
+        out = measure(daemon, args, storms, tmp, spies)
+    finally:  # a failure or a give-up (SystemExit) must not leave the daemon or py-spy running
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+        daemon.close()
     print(json.dumps(out))
     return 0
 
