@@ -31,9 +31,9 @@ def cyclic(n: int, start: int = 0) -> list[int]:
     return [(start + i) % 10 for i in range(n)]
 
 
-def scrambled(n: int) -> list[int]:
+def scrambled(n: int, start: int = 0) -> list[int]:
     # deterministic, never "i then i+1": steps of 3 (mod 10)
-    return [(3 * i) % 10 for i in range(n)]
+    return [(start + 3 * i) % 10 for i in range(n)]
 
 
 def ctx(tree: ProcessTree | None = None, now: float | None = None) -> BatchContext:
@@ -205,10 +205,10 @@ def test_inference_error_steps_aside_then_sighup_retries(fails_at_run_model: Pat
 
 def test_latency_budget_fallback_and_recovery(cyclic_model: Any) -> None:
     an = build(cyclic_model(), latency_budget_ms=0.0001, budget_strikes=3, retry_after_s=0.2)
-    for i in range(2):
-        an.analyze(syscalls(10 + i, cyclic(40)), ctx())
+    for i in range(2):  # windows that differ: none comes from the score cache, each batch runs the model
+        an.analyze(syscalls(10 + i, cyclic(40, i)), ctx())
         assert an.health().state == "ok"
-    an.analyze(syscalls(20, cyclic(40)), ctx())
+    an.analyze(syscalls(20, cyclic(40, 2)), ctx())
     h = an.health()
     assert h.state == "degraded" and "latency budget: 3 batches in a row" in h.detail
     assert h.counters["over_budget"] == 3
@@ -216,6 +216,43 @@ def test_latency_budget_fallback_and_recovery(cyclic_model: Any) -> None:
     time.sleep(0.25)
     an.tick(ctx())  # retry_after_s elapsed: model back (and it will strike out again with this budget)
     assert an.health().state == "ok"
+
+
+def test_a_window_seen_before_is_not_inferred_again(cyclic_model: Any) -> None:
+    """The same short program run again (the same window) takes its surprise from the cache: the same alert,
+    no inference; a reload (a new model) forgets the cache."""
+    an = build(cyclic_model(), exit_grace_s=0)
+
+    def run_once(pid: int) -> list[Any]:
+        evs = [*syscalls(pid, scrambled(20)), {"evt.type": "exit", "proc.pid": pid, "evt.ts": 10**12 + pid}]
+        # exited (no grace): its final partial window is scored at once
+        return an.analyze(evs, ctx()) + an.tick(ctx(now=time.time() + 1))
+
+    first = run_once(100)
+    assert [a.pid for a in first] == [100] and an.counters["runs"] == 1 and an.counters["cache_hits"] == 0
+    second = run_once(101)
+    assert [a.pid for a in second] == [101] and an.counters["runs"] == 1 and an.counters["cache_hits"] == 1
+    assert second[0].evidence["process_score_nats"] == first[0].evidence["process_score_nats"]
+    an.reload()
+    assert [a.pid for a in run_once(102)] == [102] and an.counters["runs"] == 2
+    off = build(cyclic_model(), exit_grace_s=0, score_cache=0)
+    for pid in (200, 201):
+        off.analyze([*syscalls(pid, scrambled(20)), {"evt.type": "exit", "proc.pid": pid, "evt.ts": 10**12}], ctx())
+        off.tick(ctx(now=time.time() + 1))
+    assert off.counters["runs"] == 2 and off.counters["cache_hits"] == 0
+
+
+def test_a_final_window_too_short_to_score_is_not_inferred(cyclic_model: Any) -> None:
+    an = build(cyclic_model(), exit_grace_s=0, exit_min_events=8)
+    # the exit event is a token too: 6 syscalls + @exit = 7 tokens, under exit_min_events; 7 + 1 = 8 is enough
+    short = [*syscalls(5, scrambled(6)), {"evt.type": "exit", "proc.pid": 5, "evt.ts": 10**12}]
+    an.analyze(short, ctx())
+    assert an.tick(ctx(now=time.time() + 1)) == []
+    assert an.counters["runs"] == 0 and an.counters["finals_too_short"] == 1
+    enough = [*syscalls(6, scrambled(7)), {"evt.type": "exit", "proc.pid": 6, "evt.ts": 10**12}]
+    an.analyze(enough, ctx())
+    an.tick(ctx(now=time.time() + 1))
+    assert an.counters["runs"] == 1 and an.counters["processes_scored"] == 1
 
 
 def test_default_model_path_is_packaged() -> None:
@@ -270,7 +307,7 @@ def test_window_cap_per_call_leaves_the_rest_for_the_next_call(cyclic_model: Any
     an = build(cyclic_model(), max_windows_per_batch=10)
     batch: list[dict[str, Any]] = []
     for pid in range(1, 11):
-        batch += syscalls(pid, scrambled(64))  # 2 full windows each: 20 windows
+        batch += syscalls(pid, scrambled(64, pid))  # 2 full windows each: 20 windows, 10 different
     first = an.analyze(batch, ctx())
     assert an.counters["windows"] == 10 and an.counters["runs"] == 1
     second = an.analyze([], ctx())  # nothing new arrives: the backlog is still scored

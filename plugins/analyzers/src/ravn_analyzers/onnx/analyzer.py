@@ -2,7 +2,8 @@
 
 Each process's events become a token stream (tokens.py). Once a process has a full window pending, the window
 (with ``context`` tokens of the previous one in front) goes into this batch's inference: every ready window of
-every process in the batch is stacked and scored in ONE ``session.run``. The model returns each token's
+every process in the batch is stacked and scored together (``_infer``: one inference per window width, windows
+seen before taken from a cache). The model returns each token's
 surprise (negative log-likelihood, nats); a process's score is the mean surprise over its last ``horizon``
 scored tokens. That mean is mapped to 0-100 through the model's calibration (the threshold at ``fa_rate`` on
 held-back normal processes maps to 50, the one at ``strong_fa_rate`` to 75; a model made by ``ravn learn``
@@ -107,6 +108,10 @@ class OnnxConfig(PluginConfig):
     threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads")
     other_events: bool = Field(True, description="include non-syscall probe events as tokens (@exec, @connect..)")
     evidence_tokens: int = Field(64, ge=1, le=4096, description="tokens of the high window kept in evidence")
+    score_cache: int = Field(4096, ge=0, description="windows whose surprise is remembered (LRU), so that a short "
+                             "program run again is not inferred again (0: no cache); at most ~0.7 KB each")
+    score_cache_max_tokens: int = Field(64, ge=8, le=4096, description="only windows of at most this many tokens "
+                                        "are cached (short-lived processes' windows repeat, long ones rarely)")
 
 
 class _Proc:
@@ -154,9 +159,13 @@ class OnnxAnalyzer(Analyzer):
         # Bounded too: when the event stream is quiet, tick() finalises exited processes by wall clock instead.
         self._exits: deque[tuple[int, tuple[str, int]]] = deque(maxlen=config.max_processes)
         self._latest_ts = 0  # newest evt.ts seen (ns)
+        # (window ids, start) -> summed surprise of window[start:], for the loaded model (see _infer)
+        self._cache: OrderedDict[tuple[tuple[int, ...], int], float] | None = (
+            OrderedDict() if config.score_cache else None)
         self.counters: dict[str, float] = {
             "batches": 0, "runs": 0, "windows": 0, "tokens": 0, "alerts": 0, "fallbacks": 0, "reloads": 0,
-            "last_run_ms": 0.0, "max_run_ms": 0.0, "over_budget": 0, "processes_scored": 0,
+            "last_run_ms": 0.0, "max_run_ms": 0.0, "over_budget": 0, "processes_scored": 0, "cache_hits": 0,
+            "finals_too_short": 0,
         }
         self._load()
 
@@ -202,6 +211,8 @@ class OnnxAnalyzer(Analyzer):
         self.own_host, self.mode = self._own_alerts(info)
         self._procs.clear()
         self._exits.clear()
+        if self._cache is not None:
+            self._cache.clear()  # sums of the previous model
         self._strikes = 0
         if self.reason:
             self.log.warning("model %s %s back in use (was: %s)", info.name, info.version, self.reason)
@@ -372,16 +383,21 @@ class OnnxAnalyzer(Analyzer):
 
     def _score(self, ready: list[tuple[tuple[str, int], _Proc]], final: list[tuple[tuple[str, int], _Proc]],
                ctx: BatchContext) -> list[Alert]:
-        """Cut the windows of ready processes (full windows) and final ones (everything left), run them in one
-        session.run, update scores, return alerts."""
+        """Cut the windows of ready processes (full windows) and final ones (everything left; none for a process
+        too short ever to be scored), infer them together (``_infer``), update scores, return alerts."""
         scorer = self.scorer
         if scorer is None:
             return []
         cap = self.config.max_windows_per_batch
         cuts: list[tuple[_Proc, tuple[str, int], list[int], list[str], int, bool]] = []
         final_keys = {k for k, _ in final}
+        min_final = self.scoring.exit_min_events
         for key, p in [*ready, *final]:
             is_final = key in final_keys
+            if is_final and p.score.seen + len(p.win.pending) < min_final:
+                # every token it will ever have scored is under exit_min_events: no score, no alert can come of it
+                self.counters["finals_too_short"] += 1
+                continue
             while len(cuts) < cap:
                 item = p.win.take(partial=is_final)
                 if item is None:
@@ -399,38 +415,30 @@ class OnnxAnalyzer(Analyzer):
         self._backlog.update(k for k, p in ready if p.win.ready())
         if not cuts:
             return []
-        # Right padding never changes a causal model's output at the real positions, so the batch is only as wide
-        # as its longest window rounded up to a power of two (a few shapes): a short-lived process's final window
-        # of 20 tokens costs a 32-wide row, not a 256-wide one (4x less inference on an exec storm).
-        longest = max(len(c[2]) for c in cuts)
-        arr = pack([c[2] for c in cuts], min(self.window, max(32, 1 << (longest - 1).bit_length())))
-        t0 = time.perf_counter()
-        try:
-            nll = scorer.run(arr)
-        except Exception as exc:
-            self._degrade(f"inference error: {type(exc).__name__}: {exc}", retryable=True)
+        sums, ms = self._infer([c[2] for c in cuts], [c[4] for c in cuts])
+        if sums is None:
             return []
-        ms = (time.perf_counter() - t0) * 1000.0
         c = self.counters
-        c["runs"] += 1
         c["windows"] += len(cuts)
-        c["last_run_ms"] = ms
-        c["max_run_ms"] = max(c["max_run_ms"], ms)
-        if ms > self.config.latency_budget_ms:
-            c["over_budget"] += 1
-            self._strikes += 1
-            if self._strikes >= self.config.budget_strikes:
-                self._degrade(f"inference over its latency budget: {self._strikes} batches in a row above "
-                              f"{self.config.latency_budget_ms:g} ms (last {ms:.1f} ms for {len(cuts)} windows)",
-                              retryable=True)
-                return []
-        else:
-            self._strikes = 0
+        if ms is not None:
+            c["runs"] += 1
+            c["last_run_ms"] = ms
+            c["max_run_ms"] = max(c["max_run_ms"], ms)
+            if ms > self.config.latency_budget_ms:
+                c["over_budget"] += 1
+                self._strikes += 1
+                if self._strikes >= self.config.budget_strikes:
+                    self._degrade(f"inference over its latency budget: {self._strikes} batches in a row above "
+                                  f"{self.config.latency_budget_ms:g} ms (last {ms:.1f} ms for {len(cuts)} "
+                                  "windows)", retryable=True)
+                    return []
+            else:
+                self._strikes = 0
         alerts: list[Alert] = []
         sc = self.scoring
         for j, (p, key, ids, toks, start, is_final) in enumerate(cuts):
             n = len(ids) - start
-            s = float(nll[j, start : len(ids)].sum())
+            s = sums[j]
             p.score.add(s, n)
             wmean = s / n if n else 0.0
             if wmean > p.best[0]:
@@ -449,6 +457,57 @@ class OnnxAnalyzer(Analyzer):
                 alerts.append(alert)
         c["alerts"] += len(alerts)
         return alerts
+
+    def _infer(self, windows: list[list[int]], starts: list[int]) -> tuple[list[float] | None, float | None]:
+        """The summed surprise of each window's scored tokens (``window[start:]``), and the inference time in ms
+        (None when every window came from the cache). (None, None) after an inference error (stepped aside).
+
+        A window seen before (the same ids and start: the same short-lived program run again, a shell loop's
+        /bin/true, a cron job) takes its sum from a bounded LRU cache of ``score_cache`` entries; the model is
+        deterministic, so the sum is the one an inference would give. The others are grouped by width: right
+        padding never changes a causal model's output at the real positions, so each group is only as wide as its
+        longest window rounded up to a power of two (a few shapes), and a short-lived process's final window of
+        20 tokens costs a 32-wide row, not a 256-wide one, even beside a full window."""
+        scorer = self.scorer
+        assert scorer is not None
+        cache, max_len = self._cache, self.config.score_cache_max_tokens
+        sums: list[float] = [0.0] * len(windows)
+        todo: dict[tuple[tuple[int, ...], int], list[int]] = {}  # window -> its indexes in this call
+        hits = 0
+        for j, (ids, start) in enumerate(zip(windows, starts, strict=True)):
+            key = (tuple(ids), start)
+            if cache is not None and len(ids) <= max_len:
+                got = cache.get(key)
+                if got is not None:
+                    cache.move_to_end(key)
+                    sums[j] = got
+                    hits += 1
+                    continue
+            todo.setdefault(key, []).append(j)
+        self.counters["cache_hits"] += hits
+        if not todo:
+            return sums, None
+        by_width: dict[int, list[tuple[tuple[int, ...], int]]] = {}
+        for key in todo:
+            n = len(key[0])
+            by_width.setdefault(min(self.window, max(32, 1 << (n - 1).bit_length())), []).append(key)
+        t0 = time.perf_counter()
+        try:
+            for width, keys in by_width.items():
+                nll = scorer.run(pack([k[0] for k in keys], width))
+                for row, key in enumerate(keys):
+                    ids_t, start = key
+                    total = float(nll[row, start : len(ids_t)].sum())
+                    for j in todo[key]:
+                        sums[j] = total
+                    if cache is not None and len(ids_t) <= max_len:
+                        cache[key] = total
+                        if len(cache) > self.config.score_cache:
+                            cache.popitem(last=False)
+        except Exception as exc:
+            self._degrade(f"inference error: {type(exc).__name__}: {exc}", retryable=True)
+            return None, None
+        return sums, (time.perf_counter() - t0) * 1000.0
 
     def _maybe_alert(self, p: _Proc, key: tuple[str, int], ctx: BatchContext, is_final: bool) -> Alert | None:
         scorer = self.scorer

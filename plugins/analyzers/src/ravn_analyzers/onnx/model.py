@@ -277,7 +277,7 @@ class Windower:
         return ids, start
 
 
-def pack(windows: Sequence[list[int]], width: int) -> np.ndarray:
+def pack(windows: Sequence[Sequence[int]], width: int) -> np.ndarray:
     """Right-pad windows with PAD into one int64 array [N, width]."""
     arr = np.zeros((len(windows), width), dtype=np.int64)
     for i, w in enumerate(windows):
