@@ -150,7 +150,13 @@ class ProcessTree:
             self.evictions += 1
 
     # ------------------------------------------------------------------------------------------ lookups
+    def peek(self, pid: int) -> ProcInfo | None:
+        """The process with this pid, or None; a miss is not counted (for readers that probe pids the tree may
+        never have seen, such as the rules' field resolvers and alert evidence)."""
+        return self._procs.get(pid)
+
     def get(self, pid: int) -> ProcInfo | None:
+        """The process with this pid, or None; a miss counts in ``misses``."""
         info = self._procs.get(pid)
         if info is None:
             self.misses += 1

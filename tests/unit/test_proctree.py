@@ -47,6 +47,15 @@ def test_bounded_under_churn_and_counts_misses() -> None:
     assert t.get(5) is None and t.misses == 1
 
 
+def test_peek_reads_without_counting_a_miss() -> None:
+    t = ProcessTree()
+    t.update([exec_(10, "/bin/bash", 1)])
+    info = t.peek(10)
+    assert info is not None and info.exe == "/bin/bash" and info is t.get(10)
+    assert t.peek(11) is None and t.misses == 0
+    assert t.get(11) is None and t.misses == 1
+
+
 def test_loop_in_parent_links_terminates() -> None:
     t = ProcessTree()
     t.update([exec_(20, "/a", ppid=21), exec_(21, "/b", ppid=20)])

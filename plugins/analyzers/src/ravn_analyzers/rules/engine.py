@@ -306,7 +306,7 @@ class RulesAnalyzer(Analyzer):
                ) -> Alert:
         ev = events[-1]
         pid = ev.get("proc.pid", 0)
-        info = ctx.proctree._procs.get(pid)
+        info = ctx.proctree.peek(pid)
         process = info.to_dict() if info is not None else {
             "pid": pid, "ppid": ev.get("proc.ppid", 0), "comm": ev.get("proc.comm", ""), "exe": "", "args": [],
             "uid": ev.get("proc.uid", -1)}

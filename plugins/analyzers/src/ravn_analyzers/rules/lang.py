@@ -22,6 +22,10 @@ field shares an element with the value list), ``anybits`` / ``allbits`` (integer
 ravn_core/events.py (``0o6000``, ``0x10`` and ``-115`` are ints; ``true``/``false`` are bools), so a typo'd
 value fails when the rule loads, not silently at run time.
 
+Syntax tree: the parser gives frozen dataclasses, one per kind of node (``Cmp``, ``MacroRef``, ``Not``, ``And``,
+``Or``, and ``Const`` once simplified); the compiler takes them apart with ``match``. ``comparisons()`` walks a
+tree (through macros), so the fields a condition reads are known from the tree, not from the code generated for it.
+
 Compilation: every condition becomes ONE Python lambda built from generated source, with all literal
 values bound as constants (sets, tuples, compiled regexes), never interpolated into the source. Fields the
 event does not carry (``proc.exe``, ``proc.pname``, ``proc.anames``, basenames...) are resolved through
@@ -34,17 +38,17 @@ import difflib
 import fnmatch
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, assert_never
 
 from ravn_analyzers.rules.linear_re import LinearRegex, RegexError
 from ravn_core.events import COMMON_FIELDS, EVENT_TYPES, PROCESS_TREE_FIELDS, SYSTEM_EXE_DIRS, Event
 from ravn_core.proctree import ProcessTree
 
-Node: TypeAlias = tuple[Any, ...]
 Predicate: TypeAlias = Callable[[Event], bool]
-Parts: TypeAlias = tuple[tuple[str, ...], "str | None"]  # (conjunct expressions, exceptions expression)
+Access: TypeAlias = Callable[[str], str]  # field name -> the Python expression that reads it
 
 
 class ConditionError(ValueError):
@@ -161,27 +165,27 @@ class Resolvers:
     def _exe(self, ev: Event) -> str | None:
         if ev.get("evt.type") == "exec" and ev.get("exec.ret", 0) == 0 and ev.get("exec.filename"):
             return str(ev["exec.filename"])
-        info = self.tree._procs.get(ev.get("proc.pid", 0))
+        info = self.tree.peek(ev.get("proc.pid", 0))
         return info.exe if info is not None and info.exe else None
 
     def _args(self, ev: Event) -> list[str] | None:
         if ev.get("evt.type") == "exec" and ev.get("exec.ret", 0) == 0 and "exec.argv" in ev:
             return list(ev["exec.argv"] or ())
-        info = self.tree._procs.get(ev.get("proc.pid", 0))
+        info = self.tree.peek(ev.get("proc.pid", 0))
         return info.args if info is not None else None
 
     def _parent(self, ev: Event) -> Any:
-        procs = self.tree._procs
+        peek = self.tree.peek
         ppid = ev.get("proc.ppid") or 0
         if not ppid:
-            info = procs.get(ev.get("proc.pid", 0))
+            info = peek(ev.get("proc.pid", 0))
             ppid = info.ppid if info is not None else 0
-        return procs.get(ppid) if ppid else None
+        return peek(ppid) if ppid else None
 
     def _ancestors(self, ev: Event) -> list[Any]:
         pid = ev.get("proc.pid", 0)
         out = self.tree.ancestors(pid)
-        if not out and pid not in self.tree._procs:
+        if not out and pid not in self.tree:
             # The process is unknown to the tree: start from the event's parent.
             parent = self._parent(ev)
             if parent is not None:
@@ -270,9 +274,7 @@ _TOKEN = re.compile(
 )
 _WORD_OPS = {"in", "startswith", "endswith", "glob", "contains", "icontains", "regex", "intersects",
              "anybits", "allbits", "exists"}
-_GET = re.compile(r"ev\.get\('([a-z0-9_.]+)'\)")
 _UNSET = object()  # a derived field not computed yet for this event
-_DERIVED = re.compile(r"(_D_[a-z0-9_]+)\(ev\)")
 _FIELD_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 _KEYWORDS = {"and", "or", "not"}
 
@@ -305,6 +307,114 @@ def tokenize(text: str) -> list[Tok]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------- syntax tree
+@dataclass(frozen=True, slots=True)
+class Value:
+    """One value of a comparison as written: its text (a list name is already expanded to its items), the column
+    it starts at, and whether it was quoted or came from a list (``"true"`` quoted is still converted by type)."""
+
+    text: str
+    pos: int
+    quoted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Cmp:
+    """``field op values`` at column ``pos``; ``is_list`` when the values were written as ``(a, b)`` or a list name.
+    ``exists`` has no values."""
+
+    field: str
+    op: str
+    values: tuple[Value, ...]
+    pos: int
+    is_list: bool = False
+
+    @property
+    def matches_nothing(self) -> bool:
+        """``in`` / ``intersects`` an empty list (a user list not filled in): false without reading the field."""
+        return not self.values and self.is_list and self.op in ("in", "intersects")
+
+
+@dataclass(frozen=True, slots=True)
+class MacroRef:
+    """A macro's name used as a condition, at column ``pos``; expanded by the compiler (which detects cycles)."""
+
+    name: str
+    pos: int
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    item: Node
+
+
+@dataclass(frozen=True, slots=True)
+class And:
+    items: tuple[Node, ...]  # two or more (the parser and ``simplify`` never build one of fewer)
+
+
+@dataclass(frozen=True, slots=True)
+class Or:
+    items: tuple[Node, ...]  # two or more
+
+
+@dataclass(frozen=True, slots=True)
+class Const:
+    """A condition folded to true or false by ``Compiler.simplify``; the parser never builds one."""
+
+    value: bool
+
+
+Node: TypeAlias = Cmp | MacroRef | Not | And | Or | Const
+TRUE, FALSE = Const(True), Const(False)
+
+
+def comparisons(node: Node, expand: Callable[[str], Node] | None = None,
+                _stack: tuple[str, ...] = ()) -> Iterator[Cmp]:
+    """Every comparison of the tree, left to right. A macro is walked into through ``expand(name)``, which returns
+    its tree, or skipped when ``expand`` is None; a macro inside itself raises ConditionError."""
+    match node:
+        case Cmp():
+            yield node
+        case Not(item):
+            yield from comparisons(item, expand, _stack)
+        case And(items) | Or(items):
+            for child in items:
+                yield from comparisons(child, expand, _stack)
+        case MacroRef(name):
+            if expand is not None:
+                if name in _stack:
+                    raise ConditionError(f"macro {name!r} refers to itself through {' -> '.join(_stack)}")
+                yield from comparisons(expand(name), expand, (*_stack, name))
+        case Const():
+            pass
+        case _:
+            assert_never(node)
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """A rule's condition for one event type, in the shape the dispatch function shares tests on: the conjuncts of
+    its simplified condition, and the OR of its exceptions (None without any). ``Parts((FALSE,))`` never matches,
+    ``Parts((TRUE,))`` always does."""
+
+    conjuncts: tuple[Node, ...]
+    exceptions: Node | None = None
+
+    def tree(self) -> Node:
+        """``conjuncts and not exceptions`` as one tree."""
+        conj = TRUE if not self.conjuncts else self.conjuncts[0] if len(self.conjuncts) == 1 else And(self.conjuncts)
+        return conj if self.exceptions is None else And((conj, Not(self.exceptions)))
+
+    def nodes(self) -> tuple[Node, ...]:
+        return self.conjuncts if self.exceptions is None else (*self.conjuncts, self.exceptions)
+
+
+def any_of(parts: list[Parts]) -> Parts:
+    """Parts that match when one of ``parts`` does (the steps of a sequence that take the same event type)."""
+    return parts[0] if len(parts) == 1 else Parts((Or(tuple(p.tree() for p in parts)),))
+
+
 # ---------------------------------------------------------------------------------------------- parser
 @dataclass
 class Env:
@@ -315,8 +425,7 @@ class Env:
 
 
 class Parser:
-    """Recursive descent over the tokens; produces tuples: ('and', [..]) ('or', [..]) ('not', n)
-    ('cmp', field, op, values, pos, is_list) ('macro', name, pos)."""
+    """Recursive descent over the tokens; produces the tree of ``Cmp``, ``MacroRef``, ``Not``, ``And`` and ``Or``."""
 
     def __init__(self, text: str, env: Env) -> None:
         self.text = text
@@ -346,19 +455,19 @@ class Parser:
         while self.peek().kind == "word" and self.peek().text == "or":
             self.take()
             items.append(self.conj())
-        return items[0] if len(items) == 1 else ("or", items)
+        return items[0] if len(items) == 1 else Or(tuple(items))
 
     def conj(self) -> Node:
         items = [self.neg()]
         while self.peek().kind == "word" and self.peek().text == "and":
             self.take()
             items.append(self.neg())
-        return items[0] if len(items) == 1 else ("and", items)
+        return items[0] if len(items) == 1 else And(tuple(items))
 
     def neg(self) -> Node:
         tok = self.take()
         if tok.kind == "word" and tok.text == "not":
-            return ("not", self.neg())
+            return Not(self.neg())
         if tok.kind == "lp":
             node = self.expr()
             close = self.take()
@@ -371,13 +480,13 @@ class Parser:
         is_op = nxt.kind == "op" or (nxt.kind == "word" and nxt.text in _WORD_OPS)
         if not is_op:
             if tok.text in self.env.macros:
-                return ("macro", tok.text, tok.pos)
+                return MacroRef(tok.text, tok.pos)
             if _FIELD_RE.match(tok.text):
                 raise ConditionError(f"field {tok.text} needs an operator, found {nxt.text or 'the end'!r}", nxt.pos)
             raise ConditionError(f"unknown macro {tok.text!r}", tok.pos)
         return self.comparison(tok)
 
-    def comparison(self, ftok: Tok) -> Node:
+    def comparison(self, ftok: Tok) -> Cmp:
         fname = ftok.text
         if fname not in FIELD_TYPES:
             close = difflib.get_close_matches(fname, list(FIELD_TYPES), n=1, cutoff=0.7)
@@ -386,15 +495,15 @@ class Parser:
         optok = self.take()
         op = "=" if optok.text == "==" else optok.text
         if op == "exists":
-            return ("cmp", fname, op, [], ftok.pos, False)
+            return Cmp(fname, op, (), ftok.pos)
         values, is_list = self.value(op)
-        return ("cmp", fname, op, values, ftok.pos, is_list)
+        return Cmp(fname, op, tuple(values), ftok.pos, is_list)
 
-    def value(self, op: str) -> tuple[list[tuple[str, int, bool]], bool]:
-        """Returns [(text, pos, quoted)], and whether it was written as a list."""
+    def value(self, op: str) -> tuple[list[Value], bool]:
+        """The values, and whether they were written as a list."""
         tok = self.take()
         if tok.kind == "lp":
-            items: list[tuple[str, int, bool]] = []
+            items: list[Value] = []
             while True:
                 t = self.take()
                 if t.kind == "rp" and not items:
@@ -412,12 +521,12 @@ class Parser:
             raise ConditionError(f"operator {op!r} needs a value, found {tok.text or 'the end'!r}", tok.pos)
         if tok.kind == "word" and tok.text in self.env.lists:
             return self.expand(tok), True
-        return [(tok.text, tok.pos, tok.kind == "str")], False
+        return [Value(tok.text, tok.pos, tok.kind == "str")], False
 
-    def expand(self, tok: Tok) -> list[tuple[str, int, bool]]:
+    def expand(self, tok: Tok) -> list[Value]:
         if tok.kind == "word" and tok.text in self.env.lists:
-            return [(str(v), tok.pos, True) for v in self.env.lists[tok.text]]
-        return [(tok.text, tok.pos, tok.kind == "str")]
+            return [Value(str(v), tok.pos, True) for v in self.env.lists[tok.text]]
+        return [Value(tok.text, tok.pos, tok.kind == "str")]
 
 
 def parse(text: str, env: Env) -> Node:
@@ -433,7 +542,8 @@ _MULTI_OK = {"in", "startswith", "endswith", "glob", "contains", "icontains", "i
 
 
 class Compiler:
-    """Turns parsed conditions into one lambda each. Holds the constants the generated code refers to."""
+    """Turns parsed conditions into Python: one lambda per condition, one dispatch function per event type. Holds
+    the constants the generated code refers to."""
 
     def __init__(self, env: Env, resolvers: Resolvers) -> None:
         self.env = env
@@ -441,11 +551,13 @@ class Compiler:
         self.ns: dict[str, Any] = {"__builtins__": {"any": any}, "_U": _UNSET}
         self._consts: dict[tuple[str, Any], str] = {}
         self._macro_nodes: dict[str, Node] = {}
-        self.fields_used: set[str] = set()
+        self._re2: dict[str, LinearRegex] = {}
         self.dispatch_sources: dict[str, str] = {}  # for debugging: the generated dispatch functions
 
     def const(self, value: Any) -> str:
-        key = (type(value).__name__, value if isinstance(value, (str, int, tuple, frozenset)) else id(value))
+        # by value when equal values are interchangeable (a pattern compiled twice is one constant), else by identity
+        key = (type(value).__name__,
+               value if isinstance(value, (str, int, tuple, frozenset, re.Pattern)) else id(value))
         name = self._consts.get(key)
         if name is None:
             name = self._consts[key] = f"_k{len(self._consts)}"
@@ -463,6 +575,11 @@ class Compiler:
                 raise ConditionError(f"in macro {name!r}: {exc}") from None
         return node
 
+    def fields(self, node: Node) -> set[str]:
+        """The fields the condition reads, through its macros (a macro that refers to itself raises
+        ConditionError); an empty-list ``in`` / ``intersects`` reads nothing."""
+        return {c.field for c in comparisons(node, lambda name: self.macro(name, ())) if not c.matches_nothing}
+
     def compile(self, text: str, allowed_fields: set[str] | None = None) -> Predicate:
         """Compile ``text``; ``allowed_fields``: the fields the rule's event types can carry."""
         node = parse(text, self.env)
@@ -472,58 +589,63 @@ class Compiler:
     def simplify(self, node: Node, etype: str | None, stack: tuple[str, ...] = ()) -> Node:
         """Inline macros, fold ``evt.type`` tests for ``etype`` to constants, propagate constants through
         and/or/not, and merge nested and/or: the shape the dispatch function shares conjuncts on."""
-        kind = node[0]
-        if kind == "macro":
-            return self.simplify(self.macro(node[1], stack), etype, (*stack, node[1]))
-        if kind == "not":
-            inner = self.simplify(node[1], etype, stack)
-            return ("const", not inner[1]) if inner[0] == "const" else ("not", inner)
-        if kind in ("and", "or"):
-            absorbing = kind == "or"  # True absorbs an or, False absorbs an and
-            items: list[Node] = []
-            for child in node[1]:
-                c = self.simplify(child, etype, stack)
-                if c[0] == "const":
-                    if c[1] == absorbing:
-                        return c
-                    continue
-                items.extend(c[1] if c[0] == kind else [c])
-            if not items:
-                return ("const", not absorbing)
-            return items[0] if len(items) == 1 else (kind, items)
-        if kind == "cmp" and node[1] == "evt.type" and etype is not None and node[2] in ("=", "!=", "in"):
-            hit = etype in {text for text, _, _ in node[3]}
-            return ("const", hit if node[2] != "!=" else not hit)
-        return node
+        match node:
+            case MacroRef(name):
+                return self.simplify(self.macro(name, stack), etype, (*stack, name))
+            case Not(item):
+                inner = self.simplify(item, etype, stack)
+                return Const(not inner.value) if isinstance(inner, Const) else Not(inner)
+            case And(children) | Or(children):
+                kind = type(node)
+                absorbing = kind is Or  # True absorbs an or, False absorbs an and
+                items: list[Node] = []
+                for child in children:
+                    c = self.simplify(child, etype, stack)
+                    if isinstance(c, Const):
+                        if c.value == absorbing:
+                            return c
+                        continue
+                    items.extend(c.items if isinstance(c, kind) else [c])
+                if not items:
+                    return Const(not absorbing)
+                return items[0] if len(items) == 1 else kind(tuple(items))
+            case Cmp("evt.type", "=" | "!=" | "in" as op, values) if etype is not None:
+                hit = etype in {v.text for v in values}
+                return Const(hit if op != "!=" else not hit)
+            case _:
+                return node
 
     def rule_parts(self, text: str, exceptions: list[str], allowed_fields: set[str] | None = None,
                    etype: str | None = None) -> Parts:
-        """``(conjuncts, exceptions)``: the Python expressions of the condition's conjuncts and of the OR of
-        its exceptions (None without exceptions). With ``etype``, compiled for events of that type only
-        (``evt.type`` tests folded); a condition that cannot match it gives ``(("False",), None)``."""
+        """The condition's conjuncts and the OR of its exceptions, checked against ``allowed_fields``. With
+        ``etype``, simplified for events of that type only (``evt.type`` tests folded); a condition that cannot
+        match it (or that requires a field to be in an empty list) gives ``Parts((FALSE,))``."""
         node = self.simplify(parse(text, self.env), etype)
-        if node[0] == "const":
-            return (("True",) if node[1] else ("False",)), None
-        conjs = tuple(self.gen(n, allowed_fields, ()) for n in (node[1] if node[0] == "and" else [node]))
+        if isinstance(node, Const):
+            return Parts((node,))
+        conjs = node.items if isinstance(node, And) else (node,)
+        for c in conjs:
+            self.gen(c, allowed_fields, ())  # checks it: ConditionError naming field, operator or value
+        if any(isinstance(c, Cmp) and c.matches_nothing for c in conjs):
+            return Parts((FALSE,))
         excs = [self.simplify(parse(t, self.env), etype) for t in exceptions]
-        if any(e == ("const", True) for e in excs):
-            return ("False",), None
-        live = [e for e in excs if e[0] != "const"]
-        exc = " or ".join(f"({self.gen(e, allowed_fields, ())})" for e in live) if live else None
-        return conjs, exc
-
-    def rule_source(self, text: str, exceptions: list[str], allowed_fields: set[str] | None = None) -> str:
-        """The Python expression of ``text and not (exception or exception ...)``."""
-        return parts_source(self.rule_parts(text, exceptions, allowed_fields))
-
-    def compile_rule(self, text: str, exceptions: list[str], allowed_fields: set[str] | None = None) -> Predicate:
-        """``text and not (exception or exception ...)`` as one lambda."""
-        return self.make(self.rule_source(text, exceptions, allowed_fields))
+        if TRUE in excs:
+            return Parts((FALSE,))
+        live = [e for e in excs if not isinstance(e, Const)]
+        for e in live:
+            self.gen(e, allowed_fields, ())
+        if not live:
+            return Parts(conjs)
+        return Parts(conjs, live[0] if len(live) == 1 else Or(tuple(live)))
 
     def make(self, src: str) -> Predicate:
         code = compile(f"lambda ev: {src}", "<rule condition>", "eval")
         fn: Predicate = eval(code, self.ns)  # source generated above; values are constants
         return fn
+
+    def make_parts(self, parts: Parts) -> Predicate:
+        """``conjuncts and not exceptions`` as one lambda."""
+        return self.make(self.gen(parts.tree(), None, ()))
 
     def make_dispatch(self, parts: list[Parts], name: str = "dispatch") -> Callable[[Event], list[int]]:
         """One function for all the rules of one event type; returns the indices of the rules that match
@@ -534,30 +656,29 @@ class Compiler:
         trie of conjuncts, emitted as nested ``if``s. A rule then costs a few comparisons, not a call.
         """
         # A field read by several rules is fetched once into a local; one read once stays an inline lookup.
-        # Fields derived from the event (basenames) are computed on first use only.
-        uses: dict[str, int] = {}
-        for conjs, exc in parts:
-            for src in (*conjs, exc or ""):
-                for m in _GET.finditer(src):
-                    uses[m.group(1)] = uses.get(m.group(1), 0) + 1
+        # Fields derived from the event (basenames) are computed on first use only. The reads are counted on
+        # the trees (``parts`` are simplified: no macros left), one per comparison that reads its field.
+        uses = Counter(c.field for p in parts for n in p.nodes() for c in comparisons(n, None)
+                       if not c.matches_nothing)
+        funcs = self.resolvers.funcs
         fields: dict[str, str] = {}
-
-        def local(m: re.Match[str]) -> str:
-            if uses.get(m.group(1), 0) < 2:
-                return f"_get({m.group(1)!r})"
-            return fields.setdefault(m.group(1), f"_f{len(fields)}")
-
         derived: dict[str, str] = {}
 
-        def dlocal(m: re.Match[str]) -> str:  # computed on first use, then reused by the other rules
-            var = derived.setdefault(m.group(1), f"_d{len(derived)}")
-            return f"({var} if {var} is not _U else ({var} := {m.group(1)}(ev)))"
+        def access(fname: str) -> str:
+            if fname in funcs:
+                if fname in TREE_FIELDS:
+                    return self.accessor(fname)
+                var = derived.setdefault(fname, f"_d{len(derived)}")  # computed on first use, then reused
+                return f"({var} if {var} is not _U else ({var} := {self.accessor(fname)}))"
+            if uses[fname] < 2:
+                return f"_get({fname!r})"
+            return fields.setdefault(fname, f"_f{len(fields)}")
 
-        def rewrite(src: str) -> str:
-            return _DERIVED.sub(dlocal, _GET.sub(local, src))
+        def gen(node: Node) -> str:
+            return self.gen(node, None, (), access)
 
-        items = [(i, tuple(rewrite(c) for c in conjs if c != "True"), rewrite(exc) if exc else None)
-                 for i, (conjs, exc) in enumerate(parts) if conjs != ("False",)]
+        items = [(i, tuple(gen(c) for c in p.conjuncts if c != TRUE), gen(p.exceptions) if p.exceptions else None)
+                 for i, p in enumerate(parts) if p.conjuncts != (FALSE,)]
         body: list[str] = []
 
         def hit(i: int, exc: str | None, ind: str) -> None:
@@ -595,37 +716,42 @@ class Compiler:
         self.dispatch_sources[name] = "\n".join(lines)
         return fn
 
-    def gen(self, node: Node, allowed: set[str] | None, stack: tuple[str, ...]) -> str:
-        kind = node[0]
-        if kind == "and":
-            return " and ".join(f"({self.gen(n, allowed, stack)})" for n in node[1])
-        if kind == "or":
-            return " or ".join(f"({self.gen(n, allowed, stack)})" for n in node[1])
-        if kind == "not":
-            return f"not ({self.gen(node[1], allowed, stack)})"
-        if kind == "macro":
-            name = node[1]
-            return self.gen(self.macro(name, stack), allowed, (*stack, name))
-        if kind == "const":
-            return str(bool(node[1]))
-        return self.cmp(node, allowed, stack)
+    def gen(self, node: Node, allowed: set[str] | None, stack: tuple[str, ...], access: Access | None = None) -> str:
+        """The Python expression of ``node`` (macros inlined), checking each comparison: its field must be in
+        ``allowed`` (unless None), its operator must apply to the field's type and its values must convert.
+        ``access`` gives the expression that reads a field (default: ``accessor``)."""
+        match node:
+            case And(items):
+                return " and ".join(f"({self.gen(n, allowed, stack, access)})" for n in items)
+            case Or(items):
+                return " or ".join(f"({self.gen(n, allowed, stack, access)})" for n in items)
+            case Not(item):
+                return f"not ({self.gen(item, allowed, stack, access)})"
+            case MacroRef(name):
+                return self.gen(self.macro(name, stack), allowed, (*stack, name), access)
+            case Const(value):
+                return str(value)
+            case Cmp():
+                return self.cmp(node, allowed, stack, access or self.accessor)
+            case _:
+                assert_never(node)
 
     def accessor(self, fname: str) -> str:
+        """The expression that reads ``fname`` in a lambda over ``ev``."""
         if fname in self.resolvers.funcs:
             if fname not in TREE_FIELDS:
-                # computed from the event alone: a dispatch function computes it once per event (see _DERIVED)
+                # computed from the event alone: a dispatch function computes it once per event (make_dispatch)
                 name = "_D_" + fname.replace(".", "_")
                 self.ns[name] = self.resolvers.funcs[fname]
                 return f"{name}(ev)"
             return f"{self.const(self.resolvers.funcs[fname])}(ev)"
         return f"ev.get({fname!r})"
 
-    def cmp(self, node: Node, allowed: set[str] | None, stack: tuple[str, ...]) -> str:
-        _, fname, op, raw, pos, is_list = node
+    def cmp(self, node: Cmp, allowed: set[str] | None, stack: tuple[str, ...], access: Access) -> str:
+        fname, op, raw, pos = node.field, node.op, node.values, node.pos
         where = f" (in macro {stack[-1]!r})" if stack else ""
         if allowed is not None and fname not in allowed:
             raise ConditionError(f"field {fname} is not carried by the rule's event types{where}", pos)
-        self.fields_used.add(fname)
         ftype = FIELD_TYPES[fname]
         kind = "list" if ftype.startswith(("list", "dict")) else ftype
         ops = {"str": _STR_OPS, "int": _INT_OPS, "bool": _BOOL_OPS, "list": _LIST_OPS}[kind]
@@ -633,7 +759,7 @@ class Compiler:
             raise ConditionError(f"operator {op!r} does not apply to {fname} ({ftype}); use one of "
                                  f"{', '.join(sorted(ops))}{where}", pos)
         if op != "exists" and not raw:
-            if is_list and op in ("in", "intersects"):
+            if node.matches_nothing:
                 return "False"  # an empty list (e.g. a user list not filled in) matches nothing
             raise ConditionError(f"{fname} {op}: empty value list{where}", pos)
         if len(raw) > 1 and op not in _MULTI_OK:
@@ -641,8 +767,8 @@ class Compiler:
         elem = "str" if kind == "list" else kind
         if fname == "syscall.seq" or ftype == "list[int]":
             elem = "int"
-        values = [self.convert(text, vpos, quoted, elem, fname, op) for text, vpos, quoted in raw]
-        x = self.accessor(fname)
+        values = [self.convert(v.text, v.pos, v.quoted, elem, fname, op) for v in raw]
+        x = access(fname)
         if op == "exists":
             return f"{x} is not None"
         v0 = values[0] if values else None
@@ -678,10 +804,13 @@ class Compiler:
             crx = re.compile("|".join(re.escape(v) for v in values), flags)
             return f"{self.const(crx)}.search({x} or '') is not None"
         if op == "regex":  # RE2: linear time, so no pattern can stall analysis (rules/linear_re.py)
-            try:
-                lrx = LinearRegex("|".join(f"(?:{v})" for v in values))
-            except RegexError as exc:
-                raise ConditionError(f"{fname} regex: {exc}{where}", pos) from None
+            pattern = "|".join(f"(?:{v})" for v in values)
+            lrx = self._re2.get(pattern)
+            if lrx is None:
+                try:
+                    lrx = self._re2[pattern] = LinearRegex(pattern)
+                except RegexError as exc:
+                    raise ConditionError(f"{fname} regex: {exc}{where}", pos) from None
             return f"{self.const(lrx)}.search({x} or '') is not None"
         raise ConditionError(f"operator {op!r} is not implemented", pos)  # pragma: no cover
 
@@ -728,13 +857,6 @@ class Compiler:
         if text == "" and op in ("startswith", "endswith", "contains", "glob"):
             raise ConditionError(f"{fname} {op}: empty pattern would match everything", pos)
         return text
-
-
-def parts_source(parts: Parts) -> str:
-    """One Python expression from ``(conjuncts, exceptions)``."""
-    conjs, exc = parts
-    src = " and ".join(f"({c})" for c in conjs)
-    return f"({src}) and not ({exc})" if exc else src
 
 
 def _glob_re(patterns: list[str]) -> re.Pattern[str]:

@@ -41,9 +41,9 @@ from ravn_analyzers.rules.lang import (
     Parts,
     Predicate,
     Resolvers,
+    any_of,
     compile_template,
     fields_of,
-    parts_source,
     template_fields,
 )
 from ravn_core.config import parse_yaml_lines, read_text
@@ -138,7 +138,7 @@ class Step:
     events: tuple[str, ...]
     match: Predicate
     join: tuple[tuple[str, str], ...]
-    parts: Parts = ((), None)
+    parts: Parts  # the step's condition and exceptions, as trees
 
 
 @dataclass
@@ -173,7 +173,7 @@ class Rule:
     distinct: str = ""
     count: int = 0
     step_by: dict[str, str] = field(default_factory=dict)  # event type -> key field, for steps with their own by
-    srcs: dict[str, Parts] = field(default_factory=dict)  # event type -> (conjuncts, exceptions) of ``match``
+    srcs: dict[str, Parts] = field(default_factory=dict)  # event type -> conjunct and exception trees of ``match``
     keyfns: dict[str, Any] = field(default_factory=dict)  # event type -> key getter (set by the engine)
     distinctfn: Any = None  # getter of the threshold's distinct field (set by the engine)
 
@@ -428,7 +428,7 @@ def _compile_rule(raw: _Raw, compiler: Compiler, resolvers: Resolvers, extra_exc
                     for st in seq.steps if t in st.events]
             if seq.unless is not None and t in seq.unless.events:  # the rule's exceptions do not apply to it
                 of_t.append(compiler.rule_parts(seq.unless.condition, [], fields_of(seq.unless.events), etype=t))
-            srcs[t] = of_t[0] if len(of_t) == 1 else ((" or ".join(f"({parts_source(p)})" for p in of_t),), None)
+            srcs[t] = any_of(of_t)
         render_fields = set().union(*(fields_of(s.events) for s in steps))
     else:
         if not item.events:
@@ -482,6 +482,6 @@ def _rule_predicate(item: RuleItem, text: str, extra: list[str], compiler: Compi
     texts = [e.condition for e in items] + list(extra)
     try:
         parts = compiler.rule_parts(text, texts, allowed)
-        return compiler.make(parts_source(parts)), parts
+        return compiler.make_parts(parts), parts
     except ConditionError as exc:
         raise fail(f"exceptions from the analyzer_rules config: {exc}", "exceptions") from None
