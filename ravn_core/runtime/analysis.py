@@ -143,10 +143,11 @@ class AnalysisStage:
         batch = delivery.batch
         taken = len(batch)
         tree = self.hosts.tree(delivery.host)
-        try:
-            tree.update(batch)
-        except Exception:
-            batch = self._update_per_event(worker, tree, batch)
+        with self.hosts.tree_lock(delivery.host):  # another analysis thread may get a batch of this host
+            try:
+                tree.update(batch)
+            except Exception:
+                batch = self._update_per_event(worker, tree, batch)
         ctx = BatchContext(delivery.host, tree, now)
         alerts: list[Alert] = []
         ready = self.supervisor.ready

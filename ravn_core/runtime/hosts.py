@@ -4,6 +4,10 @@ A fleet worker sees many hosts; at most ``ravn.max_hosts`` are kept. Past that t
 forgotten (never this host's own), counted in ``evicted``: one sort per tenth of the bound, so a flood of new host
 names costs a bounded amount per host. Trees are created and evicted under ``lock``; the trackers are read and
 written only under it (the analysis threads score, the health thread reads status).
+
+Each tree has its own writer lock (``tree_lock``): with ``ravn.analysis_threads`` > 1 two analysis threads may
+update one host's tree at once, and the health thread shrinks trees under memory pressure. Readers (analyzers'
+``get``/``ancestors``, the trackers' lineage) take no lock: each read is one dict lookup.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class Hosts:
         self.hostname = hostname
         self.lock = threading.Lock()
         self.trees: dict[str, ProcessTree] = {}
+        self._tree_locks: dict[str, threading.Lock] = {}  # per host: held while its tree is written
         self.trackers: dict[str, IncidentTracker] = {}  # per host: incidents and the host's threat level
         self._seen: dict[str, float] = {}  # host -> monotonic time of its last batch
         self.evicted = 0  # hosts forgotten over max_hosts (written under lock)
@@ -46,6 +51,7 @@ class Hosts:
         tree = self.trees.get(host)
         if tree is None:
             tree = self.trees[host] = ProcessTree(self.core.proctree_max)
+            self._tree_locks[host] = threading.Lock()
             if len(self.trees) > self.core.max_hosts:
                 self._evict()
         return tree
@@ -56,11 +62,18 @@ class Hosts:
         gone = others[: max(1, len(self.trees) - self.core.max_hosts + self.core.max_hosts // 10)]
         for h in gone:
             self.trees.pop(h, None)
+            self._tree_locks.pop(h, None)
             self.trackers.pop(h, None)
             seen.pop(h, None)
         self.evicted += len(gone)
         log.warning("%d hosts over ravn.max_hosts (%d): forgot the %d least recently seen (process trees and "
                     "threat levels)", len(self.trees) + len(gone), self.core.max_hosts, len(gone))
+
+    def tree_lock(self, host: str) -> threading.Lock:
+        """The lock to hold while writing ``host``'s tree (after ``tree(host)``; a lock of its own if the host
+        was evicted since, so a writer never fails)."""
+        lock = self._tree_locks.get(host)
+        return lock if lock is not None else threading.Lock()
 
     def _tracker(self, host: str) -> IncidentTracker:
         tracker = self.trackers.get(host)
@@ -99,8 +112,9 @@ class Hosts:
 
     def shrink_trees(self, fraction: float) -> None:
         """Memory pressure: drop the least recently updated ``fraction`` of every tree."""
-        for tree in list(self.trees.values()):
-            tree.shrink(fraction)
+        for host, tree in list(self.trees.items()):
+            with self.tree_lock(host):
+                tree.shrink(fraction)
 
     def threat(self, now: float) -> dict[str, dict[str, Any]]:
         """Each host's level, score, open incidents and tracker counters (for status)."""

@@ -217,3 +217,36 @@ def test_unusable_environment_exits_3() -> None:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd="/")
     assert r.returncode == 3, r.stderr
     assert "need root (or CAP_BPF and CAP_PERFMON)" in r.stderr
+
+
+def test_two_analysis_threads_never_write_one_hosts_process_tree_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: each analysis thread called tree.update on the shared per-host tree with no lock
+    import threading
+
+    from ravn_core.proctree import ProcessTree
+
+    inside: list[int] = [0]
+    overlaps: list[int] = []
+    guard = threading.Lock()
+    original = ProcessTree.update
+
+    def update(self: ProcessTree, batch: list[dict[str, Any]]) -> None:
+        with guard:
+            inside[0] += 1
+            if inside[0] > 1:
+                overlaps.append(inside[0])
+        try:
+            time.sleep(0.002)  # widen the window another thread could write in
+            original(self, batch)
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    monkeypatch.setattr(ProcessTree, "update", update)
+    config = {"ravn": {**FAST, "analysis_threads": 2},
+              "sources": [{"plugin": "test_source", "batches": 200, "events_per_batch": 5}],
+              "analyzers": [{"plugin": "test_analyzer"}]}
+    rt, stats = run_pipeline(config, until=lambda rt: rt.counters["analyzed"] == 1000)
+    assert stats["analyzed"] == 1000 and stats["analyzers"]["test_analyzer"]["processed"] == 1000
+    assert len(rt.analyzers) == 2 and all(s[0].processed > 0 for s in rt.analyzers), "both threads analyzed"
+    assert overlaps == []
