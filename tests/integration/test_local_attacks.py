@@ -121,7 +121,10 @@ def _status_with(comm: str, description: str) -> dict[str, Any]:
                       "accepted": 1, "dropped": 0, "ingress_depth": 0, "sink_depth": 0, "transport_pending": 0,
                       "analyzed": 1, "alerts_emitted": 1},
             "recent_alerts": [{"ts": now, "level": "HIGH", "score": 90, "rule": "r[/]", "pid": 7, "comm": comm,
-                               "description": description}]}
+                               "description": description}],
+            "incidents": [{"id": "[i]1", "level": "HIGH", "score": 90.0, "age_s": 3,
+                           "root": {"pid": 7, "comm": comm, "exe": "/tmp/[/x]\nevil"},
+                           "rules": ["[bold]r", "s[/]"], "corroboration": ["[/c]"]}]}
 
 
 def test_ravn_top_shows_alert_text_as_text_not_markup(tmp_path: Path) -> None:
@@ -136,6 +139,10 @@ def test_ravn_top_shows_alert_text_as_text_not_markup(tmp_path: Path) -> None:
     assert "[/oops]" in out.stdout and "[bold red]/etc/shadow[/]" in out.stdout, out.stdout
     assert "x\\ny" in out.stdout and "[red]s" in out.stdout and "r[/]" in out.stdout
     assert "[bold]detail[/bold" in out.stdout
+    # the open incidents table: the root process's comm and exe, the rules, as they are
+    incident = [ln for ln in out.stdout.splitlines() if "[i]1" in ln]
+    assert len(incident) == 1, out.stdout
+    assert "7 [/oops] (/tmp/[/x]\\nevil)" in incident[0] and "[bold]r > s[/] [+[/c]]" in incident[0], incident
 
 
 def test_ravn_status_prints_one_line_per_alert(tmp_path: Path) -> None:

@@ -205,3 +205,25 @@ def test_deep_nesting_is_a_clear_error() -> None:
 def test_non_string_keys_are_refused() -> None:
     with pytest.raises(ConfigError, match="<config>:2: ravn: keys must be strings"):
         parse_yaml("ravn:\n  1: x\n")
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("sinks: &s\n  - plugin: stdout\n    extra: *s\n",
+     "ravn.yaml:1: sinks[0].extra: a YAML alias that contains itself (recursive anchor)"),
+    ("sinks:\n  - plugin: stdout\n  - plugin: jsonl\n    path: /tmp/a.jsonl\n  - plugin: jsonl\n    name: two\n"
+     "    path: /tmp/b.jsonl\n    path: /tmp/c.jsonl\n",
+     "ravn.yaml:8: sinks[2].path: duplicate key"),
+])
+def test_hostile_yaml_in_ravn_config_check_is_one_error_line_with_file_and_line(tmp_path: Path, text: str,
+                                                                                 error: str) -> None:
+    """Through the real CLI: a recursive alias (was a RecursionError traceback) and a duplicate key inside the
+    third list item (PyYAML keeps the last value silently) are exit code 2 with one line naming file and line."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "ravn.yaml"
+    path.write_text(text)
+    out = subprocess.run([sys.executable, "-m", "ravn_core.cli", "config", "check", str(path)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and out.stdout == "", (out.stdout, out.stderr)
+    assert out.stderr.strip().splitlines() == [f"ravn: error: {tmp_path}/{error}"], out.stderr
