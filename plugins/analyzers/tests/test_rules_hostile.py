@@ -131,3 +131,30 @@ def test_an_alias_bomb_in_a_rule_file_is_refused_fast(tmp_path: Path) -> None:
 def test_a_recursive_alias_in_a_rule_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"rules.yaml:2: .*a YAML alias that contains itself"):
         make(tmp_path, "- list: l\n  items: &x [a, *x]\n")
+
+
+@pytest.mark.parametrize(("rules", "error"), [
+    ("\n".join(['- list: l0\n  items: &l0 ["x","x","x","x","x","x","x","x","x"]'] +
+               [f"- list: l{i}\n  items: &l{i} [{','.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]) + "\n",
+     "hostile.yaml:2: over 200000 YAML nodes once aliases are expanded (an alias bomb?)"),
+    ("- list: l\n  items: &a [*a]\n", "hostile.yaml:2: [0].items[0]: a YAML alias that contains itself"),
+    ("- rule: r\n  description: x\n  score: 60\n  score: 70\n", "hostile.yaml:4: [0].score: duplicate key"),
+    (rule("file.path regex '(a)\\1'"), "hostile.yaml:7: rule 'r': condition: file.path regex: invalid escape"),
+])
+def test_hostile_rule_files_a_config_names_fail_fast_with_file_and_line(tmp_path: Path, rules: str,
+                                                                       error: str) -> None:
+    """Through the real CLI, as the daemon loads them: `ravn rules list --config` (config check does not load
+    rule files) exits 2 within seconds, with one line naming the rule file and line."""
+    import subprocess
+    import sys
+
+    (tmp_path / "hostile.yaml").write_text(textwrap.dedent(rules))
+    cfg = tmp_path / "ravn.yaml"
+    cfg.write_text("analyzers:\n  - plugin: analyzer_rules\n    rule_files: [default, hostile.yaml]\n")
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "ravn_core.cli", "rules", "list", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stdout == "", out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{tmp_path}/{error}"), lines
+    assert time.monotonic() - t0 < 30  # the interpreter and plugin start are most of it
