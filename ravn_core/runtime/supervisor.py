@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ravn_core.backoff import backoff_delay
 from ravn_core.components import Component, Health, RuntimeContext
 from ravn_core.errors import DidNotEnable, RavnError, StartupError
 
@@ -121,7 +122,7 @@ class Supervisor:
                 newly = not slot.quarantined
                 slot.quarantined = True
             else:
-                delay = min(self.core.restart_backoff_s * 2 ** (len(slot.errors) - 1), self.core.restart_backoff_max_s)
+                delay = backoff_delay(len(slot.errors), self.core.restart_backoff_s, self.core.restart_backoff_max_s)
                 slot.retry_at = now + delay
             restarts, quarantined, errors = slot.restarts, slot.quarantined, len(slot.errors)
         plugin = f"{slot.spec.plugin} ({slot.spec.registration.distribution})"

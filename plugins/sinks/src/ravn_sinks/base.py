@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
+from ravn_core.backoff import backoff_delay
 from ravn_core.components import Alert, Health, PluginConfig, RuntimeContext, Sink, ThreatUpdate
 from ravn_core.config import SecretRef
 
@@ -228,13 +229,11 @@ class QueueingSink(Sink):
 
     def _deliver(self, batch: list[dict[str, Any]]) -> None:
         cfg = self.config
-        delay = cfg.backoff_s
         for attempt in range(cfg.retries + 1):
             if attempt:
                 self.counters["retries"] += 1
-                if self._stop.wait(delay):
+                if self._stop.wait(backoff_delay(attempt, cfg.backoff_s, cfg.backoff_max_s)):
                     break
-                delay = min(delay * 2, cfg.backoff_max_s)
             self.counters["requests"] += 1
             try:
                 self.send(batch)

@@ -1,11 +1,9 @@
-"""Building the redis-py client (standalone or cluster, AUTH, TLS, client name) and the reconnect backoff."""
+"""Building the redis-py client (standalone or cluster, AUTH, TLS, client name)."""
 
 from __future__ import annotations
 
 import ipaddress
-import random
 import threading
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -149,31 +147,3 @@ def insecure(cfg: RedisConnection) -> list[str]:
             f"redis {where}: not loopback and no TLS: events, alerts and the password cross the network in clear "
             "and can be altered on the way; set tls: {enabled: true, ca_file: ...} (README, 'Security')")
     return found
-
-
-class Backoff:
-    """Exponential backoff with jitter and a cap: delay n is ``min(cap, initial * 2**n)`` times U(0.5, 1)."""
-
-    def __init__(self, initial_s: float, max_s: float) -> None:
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self.failures = 0
-        self.next_try = 0.0  # monotonic time before which we do not dial again
-
-    def failed(self) -> float:
-        """Record a failure; returns the delay until the next attempt."""
-        delay = min(self.max_s, self.initial_s * (2 ** min(self.failures, 30)))
-        delay *= random.uniform(0.5, 1.0)
-        self.failures += 1
-        self.next_try = time.monotonic() + delay
-        return delay
-
-    def succeeded(self) -> None:
-        self.failures = 0
-        self.next_try = 0.0
-
-    def ready(self) -> bool:
-        return time.monotonic() >= self.next_try
-
-    def remaining(self) -> float:
-        return max(0.0, self.next_try - time.monotonic())

@@ -28,11 +28,12 @@ from typing import Any
 
 import redis
 
+from ravn_core.backoff import Backoff
 from ravn_core.components import Delivery
 from ravn_core.errors import DecodeError
 from ravn_transport_redis.codec import Decoded, decode_list, decode_stream, invalid_events, preview
 from ravn_transport_redis.common import Link, Token, is_error, name_part
-from ravn_transport_redis.connection import CONNECTION_ERRORS, Backoff
+from ravn_transport_redis.connection import CONNECTION_ERRORS
 
 COUNTERS = ("consumed", "consumed_events", "acked", "dead_lettered", "reconnects", "reclaimed", "duplicates",
             "trimmed_unread", "lost_to_reclaim", "recovered", "invalid_events", "ignored_streams")
@@ -58,7 +59,7 @@ class ConsumerBase(ABC):
         self._lock = threading.Lock()
         self._setup_lock = threading.Lock()
         self._claim_lock = threading.Lock()
-        self._backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
+        self._backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s, jitter=True)
         self._ready: deque[Fetched] = deque()
         self._next_claim = 0.0
         self._allowed = (re.compile("|".join(fnmatch.translate(p) for p in cfg.allow_hosts)).fullmatch

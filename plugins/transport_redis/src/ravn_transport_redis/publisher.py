@@ -18,10 +18,11 @@ import time
 
 import redis
 
+from ravn_core.backoff import Backoff
 from ravn_core.events import Batch
 from ravn_transport_redis.codec import list_element, peek_batch_id, stream_fields
 from ravn_transport_redis.common import Link, is_error, name_part
-from ravn_transport_redis.connection import CONNECTION_ERRORS, Backoff
+from ravn_transport_redis.connection import CONNECTION_ERRORS
 from ravn_transport_redis.spool import Entry, Spool
 
 COUNTERS = ("published", "published_events", "spooled", "dropped", "dropped_events", "confirmed_on_reconnect",
@@ -45,7 +46,7 @@ class Publisher:
         self.resync = False  # the connection broke with batches in flight: check them before sending more
         self._seq = 0
         self._sender: threading.Thread | None = None
-        self._backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s)
+        self._backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s, jitter=True)
         self._registered: set[str] = set()
 
     def publish(self, host: str, batch: Batch) -> None:

@@ -24,10 +24,11 @@ import threading
 from collections import deque
 from typing import Any
 
+from ravn_core.backoff import Backoff
 from ravn_core.components import Alert, Health, RuntimeContext, Sink, ThreatUpdate
 from ravn_transport_redis.common import name_part as _name_part
 from ravn_transport_redis.config import RedisSinkConfig
-from ravn_transport_redis.connection import CONNECTION_ERRORS, Backoff, describe, insecure, make_client
+from ravn_transport_redis.connection import CONNECTION_ERRORS, describe, insecure, make_client
 
 
 class RedisSink(Sink):
@@ -49,7 +50,7 @@ class RedisSink(Sink):
         self._threat: ThreatUpdate | None = None
         self._incidents: dict[str, list[dict[str, Any]]] = {}  # host -> latest open incidents not yet written
         self._lock = threading.Lock()
-        self._backoff = Backoff(config.backoff_initial_s, config.backoff_max_s)
+        self._backoff = Backoff(config.backoff_initial_s, config.backoff_max_s, jitter=True)
         self._error = ""
         self.counters: dict[str, float] = dict.fromkeys(("alerts", "threat_updates", "dropped", "errors"), 0)
 
