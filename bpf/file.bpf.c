@@ -15,6 +15,11 @@
  * wildcard, "/home/X/.ssh/" with X = '*': its root ("/home/") goes in ravn_file_wild, and a path under that root
  * is looked up a second time with its first component after the root replaced by '*'. Everything is bounded:
  * one or two trie lookups per path, fixed-size compares.
+ * Suffixes: when no prefix matches an absolute path, its last 16 bytes are compared with the entries of
+ * ravn_file_suffix (at most RAVN_FILE_MAX_SUFFIX, each at most 16 bytes, with a class like a prefix's): names
+ * that matter wherever they live, e.g. "/mem" and "/environ" (/proc/<pid>/task/<tid>/mem: a second wildcard the
+ * trie cannot hold) or ".pth" and "sitecustomize.py" (Python start-up hooks in any site-packages directory).
+ * Cost: a few shifts and two masked compares per entry, no extra read (the path is already in map memory).
  *   Always reported: chmod/fchmod that sets S_ISUID or S_ISGID (whatever the path), chmod/fchmod that grants write
  *   to others (S_IWOTH: chmod 777, a+rwx, o+w) unless it also sets the sticky bit (RAVN_FILE_WORLD_WRITABLE,
  *   RAVN_FILE_F_PERM), and the event types named in RAVN_FILE_ALL_MASK (default: rename, so a mass-rename rule
@@ -109,6 +114,10 @@ int ravn_on_exit(struct ravn_exit_args *args)
 #ifndef RAVN_FILE_N_WILD
 #define RAVN_FILE_N_WILD RAVN_FILE_MAX_WILD /* roots in use: the loop below runs this many times (0: none) */
 #endif
+#define RAVN_FILE_MAX_SUFFIX 8 /* suffix entries (map size) */
+#ifndef RAVN_FILE_N_SUFFIX
+#define RAVN_FILE_N_SUFFIX 0   /* suffixes in use: the loop below runs this many times */
+#endif
 #define RAVN_FILE_WILD_LEN 32  /* a root is at most 31 bytes */
 #define RAVN_FILE_COMP_MAX 64  /* the wildcard component is at most 63 bytes */
 #define RAVN_FILE_NAME_LEN 32  /* basenames of read prefixes (relative read opens) */
@@ -162,6 +171,13 @@ struct file_wild_root {
 	u32 len;
 	u32 pad;
 };
+/* a suffix, right-aligned in 16 bytes (little-endian words: the path's last byte is the top byte of w[1]) */
+struct file_suffix {
+	u64 w[2];
+	u64 mask[2];
+	u32 klass;
+	u32 len;      /* bytes, 1..16 */
+};
 struct file_name_key {
 	char s[RAVN_FILE_NAME_LEN];
 };
@@ -169,6 +185,7 @@ struct file_name_key {
 BPF_LPM_TRIE(ravn_file_rules, struct file_key, struct file_rule, RAVN_FILE_MAX_RULES);
 BPF_ARRAY(ravn_file_wild, struct file_wild_root, RAVN_FILE_MAX_WILD);
 BPF_HASH(ravn_file_names, struct file_name_key, u8, 256);
+BPF_ARRAY(ravn_file_suffix, struct file_suffix, RAVN_FILE_MAX_SUFFIX);
 struct file_slashes {
 	u32 last;
 	u32 prev;
@@ -207,6 +224,51 @@ static __always_inline int file_unnormal(const char *b, long n)
 }
 #endif
 
+#if RAVN_FILE_N_SUFFIX > 0
+/* bytes 0..b-1 of a little-endian word (b in 0..8) */
+static __always_inline u64 file_low_bytes(u64 v, u32 b)
+{
+	if (b >= 8)
+		return v;
+	return v & ((1ULL << (b * 8)) - 1);
+}
+
+/* The class of the first ravn_file_suffix entry the path (data, len bytes without the NUL) ends with, or 0. The
+ * last 16 bytes are taken as two words; a shorter path is masked to its length and shifted to the right edge. */
+static __always_inline u32 file_suffix_class(const char *data, long len)
+{
+	if (len <= 0)
+		return 0;
+	u64 t[2] = {};
+	if (len >= 16) {
+		bpf_probe_read_kernel(t, sizeof(t), data + ((len - 16) & (RAVN_FILE_PATH_MAX - 1)));
+	} else {
+		bpf_probe_read_kernel(t, sizeof(t), data); /* bytes from len on are stale: masked off */
+		u32 l = len;
+		u64 lo = file_low_bytes(t[0], l), hi = l > 8 ? file_low_bytes(t[1], l - 8) : 0;
+		u32 sh = (16 - l) * 8; /* 8..120 */
+		if (sh >= 64) {
+			hi = lo << (sh - 64);
+			lo = 0;
+		} else {
+			hi = (hi << sh) | (lo >> (64 - sh));
+			lo = lo << sh;
+		}
+		t[0] = lo;
+		t[1] = hi;
+	}
+	for (u32 i = 0; i < RAVN_FILE_N_SUFFIX && i < RAVN_FILE_MAX_SUFFIX; i++) {
+		u32 idx = i;
+		struct file_suffix *f = ravn_file_suffix.lookup(&idx);
+		if (!f || f->len == 0 || f->len > len)
+			continue;
+		if ((t[0] & f->mask[0]) == f->w[0] && (t[1] & f->mask[1]) == f->w[1])
+			return f->klass;
+	}
+	return 0;
+}
+#endif
+
 /* Read the user path into dst (the event's field) and classify it. Returns the FILE_CLASS_* of the most
  * specific matching prefix (0: none); rel_flag is set in *why when the path does not start with '/', norm_flag
  * when it is absolute but not normal (file_unnormal). */
@@ -237,6 +299,13 @@ static __always_inline u32 file_classify(const char *upath, char *dst, u32 *why,
 		*why |= norm_flag;
 #endif
 	k->prefixlen = (n - 1) * 8;
+#if RAVN_FILE_N_SUFFIX > 0
+	{
+		struct file_slashes *sl = ravn_file_slash.lookup(&zero);
+		if (sl)
+			sl->len = n; /* for file_suffix_class */
+	}
+#endif
 	u32 klass = 0, best = 0;
 	struct file_rule *r = ravn_file_rules.lookup(k);
 	if (r) {
@@ -529,6 +598,20 @@ int ravn_file_enter(struct file_sys_enter *args)
 	if (p1)
 		c1 = file_classify(p1, e->path, &e->why, target ? 0 : RAVN_FILE_F_RELATIVE,
 				   target ? 0 : RAVN_FILE_F_NORMALIZE);
+#if RAVN_FILE_N_SUFFIX > 0
+	/* suffixes: the first path of an open or a change when no prefix matched it (not a rename's or link's new
+	 * name: renames are reported for every path by default), checked once, outside file_classify, so the
+	 * verifier does not walk it for both paths */
+	if (p1 && !c1 && !target && e->path[0] == '/') {
+		u32 zero = 0;
+		struct file_slashes *sl = ravn_file_slash.lookup(&zero);
+		if (sl) {
+			c1 = file_suffix_class(e->path, (long)sl->len - 1);
+			if (c1)
+				e->why |= RAVN_FILE_F_MATCHED;
+		}
+	}
+#endif
 	if (p2)
 		c2 = file_classify(p2, e->newpath, &e->why, RAVN_FILE_F_NEWRELATIVE, RAVN_FILE_F_NEWNORMALIZE);
 

@@ -351,6 +351,38 @@ def proc_mem_read(work: Path) -> None:
         child.wait()
 
 
+@scenario("T1055.009", "/proc/<pid>/task/<tid>/mem of another process opened (a thread's view of its memory)",
+          "proc_mem_access")
+def proc_task_mem_read(work: Path) -> None:
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        time.sleep(0.05)
+        with open(f"/proc/{child.pid}/task/{child.pid}/mem", "rb"):
+            pass
+    finally:
+        child.kill()
+        child.wait()
+
+
+@scenario("T1552", "cat of another process's /proc/<pid>/environ (a service's secrets)", "proc_environ_dumped")
+def proc_environ_dump(work: Path) -> None:
+    child = subprocess.Popen(["sleep", "5"], env={"PATH": "/usr/bin:/bin", "API_TOKEN": "not-a-secret"})
+    try:
+        time.sleep(0.05)
+        sh(f"cat /proc/{child.pid}/environ > /dev/null")
+    finally:
+        child.kill()
+        child.wait()
+
+
+@scenario("T1546.018", "a shell writes a .pth start-up hook into a venv's site-packages",
+          "python_startup_hook_written")
+def python_pth_hook(work: Path) -> None:
+    site = work / "venv" / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True, exist_ok=True)
+    sh(f"echo 'import os; os.system(\"id\")' > {site}/zz_hook.pth")
+
+
 class IoVec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 

@@ -132,6 +132,9 @@ ATTACKS: dict[str, list[dict[str, Any]]] = {
     "credential_search": [X("/usr/bin/grep", "-ri", "BEGIN RSA PRIVATE", "/home")],
     "proc_mem_access": [Open("/proc/4242/mem", comm="python3")],
     "proc_environ_read": [Open("/proc/4242/environ", comm="cat")],
+    "proc_environ_dumped": by("/usr/bin/strings", Open("/proc/4242/task/4243/environ", comm="strings")),
+    "python_startup_hook_written": [Open("/home/al/.local/lib/python3.11/site-packages/x.pth", write=True,
+                                         comm="python3")],
     "kcore_read": [Open("/proc/kcore", comm="dd")],
     "discovery_burst": _discovery(),
     "sensitive_recon_file_read": [Open("/proc/sys/kernel/randomize_va_space", comm="cat")],
@@ -416,6 +419,20 @@ def _benign() -> list[list[dict[str, Any]]]:
         by("/usr/bin/python3", Open("/proc/self/task/4243/comm", comm="python3", write=True)),  # a thread name
         by("/usr/bin/python3", Open("/proc/self/mem", comm="python3")),  # its own memory
         _own_mem(),
+        # the environment: systemd by its executable, a process reading its own
+        by("/usr/lib/systemd/systemd", Open("/proc/4242/environ", comm="systemd")),
+        by("/usr/bin/cat", Open("/proc/self/environ", comm="cat")),
+        # Python hooks: pip (by its executable or -m pip) installing an editable package, a model checkpoint
+        by("/usr/bin/pip3", Open("/usr/lib/python3/dist-packages/__editable__.x.pth", comm="pip3", write=True)),
+        [*pip, {**Open("/tmp/v/lib/python3.11/site-packages/distutils-precedence.pth", comm="python3", write=True),
+                "proc.pid": pip[-1]["proc.pid"], "proc.tid": pip[-1]["proc.pid"], "proc.ppid": pip[-1]["proc.ppid"]}],
+        by("/tmp/v/bin/python3", Open("/home/al/models/epoch3.pth", comm="python3", write=True)),
+        [{**X("/tmp/v/bin/python3.11", "-W", "ignore::DeprecationWarning", "-c",
+              "\nimport runpy\nimport sys\nsys.path = ['/tmp/tmpab/setuptools-65.5.0-py3-none-any.whl']"),
+          "proc.pid": 4701},
+         Open("/tmp/v/lib/python3.11/site-packages/distutils-precedence.pth", comm="python3.11", write=True,
+              pid=4701)],  # python -m venv: ensurepip's child installs setuptools
+        by("/tmp/v/bin/python3", Open("/tmp/v/lib/python3.11/site-packages/x.pth", comm="python3")),  # a read
         [Open("/tmp/cron/jobs.d/10-stamp", comm="bash", write=True),
          *under(chain(("/usr/sbin/cron", "cron"), ("/bin/run-parts", "run-parts")),
                 X("/tmp/cron/jobs.d/10-stamp", t=1))],

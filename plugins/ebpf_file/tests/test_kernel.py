@@ -249,3 +249,42 @@ def test_wildcard_component_and_kernel_agrees_with_path_rules(bystander: int) ->
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_suffixes_report_task_memory_environ_and_python_hooks(probe: FileSource, base: Path) -> None:
+    """The default suffixes: /proc/<pid>/task/<tid>/mem and .../environ (two wildcards no prefix holds) and
+    /proc/<pid>/environ are read opens reported wherever the path is; .pth, usercustomize.py and sitecustomize.py
+    are reported when opened for writing only. Paths shorter than the 16-byte window (/proc/1/environ,
+    /tmp/<x>.pth) take the kernel's shifted compare; what the kernel sent agrees with PathRules."""
+    sleeper = subprocess.Popen(["sleep", "30"])
+    site = base / "outside" / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True, exist_ok=True)
+    short = Path(f"/tmp/{os.getpid() % 1000}.pth")
+    try:
+        pid = sleeper.pid
+        reads = [f"/proc/{pid}/task/{pid}/mem", f"/proc/{pid}/task/{pid}/environ", f"/proc/{pid}/environ",
+                 "/proc/1/environ"]
+        writes = [f"{site}/evil.pth", f"{site}/usercustomize.py", f"{site}/sitecustomize.py", str(short)]
+        quiet = [f"/proc/{pid}/status", f"/proc/{pid}/task/{pid}/stat", f"{site}/evil.pth",  # a read of a .pth
+                 f"{site}/x.pthx"]
+        probe.poll(0)
+        for p in writes:
+            os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+        for p in reads + quiet:
+            if not os.path.exists(p):
+                Path(p).write_text("")
+            try:
+                os.close(os.open(p, os.O_RDONLY))
+            except PermissionError:  # /proc/1/environ may be refused (ptrace access mode): reported all the same
+                assert p == "/proc/1/environ"
+        events = [e for e in collect_until_quiet(probe) if e["proc.pid"] == os.getpid() and e["evt.type"] == "open"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        short.unlink(missing_ok=True)
+    got = [(e["file.path"], e["file.write"]) for e in events]
+    assert got == [(p, True) for p in writes] + [(p, False) for p in reads], got
+    assert all(e["file.ret"] >= 0 for e in events if e["file.path"] != "/proc/1/environ")
+    rules = probe.rules
+    assert [p for p in reads + quiet if rules.wanted("open", p, None, False, False)] == reads
+    assert all(rules.wanted("open", p, None, True, False) for p in writes)

@@ -7,6 +7,9 @@ Prefix semantics (the same in the kernel's LPM trie and in :class:`PathRules`):
 - one whole path component may be ``*``: ``/home/*/.ssh/`` matches ``/home/alice/.ssh/id_rsa``. The part before
   the ``*`` is a *root* (at most 30 bytes, at most 4 distinct roots);
 - the most specific (longest) matching prefix decides, so an exclude can carve a hole in a watched directory;
+- suffixes (``read_suffixes``, ``write_suffixes``; at most 8, each at most 16 bytes) apply to an absolute path that
+  no prefix matches: ``/environ`` catches ``/proc/<pid>/environ`` and ``/proc/<pid>/task/<tid>/environ`` (a second
+  wildcard the prefixes cannot hold), ``.pth`` a Python start-up hook in any site-packages directory;
 - classes: ``read_prefixes`` report every open (and every change), ``write_prefixes`` report opens with write
   intent (O_WRONLY, O_RDWR, O_CREAT, O_TRUNC) and every change, ``exclude_prefixes`` report nothing (except a
   setuid/setgid chmod, which is always reported).
@@ -22,7 +25,7 @@ itself, or another).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -34,6 +37,8 @@ WILD_LEN: Final = 32  # RAVN_FILE_WILD_LEN: a root is at most WILD_LEN - 2 bytes
 MAX_WILD: Final = 4  # RAVN_FILE_MAX_WILD
 COMP_MAX: Final = 64  # RAVN_FILE_COMP_MAX: the component matched by '*' is at most 63 bytes
 NAME_LEN: Final = 32  # RAVN_FILE_NAME_LEN
+SUFFIX_LEN: Final = 16  # a suffix is at most 16 bytes (the kernel compares the path's last 16)
+MAX_SUFFIX: Final = 8  # RAVN_FILE_MAX_SUFFIX
 CLASS_READ: Final = 1
 CLASS_WRITE: Final = 2
 CLASS_EXCLUDE: Final = 4
@@ -52,7 +57,13 @@ DEFAULT_READ: Final[tuple[str, ...]] = (
 DEFAULT_RELATIVE_NAMES: Final[tuple[str, ...]] = (
     "id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", "id_ecdsa_sk", "id_ed25519_sk", "authorized_keys",
     "ssh_host_rsa_key", "ssh_host_ecdsa_key", "ssh_host_ed25519_key", "ssh_host_dsa_key", "credentials", "mem",
+    "environ",
 )
+#: read wherever they are: another process's memory or environment, also through /proc/<pid>/task/<tid>/
+DEFAULT_READ_SUFFIXES: Final[tuple[str, ...]] = ("/mem", "/environ")
+#: written wherever they are: Python start-up hooks, which any site-packages directory (a venv's, ~/.local's)
+#: runs at interpreter start
+DEFAULT_WRITE_SUFFIXES: Final[tuple[str, ...]] = (".pth", "usercustomize.py", "sitecustomize.py")
 #: start-up files shells read from a home directory (bash, sh/dash/ksh via $ENV, zsh, csh/tcsh, fish): a line
 #: appended to one runs at every login or new shell of that user
 SHELL_STARTUP_FILES: Final[tuple[str, ...]] = (
@@ -71,6 +82,15 @@ DEFAULT_WRITE: Final[tuple[str, ...]] = (
     "/sys/fs/cgroup/*/release_agent",
     "/proc/self/comm", "/proc/thread-self/comm", "/proc/*/comm",
 )
+
+
+def _check_suffix(p: str) -> str:
+    raw = p.encode()
+    if not 0 < len(raw) <= SUFFIX_LEN:
+        raise ValueError(f"suffix {p!r} must be 1 to {SUFFIX_LEN} bytes")
+    if "\0" in p or "*" in p:
+        raise ValueError(f"suffix {p!r} contains NUL or '*'")
+    return p
 
 
 def _default_report_all() -> list[FileEventType]:
@@ -110,6 +130,14 @@ class FileConfig(BccProbeConfig):
     exclude_prefixes: list[str] = Field(
         default_factory=list,
         description="nothing under these is reported when it is the most specific match (setuid chmods still are)")
+    read_suffixes: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_READ_SUFFIXES),
+        description="every open of an absolute path that ends with one of these and matches no prefix is reported "
+                    "(at most 16 bytes each; '/environ' covers /proc/<pid>/task/<tid>/environ too)")
+    write_suffixes: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_WRITE_SUFFIXES),
+        description="opens with write intent and changes of an absolute path that ends with one of these and "
+                    "matches no prefix are reported ('.pth': Python start-up hooks in any site-packages)")
     report_all: list[FileEventType] = Field(
         default_factory=lambda: _default_report_all(),
         description="event types reported for every path, watched or not: by default renames, so a mass-rename "
@@ -139,11 +167,19 @@ class FileConfig(BccProbeConfig):
     def _prefixes(cls, v: list[str]) -> list[str]:
         return [_check_prefix(p) for p in v]
 
+    @field_validator("read_suffixes", "write_suffixes")
+    @classmethod
+    def _suffixes(cls, v: list[str]) -> list[str]:
+        return [_check_suffix(p) for p in v]
+
     @model_validator(mode="after")
     def _capacity(self) -> FileConfig:
         rules = PathRules.from_config(self)
         if len(rules.roots) > MAX_WILD:
             raise ValueError(f"at most {MAX_WILD} distinct roots before '*' (got {', '.join(rules.roots)})")
+        if len(rules.suffixes) > MAX_SUFFIX:
+            raise ValueError(f"at most {MAX_SUFFIX} read_suffixes and write_suffixes together "
+                             f"(got {len(rules.suffixes)})")
         if len(rules.classes) > self.max_rules:
             raise ValueError(f"{len(rules.classes)} prefixes exceed max_rules={self.max_rules}")
         return self
@@ -151,11 +187,13 @@ class FileConfig(BccProbeConfig):
 
 @dataclass(frozen=True)
 class PathRules:
-    """The compiled prefixes: ``classes`` prefix -> CLASS_*, wildcard ``roots``, and read-prefix ``names``."""
+    """The compiled prefixes: ``classes`` prefix -> CLASS_*, wildcard ``roots``, read-prefix ``names``, and
+    ``suffixes`` suffix -> CLASS_* (for paths no prefix matches)."""
 
     classes: dict[str, int]
     roots: tuple[str, ...]
     names: tuple[str, ...]
+    suffixes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, cfg: FileConfig) -> PathRules:
@@ -172,7 +210,9 @@ class PathRules:
         names = tuple(dict.fromkeys(
             name for name in (*last, *cfg.relative_names)
             if "*" not in name and "/" not in name and 0 < len(name.encode()) < NAME_LEN))
-        return cls(classes, roots, names)
+        suffixes = {p: CLASS_WRITE for p in cfg.write_suffixes}
+        suffixes.update({p: CLASS_READ for p in cfg.read_suffixes})
+        return cls(classes, roots, names, suffixes)
 
     def classify(self, path: str) -> int:
         """CLASS_* of the most specific prefix matching ``path`` (0: none), exactly as the kernel does."""
@@ -188,6 +228,10 @@ class PathRules:
                 n = len(prefix)
                 if n > best and cand.startswith(prefix):
                     best, klass = n, c
+        if not klass and path.startswith("/"):
+            for suffix, c in self.suffixes.items():  # the first in order, as the kernel's array
+                if path.endswith(suffix):
+                    return c
         return klass
 
     def wanted(self, event_type: str, path: str, newpath: str | None, write: bool, report_all: bool) -> bool:

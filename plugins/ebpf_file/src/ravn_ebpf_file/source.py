@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ravn_core.bpf import EVENT_TYPE_IDS, BccProbe
 from ravn_core.components import RuntimeContext
 from ravn_core.events import Batch, Event
-from ravn_ebpf_file.config import PATH_MAX, WILD_LEN, FileConfig, PathRules
+from ravn_ebpf_file.config import PATH_MAX, SUFFIX_LEN, WILD_LEN, FileConfig, PathRules
 from ravn_ebpf_file.decode import COUNTERS, DROP, make_decoders
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ class FileSource(BccProbe):
             f"-DRAVN_FILE_NORMALIZE={int(c.normalize_paths)}",
             f"-DRAVN_FILE_WORLD_WRITABLE={int(c.report_world_writable)}",
             f"-DRAVN_FILE_N_WILD={len(self.rules.roots)}",
+            f"-DRAVN_FILE_N_SUFFIX={len(self.rules.suffixes)}",
             f"-DRAVN_FILE_MAX_RULES={c.max_rules}",
             f"-DRAVN_FILE_MAX_INFLIGHT={c.max_inflight}",
         ]
@@ -80,6 +81,18 @@ class FileSource(BccProbe):
                 leaf.mask[w] = int.from_bytes(b"\xff" * n + b"\0" * (8 - n), "little")
             leaf.len = len(root.encode())
             wild[ctypes.c_int(i)] = leaf
+        suffixes = bpf["ravn_file_suffix"]
+        for i, (suffix, klass) in enumerate(self.rules.suffixes.items()):
+            raw = suffix.encode()
+            word = raw.rjust(SUFFIX_LEN, b"\0")  # right-aligned: the path's last byte is the window's last
+            mask = (b"\xff" * len(raw)).rjust(SUFFIX_LEN, b"\0")
+            leaf = suffixes.Leaf()
+            for w in range(2):
+                leaf.w[w] = int.from_bytes(word[w * 8:(w + 1) * 8], "little")
+                leaf.mask[w] = int.from_bytes(mask[w * 8:(w + 1) * 8], "little")
+            leaf.klass = klass
+            leaf.len = len(raw)
+            suffixes[ctypes.c_int(i)] = leaf
         if self.config.relative_paths:
             names = bpf["ravn_file_names"]
             for name in self.rules.names:
