@@ -302,7 +302,7 @@ def test_redis_killed_and_restarted_reconnects_with_backoff_and_loses_nothing(tm
         h = make_host((RecoveryPlugin(), "recovery"), (ravn_transport_redis.plugin, "transport_redis"))
         cfg = validate({"ravn": {"state_dir": str(tmp_path), **FAST},
                         "sources": [{"plugin": "paced_source", "batches_per_s": 50, "max_batches": 200}],
-                        "transport": {"plugin": "redis", "port": server.port, "backoff_initial_s": 0.05,
+                        "transport": {"plugin": "redis", "port": server.port, "backoff_s": 0.05,
                                       "backoff_max_s": 0.5, "block_ms": 100, "socket_timeout_s": 2,
                                       # entries delivered in the reply the kill cut off stay pending for this
                                       # consumer; they are reclaimed after claim_idle_ms (30 s by default)

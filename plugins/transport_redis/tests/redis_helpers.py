@@ -13,7 +13,7 @@ from ravn_transport_redis.transport import RedisTransport
 from ravn_core.components import Delivery
 from ravn_core.testing import RedisServer, make_context
 
-FAST = {"block_ms": 100, "claim_idle_ms": 400, "discover_interval_s": 0.2, "backoff_initial_s": 0.02,
+FAST = {"block_ms": 100, "claim_idle_ms": 400, "discover_interval_s": 0.2, "backoff_s": 0.02,
         "backoff_max_s": 0.3}
 
 

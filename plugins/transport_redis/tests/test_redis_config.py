@@ -39,14 +39,21 @@ def test_redis_config_is_the_default_config_plus_redis() -> None:
     [
         ({"block_ms": 20_000, "socket_timeout_s": 10}, "block_ms (20000) must be below socket_timeout_s"),
         ({"cluster": True, "db": 3}, "Redis Cluster has only database 0"),
-        ({"backoff_initial_s": 10, "backoff_max_s": 1}, "backoff_initial_s must not exceed"),
+        ({"backoff_s": 10, "backoff_max_s": 1}, "backoff_s must not exceed"),
         ({"tls": {"enabled": True, "cert_file": "/x.pem"}}, "cert_file and tls.key_file go together"),
         ({"mode": "queue"}, "Input should be 'stream' or 'list'"),
         ({"maxlen": 10}, "greater than or equal to 100"),
         ({"nope": 1}, "Extra inputs are not permitted"),
+        ({"backoff_initial_s": 0.1, "backoff_s": 0.2}, "backoff_initial_s is the old name of backoff_s"),
     ],
 )
 def test_bad_transport_config_is_refused(options: dict, message: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(ValidationError, match=None) as info:
         RedisTransportConfig.model_validate(options)
     assert message in str(info.value)
+
+
+def test_the_old_name_backoff_initial_s_still_works_with_a_deprecation_warning() -> None:
+    with pytest.warns(DeprecationWarning, match="backoff_initial_s is deprecated, use backoff_s"):
+        cfg = RedisTransportConfig.model_validate({"backoff_initial_s": 0.2, "backoff_max_s": 1})
+    assert cfg.backoff_s == 0.2 and cfg.backoff_max_s == 1

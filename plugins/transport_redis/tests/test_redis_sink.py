@@ -96,7 +96,7 @@ def test_alerts_go_to_a_bounded_stream(redis_server: RedisServer, sinks: list[Re
 
 def test_alerts_wait_while_redis_is_away(sinks: list[RedisSink]) -> None:
     server = RedisServer()
-    sink = _sink(sinks, server.port, buffer_alerts=5, backoff_initial_s=0.01, backoff_max_s=0.05)
+    sink = _sink(sinks, server.port, buffer_alerts=5, backoff_s=0.01, backoff_max_s=0.05)
     for i in range(8):
         sink.emit_alerts([_alert(i)])
     assert sink.health().state == "degraded"

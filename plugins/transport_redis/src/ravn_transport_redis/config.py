@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import re
-from typing import Literal
+import warnings
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ravn_core.components import PluginConfig
 from ravn_core.config import SecretRef
+
+log = logging.getLogger("ravn.transport.redis")
 
 _TAG = re.compile(r"\{[^{}]+\}")
 
@@ -46,15 +50,29 @@ class RedisConnection(PluginConfig):
     prefix: str = Field("ravn:", description="prefix of every key RAVN writes (may carry a {hash tag})")
     connect_timeout_s: float = Field(2.0, gt=0, le=60, description="TCP/TLS connect timeout")
     socket_timeout_s: float = Field(10.0, gt=0, le=300, description="reply timeout; must exceed block_ms")
-    backoff_initial_s: float = Field(0.05, gt=0, le=60, description="first reconnect delay; doubles per failure")
+    backoff_s: float = Field(0.05, gt=0, le=60, description="first reconnect delay; doubles per failure "
+                             "(was backoff_initial_s, still read with a deprecation warning)")
     backoff_max_s: float = Field(5.0, gt=0, le=600, description="cap of the reconnect delay (jittered 50-100%)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        # backoff_initial_s: the name until 2026-12; backoff_s / backoff_max_s as in ravn_sinks
+        if isinstance(data, dict) and "backoff_initial_s" in data:
+            if "backoff_s" in data:
+                raise ValueError("backoff_initial_s is the old name of backoff_s: set only backoff_s")
+            msg = "redis: backoff_initial_s is deprecated, use backoff_s (same meaning)"
+            warnings.warn(msg, DeprecationWarning, stacklevel=2)
+            log.warning("%s", msg)
+            data = {("backoff_s" if k == "backoff_initial_s" else k): v for k, v in data.items()}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> RedisConnection:
         if self.cluster and self.db != 0:
             raise ValueError("Redis Cluster has only database 0")
-        if self.backoff_initial_s > self.backoff_max_s:
-            raise ValueError("backoff_initial_s must not exceed backoff_max_s")
+        if self.backoff_s > self.backoff_max_s:
+            raise ValueError("backoff_s must not exceed backoff_max_s")
         return self
 
 

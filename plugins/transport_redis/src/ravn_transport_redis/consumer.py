@@ -59,7 +59,7 @@ class ConsumerBase(ABC):
         self._lock = threading.Lock()
         self._setup_lock = threading.Lock()
         self._claim_lock = threading.Lock()
-        self._backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s, jitter=True)
+        self._backoff = Backoff(cfg.backoff_s, cfg.backoff_max_s, jitter=True)
         self._ready: deque[Fetched] = deque()
         self._next_claim = 0.0
         self._allowed = (re.compile("|".join(fnmatch.translate(p) for p in cfg.allow_hosts)).fullmatch

@@ -46,7 +46,7 @@ class Publisher:
         self.resync = False  # the connection broke with batches in flight: check them before sending more
         self._seq = 0
         self._sender: threading.Thread | None = None
-        self._backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s, jitter=True)
+        self._backoff = Backoff(cfg.backoff_s, cfg.backoff_max_s, jitter=True)
         self._registered: set[str] = set()
 
     def publish(self, host: str, batch: Batch) -> None:

@@ -50,7 +50,7 @@ class RedisSink(Sink):
         self._threat: ThreatUpdate | None = None
         self._incidents: dict[str, list[dict[str, Any]]] = {}  # host -> latest open incidents not yet written
         self._lock = threading.Lock()
-        self._backoff = Backoff(config.backoff_initial_s, config.backoff_max_s, jitter=True)
+        self._backoff = Backoff(config.backoff_s, config.backoff_max_s, jitter=True)
         self._error = ""
         self.counters: dict[str, float] = dict.fromkeys(("alerts", "threat_updates", "dropped", "errors"), 0)
 
