@@ -12,7 +12,8 @@ short-lived processes are forked and exited as fast as Python can (the process-t
 Reports: RSS at the end of warm-up and at the end, growth after warm-up (mean of the first vs the last 30 s after
 warm-up), max RSS, events accepted/dropped/analyzed per source, unaccounted loss (accepted - dropped - analyzed
 after a clean stop), kernel drops, the fork-storm figures, and the verdicts: alerts per level and analyzer,
-MEDIUM alerts per host-hour (rules vs model), the HIGH alerts, the highest incident level, and the host threat
+MEDIUM alerts per host-hour (rules vs model), the HIGH alerts, the highest level of the incidents they joined (and
+that incident scored from these alerts alone, since other activity can join an incident too), and the host threat
 level's highest value. Verdicts are given twice: for the benign workload (alerts attributed to its session or
 cgroup: what the benign work itself caused) and for the whole host (everything the daemon saw, other users'
 activity included). The last line is one JSON object.
@@ -45,8 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import benign as benign_kinds
 from ravn_core.bpf_testing import build_fork_loop
 from ravn_core.builtin.health import anon_rss_bytes, rss_bytes
+from ravn_core.config import ThreatConfig
 from ravn_core.status import StatusReader
-from ravn_core.threat import incident_line
+from ravn_core.threat import Contribution, incident_line, incident_score, level_for, tactic_of
 
 ROOT = Path(__file__).resolve().parent.parent
 LEVELS = {"LOW": 0, "MEDIUM": 1, "HIGH": 2}
@@ -160,6 +162,20 @@ def verdicts(records: list[dict[str, Any]], hours: float, keep: Any = None) -> d
                         latest[inc["id"]] = inc
     incidents = sorted(latest.values(), key=lambda i: (-LEVELS.get(i.get("level", "LOW"), 0),
                                                        -float(i.get("score", 0))))
+    # the same incidents scored from the kept alerts alone (what this work adds up to, whatever else joined them;
+    # every alert of the run counts, so the incident window is ignored: an upper bound)
+    cfg = ThreatConfig()
+    own: dict[str, dict[tuple[str, str], Contribution]] = {}
+    for a in alerts:
+        if a.get("incident") and a.get("analyzer") != "ravn":
+            rules = own.setdefault(a["incident"], {})
+            rk = (a.get("analyzer", "?"), a.get("rule", "?"))
+            score = float(a.get("score", 0))
+            if rk not in rules or score > rules[rk].score:
+                rules[rk] = Contribution(rk[0], rk[1], score, tactic_of(a.get("tags") or []),
+                                         bool(a.get("corroboration")), 0.0, 0.0, None)  # type: ignore[arg-type]
+    own_scores = {i: incident_score(c.values(), cfg) for i, c in own.items()}
+    own_max = max(own_scores.values(), default=0.0)
     by_rule: dict[str, int] = {}
     for a in medium:
         key = f"{a.get('analyzer', '?')}/{a.get('rule', '?')}"
@@ -178,6 +194,10 @@ def verdicts(records: list[dict[str, Any]], hours: float, keep: Any = None) -> d
                         f"{a.get('description')}" for a in alerts if a.get("level") == "HIGH"][:50],
         "incidents": len(incidents),
         "incident_level": incidents[0].get("level", "LOW") if incidents else "-",
+        "own_incident_score": round(own_max, 1),
+        "own_incident_level": level_for(own_max, cfg) if own_scores else "-",
+        "own_incidents": {i: [f"{r[1]} {c.score:g}" for r, c in rules.items()] for i, rules in own.items()
+                          if level_for(own_scores[i], cfg) != "LOW"},
         "incidents_medium_plus": [incident_line(i) for i in incidents if LEVELS.get(i.get("level", "LOW"), 0) >= 1],
     }
 
@@ -420,6 +440,7 @@ def main() -> int:
         print(f"soak verdicts ({part}, {v['hours'] * 60:.1f} min): {v['high']} HIGH, {v['medium']} MEDIUM alerts "
               f"= {v['medium_per_host_hour']} MEDIUM per host-hour (rules {v['medium_per_host_hour_rules']}, "
               f"model {v['medium_per_host_hour_model']}); incidents {v['incidents']}, highest {v['incident_level']}"
+              f" (from these alerts alone: {v['own_incident_level']} {v['own_incident_score']})"
               + (f"; host threat level max {v['threat_level']['max']}" if "threat_level" in v else ""))
         for key, n in sorted(v["medium_by_rule"].items(), key=lambda kv: -kv[1]):
             print(f"  MEDIUM x{n} {key}")
