@@ -200,6 +200,9 @@ class Incident:
     last_ts: float
     pids: set[int] = field(default_factory=set)
     sids: set[int] = field(default_factory=set)
+    # when each member pid and session leader started (ProcInfo.start_ts; 0 unknown): a reused pid is another process
+    starts: dict[int, int] = field(default_factory=dict)
+    sid_starts: dict[int, int] = field(default_factory=dict)
     rules: dict[tuple[str, str], Contribution] = field(default_factory=dict)
     alerts: int = 0
     score: float = 0.0
@@ -223,6 +226,11 @@ class Incident:
             "processes": len(self.pids), "first_ts": self.first_ts, "last_ts": self.last_ts,
             "age_s": round(max(0.0, now - self.first_ts), 1),
         }
+
+
+def _same_start(a: int, b: int) -> bool:
+    """Two start times of one pid name the same process (or one of them is unknown)."""
+    return not a or not b or a == b
 
 
 def incident_line(summary: dict[str, Any]) -> str:
@@ -379,7 +387,14 @@ class IncidentTracker:
         for i, p in enumerate(chain):
             if i > 0 and _boundary(p):
                 break
-            incident = self._by_pid.get(p.pid) or (self._by_sid.get(p.sid) if p.sid > 1 else None)
+            incident = self._by_pid.get(p.pid)
+            if incident is not None and not _same_start(incident.starts.get(p.pid, 0), p.start_ts):
+                incident = None  # the pid was reused: another process than the one that alerted
+            if incident is None and p.sid > 1:
+                incident = self._by_sid.get(p.sid)
+                if incident is not None and not _same_start(incident.sid_starts.get(p.sid, 0),
+                                                             self._start_of(p.sid)):
+                    incident = None  # a new session whose leader reused the old leader's pid
             if incident is not None:
                 break
         me = chain[0] if chain else None
@@ -393,6 +408,9 @@ class IncidentTracker:
         if incident is None:
             if sid:
                 key, root = f"sid:{sid}", _root(self._proc(sid) or me, alert)
+                same = self._by_key.get(key)
+                if same is not None and not _same_start(same.sid_starts.get(sid, 0), self._start_of(sid)):
+                    same = None  # that session's leader pid now leads another session
             else:
                 top = me
                 for i, p in enumerate(chain):
@@ -402,12 +420,27 @@ class IncidentTracker:
                     if p.pid == p.sid:
                         break
                 key, root = f"pid:{top.pid if top else pid}", _root(top, alert)
-            incident = self._by_key.get(key) or self._new(key, root, now)
-        self._add_pid(incident, pid)
-        if sid and len(incident.sids) < MAX_SIDS:
+                same = self._by_key.get(key)
+                if same is not None and top is not None and not _same_start(same.starts.get(top.pid, 0),
+                                                                            top.start_ts):
+                    same = None  # another process with that pid
+            if same is None:
+                same = self._new(key, root, now)
+                self._by_key[key] = same
+            incident = same
+        self._add_pid(incident, pid, me.start_ts if me is not None else 0)
+        if sid and sid not in incident.sids and len(incident.sids) < MAX_SIDS:
             incident.sids.add(sid)
-            self._by_sid.setdefault(sid, incident)
+            incident.sid_starts[sid] = start = self._start_of(sid)
+            held = self._by_sid.get(sid)
+            if held is None or not _same_start(held.sid_starts.get(sid, 0), start):
+                self._by_sid[sid] = incident  # first, or the old session's leader pid was reused by this one
         return incident
+
+    def _start_of(self, pid: int) -> int:
+        """When the process ``pid`` now names started (0 unknown)."""
+        info = self._proc(pid)
+        return info.start_ts if info is not None else 0
 
     def _chain(self, pid: int) -> list[ProcInfo]:
         tree = self.tree
@@ -419,10 +452,13 @@ class IncidentTracker:
     def _proc(self, pid: int) -> ProcInfo | None:
         return self.tree.get(pid) if self.tree is not None and pid in self.tree else None
 
-    def _add_pid(self, incident: Incident, pid: int) -> None:
+    def _add_pid(self, incident: Incident, pid: int, start: int = 0) -> None:
         if pid > 0 and pid not in incident.pids and len(incident.pids) < MAX_PIDS:
             incident.pids.add(pid)
-            self._by_pid.setdefault(pid, incident)
+            incident.starts[pid] = start
+            held = self._by_pid.get(pid)
+            if held is None or not _same_start(held.starts.get(pid, 0), start):
+                self._by_pid[pid] = incident  # first, or a reused pid: the new process is this incident's
 
     def _new(self, key: str, root: dict[str, Any], now: float) -> Incident:
         self._seq += 1

@@ -148,6 +148,23 @@ def test_two_mediums_in_two_sessions_are_not_combined() -> None:
     assert same.level == "HIGH"
 
 
+def test_a_reused_pid_or_session_id_is_another_process() -> None:
+    """pids wrap within minutes on a busy host: a new process (or session leader) with an old alerting one's pid
+    starts its own incident instead of adding up with the old one's rules (start_ts tells them apart)."""
+    t = Tree().session(100, 101)
+    s = tracker(t)
+    first, _ = s.process([alert("a", 70, pid=101, tags=CREDS)], now=0)
+    t.session(200, 101)  # 101 exited; its pid now names a child of another session
+    second, _ = s.process([alert("b", 65, pid=101, tags=PERSIST)], now=1)
+    assert second[0].incident != first[0].incident and s.level == "MEDIUM"
+    t.fork(900, 100).setsid(100).fork(100, 105)  # the old session leader's pid leads a new session
+    third, _ = s.process([alert("c", 65, pid=105, tags=EXEC)], now=2)
+    assert third[0].incident != first[0].incident and s.level == "MEDIUM" and len(s) == 3
+    # the same processes (same starts) still join their incidents
+    out, _ = s.process([alert("d", 60, pid=105, tags=DISCOVERY), alert("e", 60, pid=101, tags=DISCOVERY)], now=3)
+    assert [a.incident for a in out] == [third[0].incident, second[0].incident] and len(s) == 3
+
+
 def test_a_service_main_process_does_not_pull_its_jobs_into_one_incident() -> None:
     t = Tree()
     t.fork(1, 50, "cron").setsid(50)
