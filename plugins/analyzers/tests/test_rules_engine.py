@@ -190,6 +190,17 @@ def test_exceptions_and_config_exceptions(tmp_path: Path) -> None:
     assert run(an2, [ev("open", comm="nano", file__path="/etc/hosts")])
 
 
+def test_exceptions_apply_when_the_condition_is_only_the_event_type(tmp_path: Path) -> None:
+    # for open events the condition folds to true; its exceptions must still be tested
+    text = rule("evt.type = open", extra="""  exceptions:
+        - {name: pkg, condition: 'proc.comm = dpkg'}
+    """)
+    an = make(tmp_path, text, exceptions={"r": ["proc.comm = vi"]})
+    assert run(an, [ev("open", comm="cat", file__path="/etc/hosts")])
+    assert not run(an, [ev("open", comm="dpkg", file__path="/etc/hosts")])
+    assert not run(an, [ev("open", comm="vi", file__path="/etc/hosts")])
+
+
 def test_disabled_and_score_override(tmp_path: Path) -> None:
     text = rule("file.path = /x") + """
     - rule: disabled_one

@@ -162,6 +162,9 @@ def test_rule_parts_splits_conjuncts_and_ors_the_exceptions() -> None:
     assert c.rule_parts("proc.uid = 0 and proc.comm in (nothing)", []) == Parts((FALSE,))
     assert c.rule_parts("evt.type = exec", [], etype="open") == Parts((FALSE,))
     assert c.rule_parts("evt.type = open", [], etype="open") == Parts((TRUE,))
+    # a condition that always holds for this type keeps its exceptions
+    assert c.rule_parts("evt.type = open", ["proc.comm = a"], etype="open") == Parts(
+        (TRUE,), Cmp("proc.comm", "=", (Value("a", 12, False),), 0))
 
 
 def test_rule_parts_checks_fields_against_the_event_types() -> None:

@@ -621,9 +621,9 @@ class Compiler:
         ``etype``, simplified for events of that type only (``evt.type`` tests folded); a condition that cannot
         match it (or that requires a field to be in an empty list) gives ``Parts((FALSE,))``."""
         node = self.simplify(parse(text, self.env), etype)
-        if isinstance(node, Const):
-            return Parts((node,))
-        conjs = node.items if isinstance(node, And) else (node,)
+        if node == FALSE:
+            return Parts((FALSE,))
+        conjs = node.items if isinstance(node, And) else (node,)  # (TRUE,): only the exceptions are left to test
         for c in conjs:
             self.gen(c, allowed_fields, ())  # checks it: ConditionError naming field, operator or value
         if any(isinstance(c, Cmp) and c.matches_nothing for c in conjs):
