@@ -190,13 +190,26 @@ class RawConfig(BaseModel):
 
 @dataclass(frozen=True)
 class ComponentSpec:
-    """One component to build: which registration, its instance name, its validated config."""
+    """One component to build: which registration, its instance name, its validated config.
 
-    kind: str
+    :ivar section: the config section it comes from (``sources``, ``transport``, ``analyzers``, ``sinks``,
+        ``health_probes``).
+    """
+
+    section: str
     name: str
     plugin: str
     config: PluginConfig
     registration: Registration[Any]
+
+    @property
+    def kind(self) -> str:
+        """The component kind, as ``Component.kind``: source, transport, analyzer, sink or health_probe."""
+        return _KINDS[self.section]
+
+
+_KINDS = {"sources": "source", "transport": "transport", "analyzers": "analyzer", "sinks": "sink",
+          "health_probes": "health_probe"}
 
 
 @dataclass(frozen=True)
@@ -380,8 +393,8 @@ def validate(
 
     named: set[str] = set()
 
-    def build(kind: str, section: Section, base: Path_) -> ComponentSpec:
-        registry = registries[kind]
+    def build(key: str, section: Section, base: Path_) -> ComponentSpec:
+        registry = registries[key]
         reg = registry.get(section.plugin)
         if reg is None:
             known = ", ".join(registry.names()) or "none installed"
@@ -402,20 +415,20 @@ def validate(
             _raise(exc, where, lines, base, f" ({section.plugin})")
             raise AssertionError("unreachable") from None
         named.add(section.plugin)
-        return ComponentSpec(kind, name, section.plugin, model, reg)
+        return ComponentSpec(key, name, section.plugin, model, reg)
 
-    def build_list(kind: str, sections: list[Section]) -> list[ComponentSpec]:
+    def build_list(key: str, sections: list[Section]) -> list[ComponentSpec]:
         # Disabled sections are validated too (a typo is an error either way) but not built.
         specs: list[ComponentSpec] = []
         seen: dict[str, int] = {}
         for i, section in enumerate(sections):
-            spec = build(kind, section, (kind, i))
+            spec = build(key, section, (key, i))
             if not section.enabled:
                 continue
             if spec.name in seen:  # i is the section's own index: disabled sections before it count too
                 raise ConfigError(
-                    f"{where}:{_line(lines, (kind, i))}: {kind}[{i}]: name {spec.name!r} is used twice in {kind} "
-                    f"({kind}[{seen[spec.name]}] and {kind}[{i}]); give one of them `name:`"
+                    f"{where}:{_line(lines, (key, i))}: {key}[{i}]: name {spec.name!r} is used twice in {key} "
+                    f"({key}[{seen[spec.name]}] and {key}[{i}]); give one of them `name:`"
                 )
             seen[spec.name] = i
             specs.append(spec)

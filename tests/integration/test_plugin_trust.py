@@ -137,7 +137,7 @@ def test_autoload_off_still_loads_what_the_config_and_the_allowlist_name(tmp_pat
     cfg.write_text("analyzers:\n  - plugin: analyzer_rules\nsinks:\n  - plugin: stdout\n")
     off = {"RAVN_DISABLE_PLUGIN_AUTOLOAD": "1"}
     r = _ravn(["config", "check", str(cfg)], off)
-    assert r.returncode == 0 and "analyzers:analyzer_rules" in r.stdout, r.stderr
+    assert r.returncode == 0 and "analyzer:analyzer_rules" in r.stdout, r.stderr
     r = _ravn(["-c", str(cfg), "plugins", "list", "--json"], off)
     assert r.returncode == 0, r.stderr
     loaded = {p["name"] for p in json.loads(r.stdout) if "error" not in p}
@@ -149,7 +149,7 @@ def test_autoload_off_still_loads_what_the_config_and_the_allowlist_name(tmp_pat
     r = _ravn(["config", "check", str(cfg)], off)
     assert r.returncode == 2 and "unknown sink plugin 'webhook'" in r.stderr and "RAVN_PLUGINS" in r.stderr, r.stderr
     r = _ravn(["config", "check", str(cfg)], {**off, "RAVN_PLUGINS": "analyzer_rules,sinks"})
-    assert r.returncode == 0 and "sinks:webhook" in r.stdout, r.stderr
+    assert r.returncode == 0 and "sink:webhook" in r.stdout, r.stderr
     # and the allowlist still refuses what it does not name, even when the config names it
     r = _ravn(["config", "check", str(cfg)], {**off, "RAVN_PLUGINS": "sinks"})
     assert r.returncode == 2 and "'analyzer_rules'" in r.stderr and "not in RAVN_PLUGINS" in r.stderr, r.stderr
