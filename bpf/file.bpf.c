@@ -23,7 +23,8 @@
  *   Always reported: chmod/fchmod that sets S_ISUID or S_ISGID (whatever the path), chmod/fchmod that grants write
  *   to others (S_IWOTH: chmod 777, a+rwx, o+w) unless it also sets the sticky bit (RAVN_FILE_WORLD_WRITABLE,
  *   RAVN_FILE_F_PERM), and the event types named in RAVN_FILE_ALL_MASK (default: rename, so a mass-rename rule
- *   sees every rename).
+ *   sees every rename), and under the exec-grant prefixes (FILE_CLASS_EXEC_GRANT: temp dirs by default) a chmod
+ *   that leaves an execute bit set (a dropper's chmod +x), nothing else there.
  *
  * Overhead: each traced syscall costs one program run: a user-string read (<= 256 bytes) and one LPM lookup
  * (two under a wildcard root); a hash update + a ring record only for reported events. The exit program costs
@@ -37,8 +38,8 @@
  *     ravn_file_names (the last component of each read prefix - "shadow", ".ssh" - and the configured
  *     relative_names - "id_rsa", "mem"...: "./shadow", "../etc/shadow", ".ssh/id_rsa" in $HOME; one scan of the
  *     path and at most two hash lookups); user space joins it with the cwd the kernel kept for the process
- *     (ravn_file_cwd: its last absolute chdir, inherited at fork, seeded from /proc at start; sent in newpath,
- *     RAVN_FILE_F_CWD) or else with /proc/<pid>/cwd (or the dirfd's path) when the record is decoded, and
+ *     (ravn_file_cwd: its last absolute chdir, inherited at fork, seeded from /proc at start; sent in newpath
+ *     of one-path events, RAVN_FILE_F_CWD) or else with /proc/<pid>/cwd (or the dirfd's path) when the record is decoded, and
  *     applies the same prefixes. After a relative chdir or fchdir the kernel forgets the cwd, so a process that
  *     did one and is gone before its record is decoded is not resolved (counted, dropped). Relative read opens
  *     of other names are not seen at all (`cd /root/.ssh; cat backup_of_key` is missed: add the name to
@@ -64,8 +65,9 @@
 
 /* The cwd each process last entered by an absolute chdir, inherited at fork, deleted at exit and on a relative
  * chdir or fchdir (which the kernel cannot join); seeded by user space from /proc/<pid>/cwd at start. A relative
- * open of a process that has one carries it in newpath (RAVN_FILE_F_CWD), so user space can resolve the path
- * after the process is gone ("cd /etc && cat ./shadow" exits long before its record is decoded). */
+ * one-path event (open, chmod, unlink...) of a process that has one carries it in newpath (RAVN_FILE_F_CWD), so
+ * user space can resolve the path after the process is gone ("cd /etc && cat ./shadow" exits long before its
+ * record is decoded). */
 struct file_cwd {
 	char path[RAVN_FILE_PATH_MAX];
 };
@@ -126,6 +128,7 @@ int ravn_on_exit(struct ravn_exit_args *args)
 #define FILE_CLASS_READ 1
 #define FILE_CLASS_WRITE 2
 #define FILE_CLASS_EXCLUDE 4
+#define FILE_CLASS_EXEC_GRANT 8 /* a chmod leaving an execute bit set is reported; nothing else is */
 
 #define R_O_WRONLY 01
 #define R_O_RDWR 02
@@ -135,6 +138,7 @@ int ravn_on_exit(struct ravn_exit_args *args)
 #define R_S_ISGID 02000
 #define R_S_ISVTX 01000
 #define R_S_IWOTH 02
+#define R_S_IXALL 0111
 
 /* chmod 777 / a+rwx / o+w: write for others, except a sticky directory (1777: a shared temp dir) */
 static __always_inline int file_world_writable(u32 mode)
@@ -641,6 +645,8 @@ int ravn_file_enter(struct file_sys_enter *args)
 	} else if (type == RAVN_EVT_CHMOD && (mode & (R_S_ISUID | R_S_ISGID))) {
 		e->why |= RAVN_FILE_F_SETID | (p1 ? 0 : RAVN_FILE_F_FD);
 		wanted = 1;
+	} else if (type == RAVN_EVT_CHMOD && (c1 & FILE_CLASS_EXEC_GRANT) && (mode & R_S_IXALL)) {
+		wanted = 1; /* a file in a temp dir made executable: F_MATCHED is set, user space keeps it */
 	} else if (type == RAVN_EVT_CHMOD && RAVN_FILE_WORLD_WRITABLE && file_world_writable(mode)) {
 		e->why |= RAVN_FILE_F_PERM | (p1 ? 0 : RAVN_FILE_F_FD);
 		wanted = 1;
@@ -653,7 +659,7 @@ int ravn_file_enter(struct file_sys_enter *args)
 			RAVN_FILE_F_PERM | RAVN_FILE_F_NORMALIZE | RAVN_FILE_F_NEWNORMALIZE)))
 		e->why |= RAVN_FILE_F_ALL;
 #if RAVN_FILE_RELATIVE
-	if (type == RAVN_EVT_OPEN && (e->why & RAVN_FILE_F_RELATIVE) && dfd == R_AT_FDCWD) {
+	if (!p2 && (e->why & RAVN_FILE_F_RELATIVE) && dfd == R_AT_FDCWD) { /* newpath is free: one-path events */
 		u32 tgid = id >> 32;
 		struct file_cwd *cwd = ravn_file_cwd.lookup(&tgid);
 		if (cwd) {

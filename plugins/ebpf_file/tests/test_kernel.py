@@ -29,7 +29,7 @@ NOBODY = 65534
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     b = tmp_path_factory.mktemp("ravnfile")
-    for d in ("watch", "watch/skip", "secret", "outside"):
+    for d in ("watch", "watch/skip", "secret", "outside", "grant"):
         (b / d).mkdir()
     (b / "secret" / "key").write_text("k")
     (b / "secret" / "cred").write_text("c")
@@ -52,6 +52,7 @@ def config(base: Path, **kw: Any) -> FileConfig:
         "read_prefixes": [f"{base}/secret/", f"{base}/secret/cred"],
         "write_prefixes": [f"{base}/watch/"],
         "exclude_prefixes": [f"{base}/watch/skip/"],
+        "exec_grant_prefixes": [f"{base}/grant/"],
         **kw,
     })
 
@@ -181,6 +182,19 @@ def test_relative_read_of_a_process_gone_before_decoding(probe: FileSource, base
     assert all(e["proc.comm"] == "cat" for e in events)
     assert probe.counters["relative_from_kernel_cwd"] - before.get("relative_from_kernel_cwd", 0) >= 2, (
         {k: v - before.get(k, 0) for k, v in probe.counters.items()})
+
+
+def test_chmod_leaving_an_execute_bit_under_an_exec_grant_prefix(probe: FileSource, base: Path) -> None:
+    """`cd <temp dir> && chmod 755 x && ./x`: only the chmods that leave an execute bit are reported there, the
+    relative one resolved after chmod is gone; nothing else under the prefix is."""
+    g = f"{base}/grant"
+    probe.poll(0)
+    subprocess.run(["sh", "-c", f"cd {g} && echo '#!/bin/sh' > x && chmod 755 x && chmod 644 x && chmod u+x {g}/x"
+                    " && rm x"], check=True)
+    time.sleep(0.3)  # chmod is gone before the first poll
+    got = [(e["proc.comm"], e["evt.type"], e["file.path"], e["file.mode"]) for e in collect_until_quiet(probe)
+           if e["file.path"].startswith(g)]
+    assert got == [("chmod", "chmod", f"{g}/x", 0o755), ("chmod", "chmod", f"{g}/x", 0o744)], got
 
 
 def test_result_and_uid_of_a_denied_change(probe: FileSource, base: Path) -> None:

@@ -42,6 +42,9 @@ MAX_SUFFIX: Final = 8  # RAVN_FILE_MAX_SUFFIX
 CLASS_READ: Final = 1
 CLASS_WRITE: Final = 2
 CLASS_EXCLUDE: Final = 4
+CLASS_EXEC_GRANT: Final = 8  # a chmod that leaves an execute bit set is reported (alone: nothing else is)
+#: temp directories: a file made executable there (curl -o /tmp/x; chmod +x /tmp/x; /tmp/x) is a dropper's step
+DEFAULT_EXEC_GRANT: Final[tuple[str, ...]] = ("/tmp/", "/var/tmp/", "/dev/shm/", "/run/shm/")
 
 FileEventType = Literal["open", "unlink", "rename", "chmod", "chown", "link", "symlink", "truncate"]
 
@@ -127,6 +130,10 @@ class FileConfig(BccProbeConfig):
         default_factory=lambda: list(DEFAULT_WRITE),
         description="opens with write intent and every change (unlink, rename, chmod, ...) under these are "
                     "reported; reads are not (the loader reads /etc and /usr/lib on every exec)")
+    exec_grant_prefixes: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_EXEC_GRANT),
+        description="chmods that leave an execute bit set (chmod +x, 755) of files under these are reported, "
+                    "nothing else is (a dropper makes its download executable; chmods are rare, so it is cheap)")
     exclude_prefixes: list[str] = Field(
         default_factory=list,
         description="nothing under these is reported when it is the most specific match (setuid chmods still are)")
@@ -162,7 +169,7 @@ class FileConfig(BccProbeConfig):
     max_rules: int = Field(1024, ge=16, description="capacity of the kernel prefix trie")
     max_inflight: int = Field(8192, ge=64, description="traced file syscalls in flight at once (enter to exit)")
 
-    @field_validator("read_prefixes", "write_prefixes", "exclude_prefixes")
+    @field_validator("read_prefixes", "write_prefixes", "exec_grant_prefixes", "exclude_prefixes")
     @classmethod
     def _prefixes(cls, v: list[str]) -> list[str]:
         return [_check_prefix(p) for p in v]
@@ -198,6 +205,8 @@ class PathRules:
     @classmethod
     def from_config(cls, cfg: FileConfig) -> PathRules:
         classes: dict[str, int] = {}
+        for p in cfg.exec_grant_prefixes:
+            classes[p] = CLASS_EXEC_GRANT
         for p in cfg.write_prefixes:
             classes[p] = CLASS_WRITE
         for p in cfg.read_prefixes:
@@ -234,9 +243,13 @@ class PathRules:
                     return c
         return klass
 
-    def wanted(self, event_type: str, path: str, newpath: str | None, write: bool, report_all: bool) -> bool:
-        """Whether an event with these (absolute) paths passes the prefixes, as in file.bpf.c."""
+    def wanted(self, event_type: str, path: str, newpath: str | None, write: bool, report_all: bool,
+               mode: int = 0) -> bool:
+        """Whether an event with these (absolute) paths passes the prefixes, as in file.bpf.c (``mode``: a
+        chmod's)."""
         c1 = self.classify(path)
+        if event_type == "chmod" and c1 & CLASS_EXEC_GRANT and mode & 0o111:
+            return True
         if event_type == "open":
             if c1 & CLASS_EXCLUDE:
                 return False

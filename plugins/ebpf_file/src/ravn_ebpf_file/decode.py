@@ -96,7 +96,7 @@ def make_decoders(header: Callable[[tuple[Any, ...]], Event], rules: PathRules, 
             path = normalize_path(path)
         if why & F_NEWNORMALIZE:
             newpath = normalize_path(newpath)
-        if why & F_CWD:  # a relative open and the cwd the kernel kept for the process: exact at the syscall
+        if why & F_CWD:  # a relative one-path event and the cwd the kernel kept for the process: exact at the syscall
             path, newpath = normalize_path(f"{newpath.rstrip('/')}/{path}"), ""
             why &= ~(F_RELATIVE | F_CWD)
             counters["relative_from_kernel_cwd"] += 1
@@ -118,7 +118,7 @@ def make_decoders(header: Callable[[tuple[Any, ...]], Event], rules: PathRules, 
         if why & (F_SETID | F_PERM) or (why & F_MATCHED and not normalized) or etype in all_types:
             return path, newpath
         write = bool(v[_FLAGS] & WRITE_FLAGS) if etype == "open" else True
-        if not rules.wanted(etype, path, newpath or None, write, False):
+        if not rules.wanted(etype, path, newpath or None, write, False, v[_MODE]):
             counters["normalized_filtered" if normalized else "relative_filtered"] += 1
             return None
         return path, newpath
