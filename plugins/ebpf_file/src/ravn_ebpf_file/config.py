@@ -151,8 +151,9 @@ class FileConfig(BccProbeConfig):
                     "(ransomware) rule sees them all; a rename costs far more than its event")
     relative_paths: bool = Field(
         True, description="send relative-path writes and changes (and reads whose path is a read prefix's last "
-                          "component, e.g. 'shadow') to user space, which resolves them via /proc/<pid>/cwd and "
-                          "applies the prefixes")
+                          "component, e.g. 'shadow') to user space, which resolves them against the cwd the kernel "
+                          "kept for the process (its last absolute chdir) or /proc/<pid>/cwd and applies the "
+                          "prefixes")
     relative_names: list[str] = Field(
         default_factory=lambda: list(DEFAULT_RELATIVE_NAMES),
         description="file names whose relative read opens are resolved too (besides the last component of each "
