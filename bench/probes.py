@@ -67,7 +67,7 @@ def throughput(storm: str, n: int, ring_kb: int, ravn_pid: int, reps: int = 3) -
     from ravn_ebpf_syscall.config import SyscallConfig
     from ravn_ebpf_syscall.source import SyscallSource
 
-    from ravn_core.bpf import BASE_TRACEPOINTS
+    from ravn_core.bpf.probe import BASE_TRACEPOINTS
     from ravn_core.testing import make_context
 
     cfg = SyscallConfig(mode="events", syscalls=["getppid"], ring_buffer_kb=ring_kb)
@@ -201,7 +201,7 @@ def bpf_run_time(by_probe: dict[str, list[int]]) -> dict[str, tuple[int, int]]:
 
 def agent() -> int:
     """--agent: load every installed ebpf_* source with its default config, poll them, stop at stdin EOF."""
-    from ravn_core.bpf import BccProbe
+    from ravn_core.bpf.probe import BccProbe
     from ravn_core.plugins import PluginHost
     from ravn_core.testing import make_context
 

@@ -44,7 +44,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import benign as benign_kinds
-from ravn_core.bpf_testing import build_fork_loop
+from ravn_core.bpf.testing import build_fork_loop
 from ravn_core.builtin.health import anon_rss_bytes, rss_bytes
 from ravn_core.config import ThreatConfig
 from ravn_core.status import StatusReader

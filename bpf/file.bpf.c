@@ -148,19 +148,6 @@ static __always_inline int file_world_writable(u32 mode)
 #define R_AT_FDCWD -100
 #define RAVN_FILE_CHDIR 0xffff /* not an event type: a chdir/fchdir kept from enter to exit to track the cwd */
 
-struct file_sys_enter {
-	u64 __common;
-	s32 nr;      /* int __syscall_nr at offset 8; the 4 bytes after it are NOT zeroed */
-	s32 __pad;
-	u64 a[6];
-};
-struct file_sys_exit {
-	u64 __common;
-	s32 nr;      /* int __syscall_nr at offset 8; the 4 bytes after it are NOT zeroed */
-	s32 __pad;
-	s64 ret;
-};
-
 struct file_key {
 	u32 prefixlen; /* bits */
 	char data[RAVN_FILE_PATH_MAX];
@@ -502,7 +489,7 @@ static __always_inline int file_change_wanted(u32 type, u32 c1, u32 c2, u32 why)
 #define NR_fchmodat2 452
 
 /* attached to the sys_enter_* tracepoint of every syscall listed above */
-int ravn_file_enter(struct file_sys_enter *args)
+int ravn_file_enter(struct ravn_sys_enter *args)
 {
 	u32 type = 0, flags = 0, mode = 0, uid = 0, gid = 0;
 	s32 dfd = R_AT_FDCWD, ndfd = R_AT_FDCWD;
@@ -681,7 +668,7 @@ int ravn_file_enter(struct file_sys_enter *args)
 /* ---------------------------------------------------------------------------------------------------- exit */
 
 /* attached to the sys_exit_* of every syscall above */
-int ravn_file_exit(struct file_sys_exit *args)
+int ravn_file_exit(struct ravn_sys_exit *args)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct ravn_file_event *e = ravn_file_inflight.lookup(&tid);

@@ -51,21 +51,6 @@
 
 RAVN_PROC_PROGRAMS
 
-/* syscalls:sys_enter_* / sys_exit_* records (see their format files): 8 bytes of common fields, the syscall
- * number (int, padded to 8), then each argument in 8 bytes; the exit record has the return value. */
-struct net_sys_enter {
-	u64 __common;
-	s32 nr;      /* int __syscall_nr at offset 8; the 4 bytes after it are NOT zeroed */
-	s32 __pad;
-	u64 a[6];
-};
-struct net_sys_exit {
-	u64 __common;
-	s32 nr;      /* int __syscall_nr at offset 8; the 4 bytes after it are NOT zeroed */
-	s32 __pad;
-	s64 ret;
-};
-
 /* sock:inet_sock_set_state (offsets from its format file; test_network_abi.py checks them) */
 struct net_set_state_args {
 	u64 __common;
@@ -237,7 +222,7 @@ static __always_inline int net_submit(struct ravn_net_event *src)
 
 /* ------------------------------------------------------------------------------------------------- socket */
 
-int ravn_net_enter_socket(struct net_sys_enter *args)
+int ravn_net_enter_socket(struct ravn_sys_enter *args)
 {
 	int fam = args->a[0];
 	if (fam != R_AF_INET && fam != R_AF_INET6)
@@ -259,7 +244,7 @@ int ravn_net_enter_socket(struct net_sys_enter *args)
 	return 0;
 }
 
-int ravn_net_exit_socket(struct net_sys_exit *args)
+int ravn_net_exit_socket(struct ravn_sys_exit *args)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = (u32)id;
@@ -277,7 +262,7 @@ int ravn_net_exit_socket(struct net_sys_exit *args)
 
 /* ------------------------------------------------------------------------------------------------ connect */
 
-int ravn_net_enter_connect(struct net_sys_enter *args)
+int ravn_net_enter_connect(struct ravn_sys_enter *args)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	if (ravn_filtered(id, bpf_get_current_uid_gid()))
@@ -294,7 +279,7 @@ int ravn_net_enter_connect(struct net_sys_enter *args)
 	return 0;
 }
 
-int ravn_net_exit_connect(struct net_sys_exit *args)
+int ravn_net_exit_connect(struct ravn_sys_exit *args)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = (u32)id;
@@ -392,20 +377,20 @@ out:
 }
 
 /* attached to sys_enter_accept4 and sys_enter_accept (same first two arguments) */
-int ravn_net_enter_accept(struct net_sys_enter *args)
+int ravn_net_enter_accept(struct ravn_sys_enter *args)
 {
 	return net_accept_enter(args->a[0], (const void *)args->a[1]);
 }
 
 /* attached to sys_exit_accept4 and sys_exit_accept */
-int ravn_net_exit_accept(struct net_sys_exit *args)
+int ravn_net_exit_accept(struct ravn_sys_exit *args)
 {
 	return net_accept_exit(args->ret);
 }
 
 /* --------------------------------------------------------------------------------------------------- bind */
 
-int ravn_net_enter_bind(struct net_sys_enter *args)
+int ravn_net_enter_bind(struct ravn_sys_enter *args)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	if (ravn_filtered(id, bpf_get_current_uid_gid()))
@@ -422,7 +407,7 @@ int ravn_net_enter_bind(struct net_sys_enter *args)
 	return 0;
 }
 
-int ravn_net_exit_bind(struct net_sys_exit *args)
+int ravn_net_exit_bind(struct ravn_sys_exit *args)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = (u32)id;
@@ -438,7 +423,7 @@ int ravn_net_exit_bind(struct net_sys_exit *args)
 
 /* ------------------------------------------------------------------------------------------------- listen */
 
-int ravn_net_enter_listen(struct net_sys_enter *args)
+int ravn_net_enter_listen(struct ravn_sys_enter *args)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	if (ravn_filtered(id, bpf_get_current_uid_gid()))
@@ -454,7 +439,7 @@ int ravn_net_enter_listen(struct net_sys_enter *args)
 	return 0;
 }
 
-int ravn_net_exit_listen(struct net_sys_exit *args)
+int ravn_net_exit_listen(struct ravn_sys_exit *args)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = (u32)id;
@@ -621,12 +606,12 @@ static __always_inline int net_send_exit(void)
 	return 0;
 }
 
-int ravn_net_enter_sendto(struct net_sys_enter *args)
+int ravn_net_enter_sendto(struct ravn_sys_enter *args)
 {
 	return net_send_enter((const void *)args->a[4]);
 }
 
-int ravn_net_enter_sendmsg(struct net_sys_enter *args)
+int ravn_net_enter_sendmsg(struct ravn_sys_enter *args)
 {
 	/* struct user_msghdr starts with void *msg_name (user ABI, stable) */
 	void *name = 0;
@@ -635,7 +620,7 @@ int ravn_net_enter_sendmsg(struct net_sys_enter *args)
 	return net_send_enter(name);
 }
 
-int ravn_net_enter_sendmmsg(struct net_sys_enter *args)
+int ravn_net_enter_sendmmsg(struct ravn_sys_enter *args)
 {
 	/* first message only: struct mmsghdr starts with struct user_msghdr */
 	void *name = 0;
@@ -645,7 +630,7 @@ int ravn_net_enter_sendmmsg(struct net_sys_enter *args)
 }
 
 /* attached to sys_exit_sendto, sys_exit_sendmsg and sys_exit_sendmmsg */
-int ravn_net_exit_send(struct net_sys_exit *args)
+int ravn_net_exit_send(struct ravn_sys_exit *args)
 {
 	return net_send_exit();
 }

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0
  *
  * security.bpf.c: the ebpf_security probe. Process lifecycle and privilege-relevant syscalls.
- * Loaded by plugins/ebpf_security (ravn_ebpf_security.source.SecuritySource) through ravn_core.bpf.BccProbe,
+ * Loaded by plugins/ebpf_security (ravn_ebpf_security.source.SecuritySource) through ravn_core.bpf.probe.BccProbe,
  * which attaches the programs below only to the tracepoints of the families the config enables. One program
  * serves many tracepoints: ravn_sec_sys_enter / ravn_sec_sys_exit dispatch on the syscall number.
  *
@@ -174,23 +174,7 @@
 #define SEC_AT_EMPTY_PATH 0x1000
 #define SEC_MEMFD_MAX_FD 128
 
-/* ------------------------------------------------------------------------------------ tracepoint args */
-/* syscalls:sys_enter_<name>: int __syscall_nr at 8, then every argument in an 8-byte slot from 16.
- * raw_syscalls:sys_enter: long id at 8 (its low 32 bits read as nr on little-endian x86_64), args[6] at 16. */
-struct sec_enter_args {
-	u64 __common;
-	s32 nr;
-	s32 __pad;
-	u64 a[6];
-};
-
-/* syscalls:sys_exit_<name>: int __syscall_nr at 8, long ret at 16. */
-struct sec_exit_args {
-	u64 __common;
-	s32 nr;
-	s32 __pad;
-	s64 ret;
-};
+/* ---------------------------------------- tracepoint args (syscall records: struct ravn_sys_enter/exit, ravn_events.h) */
 
 /* sched:sched_process_exec */
 struct sec_exec_args {
@@ -470,13 +454,13 @@ static __always_inline int sec_exec_store(const char *filename, const char *cons
 }
 
 /* syscalls:sys_enter_execve(filename, argv, envp) */
-int ravn_sec_execve_enter(struct sec_enter_args *args)
+int ravn_sec_execve_enter(struct ravn_sys_enter *args)
 {
 	return sec_exec_store((const char *)args->a[0], (const char *const *)args->a[1], SEC_AT_FDCWD, 0);
 }
 
 /* syscalls:sys_enter_execveat(fd, filename, argv, envp, flags) */
-int ravn_sec_execveat_enter(struct sec_enter_args *args)
+int ravn_sec_execveat_enter(struct ravn_sys_enter *args)
 {
 	return sec_exec_store((const char *)args->a[1], (const char *const *)args->a[2], (s32)args->a[0],
 			      (s32)args->a[4]);
@@ -533,7 +517,7 @@ int ravn_sec_exec(struct sec_exec_args *args)
 }
 
 /* sys_exit_execve/execveat - failure (ret != 0): the caller is still the old image. Success went out above. */
-int ravn_sec_exec_exit(struct sec_exit_args *args)
+int ravn_sec_exec_exit(struct ravn_sys_exit *args)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u32 tid = (u32)pid_tgid;
@@ -717,7 +701,7 @@ static __always_inline int sec_mount_enter(const u64 *a, u64 pid_tgid, u64 uid_g
  * The arguments are copied with bpf_probe_read_kernel, not read as ctx fields: the kernel refuses to attach a
  * program whose direct ctx reads go past the record of the tracepoint (exit_group's record has one argument,
  * mount's five), and this one program serves them all. Slots past the syscall's arguments are garbage. */
-int ravn_sec_sys_enter(struct sec_enter_args *args)
+int ravn_sec_sys_enter(struct ravn_sys_enter *args)
 {
 	int nr = args->nr;
 	u64 a[6] = {};
@@ -785,7 +769,7 @@ int ravn_sec_sys_enter(struct sec_enter_args *args)
 }
 
 /* syscalls:sys_exit_<every paired syscall>. */
-int ravn_sec_sys_exit(struct sec_exit_args *args)
+int ravn_sec_sys_exit(struct ravn_sys_exit *args)
 {
 	int nr = args->nr;
 	u32 tid = (u32)bpf_get_current_pid_tgid();
@@ -822,7 +806,7 @@ int ravn_sec_sys_exit(struct sec_exit_args *args)
 }
 
 /* raw_syscalls:sys_enter (module_hook: raw). Runs for EVERY syscall: the number test comes first. */
-int ravn_sec_raw_enter(struct sec_enter_args *args)
+int ravn_sec_raw_enter(struct ravn_sys_enter *args)
 {
 	int nr = args->nr;
 	if (nr != SEC_NR_FINIT_MODULE && nr != SEC_NR_INIT_MODULE && nr != SEC_NR_DELETE_MODULE)
@@ -894,7 +878,7 @@ int ravn_sec_capable(struct sec_capable_args *args)
 /* ------------------------------------------------------------------------------------------ setsid */
 /* syscalls:sys_exit_setsid: fires only for setsid(2), rare (daemons, login shells, `setsid cmd`). A failure
  * (-EPERM: the caller already leads a process group) changes nothing and is dropped here. */
-int ravn_sec_setsid(struct sec_exit_args *args)
+int ravn_sec_setsid(struct ravn_sys_exit *args)
 {
 	s64 ret = args->ret;
 	if (ret <= 0)
@@ -909,7 +893,7 @@ int ravn_sec_setsid(struct sec_exit_args *args)
 /* ----------------------------------------------------------------------------- process_vm, prctl, module */
 /* syscalls:sys_enter_process_vm_readv / _writev (pid, lvec, liovcnt, rvec, riovcnt, flags): another process's
  * memory read or written without ptrace. Paired: ravn_sec_sys_exit adds the byte count (or -errno). */
-int ravn_sec_process_vm_enter(struct sec_enter_args *args)
+int ravn_sec_process_vm_enter(struct ravn_sys_enter *args)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	s32 target = (s32)args->a[0];
@@ -930,7 +914,7 @@ int ravn_sec_process_vm_enter(struct sec_enter_args *args)
 }
 
 /* syscalls:sys_enter_prctl (option, arg2, ...): PR_SET_NAME and PR_SET_MM only, tested first. */
-int ravn_sec_prctl_enter(struct sec_enter_args *args)
+int ravn_sec_prctl_enter(struct ravn_sys_enter *args)
 {
 	s64 option = args->a[0];
 	if (option != SEC_PR_SET_NAME && option != SEC_PR_SET_MM)
@@ -948,7 +932,7 @@ int ravn_sec_prctl_enter(struct sec_enter_args *args)
 /* syscalls:sys_enter_init_module / finit_module / delete_module (module_hook: auto, on kernels that have them).
  * The same events as ravn_sec_raw_enter, from tracepoints that fire only for these syscalls. The arguments are
  * copied with a probe read: delete_module's record is shorter than finit_module's. */
-int ravn_sec_module_enter(struct sec_enter_args *args)
+int ravn_sec_module_enter(struct ravn_sys_enter *args)
 {
 	int nr = args->nr;
 	u64 a[3] = {};
@@ -966,7 +950,7 @@ int ravn_sec_module_enter(struct sec_enter_args *args)
 
 /* ---------------------------------------------------------------------------------------------- socket */
 /* syscalls:sys_enter_socket (family, type, protocol): packet and raw IP sockets only. Paired (the fd or -errno). */
-int ravn_sec_socket_enter(struct sec_enter_args *args)
+int ravn_sec_socket_enter(struct ravn_sys_enter *args)
 {
 	s64 family = args->a[0];
 	s64 type = args->a[1];

@@ -48,16 +48,6 @@
 #define RAVN_SC_MAX_PROCS 8192
 #endif
 
-/* syscalls:sys_enter_<name>: __syscall_nr (int) at offset 8. raw_syscalls:sys_enter: long id at offset 8.
- * syscalls:sys_exit_<name> and raw_syscalls:sys_exit: ret (long) at offset 16. Reading the low 32 bits of `id`
- * as an int is the same on x86_64 (little endian), so one layout serves both families. */
-struct ravn_sc_args {
-	u64 __common;
-	s32 nr;
-	s32 __pad;
-	s64 ret; /* exit tracepoints only */
-};
-
 /* ravn_sc_sel[nr] (raw hook): 0 not traced, 1 traced, 2 traced and emitted at entry although return values are
  * on (noreturn syscalls). */
 BPF_ARRAY(ravn_sc_sel, u8, RAVN_SC_MAX);
@@ -189,18 +179,18 @@ static __always_inline int ravn_sc_on_exit(u32 nr, s64 ret)
 
 /* hook=tracepoints: attached to syscalls:sys_enter_<name> for each selected syscall (with return values: only
  * the noreturn ones; the others go through ravn_sc_exit_tp). */
-int ravn_sc_enter_tp(struct ravn_sc_args *args)
+int ravn_sc_enter_tp(struct ravn_sys_enter *args)
 {
 	return ravn_sc_on_enter((u32)args->nr);
 }
 
-int ravn_sc_exit_tp(struct ravn_sc_args *args)
+int ravn_sc_exit_tp(struct ravn_sys_exit *args)
 {
 	return ravn_sc_on_exit((u32)args->nr, args->ret);
 }
 
 /* hook=raw: raw_syscalls:sys_enter / sys_exit, selection in ravn_sc_sel. */
-int ravn_sc_enter_raw(struct ravn_sc_args *args)
+int ravn_sc_enter_raw(struct ravn_sys_enter *args)
 {
 	u32 nr = (u32)args->nr;
 	u8 *sel = ravn_sc_sel.lookup(&nr); /* NULL when nr >= RAVN_SC_MAX (and for -1) */
@@ -213,7 +203,7 @@ int ravn_sc_enter_raw(struct ravn_sc_args *args)
 	return ravn_sc_on_enter(nr);
 }
 
-int ravn_sc_exit_raw(struct ravn_sc_args *args)
+int ravn_sc_exit_raw(struct ravn_sys_exit *args)
 {
 	u32 nr = (u32)args->nr;
 	u8 *sel = ravn_sc_sel.lookup(&nr);

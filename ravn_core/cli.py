@@ -23,8 +23,9 @@ import sys
 from typing import Any
 
 from ravn_core import __version__
+from ravn_core.bpf.env import check_environment
 from ravn_core.config import RavnConfig, load_yaml, validate
-from ravn_core.errors import EXIT_CONFIG, EXIT_ENVIRONMENT, EXIT_FAILURE, EXIT_OK, RavnError, UnusableEnvironment
+from ravn_core.errors import EXIT_CONFIG, EXIT_ENVIRONMENT, EXIT_FAILURE, EXIT_OK, RavnError
 from ravn_core.events import printable
 from ravn_core.plugins import PluginHost, autoload_disabled, named_plugins
 from ravn_core.status import DEFAULT_STATE_DIR, StatusReader
@@ -37,9 +38,6 @@ EPILOG = """exit codes: 0 ok, 1 failure at run time, 2 bad config or plugin that
 environment: RAVN_DISABLED_PLUGINS=a,b blocks plugins; RAVN_DISABLE_PLUGIN_AUTOLOAD=1 loads only the entry points
 the config or RAVN_PLUGINS names; RAVN_PLUGINS=a,b loads only those entry points; plugins whose files are not
 root's (or are writable by others) are never imported; RAVN_TRACE_PLUGINS=1 logs every hook call."""
-
-CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
-
 
 # ---------------------------------------------------------------------------------------------- parser
 def build_parser(host: PluginHost | None) -> argparse.ArgumentParser:
@@ -140,32 +138,6 @@ def load_config(path: str, host: PluginHost) -> RavnConfig:
     return validate(data, host.registries(), path, lines)
 
 
-def effective_caps() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return int(line.split()[1], 16)
-    except OSError:
-        pass
-    return 0
-
-
-def check_environment(config: RavnConfig) -> None:
-    """Sources need CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN) and tracefs; say the fix in one line."""
-    if not config.sources:
-        return
-    caps = effective_caps()
-    has_bpf = bool(caps & (1 << CAP_SYS_ADMIN)) or (bool(caps & (1 << CAP_BPF)) and bool(caps & (1 << CAP_PERFMON)))
-    if not has_bpf:
-        raise UnusableEnvironment(
-            "the eBPF sources need root (or CAP_BPF and CAP_PERFMON): run `sudo ravn ...`, or use "
-            "`ravn replay` / `ravn analyze`, which need neither")
-    if not os.path.isdir("/sys/kernel/tracing/events") and not os.path.isdir("/sys/kernel/debug/tracing/events"):
-        raise UnusableEnvironment("tracefs is not mounted: run `mount -t tracefs nodev /sys/kernel/tracing` "
-                                  "(make setup does it)")
-
-
 # ---------------------------------------------------------------------------------------------- commands
 def cmd_run(args: argparse.Namespace, host: PluginHost) -> int:
     from ravn_core.runtime import Runtime
@@ -177,8 +149,8 @@ def cmd_run(args: argparse.Namespace, host: PluginHost) -> int:
     if getattr(args, "dump_bpf", False):
         return dump_bpf(config)
     role = args.role
-    if role in ("all", "agent"):
-        check_environment(config)
+    if role in ("all", "agent") and config.sources:
+        check_environment()
     runtime = Runtime(config, host, role=role)
     stats = runtime.run(duration=args.duration)
     _report(stats)
@@ -203,7 +175,8 @@ def cmd_record(args: argparse.Namespace, host: PluginHost) -> int:
 
     config = load_config(args.config, host)
     setup_logging(config.core.log_level, args.debug)
-    check_environment(config)
+    if config.sources:
+        check_environment()
     config = with_transport(config, host.registries(), "record", {"path": args.output})
     runtime = Runtime(config, host, role="record")
     stats = runtime.run(duration=args.duration)

@@ -51,8 +51,8 @@ def require_root() -> None:
 
 def require_kernel() -> None:
     """What every real-probe test needs: root and what the daemon checks before loading probes (capabilities,
-    tracefs, kernel headers, bcc: ``ravn_core.bpf.check_environment``)."""
-    from ravn_core.bpf import check_environment
+    tracefs, kernel headers, bcc: ``ravn_core.bpf.env.check_environment``)."""
+    from ravn_core.bpf.env import check_environment
     from ravn_core.errors import UnusableEnvironment
 
     require_root()

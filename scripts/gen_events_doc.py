@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ravn_core.bpf import EVENT_TYPE_IDS  # noqa: E402 - after the path tweak, for running from a checkout
+from ravn_core.bpf.abi import EVENT_TYPE_IDS  # noqa: E402 - after the path tweak, for running from a checkout
 from ravn_core.events import (  # noqa: E402
     COMMON_FIELDS,
     EVENT_TYPES,

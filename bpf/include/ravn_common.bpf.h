@@ -3,7 +3,7 @@
  * ravn_common.bpf.h: what every RAVN .bpf.c includes (first, before its own code). BCC dialect.
  *
  * BCC rewrites map calls (m.lookup(&k) -> bpf_map_lookup_elem(fd, &k)) in the MAIN file only; in an included
- * header they compile into indirect calls the verifier rejects ("unknown opcode 8d"). So ravn_core.bpf.BccProbe
+ * header they compile into indirect calls the verifier rejects ("unknown opcode 8d"). So ravn_core.bpf.probe.BccProbe
  * compiles the text of this header followed by the probe's .bpf.c as one main file, with #line markers so that
  * compiler errors still name the right file and line; the probe's own #include of this file is then a no-op
  * (include guard), and keeps the .bpf.c readable and compilable on its own for editors.
@@ -30,7 +30,7 @@
  * means a new thread of the same group (ignored), anything else a new thread group whose tgid == pid.
  * CLONE_PARENT makes the new process a sibling of the caller: its parent is the caller's parent.
  *
- * Parameters (-D cflags, set by ravn_core.bpf.BccProbe; defaults below are for ad-hoc compiles):
+ * Parameters (-D cflags, set by ravn_core.bpf.probe.BccProbe; defaults below are for ad-hoc compiles):
  *  RAVN_RINGBUF_PAGES  ring buffer size in pages (power of two)
  *  RAVN_MAX_PROCS      entries of ravn_ppid (LRU)
  *  RAVN_MAX_EXCLUDED   entries of ravn_excluded (when full, descendants of excluded tasks are not added)

@@ -7,9 +7,9 @@
  *
  * Rules:
  *  - every event struct starts with `struct ravn_hdr hdr` (filled by ravn_fill_hdr()), then the probe's fields;
- *  - hdr.type is one of enum ravn_event_type; the ids are mirrored in ravn_core/bpf.py (EVENT_TYPE_IDS) and the
+ *  - hdr.type is one of enum ravn_event_type; the ids are mirrored in ravn_core/bpf/abi.py (EVENT_TYPE_IDS) and the
  *    ABI test compares both against EVENT_TYPES in ravn_core/events.py;
- *  - every struct gets a _Static_assert on its size, and a ctypes mirror (ravn_core.bpf.RavnHdr, the probe's
+ *  - every struct gets a _Static_assert on its size, and a ctypes mirror (ravn_core.bpf.abi.RavnHdr, the probe's
  *    decode.py) that the ABI test checks field by field (offsets and sizes) against this file;
  *  - lay fields out naturally aligned, largest first after the header, and pad explicitly (no implicit holes).
  */
@@ -79,7 +79,31 @@ struct ravn_hdr {
 	u64 cgroup_id;    /* bpf_get_current_cgroup_id(): cgroup v2 id == inode of its /sys/fs/cgroup directory */
 	char comm[RAVN_COMM_LEN];
 };
-_Static_assert(sizeof(struct ravn_hdr) == 56, "struct ravn_hdr changed: update RavnHdr in ravn_core/bpf.py");
+_Static_assert(sizeof(struct ravn_hdr) == 56, "struct ravn_hdr changed: update RavnHdr in ravn_core/bpf/abi.py");
+
+/* ==================================================================================== syscall tracepoints */
+/* What a program attached to a syscall tracepoint gets (input to every probe, not a record it emits: no ctypes
+ * mirror). From the format files of syscalls:sys_enter_<name> / sys_exit_<name> and raw_syscalls:sys_enter /
+ * sys_exit: 8 bytes of common fields, the syscall number (int __syscall_nr; raw_syscalls: long id, whose low 32
+ * bits read as this int on little-endian x86_64) padded to 8 - the 4 bytes after it are NOT zeroed - then the
+ * arguments, each in an 8-byte slot (enter), or the return value (exit). tests/kernel/test_tracepoint_abi.py
+ * checks these offsets against tracefs. */
+struct ravn_sys_enter {
+	u64 __common;
+	s32 nr;
+	s32 __pad;
+	u64 a[6];         /* arguments; the slots past the syscall's own are not meaningful */
+};
+_Static_assert(__builtin_offsetof(struct ravn_sys_enter, nr) == 8, "syscall number at 8 in the format files");
+_Static_assert(__builtin_offsetof(struct ravn_sys_enter, a) == 16, "arguments from 16 in the format files");
+
+struct ravn_sys_exit {
+	u64 __common;
+	s32 nr;
+	s32 __pad;
+	s64 ret;
+};
+_Static_assert(__builtin_offsetof(struct ravn_sys_exit, ret) == 16, "return value at 16 in the format files");
 
 /* =========================================================================================== ebpf_syscall */
 

@@ -28,7 +28,7 @@ def anon_rss_bytes(pid: int | str = "self") -> int:
 
     File-backed pages (the code of onnxruntime, numpy, Python) are left out: they are clean, shared with the page
     cache and reclaimable, and about 60 MB here whatever RAVN does (BCC and LLVM are never loaded in the daemon:
-    ``ravn_core.bpf_loader``).
+    ``ravn_core.bpf.loader``).
     """
     with open(f"/proc/{pid}/status") as f:
         for line in f:

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from ravn_core import hookimpl
-from ravn_core.bpf_testing import bystander
+from ravn_core.bpf.testing import bystander
 from ravn_core.components import Alert, Analyzer, BatchContext, PluginConfig, RuntimeContext, Source
 from ravn_core.config import validate
 from ravn_core.runtime import Runtime, runtime_context

@@ -1,4 +1,4 @@
-"""The BPF loader child (ravn_core.bpf_loader): maps by fd against a real probe, and every way the child can fail."""
+"""The BPF loader child (ravn_core.bpf.loader): maps by fd against a real probe, and every way the child can fail."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from ravn_ebpf_security.config import SecurityConfig
 from ravn_ebpf_security.source import SecuritySource
 
-from ravn_core.bpf_loader import FdMap, load_in_child, possible_cpus
+from ravn_core.bpf.loader import FdMap, load_in_child, possible_cpus
 from ravn_core.errors import UnusableEnvironment
 from ravn_core.testing import make_context, require_kernel
 

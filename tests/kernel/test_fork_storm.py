@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ravn_core.bpf_testing import build_fork_loop
+from ravn_core.bpf.testing import build_fork_loop
 from ravn_core.config import validate
 from ravn_core.runtime import Runtime, runtime_context
 from ravn_core.testing import make_host, require_kernel, wait_for

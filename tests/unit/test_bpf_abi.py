@@ -1,4 +1,4 @@
-"""The ctypes mirrors in ravn_core.bpf match bpf/include/ravn_events.h, and the type ids cover the schema."""
+"""The ctypes mirrors in ravn_core.bpf.abi match bpf/include/ravn_events.h, and the type ids cover the schema."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ctypes
 
 import pytest
 
-from ravn_core.bpf import (
+from ravn_core.bpf.abi import (
     CORE_MIRRORS,
     EVENT_TYPE_CONSTANTS,
     EVENT_TYPE_IDS,

@@ -137,7 +137,8 @@ def test_rule_loader_text(text: str) -> None:
 # ---------------------------------------------------------------------------------------------- probe decoders
 def _probe_decoders() -> list[tuple[str, int, Any, int]]:
     """(probe, type id, decoder, record size) of every installed BCC probe, found without touching the kernel."""
-    from ravn_core.bpf import HDR_TYPE_OFFSET, BccProbe
+    from ravn_core.bpf.abi import HDR_TYPE_OFFSET
+    from ravn_core.bpf.probe import BccProbe
     from ravn_core.cli import load_host
     from ravn_core.testing import make_context
 
@@ -173,7 +174,7 @@ def test_probe_decoders_take_any_record_contents(data: st.DataObject) -> None:
     """Whatever the kernel writes into a record of the right size (garbage strings, huge counts, bad
     addresses) decodes into an event whose common fields have their schema types."""
     require(bool(DECODERS), "no BCC probe plugin is installed")
-    from ravn_core.bpf import HDR_TYPE_OFFSET
+    from ravn_core.bpf.abi import HDR_TYPE_OFFSET
 
     probe, type_id, decode, size = data.draw(st.sampled_from(DECODERS))
     raw = bytearray(data.draw(st.binary(min_size=size, max_size=size)))

@@ -29,7 +29,8 @@ from ravn_ebpf_file.decode import (
     make_decoders,
 )
 
-from ravn_core.bpf import AT_FDCWD, EVENT_TYPE_IDS, RavnHdr, check_abi, normalize_path
+from ravn_core.bpf.abi import EVENT_TYPE_IDS, RavnHdr, check_abi
+from ravn_core.bpf.paths import AT_FDCWD, normalize_path
 from ravn_core.events import field_names
 
 

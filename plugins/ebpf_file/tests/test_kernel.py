@@ -15,8 +15,8 @@ import pytest
 from ravn_ebpf_file.config import FileConfig
 from ravn_ebpf_file.source import FileSource, seed_cwds
 
-from ravn_core import bpf_testing
-from ravn_core.bpf_testing import collect_until_quiet, fresh_cgroup, run_child
+from ravn_core.bpf import testing as bpf_testing
+from ravn_core.bpf.testing import collect_until_quiet, fresh_cgroup, run_child
 from ravn_core.events import field_names
 from ravn_core.testing import make_context, require_kernel
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from ravn_ebpf_network.decode import MIRRORS, NetEvent, format_addr, make_decoders
 
-from ravn_core.bpf import EVENT_TYPE_IDS, RavnHdr, check_abi
+from ravn_core.bpf.abi import EVENT_TYPE_IDS, RavnHdr, check_abi
 from ravn_core.events import field_names
 from ravn_core.testing import require
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from ravn_ebpf_network.source import NetworkConfig, NetworkSource
 
-from ravn_core import bpf_testing
-from ravn_core.bpf_testing import CHILD_PYTHON, collect_until_quiet, fresh_cgroup, run_child
+from ravn_core.bpf import testing as bpf_testing
+from ravn_core.bpf.testing import CHILD_PYTHON, collect_until_quiet, fresh_cgroup, run_child
 from ravn_core.events import field_names
 from ravn_core.testing import make_context, require_kernel
 

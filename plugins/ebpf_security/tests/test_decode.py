@@ -22,7 +22,7 @@ from ravn_ebpf_security.decode import (
 from ravn_ebpf_security.names import BPF_COMMANDS, CAPABILITIES, PTRACE_REQUESTS
 from ravn_ebpf_security.source import SecuritySource
 
-from ravn_core.bpf import EVENT_TYPE_IDS, check_abi
+from ravn_core.bpf.abi import EVENT_TYPE_IDS, check_abi
 from ravn_core.events import EVENT_TYPES, field_names
 
 

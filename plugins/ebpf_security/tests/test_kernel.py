@@ -24,8 +24,8 @@ import pytest
 from ravn_ebpf_security.config import SecurityConfig
 from ravn_ebpf_security.source import SecuritySource
 
-from ravn_core.bpf import cgroup2_root
-from ravn_core.bpf_testing import bystander, collect
+from ravn_core.bpf.procfs import cgroup2_root
+from ravn_core.bpf.testing import bystander, collect
 from ravn_core.events import Batch, Event, field_names
 from ravn_core.proctree import ProcessTree
 from ravn_core.testing import make_context, require_kernel, wait_for

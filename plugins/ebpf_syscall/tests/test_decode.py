@@ -11,7 +11,7 @@ from ravn_ebpf_syscall.decode import MIRRORS, SummaryFlusher, SyscallEvent, Sysc
 from ravn_ebpf_syscall.source import SyscallSource
 from ravn_ebpf_syscall.syscalls import names_by_nr, table
 
-from ravn_core.bpf import RavnHdr, check_abi, unpacker
+from ravn_core.bpf.abi import RavnHdr, check_abi, unpacker
 from ravn_core.testing import make_context
 
 HOT = {"read", "write", "pread64", "pwrite64", "readv", "writev", "poll", "ppoll", "select", "pselect6",

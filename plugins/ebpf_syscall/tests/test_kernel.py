@@ -18,8 +18,7 @@ import pytest
 from ravn_ebpf_syscall.config import SyscallConfig
 from ravn_ebpf_syscall.source import SyscallSource
 
-from ravn_core.bpf import bpf_dir
-from ravn_core.bpf_testing import (
+from ravn_core.bpf.testing import (
     Orphan,
     bpf_programs,
     bystander,
@@ -294,7 +293,6 @@ def test_compile_error_is_one_line(tmp_path: Path) -> None:
     require_kernel()
     bpf = tmp_path / "bpf"
     bpf.mkdir()
-    (bpf / "include").symlink_to(bpf_dir() / "include")
     (bpf / "broken.bpf.c").write_text('#include "ravn_common.bpf.h"\nRAVN_PROC_PROGRAMS\n'
                                       "int f(void *c) { return nope; }\n")
 

@@ -30,7 +30,7 @@ from typing import Final, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ravn_core.bpf import BccProbeConfig
+from ravn_core.bpf.config import BccProbeConfig
 
 PATH_MAX: Final = 256  # RAVN_FILE_PATH_MAX
 WILD_LEN: Final = 32  # RAVN_FILE_WILD_LEN: a root is at most WILD_LEN - 2 bytes

@@ -15,7 +15,8 @@ import os
 from collections.abc import Callable
 from typing import Any, Final
 
-from ravn_core.bpf import EVENT_TYPE_IDS, RavnHdr, normalize_path, resolve_path, unpacker
+from ravn_core.bpf.abi import EVENT_TYPE_IDS, RavnHdr, unpacker
+from ravn_core.bpf.paths import normalize_path, resolve_path
 from ravn_core.events import Event
 from ravn_ebpf_file.config import PATH_MAX, PathRules
 

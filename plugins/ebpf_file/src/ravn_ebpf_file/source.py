@@ -1,4 +1,4 @@
-"""The ebpf_file source: loads bpf/file.bpf.c through ravn_core.bpf.BccProbe, fills its prefix maps, decodes."""
+"""The ebpf_file source: loads bpf/file.bpf.c through ravn_core.bpf.probe.BccProbe, fills its prefix maps, decodes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ravn_core.bpf import EVENT_TYPE_IDS, BccProbe
+from ravn_core.bpf.abi import EVENT_TYPE_IDS
+from ravn_core.bpf.probe import BccProbe
 from ravn_core.components import RuntimeContext
 from ravn_core.events import Batch, Event
 from ravn_ebpf_file.config import PATH_MAX, SUFFIX_LEN, WILD_LEN, FileConfig, PathRules

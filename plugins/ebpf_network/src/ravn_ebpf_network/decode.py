@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Final
 
-from ravn_core.bpf import EVENT_TYPE_IDS, RavnHdr, unpacker
+from ravn_core.bpf.abi import EVENT_TYPE_IDS, RavnHdr, unpacker
 from ravn_core.events import Event
 
 AF_INET: Final = 2

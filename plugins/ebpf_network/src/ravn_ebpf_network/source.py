@@ -1,4 +1,4 @@
-"""The ebpf_network source: loads bpf/network.bpf.c through ravn_core.bpf.BccProbe and decodes its records."""
+"""The ebpf_network source: loads bpf/network.bpf.c through ravn_core.bpf.probe.BccProbe and decodes its records."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from ravn_core.bpf import BccProbe, BccProbeConfig
+from ravn_core.bpf.config import BccProbeConfig
+from ravn_core.bpf.probe import BccProbe
 from ravn_core.events import Event
 from ravn_ebpf_network.decode import make_decoders
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from ravn_core.bpf import BccProbeConfig
+from ravn_core.bpf.config import BccProbeConfig
 from ravn_ebpf_security.names import BPF_COMMAND_NUMBERS, BPF_COMMANDS, BPF_MAP_ELEMENT_OPS, CAPABILITY_NUMBERS
 
 EventName = Literal["exec", "fork", "exit", "cred", "ptrace", "module", "capable", "memfd_create", "bpf", "mount",

@@ -11,7 +11,9 @@ import os
 from collections.abc import Callable
 from typing import Any, Final
 
-from ravn_core.bpf import AT_FDCWD, EVENT_TYPE_IDS, Decoder, RavnHdr, normalize_path, resolve_path, unpacker
+from ravn_core.bpf.abi import EVENT_TYPE_IDS, RavnHdr, unpacker
+from ravn_core.bpf.paths import AT_FDCWD, normalize_path, resolve_path
+from ravn_core.bpf.ring import Decoder
 from ravn_core.events import Event
 from ravn_ebpf_security.names import (
     CRED_CALLS,

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from ravn_core.bpf import TRACEFS, BccProbe, Decoder
+from ravn_core.bpf.env import TRACEFS
+from ravn_core.bpf.probe import BccProbe
+from ravn_core.bpf.ring import Decoder
 from ravn_ebpf_security.config import SecurityConfig
 from ravn_ebpf_security.decode import decoders
 

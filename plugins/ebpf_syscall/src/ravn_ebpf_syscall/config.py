@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ravn_core.bpf import BccProbeConfig
+from ravn_core.bpf.config import BccProbeConfig
 from ravn_ebpf_syscall.syscalls import table
 
 #: The default allow list: syscalls that change who a process is or what it can reach, and nothing hot.

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ravn_core.bpf import Decoder, RavnHdr, unpacker
+from ravn_core.bpf.abi import RavnHdr, unpacker
+from ravn_core.bpf.ring import Decoder
 from ravn_core.events import Batch, Event
 
 SC_MAX = 512  # RAVN_SC_MAX

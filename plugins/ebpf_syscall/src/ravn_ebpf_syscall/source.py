@@ -7,7 +7,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ravn_core.bpf import EVENT_TYPE_IDS, TRACEFS, BccProbe, Decoder
+from ravn_core.bpf.abi import EVENT_TYPE_IDS
+from ravn_core.bpf.env import TRACEFS
+from ravn_core.bpf.probe import BccProbe
+from ravn_core.bpf.ring import Decoder
 from ravn_core.components import RuntimeContext
 from ravn_core.errors import UnusableEnvironment
 from ravn_core.events import Batch

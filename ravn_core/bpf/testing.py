@@ -1,7 +1,7 @@
 """Helpers for kernel tests of BCC probes (``BccProbe`` subclasses): collect events, list loaded programs,
 spawn processes outside the probe's excluded tree, put a process in a fresh cgroup v2.
 
-Used by every probe's tests/ (``from ravn_core.bpf_testing import collect, ...``). Nothing here runs at import.
+Used by every probe's tests/ (``from ravn_core.bpf.testing import collect, ...``). Nothing here runs at import.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ravn_core.bpf import cgroup2_root
+from ravn_core.bpf.procfs import cgroup2_root
 from ravn_core.components import Source
 from ravn_core.events import Batch, Event
 
