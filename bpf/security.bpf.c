@@ -10,6 +10,9 @@
  *            per thread; sched:sched_process_exec emits successes (after the exec: new comm, new uid of a setuid
  *            binary, the kernel's filename); sys_exit_execve/execveat emit failures with -errno (ENOENT ones
  *            dropped with exec_enoent: false). Records are cut after the last argv slot in use.
+ *            exec.ld_*: the first SEC_ENV_SCAN entries of envp are scanned at sys_enter for LD_PRELOAD=,
+ *            LD_LIBRARY_PATH= and LD_AUDIT= (one 16-byte user read per entry, two word compares); up to
+ *            RAVN_SEC_ENVC of them are kept, and only then is the record sent whole (RAVN_EXEC_LD_ENV).
  *            exec.memfd: the exec went through an fd - execveat(fd, "", AT_EMPTY_PATH), which the kernel names
  *            "/dev/fd/N" (verified: sched_process_exec does NOT show "/memfd:x (deleted)"), or a /proc/<pid>/fd/N
  *            or /dev/fd/N path - and that fd came from memfd_create (a per-process bitmap of fds 0..127 set at
@@ -70,6 +73,9 @@
  * custom loader must be caught.
  *
  * Caveats:
+ *   - a loader variable past the first SEC_ENV_SCAN environment entries, or in a string the kernel cannot read
+ *     at sys_enter (not resident), is not seen; setuid programs ignore these variables (secure mode), which
+ *     the event does not say.
  *   - exit.code never has the 0x80 core-dump bit, and is -1 when no traced path saw the cause (probe started
  *     after the exit began, or a kill that bypasses signal delivery).
  *   - exec.memfd misses a memfd fd dup'ed to another number, received over a socket or numbered >= 128 unless the
@@ -125,6 +131,9 @@
 #endif
 #ifndef SEC_BPF_CMD_MASK /* bit n set: bpf command n is reported */
 #define SEC_BPF_CMD_MASK 0xffffffffffffffffULL
+#endif
+#ifndef SEC_ENV_SCAN /* environment entries scanned for LD_PRELOAD/LD_LIBRARY_PATH/LD_AUDIT (0: none) */
+#define SEC_ENV_SCAN 64
 #endif
 #ifndef SEC_MAX_PENDING
 #define SEC_MAX_PENDING 10240
@@ -398,9 +407,50 @@ static __always_inline s32 sec_fd_path(const char *path, u32 self, u32 *owner)
 	return fd;
 }
 
+/* 8 characters as the little-endian word a user read of them gives */
+#define SEC_W8(a, b, c, d, e, f, g, h)                                                                   \
+	((u64)(a) | (u64)(b) << 8 | (u64)(c) << 16 | (u64)(d) << 24 | (u64)(e) << 32 | (u64)(f) << 40 |  \
+	 (u64)(g) << 48 | (u64)(h) << 56)
+
+/* Keep the environment's loader variables (LD_PRELOAD=, LD_LIBRARY_PATH=, LD_AUDIT=) in e->env: a bounded scan
+ * of the first SEC_ENV_SCAN entries, one 16-byte read each; most environments have none, and then nothing else
+ * happens. */
+static __always_inline void sec_exec_env(struct ravn_exec_event *e, const char *const *envp)
+{
+	e->envc = 0;
+#if SEC_ENV_SCAN > 0
+	if (!envp)
+		return;
+	for (int i = 0; i < SEC_ENV_SCAN; i++) {
+		const char *p = 0;
+		if (bpf_probe_read_user(&p, sizeof(p), &envp[i]) != 0 || !p)
+			break;
+		u64 w[2] = {};
+		if (bpf_probe_read_user(w, sizeof(w), p) != 0)
+			continue;
+		if ((w[0] & 0xffffff) != SEC_W8('L', 'D', '_', 0, 0, 0, 0, 0))
+			continue;
+		int hit = (w[0] == SEC_W8('L', 'D', '_', 'P', 'R', 'E', 'L', 'O') &&
+			   (w[1] & 0xffffff) == SEC_W8('A', 'D', '=', 0, 0, 0, 0, 0)) ||
+			  (w[0] == SEC_W8('L', 'D', '_', 'L', 'I', 'B', 'R', 'A') &&
+			   w[1] == SEC_W8('R', 'Y', '_', 'P', 'A', 'T', 'H', '=')) ||
+			  (w[0] == SEC_W8('L', 'D', '_', 'A', 'U', 'D', 'I', 'T') && (w[1] & 0xff) == '=');
+		if (!hit)
+			continue;
+		u32 n = e->envc;
+		if (n >= RAVN_SEC_ENVC)
+			break;
+		bpf_probe_read_user_str(e->env[n], RAVN_SEC_ARG_LEN, p);
+		e->envc = n + 1;
+		e->flags |= RAVN_EXEC_LD_ENV;
+	}
+#endif
+}
+
 /* Store filename and argv of an execve/execveat for this thread. Not filtered here: the filter applies to the
  * identity after the exec (ravn_sec_exec) or to the failed caller (ravn_sec_exec_exit). */
-static __always_inline int sec_exec_store(const char *filename, const char *const *argv, s32 dirfd, s64 flags)
+static __always_inline int sec_exec_store(const char *filename, const char *const *argv, s32 dirfd, s64 flags,
+					  const char *const *envp)
 {
 	u32 zero = 0;
 	struct ravn_exec_event *e = sec_exec_scratch.lookup(&zero);
@@ -432,6 +482,7 @@ static __always_inline int sec_exec_store(const char *filename, const char *cons
 		if (bpf_probe_read_user(&p, sizeof(p), &argv[RAVN_SEC_ARGC]) == 0 && p)
 			e->flags |= RAVN_EXEC_ARGV_TRUNC;
 	}
+	sec_exec_env(e, envp);
 	u32 owner = tgid;
 	s32 fd;
 	if ((flags & SEC_AT_EMPTY_PATH) && e->filename[0] == 0)
@@ -456,20 +507,24 @@ static __always_inline int sec_exec_store(const char *filename, const char *cons
 /* syscalls:sys_enter_execve(filename, argv, envp) */
 int ravn_sec_execve_enter(struct ravn_sys_enter *args)
 {
-	return sec_exec_store((const char *)args->a[0], (const char *const *)args->a[1], SEC_AT_FDCWD, 0);
+	return sec_exec_store((const char *)args->a[0], (const char *const *)args->a[1], SEC_AT_FDCWD, 0,
+			      (const char *const *)args->a[2]);
 }
 
 /* syscalls:sys_enter_execveat(fd, filename, argv, envp, flags) */
 int ravn_sec_execveat_enter(struct ravn_sys_enter *args)
 {
 	return sec_exec_store((const char *)args->a[1], (const char *const *)args->a[2], (s32)args->a[0],
-			      (s32)args->a[4]);
+			      (s32)args->a[4], (const char *const *)args->a[3]);
 }
 
 /* Bytes of an exec record worth sending: the header, filename and the argv slots in use (a 3-argument exec is
- * 712 bytes instead of 2376, so the ring holds 3x more execs in a burst). User space pads the rest with zeros. */
+ * 712 bytes instead of 2768, so the ring holds 3x more execs in a burst); all of it when the environment sets a
+ * loader variable. User space pads the rest with zeros. */
 static __always_inline u32 sec_exec_size(const struct ravn_exec_event *e)
 {
+	if (e->flags & RAVN_EXEC_LD_ENV)
+		return sizeof(*e);
 	u32 n = e->argc;
 	if (n > RAVN_SEC_ARGC)
 		n = RAVN_SEC_ARGC;

@@ -98,7 +98,11 @@ EVENT_TYPES: Final[dict[str, EventType]] = {
            ("exec.ret", "int", "0 on success, -errno on failure"),
            ("exec.memfd", "bool", "the executed file is a memfd (fileless execution)"),
            ("exec.argv_truncated", "bool", "exec.argv is incomplete: more arguments than the probe captures "
-                                           "(RAVN_SEC_ARGC), or one that could not be read")),
+                                           "(RAVN_SEC_ARGC), or one that could not be read"),
+           ("exec.ld_preload", "str", "LD_PRELOAD in the exec's environment (absent when unset; "
+                                      "name=value is cut at 127 bytes)"),
+           ("exec.ld_library_path", "str", "LD_LIBRARY_PATH in the exec's environment (absent when unset)"),
+           ("exec.ld_audit", "str", "LD_AUDIT in the exec's environment (absent when unset)")),
         _t("fork", "ebpf_security", "new process created (new threads are not reported); proc.* is the parent",
            ("fork.child_pid", "int", "pid (tgid) of the child"),
            ("fork.child_tid", "int", "tid of the child")),
@@ -239,7 +243,7 @@ def printable(text: str) -> str:
 # ``validate_event`` only to name what is wrong. Events from this host's own probes are not checked.
 MAX_STR: Final = 16_384  # characters in one str value (paths are at most PATH_MAX, 4096)
 MAX_ITEMS: Final = 4_096  # items in one list or dict value (argv, syscall.seq, syscall.counts are bounded lower)
-MAX_FIELDS: Final = 128  # fields in one event (the largest type has 17)
+MAX_FIELDS: Final = 128  # fields in one event (the largest type, exec, has 19)
 INT_MIN: Final = -(2**63)  # ints are signed 64-bit
 INT_MAX: Final = 2**63 - 1
 _SCALARS: Final = {"int": int, "str": str, "bool": bool}

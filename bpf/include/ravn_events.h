@@ -145,6 +145,9 @@ _Static_assert(sizeof(struct ravn_syscall_summary) == 2248, "update SyscallSumma
 #define RAVN_EXEC_ARGV_TRUNC 0x4 /* more than RAVN_SEC_ARGC arguments, one cut at RAVN_SEC_ARG_LEN - 1 bytes, or
                                   * one that could not be read */
 #define RAVN_EXEC_NO_ARGS 0x8    /* the sys_enter was not seen (probe attached mid-exec): argv is empty */
+#define RAVN_EXEC_LD_ENV 0x10    /* the environment sets LD_PRELOAD, LD_LIBRARY_PATH or LD_AUDIT: env[] holds them
+                                  * and the record is sent whole */
+#define RAVN_SEC_ENVC 3          /* loader variables captured from the environment */
 
 /* RAVN_EVT_EXEC: emitted at sched_process_exec (success; header taken after the exec: new comm, uid) or at
  * sys_exit_execve/execveat (failure; header of the caller). */
@@ -156,8 +159,11 @@ struct ravn_exec_event {
 	s32 fd;           /* execveat dirfd or the N of /proc/.../fd/N; -1 */
 	char filename[RAVN_SEC_PATH_LEN];   /* success: the kernel's bprm filename; failure: the path passed */
 	char argv[RAVN_SEC_ARGC][RAVN_SEC_ARG_LEN];
+	u32 envc;         /* env entries filled (only with RAVN_EXEC_LD_ENV; records without it stop before here) */
+	u32 __pad;
+	char env[RAVN_SEC_ENVC][RAVN_SEC_ARG_LEN]; /* "LD_PRELOAD=...", as found, cut at RAVN_SEC_ARG_LEN - 1 bytes */
 };
-_Static_assert(sizeof(struct ravn_exec_event) == 2376, "update ExecEvent in ravn_ebpf_security/decode.py");
+_Static_assert(sizeof(struct ravn_exec_event) == 2768, "update ExecEvent in ravn_ebpf_security/decode.py");
 
 /* Every other security event: fork, exit, cred, ptrace, module, capable, memfd_create, bpf, unshare, setns, dup.
  * `nr` is the x86_64 syscall number that produced it (0 for fork/exit/capable); args/ret per event type:

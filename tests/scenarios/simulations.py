@@ -395,6 +395,14 @@ def python_pth_hook(work: Path) -> None:
     sh(f"echo 'import os; os.system(\"id\")' > {site}/zz_hook.pth")
 
 
+@scenario("T1574.006", "LD_PRELOAD of a library in a temp dir for one command (LD_PRELOAD=/tmp/x.so ls)",
+          "ld_preload_env_from_writable_dir")
+def ld_preload_env(work: Path) -> None:
+    lib = work / "libhook.so"
+    lib.write_bytes(b"")  # not an ELF: the loader says so and runs the program without it
+    sh(f"LD_PRELOAD={lib} /bin/true")
+
+
 class IoVec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 

@@ -135,6 +135,8 @@ ATTACKS: dict[str, list[dict[str, Any]]] = {
     "proc_mem_access": [Open("/proc/4242/mem", comm="python3")],
     "proc_environ_read": [Open("/proc/4242/environ", comm="cat")],
     "proc_environ_dumped": by("/usr/bin/strings", Open("/proc/4242/task/4243/environ", comm="strings")),
+    "ld_preload_env_from_writable_dir": [X("/usr/bin/ls", exec__ld_preload="/tmp/T1574006.so")],
+    "ld_preload_env": [X("/usr/sbin/sshd", "-D", exec__ld_preload="/home/al/.cache/libx.so")],
     "python_startup_hook_written": [Open("/home/al/.local/lib/python3.11/site-packages/x.pth", write=True,
                                          comm="python3")],
     "kcore_read": [Open("/proc/kcore", comm="dd")],
@@ -424,6 +426,14 @@ def _benign() -> list[list[dict[str, Any]]]:
         # the environment: systemd by its executable, a process reading its own
         by("/usr/lib/systemd/systemd", Open("/proc/4242/environ", comm="systemd")),
         by("/usr/bin/cat", Open("/proc/self/environ", comm="cat")),
+        # loader variables: fakeroot, a sanitizer and jemalloc preload installed libraries, a build runs its own
+        by("/usr/bin/dpkg-deb", X("/usr/bin/tar", "-cf", "x", exec__ld_preload="libfakeroot-sysv.so"),
+           parents=chain(("/usr/bin/fakeroot", "fakeroot"))),
+        [X("/srv/app/bin/server", exec__ld_preload="/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+         X("/usr/bin/python3", exec__ld_preload="/usr/lib/gcc/x86_64-linux-gnu/12/libasan.so /lib/x.so:libfoo.so",
+           exec__ld_library_path="/opt/cuda/lib64:/tmp/build/lib")],
+        under(chain(("/bin/bash", "bash"), ("/usr/bin/make", "make")),
+              X("/tmp/build/tests/run", exec__ld_preload="./libhook.so", exec__ld_library_path="/dev/shm/b")),
         # Python hooks: pip (by its executable or -m pip) installing an editable package, a model checkpoint
         by("/usr/bin/pip3", Open("/usr/lib/python3/dist-packages/__editable__.x.pth", comm="pip3", write=True)),
         [*pip, {**Open("/tmp/v/lib/python3.11/site-packages/distutils-precedence.pth", comm="python3", write=True),

@@ -69,7 +69,19 @@ def test_exec_decoder() -> None:
     e.flags = 0x4  # RAVN_EXEC_ARGV_TRUNC
     trunc = decoders(_header, {})[EVENT_TYPE_IDS["exec"]](bytes(e))
     assert trunc["exec.argv_truncated"] is True and trunc["exec.memfd"] is False
-    assert set(ev) - {"evt.type", "proc.pid"} == {f.name for f in EVENT_TYPES["exec"].fields}
+    ld = {"exec.ld_preload", "exec.ld_library_path", "exec.ld_audit"}  # present only when the environment sets them
+    assert set(ev) - {"evt.type", "proc.pid"} == {f.name for f in EVENT_TYPES["exec"].fields} - ld
+    # RAVN_EXEC_LD_ENV: the loader variables the kernel found, by name; a short record (no env) has none
+    e.flags, e.envc = 0x10, 2
+    env = bytearray(3 * 128)
+    for i, a in enumerate([b"LD_AUDIT=/tmp/a.so", b"LD_PRELOAD=/dev/shm/x.so", b"LD_LIBRARY_PATH=stale"]):
+        env[i * 128:i * 128 + len(a)] = a
+    ctypes.memmove(ctypes.addressof(e) + ExecEvent.env.offset, bytes(env), len(env))
+    full = decoders(_header, {})[EVENT_TYPE_IDS["exec"]](bytes(e))
+    assert (full["exec.ld_preload"], full["exec.ld_audit"]) == ("/dev/shm/x.so", "/tmp/a.so")
+    assert "exec.ld_library_path" not in full  # beyond envc
+    short = decoders(_header, {})[EVENT_TYPE_IDS["exec"]](bytes(e)[:ExecEvent.envc.offset])
+    assert not ld & set(short)
 
 
 @pytest.mark.parametrize(("etype", "args", "ret", "nr", "nargs", "s", "expect"), [

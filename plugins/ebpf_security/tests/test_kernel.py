@@ -78,8 +78,12 @@ def only(events: Batch, etype: str, **match: object) -> Event:
     return found[0]
 
 
+#: exec fields present only when the environment sets the loader variable
+LD_FIELDS = {"exec.ld_preload", "exec.ld_library_path", "exec.ld_audit"}
+
+
 def schema_ok(ev: Event) -> None:
-    assert set(ev) == field_names(ev["evt.type"]), ev
+    assert set(ev) - LD_FIELDS == field_names(ev["evt.type"]) - LD_FIELDS, ev
 
 
 def comm_of_self() -> str:
@@ -158,6 +162,41 @@ def test_exec_argv_truncated_flag(probe: SecuritySource, argv: list[str], trunca
     ex = only(of_pid(probe, pid), "exec")
     assert ex["exec.argv"] == [a[:127] for a in argv[:16]]
     assert ex["exec.argv_truncated"] is truncated
+
+
+def _exec_with_env(env: list[str]) -> int:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execve("/bin/true", ["/bin/true"], dict(v.split("=", 1) for v in env))
+        finally:
+            os._exit(127)
+    os.waitpid(pid, 0)
+    return pid
+
+
+@pytest.mark.parametrize(("env", "expect"), [
+    # the three loader variables after 40 others, in any order
+    ([f"V{i}=x" for i in range(40)] + ["LD_LIBRARY_PATH=/tmp/lib:/opt/l", "HOME=/root",
+                                       "LD_PRELOAD=/nonexistent/ravn-test.so", "LD_AUDIT=/nonexistent/a.so"],
+     {"exec.ld_library_path": "/tmp/lib:/opt/l", "exec.ld_preload": "/nonexistent/ravn-test.so",
+      "exec.ld_audit": "/nonexistent/a.so"}),
+    (["LD_PRELOAD=" + "p" * 200], {"exec.ld_preload": "p" * 116}),  # cut at 127 bytes with its name
+    # look-alikes and other LD_ variables are not loader hooks
+    (["LD_PRELOADX=1", "XLD_PRELOAD=/x.so", "LD_DEBUG=all", "LD_LIBRARY=1", "LD_AUDITOR=1", "LD_="], {}),
+    ([], {}),
+    # beyond the bounded scan (exec_env_scan: 64 entries): not seen
+    ([f"V{i}=x" for i in range(64)] + ["LD_PRELOAD=/nonexistent/late.so"], {}),
+])
+def test_exec_loader_variables_in_the_environment(probe: SecuritySource, env: list[str],
+                                                  expect: dict[str, str]) -> None:
+    """LD_PRELOAD / LD_LIBRARY_PATH / LD_AUDIT of the new program's environment, found by the kernel's bounded scan
+    of envp at sys_enter_execve and decoded by name (atomic request 2: `LD_PRELOAD=/tmp/x.so ls`)."""
+    pid = _exec_with_env(env)
+    ex = only(of_pid(probe, pid), "exec", **{"proc.pid": pid})
+    schema_ok(ex)
+    assert {k: ex[k] for k in LD_FIELDS if k in ex} == expect
+    assert ex["exec.argv"] == ["/bin/true"] and ex["exec.ret"] == 0
 
 
 def test_exec_failure_reports_errno(probe: SecuritySource) -> None:

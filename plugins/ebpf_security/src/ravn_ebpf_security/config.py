@@ -38,6 +38,10 @@ class SecurityConfig(BccProbeConfig):
     exec_enoent: bool = Field(
         True, description="report execs that failed with ENOENT (false drops them in the kernel: execvp and "
                           "shells try each PATH directory, so most ENOENT failures are lookups, not attacks)")
+    exec_env_scan: int = Field(
+        64, ge=0, le=256,
+        description="environment entries of each exec scanned in the kernel for LD_PRELOAD, LD_LIBRARY_PATH and "
+                    "LD_AUDIT (exec.ld_preload, ...; one 16-byte read per entry at sys_enter; 0: none)")
     module_hook: Literal["auto", "raw", "off"] = Field(
         "auto", description="auto: init_module/finit_module/delete_module through their own syscall tracepoints "
                             "when the kernel has them (free), else not at all (such a kernel cannot load modules; "

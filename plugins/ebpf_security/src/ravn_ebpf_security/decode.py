@@ -38,10 +38,16 @@ EXEC_FD: Final = 0x1
 EXEC_MEMFD: Final = 0x2
 EXEC_ARGV_TRUNC: Final = 0x4
 EXEC_NO_ARGS: Final = 0x8
+EXEC_LD_ENV: Final = 0x10
+ENVC: Final = 3  # RAVN_SEC_ENVC
+#: loader variable -> the exec field that carries its value
+LD_FIELDS: Final = {"LD_PRELOAD": "exec.ld_preload", "LD_LIBRARY_PATH": "exec.ld_library_path",
+                    "LD_AUDIT": "exec.ld_audit"}
 
 
 class ExecEvent(ctypes.Structure):
-    """``struct ravn_exec_event`` (2376 bytes). ``argv`` is ``char[16][128]``, mirrored flat."""
+    """``struct ravn_exec_event`` (2768 bytes). ``argv`` is ``char[16][128]`` and ``env`` ``char[3][128]``,
+    mirrored flat."""
 
     _fields_ = [
         ("hdr", RavnHdr),
@@ -51,6 +57,9 @@ class ExecEvent(ctypes.Structure):
         ("fd", ctypes.c_int32),
         ("filename", ctypes.c_char * PATH_LEN),
         ("argv", ctypes.c_char * (ARGC * ARG_LEN)),
+        ("envc", ctypes.c_uint32),
+        ("__pad", ctypes.c_uint32),
+        ("env", ctypes.c_char * (ENVC * ARG_LEN)),
     ]
 
 
@@ -94,7 +103,8 @@ MIRRORS: Final[dict[str, type[ctypes.Structure]]] = {
 CONSTANTS: Final[dict[str, int]] = {
     "RAVN_SEC_PATH_LEN": PATH_LEN, "RAVN_SEC_ARGC": ARGC, "RAVN_SEC_ARG_LEN": ARG_LEN, "RAVN_SEC_STR_LEN": STR_LEN,
     "RAVN_SEC_FSTYPE_LEN": FSTYPE_LEN, "RAVN_EXEC_FD": EXEC_FD, "RAVN_EXEC_MEMFD": EXEC_MEMFD,
-    "RAVN_EXEC_ARGV_TRUNC": EXEC_ARGV_TRUNC, "RAVN_EXEC_NO_ARGS": EXEC_NO_ARGS,
+    "RAVN_EXEC_ARGV_TRUNC": EXEC_ARGV_TRUNC, "RAVN_EXEC_NO_ARGS": EXEC_NO_ARGS, "RAVN_EXEC_LD_ENV": EXEC_LD_ENV,
+    "RAVN_SEC_ENVC": ENVC,
 }
 
 Header = Callable[[tuple[Any, ...]], Event]
@@ -140,7 +150,7 @@ def exec_decoder(header: Header, counters: dict[str, int]) -> Decoder:
             if len(buf) < EXEC_MIN_SIZE:
                 raise ValueError(f"exec record of {len(buf)} bytes")
             buf = bytes(buf) + bytes(full - len(buf))  # buf may be a memoryview
-        v = unpack(buf)  # 9 header values, ret, flags, argc, fd, filename, argv
+        v = unpack(buf)  # 9 header values, ret, flags, argc, fd, filename, argv, envc, pad, env
         ev = header(v)
         argc = min(v[11], ARGC)
         argv = v[14]
@@ -155,6 +165,12 @@ def exec_decoder(header: Header, counters: dict[str, int]) -> Decoder:
         ev["exec.ret"] = v[9]
         ev["exec.memfd"] = bool(v[10] & EXEC_MEMFD)
         ev["exec.argv_truncated"] = bool(v[10] & EXEC_ARGV_TRUNC)
+        if v[10] & EXEC_LD_ENV:
+            env = v[17]
+            for i in range(min(v[15], ENVC)):
+                name, _, value = _str(env[i * ARG_LEN:(i + 1) * ARG_LEN]).partition("=")
+                if name in LD_FIELDS:
+                    ev[LD_FIELDS[name]] = value
         return ev
 
     return decode

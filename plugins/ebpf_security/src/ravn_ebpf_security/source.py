@@ -43,6 +43,7 @@ class SecuritySource(BccProbe):
             f"-DSEC_EXIT={int(c.enabled('exit'))}",
             f"-DSEC_MEMFD_TRACK={int(c.enabled('exec'))}",
             f"-DSEC_EXEC_ENOENT={int(c.exec_enoent)}",
+            f"-DSEC_ENV_SCAN={c.exec_env_scan}",
             f"-DSEC_CAP_MASK={c.capability_mask():#x}ULL",
             f"-DSEC_CAP_MODE={('all', 'denied', 'granted').index(c.capable_report)}",
             f"-DSEC_CAP_WINDOW_NS={c.capable_window_ms * 1_000_000}ULL",
