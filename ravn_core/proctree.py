@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,10 @@ class ProcessTree:
         self.max_depth = max_depth
         self.exit_grace_ns = int(exit_grace_s * 1e9)
         self._procs: OrderedDict[int, ProcInfo] = OrderedDict()
+        #: ``peek(pid)``: the process with this pid, or None, without counting a miss (for readers that probe pids
+        #: the tree may never have seen: the rules' field resolvers, alert evidence). It is the table's own ``get``,
+        #: so a rule reading ``proc.exe`` pays no Python call for it.
+        self.peek: Callable[[int], ProcInfo | None] = self._procs.get
         self._exits: deque[tuple[int, ProcInfo]] = deque()  # (exit evt.ts, process), oldest first
         self.misses = 0
         self.evictions = 0
@@ -150,11 +155,6 @@ class ProcessTree:
             self.evictions += 1
 
     # ------------------------------------------------------------------------------------------ lookups
-    def peek(self, pid: int) -> ProcInfo | None:
-        """The process with this pid, or None; a miss is not counted (for readers that probe pids the tree may
-        never have seen, such as the rules' field resolvers and alert evidence)."""
-        return self._procs.get(pid)
-
     def get(self, pid: int) -> ProcInfo | None:
         """The process with this pid, or None; a miss counts in ``misses``."""
         info = self._procs.get(pid)
