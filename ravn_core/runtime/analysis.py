@@ -67,6 +67,7 @@ class AnalysisStage:
         self.hosts = hosts
         self.sink = sink
         self.transport: Slot | None = None
+        self._transport_acks: bool | None = None  # see _acks
         self.workers: list[Worker] = []
         self.dead_letters: deque[dict[str, Any]] = deque(maxlen=20)  # the last few, for `ravn status`
         self._self_lock = threading.Lock()  # self-alerts come from any thread
@@ -258,11 +259,18 @@ class AnalysisStage:
             out, updates = self.hosts.process(host, alerts, now)
         if not fold:
             out = [a for a in out if all(a is not b for b in alerts)] + alerts
-        if delivery is None and not out and not updates and not incidents:
-            return True
+        if not out and not updates and not incidents and (delivery is None or not self._acks()):
+            return True  # nothing for the sinks, and no ack to make: no handoff to the sink thread
         # the sink thread needs the delivery only to ack it: do not pin the batch's events while alerts wait
         ack = Delivery(delivery.host, [], delivery.token) if delivery is not None else None
         return self.sink.put(SinkItem(ack, out, updates, incidents))
+
+    def _acks(self) -> bool:
+        """Whether the transport's ``ack`` does anything (the embedded transport's is the base no-op)."""
+        if self._transport_acks is None:
+            assert self.transport is not None
+            self._transport_acks = type(self.transport.component).ack is not Transport.ack
+        return self._transport_acks
 
     def score_self(self, alert: Alert) -> None:
         """A self-alert, from any thread: scored and sent each time."""
