@@ -445,12 +445,12 @@ class _Bounded:
             self._done(request)
 
     def _done(self, request: socket.socket) -> None:
-        with self._open_lock:
+        with self._open_lock:  # request threads end concurrently: the count is updated under the lock
             deadline = self._open.pop(request, None)
-        if deadline is None:
-            return
-        if time.monotonic() >= deadline - 0.05:  # ended by its socket timeout or by the reaper below
-            self.reaped += 1
+            if deadline is None:
+                return
+            if time.monotonic() >= deadline - 0.05:  # ended by its socket timeout or by the reaper below
+                self.reaped += 1
         self.slots.release()
 
     def _admit(self, request: socket.socket) -> bool:
