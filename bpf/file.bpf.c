@@ -20,6 +20,9 @@
  * that matter wherever they live, e.g. "/mem" and "/environ" (/proc/<pid>/task/<tid>/mem: a second wildcard the
  * trie cannot hold) or ".pth" and "sitecustomize.py" (Python start-up hooks in any site-packages directory).
  * Cost: a few shifts and two masked compares per entry, no extra read (the path is already in map memory).
+ * chattr: ravn_file_ioctl_enter/exit on syscalls:sys_enter/exit_ioctl report FS_IOC_SETFLAGS and
+ * FS_IOC_FSSETXATTR (file attributes: immutable, append-only) on any file, by fd (the path is read from
+ * /proc/<pid>/fd at decode time); every other ioctl costs one compare at enter and one array read at exit.
  *   Always reported: chmod/fchmod that sets S_ISUID or S_ISGID (whatever the path), chmod/fchmod that grants write
  *   to others (S_IWOTH: chmod 777, a+rwx, o+w) unless it also sets the sticky bit (RAVN_FILE_WORLD_WRITABLE,
  *   RAVN_FILE_F_PERM), and the event types named in RAVN_FILE_ALL_MASK (default: rename, so a mass-rename rule
@@ -663,6 +666,58 @@ int ravn_file_enter(struct ravn_sys_enter *args)
 	e->gid = gid;
 	e->size = size;
 	return file_keep(e, id, ug, type);
+}
+
+/* ---------------------------------------------------------------------------------------------------- chattr */
+/* FS_IOC_SETFLAGS (_IOW('f', 2, long); the 32-bit-int variant too) and FS_IOC_FSSETXATTR (_IOW('X', 32, struct
+ * fsxattr)): how chattr, xfs_io and a program of its own set immutable or append-only. Every other ioctl returns
+ * after this compare; its exit after one array read (ravn_file_ioctls counts the calls in flight). */
+#define R_FS_IOC_SETFLAGS 0x40086602U
+#define R_FS_IOC32_SETFLAGS 0x40046602U
+#define R_FS_IOC_FSSETXATTR 0x401c5820U
+BPF_ARRAY(ravn_file_ioctls, s64, 1);
+
+/* attached to syscalls:sys_enter_ioctl(fd, cmd, arg) */
+int ravn_file_ioctl_enter(struct ravn_sys_enter *args)
+{
+	u32 cmd = (u32)args->a[1];
+	if (cmd != R_FS_IOC_SETFLAGS && cmd != R_FS_IOC32_SETFLAGS && cmd != R_FS_IOC_FSSETXATTR)
+		return 0;
+	u64 id, ug;
+	struct ravn_file_event *e = file_begin(&id, &ug);
+	if (!e)
+		return 0;
+	u32 attrs = 0; /* the flags word, or fsxattr.fsx_xflags (its first member) */
+	bpf_probe_read_user(&attrs, sizeof(attrs), (const void *)args->a[2]);
+	e->path[0] = 0;
+	e->dirfd = (s32)args->a[0];
+	e->flags = cmd;
+	e->mode = attrs;
+	e->why = RAVN_FILE_F_FD;
+	u32 zero = 0;
+	s64 *n = ravn_file_ioctls.lookup(&zero);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	return file_keep(e, id, ug, RAVN_EVT_CHATTR);
+}
+
+/* attached to syscalls:sys_exit_ioctl */
+int ravn_file_ioctl_exit(struct ravn_sys_exit *args)
+{
+	u32 zero = 0;
+	s64 *n = ravn_file_ioctls.lookup(&zero);
+	if (!n || *n <= 0)
+		return 0;
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct ravn_file_event *e = ravn_file_inflight.lookup(&tid);
+	if (!e || e->hdr.type != RAVN_EVT_CHATTR)
+		return 0;
+	__sync_fetch_and_add(n, -1);
+	e->ret = args->ret;
+	if (ravn_events.ringbuf_output(e, RAVN_FILE_SHORT_SIZE, 0) != 0)
+		ravn_count_drop();
+	ravn_file_inflight.delete(&tid);
+	return 0;
 }
 
 /* ---------------------------------------------------------------------------------------------------- exit */

@@ -188,6 +188,14 @@ EVENT_TYPES: Final[dict[str, EventType]] = {
            ("socket.type", "str", "SOCK_RAW, SOCK_DGRAM, SOCK_PACKET, ... (without SOCK_NONBLOCK/SOCK_CLOEXEC)"),
            ("socket.protocol", "int", "protocol argument (ETH_P_* in network byte order for AF_PACKET)"),
            ("socket.ret", "int", "the new fd or -errno")),
+        _t("chattr", "ebpf_file", "file attributes set with the FS_IOC_SETFLAGS or FS_IOC_FSSETXATTR ioctl (what "
+                                  "chattr does: immutable, append-only...), on any file; other ioctls are not reported",
+           ("file.path", "str", "the file, from its fd when the record is decoded (empty if already closed)"),
+           ("file.attr_flags", "int", "the new attribute word as FS_*_FL bits (FS_IMMUTABLE_FL 0x10, FS_APPEND_FL "
+                                      "0x20; an fsxattr's FS_XFLAG_IMMUTABLE/APPEND translated to them)"),
+           ("file.immutable", "bool", "the file is left immutable (chattr +i, or any change that keeps i)"),
+           ("file.append_only", "bool", "the file is left append-only (chattr +a)"),
+           ("file.ret", "int", "ioctl result")),
     )
 }
 

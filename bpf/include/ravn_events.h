@@ -64,7 +64,8 @@ enum ravn_event_type {
 	RAVN_EVT_PROCESS_VM = 31, /* ebpf_security, struct ravn_sec_event */
 	RAVN_EVT_PRCTL = 32, /* ebpf_security, struct ravn_sec_event */
 	RAVN_EVT_SOCKET = 33, /* ebpf_security, struct ravn_sec_event */
-	RAVN_EVT_MAX = 34, /* one past the last id */
+	RAVN_EVT_CHATTR = 34, /* ebpf_file, struct ravn_file_event: FS_IOC_SETFLAGS / FS_IOC_FSSETXATTR ioctl */
+	RAVN_EVT_MAX = 35, /* one past the last id */
 };
 
 /* Common header, first member of every event struct. 56 bytes. */
@@ -245,8 +246,10 @@ struct ravn_file_event {
 	struct ravn_hdr hdr;
 	s64 ret;          /* syscall result: fd or -errno for open, 0 or -errno otherwise */
 	s64 size;         /* truncate: new length */
-	u32 flags;        /* open: O_* flags; unlinkat/linkat/fchownat/fchmodat2: AT_* flags; renameat2: RENAME_* */
-	u32 mode;         /* open: creation mode; chmod: new mode */
+	u32 flags;        /* open: O_* flags; unlinkat/linkat/fchownat/fchmodat2: AT_* flags; renameat2: RENAME_*;
+	                   * chattr: the ioctl command */
+	u32 mode;         /* open: creation mode; chmod: new mode; chattr: the attribute word passed (FS_*_FL, or
+	                   * fsxattr.fsx_xflags for FS_IOC_FSSETXATTR) */
 	u32 uid;          /* chown: new owner (0xffffffff unchanged) */
 	u32 gid;          /* chown: new group */
 	s32 dirfd;        /* directory fd path is relative to (AT_FDCWD -100), or the fd of fchmod */

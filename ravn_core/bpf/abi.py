@@ -22,7 +22,7 @@ EVENT_TYPE_IDS: Final[dict[str, int]] = {
     "exec": 9, "fork": 10, "exit": 11, "cred": 12, "ptrace": 13, "module": 14, "capable": 15,
     "memfd_create": 16, "bpf": 17, "mount": 18, "unshare": 19, "setns": 20, "dup": 21,
     "open": 22, "unlink": 23, "rename": 24, "chmod": 25, "chown": 26, "link": 27, "symlink": 28, "truncate": 29,
-    "setsid": 30, "process_vm": 31, "prctl": 32, "socket": 33,
+    "setsid": 30, "process_vm": 31, "prctl": 32, "socket": 33, "chattr": 34,
 }
 #: C enum constant of each event type, for the ABI test (RAVN_EVT_<NAME upper>).
 EVENT_TYPE_CONSTANTS: Final[dict[str, str]] = {name: f"RAVN_EVT_{name.upper()}" for name in EVENT_TYPE_IDS}

@@ -403,6 +403,24 @@ def ld_preload_env(work: Path) -> None:
     sh(f"LD_PRELOAD={lib} /bin/true")
 
 
+@scenario("T1222.002", "a program of its own sets, then clears, the immutable attribute (FS_IOC_SETFLAGS ioctl)",
+          "immutable_attribute_set")
+def immutable_ioctl(work: Path) -> None:
+    import fcntl
+    import struct
+
+    path = work / "locked"
+    path.write_text("x")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        flags = struct.unpack("l", fcntl.ioctl(fd, 0x80086601, struct.pack("l", 0)))[0]  # FS_IOC_GETFLAGS
+        fcntl.ioctl(fd, 0x40086602, struct.pack("l", flags | 0x10))  # FS_IOC_SETFLAGS +i
+        time.sleep(0.2)  # the fd is still open when the record is decoded
+        fcntl.ioctl(fd, 0x40086602, struct.pack("l", flags))  # -i: the work dir is removed afterwards
+    finally:
+        os.close(fd)
+
+
 class IoVec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 

@@ -137,6 +137,9 @@ ATTACKS: dict[str, list[dict[str, Any]]] = {
     "proc_environ_dumped": by("/usr/bin/strings", Open("/proc/4242/task/4243/environ", comm="strings")),
     "ld_preload_env_from_writable_dir": [X("/usr/bin/ls", exec__ld_preload="/tmp/T1574006.so")],
     "ld_preload_env": [X("/usr/sbin/sshd", "-D", exec__ld_preload="/home/al/.cache/libx.so")],
+    "immutable_attribute_set": by("/tmp/.x/implant", E("chattr", comm="implant", file__path="/etc/cron.d/x",
+                                                       file__attr_flags=0x80010, file__immutable=True,
+                                                       file__append_only=False, file__ret=0)),
     "python_startup_hook_written": [Open("/home/al/.local/lib/python3.11/site-packages/x.pth", write=True,
                                          comm="python3")],
     "kcore_read": [Open("/proc/kcore", comm="dd")],
@@ -426,6 +429,8 @@ def _benign() -> list[list[dict[str, Any]]]:
         # the environment: systemd by its executable, a process reading its own
         by("/usr/lib/systemd/systemd", Open("/proc/4242/environ", comm="systemd")),
         by("/usr/bin/cat", Open("/proc/self/environ", comm="cat")),
+        by("/usr/bin/chattr", E("chattr", comm="chattr", file__path="/srv/x", file__attr_flags=0x10,
+                                file__immutable=True, file__append_only=False, file__ret=0)),  # chattr itself
         # loader variables: fakeroot, a sanitizer and jemalloc preload installed libraries, a build runs its own
         by("/usr/bin/dpkg-deb", X("/usr/bin/tar", "-cf", "x", exec__ld_preload="libfakeroot-sysv.so"),
            parents=chain(("/usr/bin/fakeroot", "fakeroot"))),

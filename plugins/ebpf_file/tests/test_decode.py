@@ -210,9 +210,12 @@ def test_only_specific_tracepoints() -> None:
     from ravn_core.testing import make_context
 
     tps = FileSource("f", FileConfig(), make_context("f")).tracepoints()
-    assert len(tps) == 48 and all(tp.startswith(("syscalls:sys_enter_", "syscalls:sys_exit_")) for _, tp in tps)
+    assert len(tps) == 50 and all(tp.startswith(("syscalls:sys_enter_", "syscalls:sys_exit_")) for _, tp in tps)
     assert all(Path("/sys/kernel/tracing/events", *tp.split(":")).is_dir() for _, tp in tps) or \
         not Path("/sys/kernel/tracing/events").is_dir()
+    assert ("ravn_file_ioctl_enter", "syscalls:sys_enter_ioctl") in tps  # chattr: ioctl filtered by command
+    off = FileSource("f", FileConfig(report_chattr=False), make_context("f")).tracepoints()
+    assert len(off) == 48 and not any("ioctl" in tp for _, tp in off)
 
 
 @pytest.mark.parametrize(("raw", "normal"), [

@@ -221,8 +221,8 @@ def test_nothing_attached_after_stop(base: Path, bystander: int) -> None:
         assert src.bpf is not None
         ids = src.program_ids()
         h = src.health()
-        assert h.state == "ok" and h.counters["programs_attached"] == h.counters["programs_expected"] == 50
-        assert len(ids) == 4  # enter, exit + the base's fork/exit programs
+        assert h.state == "ok" and h.counters["programs_attached"] == h.counters["programs_expected"] == 52
+        assert len(ids) == 6  # enter, exit, ioctl enter and exit + the base's fork/exit programs
     finally:
         src.stop()
     assert src.bpf is None and src.health().state == "stopped"
@@ -302,3 +302,48 @@ def test_suffixes_report_task_memory_environ_and_python_hooks(probe: FileSource,
     rules = probe.rules
     assert [p for p in reads + quiet if rules.wanted("open", p, None, False, False)] == reads
     assert all(rules.wanted("open", p, None, True, False) for p in writes)
+
+
+def test_chattr_ioctls_reported_by_fd_others_dropped(probe: FileSource, tmp_path: Path) -> None:
+    """chattr +i / -i / +a (FS_IOC_SETFLAGS), the same through FS_IOC_FSSETXATTR by a program of its own, on a file
+    outside every prefix: one chattr event each, the path from the fd, the attribute word and the result as the
+    kernel returned them; the GETFLAGS/FSGETXATTR reads and other ioctls (a tty's) are not reported."""
+    import fcntl
+    import struct
+
+    f = tmp_path / "attr"
+    f.write_text("x")
+    probe.poll(0)
+    chattr_pids = []
+    for flag in ("+i", "-i", "+a", "-a"):
+        p = subprocess.Popen(["chattr", flag, str(f)])
+        chattr_pids.append(p.pid)
+        assert p.wait() == 0
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        raw = bytearray(28)
+        fcntl.ioctl(fd, 0x801C581F, raw)  # FS_IOC_FSGETXATTR
+        xflags = struct.unpack_from("I", raw)[0]
+        struct.pack_into("I", raw, 0, xflags | 0x8)  # FS_XFLAG_IMMUTABLE
+        fcntl.ioctl(fd, 0x401C5820, bytes(raw))  # FS_IOC_FSSETXATTR
+        struct.pack_into("I", raw, 0, xflags)
+        fcntl.ioctl(fd, 0x401C5820, bytes(raw))
+        try:
+            fcntl.ioctl(fd, 0x5401, bytes(64))  # TCGETS on a regular file: ENOTTY, not reported
+        except OSError:
+            pass
+        collected = collect_until_quiet(probe)  # while the fd is open: the decoder reads its path
+    finally:
+        os.close(fd)
+    # chattr has exited by the time its record is decoded, so its fd names nothing any more ("": the exec event's
+    # argv holds the path); this process still has its fd open
+    events = [e for e in collected if e["evt.type"] == "chattr" and e["file.path"] in ("", str(f))
+              and e["proc.pid"] in (os.getpid(), *chattr_pids)]
+    got = [(e["file.immutable"], e["file.append_only"], e["file.ret"]) for e in events]
+    assert got == [(True, False, 0), (False, False, 0), (False, True, 0), (False, False, 0),
+                   (True, False, 0), (False, False, 0)], got
+    assert [e["proc.comm"] for e in events[:4]] == ["chattr"] * 4
+    assert all(e["file.attr_flags"] & 0x10 for e in events if e["file.immutable"])
+    assert [e["file.path"] for e in events[4:]] == [str(f)] * 2 and [e["proc.pid"] for e in events[4:]] == [
+        os.getpid()] * 2
+    assert not os.popen(f"lsattr {f}").read().split()[0].count("i")  # ground truth: left mutable

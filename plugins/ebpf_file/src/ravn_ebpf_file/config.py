@@ -161,6 +161,9 @@ class FileConfig(BccProbeConfig):
     report_world_writable: bool = Field(
         True, description="report every chmod/fchmod that grants write to others (chmod 777, a+rwx, o+w), "
                           "wherever the file is; sticky directories (1777) excepted")
+    report_chattr: bool = Field(
+        True, description="report file attribute changes (FS_IOC_SETFLAGS / FS_IOC_FSSETXATTR ioctls: chattr +i, "
+                          "+a) on any file; every other ioctl is dropped in the kernel after one compare")
     normalize_paths: bool = Field(
         True, description="send absolute paths with '//', '.' or '..' components (/etc//shadow, /tmp/../etc/"
                           "shadow) to user space, which normalises them and applies the prefixes; without it "

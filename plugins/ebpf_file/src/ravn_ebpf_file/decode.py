@@ -31,6 +31,11 @@ F_NORMALIZE: Final = 0x80
 F_NEWNORMALIZE: Final = 0x100
 F_PERM: Final = 0x200
 F_CWD: Final = 0x400
+FS_IOC_FSSETXATTR: Final = 0x401C5820  # ioctl commands a chattr record carries in flags (with FS_IOC_SETFLAGS)
+FS_IMMUTABLE_FL: Final = 0x10
+FS_APPEND_FL: Final = 0x20
+FS_XFLAG_IMMUTABLE: Final = 0x8
+FS_XFLAG_APPEND: Final = 0x10
 WRITE_FLAGS: Final = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
 
 #: what the decoders count (in the source's health counters)
@@ -161,6 +166,15 @@ def make_decoders(header: Callable[[tuple[Any, ...]], Event], rules: PathRules, 
     def nothing(e: Event, v: tuple[Any, ...]) -> None:
         pass
 
+    def chattr(e: Event, v: tuple[Any, ...]) -> None:
+        attrs = v[_MODE]
+        if v[_FLAGS] == FS_IOC_FSSETXATTR:  # fsx_xflags: translate the two that matter to FS_*_FL bits
+            attrs = (FS_IMMUTABLE_FL if attrs & FS_XFLAG_IMMUTABLE else 0) | (
+                FS_APPEND_FL if attrs & FS_XFLAG_APPEND else 0)
+        e["file.attr_flags"] = attrs
+        e["file.immutable"] = bool(attrs & FS_IMMUTABLE_FL)
+        e["file.append_only"] = bool(attrs & FS_APPEND_FL)
+
     ids = EVENT_TYPE_IDS
     return {
         ids["open"]: decoder("open", open_),
@@ -171,4 +185,5 @@ def make_decoders(header: Callable[[tuple[Any, ...]], Event], rules: PathRules, 
         ids["link"]: decoder("link", newpath),
         ids["symlink"]: decoder("symlink", newpath),
         ids["truncate"]: decoder("truncate", truncate),
+        ids["chattr"]: decoder("chattr", chattr),
     }

@@ -43,6 +43,9 @@ class FileSource(BccProbe):
         out: list[tuple[str, str]] = []
         for sc in SYSCALLS:
             out += [("ravn_file_enter", f"syscalls:sys_enter_{sc}"), ("ravn_file_exit", f"syscalls:sys_exit_{sc}")]
+        if self.config.report_chattr:
+            out += [("ravn_file_ioctl_enter", "syscalls:sys_enter_ioctl"),
+                    ("ravn_file_ioctl_exit", "syscalls:sys_exit_ioctl")]
         return out
 
     def probe_cflags(self) -> list[str]:
