@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import msgpack
 import pytest
@@ -255,6 +256,54 @@ def test_prefetched_entries_reclaimed_by_another_worker_are_not_processed_twice(
     assert all_seqs(got) == list(range(10, 80)) and fast.health().counters["reclaimed"] == 7
     assert slow.consume(0.2) is None  # its queued entries belong to fast now: dropped, not processed
     assert slow.health().counters["lost_to_reclaim"] == 7
+
+
+def test_a_reclaim_between_our_check_and_our_touch_does_not_deliver_twice(
+        redis_server: RedisServer, make_transport: Made) -> None:
+    """A worker that held an entry long checks it is still pending on it, then touches it. Another worker's
+    XAUTOCLAIM landing between the two (injected here: the race cannot be timed for real) must not end with
+    both workers processing the entry: the check and the touch are one server-side step."""
+    agent = make_transport(redis_server)
+    for b in batches("h1", 0, 2, 10):
+        agent.publish("h1", b)
+    agent.flush(5)
+    slow = make_transport(redis_server, host="slow", read_count=2, claim_idle_ms=300)
+    d = slow.consume(2)
+    assert d is not None
+    slow.ack(d)
+    slow.flush(0)  # the second batch waits in slow's local queue
+    time.sleep(0.4)  # ... longer than claim_idle_ms
+    fast = make_transport(redis_server, host="fast", claim_idle_ms=300)
+    real = slow.consumer.client
+    other: list[Any] = []
+
+    class Interleaved:
+        """slow's client; right after any XPENDING it sends, fast reclaims and processes the entry."""
+
+        def __getattr__(self, name: str) -> Any:
+            attr = getattr(real, name)
+            if name != "xpending_range":
+                return attr
+
+            def xpending_then_reclaim(*args: Any, **kwargs: Any) -> Any:
+                reply = attr(*args, **kwargs)
+                got = fast.consume(2)
+                if got is not None:
+                    other.append(got)
+                    fast.ack(got)
+                return reply
+            return xpending_then_reclaim
+
+    slow.consumer.client = Interleaved()
+    mine = slow.consume(0.5)
+    slow.consumer.client = real
+    if mine is None and not other:
+        got = fast.consume(2)  # nothing interleaved (the atomic path): fast reclaims it afterwards
+        if got is not None:
+            other.append(got)
+    processed = [d for d in [mine, *other] if d is not None]
+    assert len(processed) == 1, "the second batch was processed by both workers"
+    assert [e["test.seq"] for e in processed[0].batch] == list(range(10, 20))
 
 
 def test_idle_consumers_that_own_nothing_are_forgotten(redis_server: RedisServer, make_transport: Made) -> None:

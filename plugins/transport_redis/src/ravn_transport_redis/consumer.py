@@ -371,6 +371,12 @@ class ConsumerBase(ABC):
 
 # KEYS[1] stream; ARGV group, idle threshold (ms), our own name. XINFO CONSUMERS replies (RESP2) are flat
 # arrays: name, <name>, pending, <n>, idle, <ms>, ...
+_KEEP_LUA = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2]) == 0 then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+"""
+
 _FORGET_LUA = """
 local n = 0
 for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
@@ -406,6 +412,7 @@ class StreamConsumer(ConsumerBase):
         self._groups: set[str] = set()
         self._next_discover = 0.0
         self._forget_script: Any = None  # registered on first use (the cluster client connects lazily)
+        self._keep_script: Any = None
 
     def _setup(self) -> None:
         self._discover()
@@ -519,13 +526,14 @@ class StreamConsumer(ConsumerBase):
 
     def _still_mine(self, key: str, entry: Any) -> bool:
         """For an entry that waited long in the local queue: is it still pending on us? Then touch it
-        (XCLAIM JUSTID resets its idle time) so nobody reclaims it while we work on it."""
-        p = self.client.xpending_range(key, self.cfg.group, min=entry, max=entry, count=1,
-                                       consumername=self.link.consumer)
-        if not p:
+        (XCLAIM JUSTID resets its idle time) so nobody reclaims it while we work on it. One script, so the
+        check and the touch are atomic: another worker's XAUTOCLAIM between them would otherwise be taken
+        back by our XCLAIM (min-idle 0) and the entry processed by both."""
+        if self._keep_script is None:
+            self._keep_script = self.client.register_script(_KEEP_LUA)
+        if not self._keep_script(keys=[key], args=[self.cfg.group, self.link.consumer, entry]):
             self.counters["lost_to_reclaim"] += 1
             return False
-        self.client.xclaim(key, self.cfg.group, self.link.consumer, 0, [entry], justid=True)
         return True
 
     def _ack_command(self, pipe: Any, key: str, entries: list[Any]) -> None:
