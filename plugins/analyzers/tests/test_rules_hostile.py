@@ -141,10 +141,11 @@ def test_a_recursive_alias_in_a_rule_file_is_a_clear_error(tmp_path: Path) -> No
     ("- rule: r\n  description: x\n  score: 60\n  score: 70\n", "hostile.yaml:4: [0].score: duplicate key"),
     (rule("file.path regex '(a)\\1'"), "hostile.yaml:7: rule 'r': condition: file.path regex: invalid escape"),
 ])
+@pytest.mark.parametrize("command", [["rules", "list", "--config"], ["config", "check"]])
 def test_hostile_rule_files_a_config_names_fail_fast_with_file_and_line(tmp_path: Path, rules: str,
-                                                                       error: str) -> None:
-    """Through the real CLI, as the daemon loads them: `ravn rules list --config` (config check does not load
-    rule files) exits 2 within seconds, with one line naming the rule file and line."""
+                                                                       error: str, command: list[str]) -> None:
+    """Through the real CLI, as the daemon loads them: `ravn rules list --config` and `ravn config check` (which
+    builds the analyzers) exit 2 within seconds, with one line naming the rule file and line."""
     import subprocess
     import sys
 
@@ -152,9 +153,9 @@ def test_hostile_rule_files_a_config_names_fail_fast_with_file_and_line(tmp_path
     cfg = tmp_path / "ravn.yaml"
     cfg.write_text("analyzers:\n  - plugin: analyzer_rules\n    rule_files: [default, hostile.yaml]\n")
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "ravn_core.cli", "rules", "list", "--config", str(cfg)],
+    out = subprocess.run([sys.executable, "-m", "ravn_core.cli", *command, str(cfg)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stdout == "", out.stderr
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{tmp_path}/{error}"), lines
+    assert len(lines) == 1 and lines[0].removeprefix("ravn: error: ").startswith(f"{tmp_path}/{error}"), lines
     assert time.monotonic() - t0 < 30  # the interpreter and plugin start are most of it
