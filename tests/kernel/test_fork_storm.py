@@ -53,5 +53,7 @@ def test_fork_storm_keeps_the_process_tree_bounded(tmp_path: Path) -> None:
     print(f"{FORKS} forks: tree max {max(sizes)} (bound {bound}), evictions {tree.evictions}, "
           f"events {stats['analyzed']}, kernel drops {kernel_drops}")
     assert max(sizes) <= bound
-    assert tree.evictions >= FORKS - bound - kernel_drops
+    # a fork record lost in the ring (kernel_drops) or dropped at a full stage queue (dropped) never reaches the
+    # tree, so it evicts nothing
+    assert tree.evictions >= FORKS - bound - kernel_drops - stats["dropped"]
     assert stats["accepted"] == stats["analyzed"] + stats["dropped"]
