@@ -15,10 +15,11 @@
  * wildcard, "/home/X/.ssh/" with X = '*': its root ("/home/") goes in ravn_file_wild, and a path under that root
  * is looked up a second time with its first component after the root replaced by '*'. Everything is bounded:
  * one or two trie lookups per path, fixed-size compares.
- * Suffixes: when no prefix matches an absolute path, its last 16 bytes are compared with the entries of
- * ravn_file_suffix (at most RAVN_FILE_MAX_SUFFIX, each at most 16 bytes, with a class like a prefix's): names
- * that matter wherever they live, e.g. "/mem" and "/environ" (/proc/<pid>/task/<tid>/mem: a second wildcard the
- * trie cannot hold) or ".pth" and "sitecustomize.py" (Python start-up hooks in any site-packages directory).
+ * Suffixes: when no prefix (or only an exec-grant one) matches an absolute path, its last 16 bytes are compared
+ * with the entries of ravn_file_suffix (at most RAVN_FILE_MAX_SUFFIX, each at most 16 bytes, with a class like a
+ * prefix's): names that matter wherever they live, e.g. "/mem" and "/environ" (/proc/<pid>/task/<tid>/mem: a
+ * second wildcard the trie cannot hold) or ".pth" and "sitecustomize.py" (Python start-up hooks in any
+ * site-packages directory, a venv's under /tmp too).
  * Cost: a few shifts and two masked compares per entry, no extra read (the path is already in map memory).
  * chattr: ravn_file_ioctl_enter/exit on syscalls:sys_enter/exit_ioctl report FS_IOC_SETFLAGS and
  * FS_IOC_FSSETXATTR (file attributes: immutable, append-only) on any file, by fd (the path is read from
@@ -595,14 +596,17 @@ int ravn_file_enter(struct ravn_sys_enter *args)
 #if RAVN_FILE_N_SUFFIX > 0
 	/* suffixes: the first path of an open or a change when no prefix matched it (not a rename's or link's new
 	 * name: renames are reported for every path by default), checked once, outside file_classify, so the
-	 * verifier does not walk it for both paths */
-	if (p1 && !c1 && !target && e->path[0] == '/') {
+	 * verifier does not walk it for both paths. An exec-grant prefix (temp dirs: chmods only) does not hide
+	 * them: a .pth written into a venv under /tmp is reported like one anywhere else. */
+	if (p1 && !(c1 & ~FILE_CLASS_EXEC_GRANT) && !target && e->path[0] == '/') {
 		u32 zero = 0;
 		struct file_slashes *sl = ravn_file_slash.lookup(&zero);
 		if (sl) {
-			c1 = file_suffix_class(e->path, (long)sl->len - 1);
-			if (c1)
+			u32 cs = file_suffix_class(e->path, (long)sl->len - 1);
+			if (cs) {
+				c1 |= cs;
 				e->why |= RAVN_FILE_F_MATCHED;
+			}
 		}
 	}
 #endif

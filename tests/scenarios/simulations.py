@@ -831,6 +831,87 @@ def systemd_link_from_shm(work: Path) -> None:
                    timeout=TIMEOUT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+
+# ------------------------------------------------------------------ classes the Atomic Red Team rerun found missing
+@scenario("T1204.002", "a script without a #! line decoded into /tmp, made executable and run (ENOEXEC: the shell "
+          "reads it itself; default prefixes)", "temp_file_made_executable_and_run")
+def noshebang_script_in_tmp(work: Path) -> None:
+    path = Path(f"/tmp/ravn-noshebang-{os.getpid()}")
+    try:
+        sh(f"echo dHJ1ZQo= | base64 -d > {path} && chmod +x {path} && {path}")
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@scenario("T1546.018", "a shell writes a .pth hook into a venv under /tmp (an exec-grant prefix; default prefixes)",
+          "python_startup_hook_written")
+def python_pth_hook_tmp_venv(work: Path) -> None:
+    root = Path(f"/tmp/ravn-venv-{os.getpid()}")
+    site = root / "env" / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True, exist_ok=True)
+    try:
+        sh(f"echo 'import os; os.system(\"true\")' > {site}/zz_hook.pth")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@scenario("T1036.008", "a shell script named image.png in /tmp handed to sh", "file_type_masquerade_run")
+def image_named_script(work: Path) -> None:
+    path = Path(f"/tmp/ravn-{os.getpid()}-image.png")
+    try:
+        path.write_text("#!/bin/sh\ntrue\n")
+        sh(f"sh {path}")
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@scenario("T1140", "a python -c one-liner decodes a base64 command and runs it with os.system",
+          "decoded_oneliner_executed")
+def decoded_oneliner_exec(work: Path) -> None:
+    subprocess.run(["/usr/bin/python3", "-c", "import base64,os; os.system(base64.b64decode('dHJ1ZQ==').decode())"],
+                   timeout=TIMEOUT)
+
+
+@scenario("T1560.002", "a python -c one-liner zips a system file into the work dir (archive via a library)",
+          "interpreter_oneliner_archives_data")
+def python_archive_oneliner(work: Path) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["/usr/bin/python3", "-c", f"from zipfile import ZipFile; "
+                    f"ZipFile('{work}/h.zip', mode='w').write('/etc/hostname')"], timeout=TIMEOUT)
+
+
+@scenario("T1222.002", "chown root:root of a file in a temp dir", "temp_file_given_to_root")
+def chown_root_in_tmp(work: Path) -> None:
+    path = Path(f"/tmp/ravn-chown-{os.getpid()}")
+    try:
+        path.write_text("x")
+        sh(f"chown root:root {path}")
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@scenario("T1546.005", "bash -c sets an EXIT trap that starts a script with nohup", "shell_trap_runs_program")
+def shell_trap_nohup(work: Path) -> None:
+    script = fake_tool(work, "on-exit.sh", "true")
+    subprocess.run(["/bin/bash", "-c", f'trap "nohup sh {script} >/dev/null 2>&1" EXIT'], timeout=TIMEOUT)
+
+
+@scenario("T1056.001", "bash -c sets a DEBUG trap that appends every command ($BASH_COMMAND) to a file",
+          "shell_command_logger")
+def shell_debug_trap_logger(work: Path) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["/bin/bash", "-c", f"trap 'echo \"$BASH_COMMAND\" >> {work}/cmds' DEBUG; true; true"],
+                   timeout=TIMEOUT)
+
+
+@scenario("T1564.001", "mkdir of a hidden directory in /tmp (default config)", "hidden_dir_in_temp")
+def hidden_dir_tmp(work: Path) -> None:
+    path = Path(f"/tmp/.ravn-scn-{os.getpid()}")
+    try:
+        subprocess.run(["mkdir", str(path)], timeout=TIMEOUT)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
 SCENARIOS["canary"] = Scenario("canary", "T1059", (), "harness readiness check", canary)
 ATTACKS = [n for n in SCENARIOS if n != "canary"]
 

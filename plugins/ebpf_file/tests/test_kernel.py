@@ -269,20 +269,26 @@ def test_suffixes_report_task_memory_environ_and_python_hooks(probe: FileSource,
     """The default suffixes: /proc/<pid>/task/<tid>/mem and .../environ (two wildcards no prefix holds) and
     /proc/<pid>/environ are read opens reported wherever the path is; .pth, usercustomize.py and sitecustomize.py
     are reported when opened for writing only. Paths shorter than the 16-byte window (/proc/1/environ,
-    /tmp/<x>.pth) take the kernel's shifted compare; what the kernel sent agrees with PathRules."""
+    /tmp/<x>.pth) take the kernel's shifted compare; what the kernel sent agrees with PathRules. An exec-grant
+    prefix (a temp dir, where only chmods +x are reported) does not hide them: a venv's hook under it is reported,
+    another file written there is not."""
     sleeper = subprocess.Popen(["sleep", "30"])
     site = base / "outside" / "lib" / "python3.11" / "site-packages"
     site.mkdir(parents=True, exist_ok=True)
+    grant_site = base / "grant" / "env" / "lib" / "python3.11" / "site-packages"
+    grant_site.mkdir(parents=True, exist_ok=True)
     short = Path(f"/tmp/{os.getpid() % 1000}.pth")
     try:
         pid = sleeper.pid
         reads = [f"/proc/{pid}/task/{pid}/mem", f"/proc/{pid}/task/{pid}/environ", f"/proc/{pid}/environ",
                  "/proc/1/environ"]
-        writes = [f"{site}/evil.pth", f"{site}/usercustomize.py", f"{site}/sitecustomize.py", str(short)]
+        writes = [f"{site}/evil.pth", f"{site}/usercustomize.py", f"{site}/sitecustomize.py", str(short),
+                  f"{grant_site}/atomic_hook.pth"]
         quiet = [f"/proc/{pid}/status", f"/proc/{pid}/task/{pid}/stat", f"{site}/evil.pth",  # a read of a .pth
                  f"{site}/x.pthx"]
+        quiet_writes = [f"{grant_site}/mod.py", f"{base}/grant/run.sh"]
         probe.poll(0)
-        for p in writes:
+        for p in writes + quiet_writes:
             os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
         for p in reads + quiet:
             if not os.path.exists(p):
@@ -302,6 +308,7 @@ def test_suffixes_report_task_memory_environ_and_python_hooks(probe: FileSource,
     rules = probe.rules
     assert [p for p in reads + quiet if rules.wanted("open", p, None, False, False)] == reads
     assert all(rules.wanted("open", p, None, True, False) for p in writes)
+    assert not any(rules.wanted("open", p, None, True, False) for p in quiet_writes)
 
 
 def test_chattr_ioctls_reported_by_fd_others_dropped(probe: FileSource, tmp_path: Path) -> None:

@@ -8,8 +8,9 @@ Prefix semantics (the same in the kernel's LPM trie and in :class:`PathRules`):
   the ``*`` is a *root* (at most 30 bytes, at most 4 distinct roots);
 - the most specific (longest) matching prefix decides, so an exclude can carve a hole in a watched directory;
 - suffixes (``read_suffixes``, ``write_suffixes``; at most 8, each at most 16 bytes) apply to an absolute path that
-  no prefix matches: ``/environ`` catches ``/proc/<pid>/environ`` and ``/proc/<pid>/task/<tid>/environ`` (a second
-  wildcard the prefixes cannot hold), ``.pth`` a Python start-up hook in any site-packages directory;
+  no prefix (or only an exec-grant prefix) matches: ``/environ`` catches ``/proc/<pid>/environ`` and
+  ``/proc/<pid>/task/<tid>/environ`` (a second wildcard the prefixes cannot hold), ``.pth`` a Python start-up hook
+  in any site-packages directory (a venv's under /tmp too);
 - classes: ``read_prefixes`` report every open (and every change), ``write_prefixes`` report opens with write
   intent (O_WRONLY, O_RDWR, O_CREAT, O_TRUNC) and every change, ``exclude_prefixes`` report nothing (except a
   setuid/setgid chmod, which is always reported).
@@ -133,18 +134,21 @@ class FileConfig(BccProbeConfig):
     exec_grant_prefixes: list[str] = Field(
         default_factory=lambda: list(DEFAULT_EXEC_GRANT),
         description="chmods that leave an execute bit set (chmod +x, 755) of files under these are reported, "
-                    "nothing else is (a dropper makes its download executable; chmods are rare, so it is cheap)")
+                    "nothing else is but the write_suffixes/read_suffixes (a dropper makes its download "
+                    "executable; chmods are rare, so it is cheap)")
     exclude_prefixes: list[str] = Field(
         default_factory=list,
         description="nothing under these is reported when it is the most specific match (setuid chmods still are)")
     read_suffixes: list[str] = Field(
         default_factory=lambda: list(DEFAULT_READ_SUFFIXES),
         description="every open of an absolute path that ends with one of these and matches no prefix is reported "
-                    "(at most 16 bytes each; '/environ' covers /proc/<pid>/task/<tid>/environ too)")
+                    "(an exec-grant prefix does not count; at most 16 bytes each; '/environ' covers "
+                    "/proc/<pid>/task/<tid>/environ too)")
     write_suffixes: list[str] = Field(
         default_factory=lambda: list(DEFAULT_WRITE_SUFFIXES),
         description="opens with write intent and changes of an absolute path that ends with one of these and "
-                    "matches no prefix are reported ('.pth': Python start-up hooks in any site-packages)")
+                    "matches no prefix (an exec-grant prefix does not count) are reported ('.pth': Python start-up "
+                    "hooks in any site-packages, a venv's under /tmp too)")
     report_all: list[FileEventType] = Field(
         default_factory=lambda: _default_report_all(),
         description="event types reported for every path, watched or not: by default renames, so a mass-rename "
@@ -241,10 +245,10 @@ class PathRules:
                 n = len(prefix)
                 if n > best and cand.startswith(prefix):
                     best, klass = n, c
-        if not klass and path.startswith("/"):
+        if not klass & ~CLASS_EXEC_GRANT and path.startswith("/"):  # an exec-grant prefix does not hide them
             for suffix, c in self.suffixes.items():  # the first in order, as the kernel's array
                 if path.endswith(suffix):
-                    return c
+                    return klass | c
         return klass
 
     def wanted(self, event_type: str, path: str, newpath: str | None, write: bool, report_all: bool,
