@@ -38,6 +38,9 @@ class BccProbeConfig(PluginConfig):
     max_excluded: int = Field(4096, ge=16, description="entries of the excluded-tgid map (RAVN, its children, "
                                                        "configured pids and their descendants)")
     max_batch: int = Field(16384, ge=1, description="at most this many events returned by one poll")
+    batch_ms: int = Field(10, ge=0, le=1000,
+                          description="after a poll returned events, let the ring fill this long before reading it "
+                                      "again (events of a busy ring go out in batches; 0: read as soon as woken)")
     filters: ProbeFilters = Field(default_factory=ProbeFilters, description="in-kernel excludes")
 
     @field_validator("ring_buffer_kb")

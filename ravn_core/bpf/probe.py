@@ -14,8 +14,8 @@ child, :mod:`ravn_core.bpf.loader`; the daemon keeps only the fds):
 - the ring buffer read directly (:class:`~ravn_core.bpf.ring.RingReader`: mmap + epoll, no per-record ctypes
   callback), each record turned into a flat event dict by the probe's decoders (``ravn_core/events.py`` schema;
   ``evt.ts`` is wall-clock ns = kernel monotonic + an offset taken at start);
-- ``poll(timeout_ms)`` returning the batch, ``stop()`` detaching everything, ``health()`` with counters, and
-  ``dump()`` for ``ravn --dump-bpf``.
+- ``poll(timeout_ms)`` returning the batch (a busy ring is read at most once per ``batch_ms``), ``stop()``
+  detaching everything, ``health()`` with counters, and ``dump()`` for ``ravn --dump-bpf``.
 
 The ctypes mirrors of ``bpf/include/ravn_events.h`` live next to their decoders (the header's in
 :mod:`ravn_core.bpf.abi`, each probe's in its ``decode.py``). Per-event Python work is the budget: decoders unpack
@@ -112,6 +112,8 @@ class BccProbe(Source):
         self._ts_offset = 0
         self._rate_mark = (time.monotonic(), 0)
         self._ring: RingReader | None = None
+        self._batch_s = config.batch_ms / 1000
+        self._hold_until = 0.0  # see poll
 
     # ------------------------------------------------------------------ what subclasses provide
     def tracepoints(self) -> list[tuple[str, str]]:
@@ -278,14 +280,29 @@ class BccProbe(Source):
                                 self._pending, self.counters, self.config.max_batch, self.fast_decoder())
 
     def poll(self, timeout_ms: int) -> Batch:
+        """The events in the ring, waiting at most ``timeout_ms`` for the first one.
+
+        Batching (``batch_ms``): a poll right after one that returned events first lets the ring fill for the
+        rest of ``batch_ms`` (never longer than ``timeout_ms``), so a busy ring is read, and its events handed to
+        the next stage, once per ``batch_ms`` instead of once per wakeup. A quiet ring is still read as soon as a
+        record arrives: the kernel wakes a consumer that has caught up on the first record after the drain, and
+        that record goes out at once; only what follows it within ``batch_ms`` waits."""
         ring = self._ring
         if ring is None:
             time.sleep(timeout_ms / 1000)
             return []
+        timeout = timeout_ms / 1000
+        hold = min(self._hold_until - time.monotonic(), timeout)
+        if hold > 0:
+            time.sleep(hold)
+            timeout -= hold
         if not self._pending and not ring.consume():
-            ring.wait(timeout_ms)
+            ring.wait(timeout * 1000)
             ring.consume()
-        return self._take()
+        batch = self._take()
+        if batch:
+            self._hold_until = time.monotonic() + self._batch_s
+        return batch
 
     def _take(self) -> Batch:
         batch = self._pending[:]

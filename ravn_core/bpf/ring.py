@@ -61,7 +61,7 @@ class RingReader:
         self.counters = counters
         self.max_batch = max_batch
 
-    def wait(self, timeout_ms: int) -> None:
+    def wait(self, timeout_ms: float) -> None:
         self._ep.poll(timeout_ms / 1000)
 
     def consume(self) -> int:
