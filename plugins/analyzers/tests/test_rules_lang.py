@@ -25,6 +25,7 @@ from ravn_analyzers.rules.lang import (
     comparisons,
     parse,
 )
+from ravn_analyzers.rules.linear_re import LinearRegex
 
 ENV = Env(
     lists={"shells": ["bash", "sh"], "more_shells": ["zsh"], "nothing": []},
@@ -197,3 +198,28 @@ def test_dispatch_fetches_fields_read_twice_once_and_computes_derived_fields_onc
     assert fn({**base, "file.path": "/lib/x.so"}) == [1]
     assert fn({**base, "file.path": "/lib/x.so", "proc.comm": "ld"}) == []
     assert fn({**base, "file.path": "/etc/passwd.so"}) == [1]
+
+
+@pytest.mark.parametrize(("pattern", "absent"), [("^/tmp/", False), ("^$", True), ("x*", True), ("(^|:)/", False)])
+def test_regex_on_a_missing_or_empty_field_is_answered_without_re2(pattern: str, absent: bool) -> None:
+    """A missing or empty field gives the pattern's answer on '' (known when the rule compiles), and no RE2 call."""
+    c = compiler()
+    parts = [c.rule_parts(f"exec.ld_preload regex '{pattern}'", [], etype="exec")]
+    fn = c.make_dispatch(parts, "dispatch_t")
+    pred = c.make_parts(parts[0])
+    name, rx = next((k, v) for k, v in c.ns.items() if isinstance(v, LinearRegex))
+    calls: list[str] = []
+
+    class Counting:  # the generated code reads its constants from c.ns when it runs
+        def search(self, text: str) -> bool | None:
+            calls.append(text)
+            return rx.search(text)
+
+    c.ns[name] = Counting()
+    for ev in ({"evt.type": "exec"}, {"evt.type": "exec", "exec.ld_preload": None},
+               {"evt.type": "exec", "exec.ld_preload": ""}):
+        assert fn(ev) == ([0] if absent else [])
+        assert bool(pred(ev)) is absent
+    assert calls == []
+    assert fn({"evt.type": "exec", "exec.ld_preload": "/tmp/x.so"}) == ([0] if pattern != "^$" else [])
+    assert calls == ["/tmp/x.so"]

@@ -656,7 +656,8 @@ class Compiler:
         trie of conjuncts, emitted as nested ``if``s. A rule then costs a few comparisons, not a call.
         """
         # A field read by several rules is fetched once into a local; one read once stays an inline lookup.
-        # Fields derived from the event (basenames) are computed on first use only. The reads are counted on
+        # Fields derived from the event (basenames) and from the process tree (proc.exe, proc.anames: through the
+        # resolver's per-event cache) are computed on first use only. The reads are counted on
         # the trees (``parts`` are simplified: no macros left), one per comparison that reads its field.
         uses = Counter(c.field for p in parts for n in p.nodes() for c in comparisons(n, None)
                        if not c.matches_nothing)
@@ -666,7 +667,7 @@ class Compiler:
 
         def access(fname: str) -> str:
             if fname in funcs:
-                if fname in TREE_FIELDS:
+                if fname in TREE_FIELDS and uses[fname] < 2:
                     return self.accessor(fname)
                 var = derived.setdefault(fname, f"_d{len(derived)}")  # computed on first use, then reused
                 return f"({var} if {var} is not _U else ({var} := {self.accessor(fname)}))"
@@ -811,7 +812,10 @@ class Compiler:
                     lrx = self._re2[pattern] = LinearRegex(pattern)
                 except RegexError as exc:
                     raise ConditionError(f"{fname} regex: {exc}{where}", pos) from None
-            return f"{self.const(lrx)}.search({x} or '') is not None"
+            # A missing or empty field gives the answer on '' known now: no RE2 call for it (exec.ld_preload,
+            # exec.ld_audit ... are absent from nearly every event that reads them).
+            on_empty = lrx.search("") is not None
+            return f"({self.const(lrx)}.search(_v) is not None if (_v := {x}) else {on_empty})"
         raise ConditionError(f"operator {op!r} is not implemented", pos)  # pragma: no cover
 
     def glob(self, x: str, patterns: list[str]) -> str:
