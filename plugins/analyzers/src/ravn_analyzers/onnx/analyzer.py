@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
@@ -115,13 +116,18 @@ class OnnxConfig(PluginConfig):
 
 
 class _Proc:
-    __slots__ = ("alerted_at", "alerted_score", "best", "comm", "exit_deadline", "exited_at", "last", "pending_toks",
-                 "recent", "score", "scored", "win")
+    """One process's state. Most processes of a busy host live a few events (a shell loop's /bin/true is four tokens)
+    and are never scored, so a new one holds only its pending tokens: the windower and the running score are made
+    when its first window is cut (``windower``, ``_score``)."""
 
-    def __init__(self, window: int, context: int, horizon: int) -> None:
-        self.win = Windower(window, context)
-        self.pending_toks: list[str] = []  # token strings beside win.pending's ids (for evidence)
-        self.score = RunningScore(horizon)
+    __slots__ = ("alerted_at", "alerted_score", "best", "comm", "exit_deadline", "exited_at", "last", "pending",
+                 "pending_toks", "recent", "score", "scored", "win")
+
+    def __init__(self) -> None:
+        self.pending: list[int] = []  # token ids not scored yet (the windower's ``pending`` once it exists)
+        self.pending_toks: list[str] = []  # token strings beside ``pending`` (for evidence)
+        self.win: Windower | None = None  # made by ``windower`` at the first cut
+        self.score: RunningScore | None = None  # made at the first scored window
         self.comm = ""
         self.last = 0.0
         self.exited_at = 0.0  # when its exit event arrived (0: running)
@@ -129,8 +135,28 @@ class _Proc:
         self.scored = False  # has had a score (counted once in processes_scored)
         self.alerted_at = 0.0
         self.alerted_score = 0
-        self.recent: list[str] = []  # the last context tokens (strings) of the window just scored
-        self.best: tuple[float, list[str]] = (-1.0, [])  # highest-scoring window: (mean, tokens)
+        self.recent: Sequence[str] = ()  # the last context tokens (strings) of the window just scored
+        self.best: tuple[float, Sequence[str]] = _NO_BEST  # highest-scoring window: (mean, tokens)
+
+    def ready(self, window: int) -> bool:
+        """A full window is pending (what ``Windower.ready`` says, without making one)."""
+        win = self.win
+        return len(self.pending) >= window - (len(win.tail) if win is not None else 0)
+
+    def windower(self, window: int, context: int) -> Windower:
+        win = self.win
+        if win is None:
+            win = self.win = Windower(window, context)
+            win.pending = self.pending  # one list: what the windower takes leaves ``pending``
+        return win
+
+    def seen(self) -> int:
+        """Tokens scored over the process's life."""
+        return self.score.seen if self.score is not None else 0
+
+
+#: the best window of a process with none scored yet (shared: replaced, never changed)
+_NO_BEST: tuple[float, Sequence[str]] = (-1.0, ())
 
 
 class OnnxAnalyzer(Analyzer):
@@ -287,44 +313,53 @@ class OnnxAnalyzer(Analyzer):
             return []
         self.counters["batches"] += 1
         procs = self._procs
+        get_proc = procs.get
+        to_end = procs.move_to_end
+        max_procs = self.config.max_processes
+        ids_get = self._ids.get
         host = ctx.host
         now = ctx.now
         other = self.config.other_events
-        ready: list[tuple[tuple[str, int], _Proc]] = []
         final: list[tuple[tuple[str, int], _Proc]] = []
         touched: dict[tuple[str, int], _Proc] = {}
         latest = 0
+        n_tokens = 0
         grace_ns = int(self.config.exit_grace_s * 1e9)
         for ev in batch:
-            etype = ev.get("evt.type")
+            get = ev.get
+            etype = get("evt.type")
             if etype == "fork":  # a pid reused by a new process: the exited one it belonged to is complete
-                ckey = (host, ev.get("fork.child_pid", 0))
-                old = procs.get(ckey)
+                ckey = (host, get("fork.child_pid", 0))
+                old = get_proc(ckey)
                 if old is not None and old.exited_at:
                     final.append((ckey, procs.pop(ckey)))
                     touched.pop(ckey, None)
             if not other and etype not in ("syscall", "syscall_summary"):
                 continue
             toks = event_tokens(ev)
-            pid = ev.get("proc.pid", 0)
-            key = (host, pid)
-            p = procs.get(key)
+            key = (host, get("proc.pid", 0))
+            p = get_proc(key)
             if p is None:
                 if not toks:
                     continue
-                p = procs[key] = _Proc(self.window, self.ctx_len, self.scoring.horizon)
-                if len(procs) > self.config.max_processes:
+                p = procs[key] = _Proc()
+                if len(procs) > max_procs:
                     procs.popitem(last=False)
             else:
-                procs.move_to_end(key)
-            p.comm = ev.get("proc.comm", p.comm) or p.comm
+                to_end(key)
+            p.comm = get("proc.comm", p.comm) or p.comm
             p.last = now
             if toks:
-                p.win.pending.extend(self._encode(toks))
-                p.pending_toks.extend(toks)
+                if len(toks) == 1:
+                    tok = toks[0]
+                    p.pending.append(ids_get(tok, UNK))
+                    p.pending_toks.append(tok)
+                else:
+                    p.pending.extend([ids_get(t, UNK) for t in toks])
+                    p.pending_toks.extend(toks)
                 touched[key] = p
-                self.counters["tokens"] += len(toks)
-            ts = ev.get("evt.ts")
+                n_tokens += len(toks)
+            ts = get("evt.ts")
             if isinstance(ts, int) and ts > latest:
                 latest = ts
             if etype == "exit":
@@ -335,6 +370,7 @@ class OnnxAnalyzer(Analyzer):
                 if isinstance(ts, int):
                     p.exit_deadline = ts + grace_ns
                     self._exits.append((p.exit_deadline, key))
+        self.counters["tokens"] += n_tokens
         if latest > self._latest_ts:
             self._latest_ts = latest
         exits = self._exits
@@ -345,21 +381,18 @@ class OnnxAnalyzer(Analyzer):
                 del procs[key]
                 touched.pop(key, None)
                 self._backlog.discard(key)
-                if p.win.pending:
+                if p.pending:
                     final.append((key, p))
         for key in self._backlog:  # ready windows left over by an earlier call's cap go first
             bp = procs.get(key)
             if bp is not None and key not in touched:
                 touched[key] = bp
         self._backlog.clear()
-        for key, p in touched.items():
-            if p.win.ready():
-                ready.append((key, p))
+        window = self.window
+        ready = [(key, p) for key, p in touched.items() if p.ready(window)]
+        if not ready and not final:
+            return []
         return self._score(ready, final, ctx)
-
-    def _encode(self, toks: list[str]) -> list[int]:
-        ids = self._ids
-        return [ids.get(t, UNK) for t in toks]
 
     def tick(self, ctx: BatchContext) -> list[Alert]:
         mtime = self._stat()
@@ -377,8 +410,8 @@ class OnnxAnalyzer(Analyzer):
         for k, _ in done:
             del self._procs[k]
         idle = [(k, p) for k, p in self._procs.items()
-                if idle_s > 0 and p.win.pending and not p.exited_at and now - p.last >= idle_s]
-        finals = [(k, p) for k, p in done if p.win.pending] + idle
+                if idle_s > 0 and p.pending and not p.exited_at and now - p.last >= idle_s]
+        finals = [(k, p) for k, p in done if p.pending] + idle
         return self._score([], finals, ctx) if finals else []
 
     def _score(self, ready: list[tuple[tuple[str, int], _Proc]], final: list[tuple[tuple[str, int], _Proc]],
@@ -394,25 +427,26 @@ class OnnxAnalyzer(Analyzer):
         min_final = self.scoring.exit_min_events
         for key, p in [*ready, *final]:
             is_final = key in final_keys
-            if is_final and p.score.seen + len(p.win.pending) < min_final:
+            if is_final and p.seen() + len(p.pending) < min_final:
                 # every token it will ever have scored is under exit_min_events: no score, no alert can come of it
                 self.counters["finals_too_short"] += 1
                 continue
+            win = p.windower(self.window, self.ctx_len)
             while len(cuts) < cap:
-                item = p.win.take(partial=is_final)
+                item = win.take(partial=is_final)
                 if item is None:
                     break
                 ids, start = item
                 n_new = len(ids) - start
                 new_toks = p.pending_toks[:n_new]
                 del p.pending_toks[:n_new]
-                toks = (p.recent[-start:] if start else []) + new_toks
+                toks = [*p.recent[-start:], *new_toks] if start else new_toks
                 p.recent = toks[-self.ctx_len:] if self.ctx_len else []  # the next window's context only
                 cuts.append((p, key, ids, toks, start, is_final))
             if len(cuts) >= cap:
                 break
         # processes with full windows still pending are served first by the next call
-        self._backlog.update(k for k, p in ready if p.win.ready())
+        self._backlog.update(k for k, p in ready if p.ready(self.window))
         if not cuts:
             return []
         sums, ms = self._infer([c[2] for c in cuts], [c[4] for c in cuts])
@@ -439,14 +473,17 @@ class OnnxAnalyzer(Analyzer):
         for j, (p, key, ids, toks, start, is_final) in enumerate(cuts):
             n = len(ids) - start
             s = sums[j]
-            p.score.add(s, n)
+            score = p.score
+            if score is None:
+                score = p.score = RunningScore(sc.horizon)
+            score.add(s, n)
             wmean = s / n if n else 0.0
             if wmean > p.best[0]:
                 p.best = (wmean, toks[start:][-self.config.evidence_tokens:])  # bounded: evidence only
             last_of_proc = j + 1 == len(cuts) or cuts[j + 1][0] is not p
             if not last_of_proc:
                 continue
-            enough = p.score.seen >= sc.min_events or (is_final and p.score.seen >= sc.exit_min_events)
+            enough = score.seen >= sc.min_events or (is_final and score.seen >= sc.exit_min_events)
             if not enough:
                 continue
             if not p.scored:
@@ -512,7 +549,9 @@ class OnnxAnalyzer(Analyzer):
     def _maybe_alert(self, p: _Proc, key: tuple[str, int], ctx: BatchContext, is_final: bool) -> Alert | None:
         scorer = self.scorer
         assert scorer is not None
-        value = p.score.mean()
+        running = p.score
+        assert running is not None  # called after a scored window
+        value = running.mean()
         t50 = self.t50
         score = scale_to_100(value, t50, self.t75)
         if score < self.config.alert_score:
@@ -539,7 +578,7 @@ class OnnxAnalyzer(Analyzer):
             rule=info.name,
             score=score,
             description=(f"unusual syscall/event sequence for {p.comm or '?'} (pid {pid}): mean surprise "
-                         f"{value:.2f} nats over its last {p.score.count} events, threshold {t50:.2f} of model "
+                         f"{value:.2f} nats over its last {running.count} events, threshold {t50:.2f} of model "
                          f"{info.name} {info.version}" + ("" if own else " (corroboration)")),
             pid=pid,
             comm=p.comm,
@@ -549,7 +588,7 @@ class OnnxAnalyzer(Analyzer):
                 "model_version": info.version,
                 "process_score_nats": round(value, 4),
                 "threshold_nats": round(t50, 4),
-                "events_scored": p.score.seen,
+                "events_scored": running.seen,
                 "final": is_final,
                 "window": {"mean_nats": round(best_mean, 4), "tokens": shown},
                 "lineage": ctx.proctree.lineage(pid),
