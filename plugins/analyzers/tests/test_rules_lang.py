@@ -223,3 +223,41 @@ def test_regex_on_a_missing_or_empty_field_is_answered_without_re2(pattern: str,
     assert calls == []
     assert fn({"evt.type": "exec", "exec.ld_preload": "/tmp/x.so"}) == ([0] if pattern != "^$" else [])
     assert calls == ["/tmp/x.so"]
+
+
+def test_blocks_starting_with_a_prefix_test_of_one_field_share_one_pretest() -> None:
+    c = compiler()
+    conds = ["file.path startswith /etc/ and proc.uid = 0", "file.path startswith (/root/, /home/)",
+             "file.path startswith /etc/ and proc.comm = vi", "file.path in (/a, /b)", "file.path in (/c)",
+             "file.path startswith /srv/", "proc.uid = 5"]
+    parts = [c.rule_parts(t, [], etype="open") for t in conds]
+    fn = c.make_dispatch(parts, "dispatch_t")
+    src = c.dispatch_sources["dispatch_t"]
+    pretest = ("    if (_f0 or '').startswith", "    if _f0 in")
+    pretests = [line for line in src.splitlines() if line.startswith(pretest)]
+    assert len(pretests) == 2, src  # startswith of the first two blocks, `in` of the next two; /srv/ stands alone
+    reference = [c.make_parts(p) for p in parts]
+    for path in ("/etc/x", "/root/.ssh", "/home/a", "/a", "/c", "/srv/x", "/var/x", "", None):
+        for uid, comm in ((0, "vi"), (5, "sh")):
+            ev = {"evt.type": "open", "file.path": path, "proc.uid": uid, "proc.comm": comm}
+            assert fn(ev) == [i for i, pred in enumerate(reference) if pred(ev)], (path, uid, comm)
+
+
+def test_a_computed_field_s_equality_and_or_blocks_share_the_pretest() -> None:
+    """exec.name (computed: a string or None) = x joins a run of `in` tests, and so does an or of such tests;
+    proc.comm (an event field: it may hold anything) = x does not."""
+    c = compiler()
+    conds = ["exec.name = sh and proc.uid = 0", "exec.name in (bash, zsh)", "exec.name = dash or exec.name in (ksh)",
+             "(exec.name = ash and proc.uid = 5) or exec.name = fish", "proc.comm = sh", "proc.comm = bash",
+             "exec.name = sh or proc.comm = sh"]
+    parts = [c.rule_parts(t, [], etype="exec") for t in conds]
+    fn = c.make_dispatch(parts, "dispatch_t")
+    src = c.dispatch_sources["dispatch_t"]
+    guard = next(line for line in src.splitlines() if line.startswith("    if (_d0 if _d0 is not _U"))
+    assert c.ns[guard.rsplit(" in ", 1)[1].rstrip(":")] == {"sh", "bash", "zsh", "dash", "ksh", "ash", "fish"}, src
+    assert sum(line.startswith("    if ") for line in src.splitlines()) == 4  # the pretest, two comm tests, the last
+    reference = [c.make_parts(p) for p in parts]
+    for name in ("sh", "bash", "ksh", "ash", "fish", "true", "", None):
+        for uid, comm in ((0, "sh"), (5, "bash"), (5, ["not", "hashable"])):
+            ev = {"evt.type": "exec", "exec.filename": name and f"/bin/{name}", "proc.uid": uid, "proc.comm": comm}
+            assert fn(ev) == [i for i, pred in enumerate(reference) if pred(ev)], (name, uid, comm)
