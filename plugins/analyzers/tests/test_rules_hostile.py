@@ -105,6 +105,25 @@ def test_the_fast_matcher_answers_like_the_public_api() -> None:
             assert (fast.search(text) is not None) == (public.search(text) is not None) == want, (pattern, text)
 
 
+def test_remembered_answers_are_the_matcher_s_and_the_memo_stays_bounded() -> None:
+    """A text seen before is answered from the memo (no RE2 call): the same answer, twice over every text; the memo
+    never holds more than MEMO_SIZE texts, nor one longer than MEMO_MAX_CHARS."""
+    import re2
+    from ravn_analyzers.rules import linear_re
+
+    for pattern in PATTERNS:
+        rx = LinearRegex(pattern)
+        for text in [*TEXTS, *TEXTS]:
+            assert (rx.search(text) is not None) == (re2.search(pattern, text) is not None), (pattern, text)
+    rx = LinearRegex("^/tmp/")
+    many = [f"/tmp/{i}" for i in range(3 * linear_re.MEMO_SIZE)] + ["/tmp/" + "x" * linear_re.MEMO_MAX_CHARS]
+    for text in many:
+        assert rx.search(text)
+        assert len(rx._memo) <= linear_re.MEMO_SIZE
+        assert all(len(t) <= linear_re.MEMO_MAX_CHARS for t in rx._memo)
+    assert many[-2] in rx._memo and many[-1] not in rx._memo
+
+
 def test_a_lone_surrogate_in_event_text_neither_raises_nor_hides_a_match(tmp_path: Path) -> None:
     """JSON from Redis or a replay file can carry a lone surrogate ("\\udcff"); RE2's public search raises
     UnicodeEncodeError on it, which would cost the rules analyzer an error per event."""
