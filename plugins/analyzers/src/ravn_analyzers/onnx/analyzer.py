@@ -406,11 +406,17 @@ class OnnxAnalyzer(Analyzer):
             return []
         now = ctx.now
         grace, idle_s = self.config.exit_grace_s, self.config.idle_flush_s
-        done = [(k, p) for k, p in self._procs.items() if p.exited_at and now - p.exited_at >= grace]
+        procs = self._procs
+        done: list[tuple[tuple[str, int], _Proc]] = []
+        idle: list[tuple[tuple[str, int], _Proc]] = []
+        for k, p in procs.items():  # one pass over the processes for both kinds of final
+            if p.exited_at:
+                if now - p.exited_at >= grace:
+                    done.append((k, p))
+            elif idle_s > 0 and p.pending and now - p.last >= idle_s:
+                idle.append((k, p))
         for k, _ in done:
-            del self._procs[k]
-        idle = [(k, p) for k, p in self._procs.items()
-                if idle_s > 0 and p.pending and not p.exited_at and now - p.last >= idle_s]
+            del procs[k]
         finals = [(k, p) for k, p in done if p.pending] + idle
         return self._score([], finals, ctx) if finals else []
 
