@@ -69,9 +69,10 @@ def write_private_json(path: str, data: Any) -> None:
         os.unlink(tmp)  # a stale temp file (or anything planted under that name) goes first
     except FileNotFoundError:
         pass
+    text = json.dumps(data, default=str)  # one C-encoder call (json.dump to a file encodes in Python, chunk by chunk)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(data, f, default=str)
+        f.write(text)
     os.replace(tmp, path)
 
 

@@ -250,3 +250,33 @@ def test_two_analysis_threads_never_write_one_hosts_process_tree_at_once(monkeyp
     assert stats["analyzed"] == 1000 and stats["analyzers"]["test_analyzer"]["processed"] == 1000
     assert len(rt.analyzers) == 2 and all(s[0].processed > 0 for s in rt.analyzers), "both threads analyzed"
     assert overlaps == []
+
+
+def test_status_reads_each_source_once_and_its_alerts_are_fresh_copies_of_their_current_state() -> None:
+    config = {
+        "ravn": FAST,
+        "sources": [{"plugin": "test_source", "batches": 20, "events_per_batch": 10}],
+        "analyzers": [{"plugin": "test_analyzer", "alert_every": 10, "score": 60}],
+        "sinks": [{"plugin": "test_sink"}],
+    }
+    rt, _ = run_pipeline(config, until=lambda rt: rt.counters["analyzed"] == 200 and rt.sink_stage.queue.qsize() == 0)
+    source = rt.sources[0].component
+    reads = 0
+    health = source.health
+
+    def counted() -> Any:
+        nonlocal reads
+        reads += 1
+        return health()
+
+    source.health = counted
+    first = rt.status()
+    assert reads == 1 and first["stats"]["sources"]["test_source"]["accepted"] == 200
+    alert = rt.sink_stage.recent_alerts[-1]
+    shown = first["recent_alerts"][-1]
+    assert shown == alert.to_dict()
+    shown["evidence"]["planted"] = 1  # a reader's change reaches neither the alert nor the next status
+    alert.count += 1  # the tracker folded another alert into it after it was emitted
+    again = rt.status()["recent_alerts"][-1]
+    assert "planted" not in again["evidence"] and "planted" not in alert.evidence
+    assert again["count"] == shown["count"] + 1 and again == alert.to_dict()
