@@ -505,8 +505,10 @@ def _benign() -> list[list[dict[str, Any]]]:
         [X("/bin/sh", "-c", "tmp=$(mktemp); trap 'rm -f \"$tmp\"' EXIT; make > \"$tmp\" 2>&1 &"),
          X("/bin/bash", "-c", "trap 'kill $pid; wait' INT TERM && sleep 100 & pid=$!; wait"),
          X("/bin/bash", "-c", "trap 'echo \"failed at $LINENO\"' ERR; ./build.sh"),
-         X("/bin/bash", "-c", "PROMPT_COMMAND='echo -ne \"\\033]0;${HOSTNAME}\\007\"'; bash -i")],
+         X("/bin/bash", "-c", "PROMPT_COMMAND='echo -ne \"\\033]0;${HOSTNAME}\\007\"'; bash -i"),
+         X("/bin/sh", "-c", "echo 'export PROMPT_COMMAND=\"history -a; $PROMPT_COMMAND\"' >> /home/al/.bashrc")],
         [X("/usr/bin/mkdir", "-p", "/tmp/.X11-unix"), X("/usr/bin/mkdir", "/tmp/build/.deps"),
+         X("/usr/bin/mkdir", "-p", "/tmp/.ansible-al/tmp"),
          X("/usr/bin/mkdir", "-p", "/home/al/.config/app")],
         # data files opened by programs, scripts with their own extensions
         [X("/usr/bin/python3", "/usr/local/bin/thumbs.py", "/tmp/image.png"), X("/usr/bin/eog", "/tmp/image.png"),
