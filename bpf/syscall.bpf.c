@@ -11,13 +11,18 @@
  *   mode=events       one ravn_syscall_event per syscall in the ring buffer (RAVN_EVT_SYSCALL).
  *   mode=summary      per-process counts and a 64-entry recent-sequence ring in the ravn_sc_summary map, read and
  *                     flushed every N ms by user space as syscall_summary events. Nothing per syscall crosses to
- *                     user space, so this feeds the ML analyzer at a fraction of the events-mode cost.
+ *                     user space, so this feeds the ML analyzer at a fraction of the events-mode cost. When a
+ *                     process's last thread exits (sched:sched_process_exit), its entry goes to user space as one
+ *                     ravn_syscall_final ring record (RAVN_EVT_SYSCALL_SUMMARY: the counts of the syscalls it used,
+ *                     up to RAVN_SC_DISTINCT of them) and is deleted, so the periodic flush reads live processes
+ *                     only and a short-lived process is read once, at its exit.
  *
  * Expected overhead
  *   The default config (summary mode, ~60 security-relevant syscalls, tracepoints hook) touches none of the hot
  *   syscalls (read/write/poll/epoll/futex/mmap/...): a host serving traffic barely enters these programs.
  *   Each counted syscall costs one tracepoint entry (~100-200 ns), a filter lookup, one LRU-hash lookup, two
- *   atomic adds and the header refresh. raw_syscalls:sys_enter instead runs for EVERY syscall on the machine:
+ *   atomic adds and the header refresh (a third atomic add the first time a process uses a syscall). A process
+ *   exit in summary mode copies its entry into a 392-byte ring record (a 32-step loop) and deletes the entry. raw_syscalls:sys_enter instead runs for EVERY syscall on the machine:
  *   a no-op program there already slows redis-benchmark by ~7% on the reference VM, so hook=raw is opt-in.
  *   events mode adds a ring-buffer record (72 bytes) per syscall and the Python decode (~0.6M events/s ceiling);
  *   keep it to narrow allow lists.
@@ -32,7 +37,9 @@
   - Summary mode: counts are per process (tgid), exact for a single thread; under concurrent threads the
  *     sequence window may interleave or lose slots (counts stay exact: atomic adds). The ravn_sc_summary map is
  *     an LRU of RAVN_SC_MAX_PROCS processes: with more live processes, the least recent lose their counts.
- *     A process that exits is flushed one last time, then deleted by user space.
+ *     A process whose final record cannot be sent (ring full, or more than RAVN_SC_DISTINCT distinct syscalls)
+ *     is marked exited instead: the next flush emits it from the map and deletes it (nothing is lost, no drop
+ *     is counted; it only arrives up to N ms later).
  *   - Syscalls without a tracepoint on this kernel (init_module, kexec_load, ... when their subsystem is off)
  *     cannot be in a tracepoints allow list; use hook=raw for them.
  */
@@ -60,8 +67,46 @@ BPF_PERCPU_ARRAY(ravn_sc_scratch, struct ravn_syscall_summary, 1); /* zeroed tem
 
 #include "ravn_common.bpf.h"
 
-/* The two process-tracking programs every probe defines (see ravn_common.bpf.h). Summary mode also marks the
- * exiting group's entry, so user space flushes it one last time and deletes it. */
+#if RAVN_SC_SUMMARY
+/* A process's last thread is exiting: send its entry as one ravn_syscall_final record and delete it, so user
+ * space reads an exited process once, from the ring, instead of finding it in the map at the next flush. Copied
+ * before the delete (an LRU element is reused at once), submitted after it (user space never sees both the record
+ * and the entry). No syscall of the group can be counted after this point. When the record cannot be sent (ring
+ * full: not a lost event, so no drop is counted; more distinct syscalls than the record holds), the entry is
+ * marked exited and the next flush reads it from the map. */
+static __always_inline void ravn_sc_final(u32 tgid)
+{
+	struct ravn_syscall_summary *s = ravn_sc_summary.lookup(&tgid);
+	if (!s)
+		return;
+	u64 nd = s->ndistinct;
+	if (nd > RAVN_SC_DISTINCT) {
+		s->exited = 1;
+		return;
+	}
+	struct ravn_syscall_final *f = ravn_events.ringbuf_reserve(sizeof(struct ravn_syscall_final));
+	if (!f) {
+		s->exited = 1;
+		return;
+	}
+	__builtin_memcpy(&f->hdr, &s->hdr, sizeof(f->hdr));
+	f->total = s->total;
+	f->seq_pos = s->seq_pos;
+	f->ndistinct = nd;
+	__builtin_memcpy(f->seq, s->seq, sizeof(f->seq));
+#pragma unroll
+	for (u32 i = 0; i < RAVN_SC_DISTINCT; i++) {
+		u16 nr = i < nd ? s->distinct[i] : 0;
+		f->nrs[i] = nr;
+		f->counts[i] = i < nd ? s->counts[nr & (RAVN_SC_MAX - 1)] : 0;
+	}
+	ravn_sc_summary.delete(&tgid);
+	ravn_submit(f);
+}
+#endif
+
+/* The two process-tracking programs every probe defines (see ravn_common.bpf.h). Summary mode also sends the
+ * exiting group's final summary (ravn_sc_final). */
 int ravn_on_newtask(struct ravn_newtask_args *args)
 {
 	return ravn_track_newtask(args);
@@ -70,12 +115,8 @@ int ravn_on_newtask(struct ravn_newtask_args *args)
 int ravn_on_exit(struct ravn_exit_args *args)
 {
 #if RAVN_SC_SUMMARY
-	if (args->group_dead) {
-		u32 tgid = bpf_get_current_pid_tgid() >> 32;
-		struct ravn_syscall_summary *s = ravn_sc_summary.lookup(&tgid);
-		if (s)
-			s->exited = 1;
-	}
+	if (args->group_dead)
+		ravn_sc_final(bpf_get_current_pid_tgid() >> 32);
 #endif
 	return ravn_track_exit(args);
 }
@@ -132,6 +173,14 @@ static __always_inline int ravn_sc_count(u32 nr, u64 pid_tgid, u64 uid_gid)
 			s->hdr.uid = (u32)uid_gid;
 			s->hdr.gid = uid_gid >> 32;
 		}
+	}
+	if (!s->counts[nr]) {
+		/* First use of nr: list it. Whoever reads 0 lists it, so a number is never missed; two threads reading
+		 * 0 at once both list it (user space keeps one). The slot is an atomic add's old value (64-bit: BCC's
+		 * target cannot return it from a 32-bit one). */
+		u64 slot = __sync_fetch_and_add(&s->ndistinct, 1);
+		if (slot < RAVN_SC_DISTINCT)
+			s->distinct[slot] = nr;
 	}
 	__sync_fetch_and_add(&s->counts[nr], 1);
 	__sync_fetch_and_add(&s->total, 1);

@@ -69,7 +69,8 @@ EVENT_TYPES: Final[dict[str, EventType]] = {
            ("syscall.nr", "int", "x86_64 syscall number"),
            ("syscall.name", "str", "syscall name from the x86_64 table"),
            ("syscall.ret", "int", "return value; present only when return values are traced")),
-        _t("syscall_summary", "ebpf_syscall", "per-process syscall activity flushed every N ms (summary mode)",
+        _t("syscall_summary", "ebpf_syscall", "per-process syscall activity: every N ms while the process "
+           "runs, and once at its exit (summary mode)",
            ("syscall.counts", "dict[str,int]", "syscall name -> count since the last flush"),
            ("syscall.seq", "list[int]", "most recent syscall numbers, oldest first (bounded window)"),
            ("syscall.total", "int", "syscalls counted since the last flush")),

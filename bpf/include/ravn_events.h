@@ -120,16 +120,37 @@ struct ravn_syscall_event {
 };
 _Static_assert(sizeof(struct ravn_syscall_event) == 72, "update SyscallEvent in ravn_ebpf_syscall/decode.py");
 
+#define RAVN_SC_DISTINCT 32 /* summary mode: distinct syscall numbers a process's final record carries */
+
 /* summary mode: value of the per-process ravn_sc_summary map (read by user space, not sent through the ring). */
 struct ravn_syscall_summary {
 	struct ravn_hdr hdr;          /* refreshed on every counted syscall (ts = last seen) */
 	u64 total;                    /* syscalls counted since the entry was created */
+	u64 ndistinct;                /* slots of `distinct` claimed (may exceed RAVN_SC_DISTINCT: then not all kept);
+	                               * u64: BCC's BPF target can use the old value of a 64-bit atomic add only */
 	u32 seq_pos;                  /* number of entries ever written to seq (next slot = seq_pos % RAVN_SC_SEQ) */
-	u32 exited;                   /* set by sched_process_exit (group dead): user space flushes, then deletes */
+	u32 exited;                   /* set by sched_process_exit (group dead) when the kernel could not send the
+	                               * final record (ring full, > RAVN_SC_DISTINCT distinct syscalls): user space
+	                               * flushes the entry, then deletes it */
 	u16 seq[RAVN_SC_SEQ];         /* ring of the most recent syscall numbers */
+	u16 distinct[RAVN_SC_DISTINCT]; /* syscall numbers in the order first counted (two threads using one for the
+	                                 * first time at once may both list it) */
 	u32 counts[RAVN_SC_MAX];      /* per syscall number, since the entry was created */
 };
-_Static_assert(sizeof(struct ravn_syscall_summary) == 2248, "update SyscallSummary in ravn_ebpf_syscall/decode.py");
+_Static_assert(sizeof(struct ravn_syscall_summary) == 2320, "update SyscallSummary in ravn_ebpf_syscall/decode.py");
+
+/* summary mode: RAVN_EVT_SYSCALL_SUMMARY in the ring, sent by sched_process_exit when a process's last thread
+ * exits: its ravn_sc_summary entry in one record (counts only of the syscalls it used), and the entry deleted. */
+struct ravn_syscall_final {
+	struct ravn_hdr hdr;          /* the entry's header (its last counted syscall) */
+	u64 total;                    /* as in ravn_syscall_summary */
+	u32 seq_pos;
+	u32 ndistinct;                /* valid entries of nrs/counts (<= RAVN_SC_DISTINCT) */
+	u16 seq[RAVN_SC_SEQ];
+	u16 nrs[RAVN_SC_DISTINCT];    /* syscall numbers (a number may appear twice, with the same count) */
+	u32 counts[RAVN_SC_DISTINCT]; /* counts[i]: syscalls nrs[i] counted since the entry was created */
+};
+_Static_assert(sizeof(struct ravn_syscall_final) == 392, "update SyscallFinal in ravn_ebpf_syscall/decode.py");
 
 /* ========================================================================================== ebpf_security */
 /* Owned by the ebpf_security probe (bpf/security.bpf.c, plugins/ebpf_security/src/ravn_ebpf_security/decode.py). */

@@ -7,7 +7,15 @@ import ctypes
 import pydantic
 import pytest
 from ravn_ebpf_syscall.config import DEFAULT_SYSCALLS, SyscallConfig
-from ravn_ebpf_syscall.decode import MIRRORS, SummaryFlusher, SyscallEvent, SyscallSummary, event_decoder
+from ravn_ebpf_syscall.decode import (
+    MIRRORS,
+    NOTHING,
+    SummaryFlusher,
+    SyscallEvent,
+    SyscallFinal,
+    SyscallSummary,
+    event_decoder,
+)
 from ravn_ebpf_syscall.source import SyscallSource
 from ravn_ebpf_syscall.syscalls import names_by_nr, table
 
@@ -23,7 +31,8 @@ HOT = {"read", "write", "pread64", "pwrite64", "readv", "writev", "poll", "ppoll
 def test_abi() -> None:
     assert check_abi(MIRRORS) == []
     assert ctypes.sizeof(SyscallEvent) == 72
-    assert ctypes.sizeof(SyscallSummary) == 2248
+    assert ctypes.sizeof(SyscallSummary) == 2320
+    assert ctypes.sizeof(SyscallFinal) == 392
 
 
 def test_table() -> None:
@@ -131,6 +140,95 @@ def test_summary_deltas_and_exit() -> None:
     assert e["syscall.counts"] == {"getppid": 100} and e["syscall.total"] == 100
     assert e["syscall.seq"] == [110] * 64
     assert m.entries == []  # exited: deleted after the last flush
+
+
+def _final(s: SyscallSummary) -> bytes:
+    """The ravn_syscall_final record the kernel's exit program makes of an entry (bpf/syscall.bpf.c)."""
+    nd = min(s.ndistinct, 32)
+    f = SyscallFinal(hdr=s.hdr, total=s.total, seq_pos=s.seq_pos, ndistinct=nd)
+    f.seq[:] = s.seq[:]
+    for i in range(nd):
+        f.nrs[i] = s.distinct[i]
+        f.counts[i] = s.counts[s.distinct[i]]
+    return bytes(f)
+
+
+def _count(s: SyscallSummary, nr: int, n: int) -> None:
+    """What the kernel does per counted syscall (bpf/syscall.bpf.c ravn_sc_count)."""
+    for _ in range(n):
+        if not s.counts[nr]:
+            s.distinct[s.ndistinct] = nr
+            s.ndistinct += 1
+        s.counts[nr] += 1
+        s.total += 1
+        s.seq[s.seq_pos % 64] = nr
+        s.seq_pos += 1
+
+
+def test_final_record_of_a_process_never_flushed() -> None:
+    flusher = SummaryFlusher(_Table(), _header, names_by_nr())
+    s = SyscallSummary(hdr=_hdr(type=2))
+    _count(s, 59, 1)
+    _count(s, 62, 2)
+    _count(s, 231, 1)
+    e = flusher.decode_final(_final(s))
+    assert e == {"proc.pid": 42, "proc.tid": 43, "evt.ts": 5_000, "syscall.counts": {"execve": 1, "kill": 2,
+                 "exit_group": 1}, "syscall.seq": [59, 62, 62, 231], "syscall.total": 4}
+
+
+def test_final_record_after_flushes_gives_the_rest() -> None:
+    """A process flushed from the map while alive, then exiting: the final record emits only what came after the
+    last flush; the events' counts add up to the process's, and its sequence continues where it stopped."""
+    m = _Table()
+    s = SyscallSummary(hdr=_hdr(type=2))
+    m.entries.append((ctypes.c_uint32(42), s))
+    flusher = SummaryFlusher(m, _header, names_by_nr())
+    _count(s, 62, 70)
+    (first,) = flusher.flush()
+    assert first["syscall.counts"] == {"kill": 70} and len(first["syscall.seq"]) == 64
+    _count(s, 110, 3)
+    _count(s, 62, 1)
+    _count(s, 231, 1)
+    m.entries.clear()  # the kernel deleted the entry when it sent the record
+    e = flusher.decode_final(_final(s))
+    assert e["syscall.counts"] == {"getppid": 3, "kill": 1, "exit_group": 1} and e["syscall.total"] == 5
+    assert e["syscall.seq"] == [110, 110, 110, 62, 231]  # the ring wrapped (seq_pos 75)
+    assert flusher.last == {}
+    assert flusher.flush() == []
+
+
+def test_final_record_with_nothing_new_emits_nothing() -> None:
+    """Flushed after its last counted syscall (e.g. killed by a signal later): the final record adds nothing, and
+    the source leaves the NOTHING placeholder out of its batch."""
+    m = _Table()
+    s = SyscallSummary(hdr=_hdr(type=2))
+    m.entries.append((ctypes.c_uint32(42), s))
+    flusher = SummaryFlusher(m, _header, names_by_nr())
+    _count(s, 62, 5)
+    assert len(flusher.flush()) == 1
+    assert flusher.decode_final(_final(s)) is NOTHING and flusher.nothing == 1
+    assert flusher.last == {}
+    again = SummaryFlusher(m, _header, names_by_nr())  # the ring's fast path leaves it out itself
+    assert len(again.flush()) == 1
+    size, many = again.final_batch()
+    assert many(memoryview(size.to_bytes(4, "little") + b"\0" * 4 + _final(s))) == [] and again.last == {}
+
+
+def test_final_fast_path_gives_the_same_events() -> None:
+    def flusher() -> SummaryFlusher:
+        return SummaryFlusher(_Table(), _header, names_by_nr())
+
+    recs = []
+    for i in range(5):
+        s = SyscallSummary(hdr=_hdr(pid=100 + i, tid=100 + i, type=2))
+        for nr in (59, 62, 231)[: i + 1]:
+            _count(s, nr, 10 * i + 1)
+        recs.append(_final(s))
+    size, many = flusher().final_batch()
+    assert size == ctypes.sizeof(SyscallFinal)
+    frames = b"".join(size.to_bytes(4, "little") + b"\0" * 4 + r for r in recs)
+    one = flusher()
+    assert many(memoryview(frames)) == [one.decode_final(r) for r in recs]
 
 
 def test_fast_path_gives_the_same_events() -> None:

@@ -16,8 +16,11 @@ from typing import Any
 
 import pytest
 from ravn_ebpf_syscall.config import SyscallConfig
+from ravn_ebpf_syscall.decode import SyscallSummary
 from ravn_ebpf_syscall.source import SyscallSource
+from ravn_ebpf_syscall.syscalls import table
 
+from ravn_core.bpf.env import TRACEFS
 from ravn_core.bpf.testing import (
     Orphan,
     bpf_programs,
@@ -364,3 +367,98 @@ def test_ppid_of_a_process_older_than_the_probe_comes_from_proc(probe: Any) -> N
     events = collect(src, lambda e: e["proc.pid"] == child.pid, count=5, settle_s=0.1)
     assert len(events) == 5 and {e["proc.ppid"] for e in events} == {os.getpid()}
 
+
+
+# A child that waits for a line on stdin, then makes each syscall number of argv[2:] argv[1] times with zero
+# arguments (each harmless: a query or an EFAULT/EINVAL), and exits (exit_group).
+MULTI_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    char line[16];
+    int n = atoi(argv[1]);
+    if (!fgets(line, sizeof line, stdin)) return 1;
+    for (int a = 2; a < argc; a++)
+        for (int i = 0; i < n; i++) syscall(atol(argv[a]), 0, 0, 0, 0, 0, 0);
+    return 0;
+}
+"""
+# 36 syscalls that are harmless with zero arguments: more distinct numbers than a final record holds (32)
+MANY = ["getpid", "getppid", "getuid", "getgid", "geteuid", "getegid", "gettid", "getpgrp", "sched_yield", "uname",
+        "times", "getrusage", "sysinfo", "getcwd", "getpriority", "getpgid", "getsid", "sched_getscheduler",
+        "sched_getparam", "sched_get_priority_max", "sched_get_priority_min", "sched_rr_get_interval", "getitimer",
+        "alarm", "capget", "getgroups", "getresuid", "getresgid", "gettimeofday", "time", "clock_getres",
+        "sched_getaffinity", "ioprio_get", "getcpu", "membarrier", "getrlimit"]
+
+
+@pytest.fixture(scope="module")
+def multi_exe() -> Iterator[str]:
+    d = Path(tempfile.mkdtemp(prefix="ravn-sc-multi-"))
+    (d / "multi.c").write_text(MULTI_C)
+    subprocess.run(["cc", "-O1", "-o", str(d / "multi"), str(d / "multi.c")], check=True, timeout=60)
+    yield str(d / "multi")
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _summed(events: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for e in events:
+        assert e["evt.type"] == "syscall_summary" and e["syscall.total"] == sum(e["syscall.counts"].values())
+        for k, v in e["syscall.counts"].items():
+            counts[k] = counts.get(k, 0) + v
+    return counts
+
+
+def test_exit_sends_the_final_summary_without_a_flush(probe: Any) -> None:
+    """An exiting process's summary comes through the ring at its exit (no periodic flush in this test), once,
+    with exact counts, and the kernel deletes its map entry."""
+    src = probe(flush_interval_ms=600_000)
+    child = spawn(300)
+    go(child)
+    events = collect(src, lambda e: e["proc.pid"] == child.pid, count=1, settle_s=0.3)
+    assert len(events) == 1
+    (e,) = events
+    assert e["syscall.counts"] == {"execve": 1, "kill": 300, "exit_group": 1} and e["syscall.total"] == 302
+    assert e["syscall.seq"][-2:] == [62, 231] and len(e["syscall.seq"]) == 64
+    assert (e["proc.comm"], e["proc.ppid"], e["proc.tid"]) == ("sc_child", os.getpid(), child.pid)
+    assert not [k for k in src.bpf[b"ravn_sc_summary"].keys() if k.value == child.pid]
+    assert child.pid not in src._flusher.last
+
+
+def test_more_distinct_syscalls_than_a_final_record_holds(probe: Any, multi_exe: str) -> None:
+    """36 distinct syscalls: the exit cannot send them in one record, so it marks the entry and the next flush
+    emits it exactly and deletes it."""
+    names = [n for n in MANY if (TRACEFS / "events" / "syscalls" / f"sys_enter_{table()[n].tracepoint}").is_dir()]
+    assert len(names) > 32, names
+    src = probe(syscalls=[*names, "execve", "exit_group"], flush_interval_ms=100)
+    child = subprocess.Popen([multi_exe, "3", *(str(table()[n].nr) for n in names)], stdin=subprocess.PIPE,
+                             text=True)
+    assert child.stdin
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    child.wait(10)
+    events = collect(src, lambda e: e["proc.pid"] == child.pid, timeout_s=1.0)
+    assert _summed(events) == {"execve": 1, **{n: 3 for n in names}, "exit_group": 1}
+    assert not [k for k in src.bpf[b"ravn_sc_summary"].keys() if k.value == child.pid]
+
+
+def test_full_ring_falls_back_to_the_map(probe: Any) -> None:
+    """With a ring too small for the final records of 40 processes exiting at once, those that do not fit are
+    flushed from the map: every process's counts arrive exactly, and no drop is counted (nothing was lost)."""
+    src = probe(ring_buffer_kb=4, flush_interval_ms=200)
+    children = [spawn(20) for _ in range(40)]
+    for c in children:
+        assert c.stdin
+        c.stdin.write("go\n")
+        c.stdin.flush()
+    for c in children:
+        c.wait(10)
+    pids = {c.pid for c in children}
+    marked = {k.value for k, v in src.bpf[b"ravn_sc_summary"].items() if SyscallSummary.from_buffer_copy(v).exited}
+    assert len(marked & pids) >= 20  # the ring holds 10 records: most entries wait in the map, marked
+    events = collect(src, lambda e: e["proc.pid"] in pids, timeout_s=1.0)
+    for pid in pids:
+        assert _summed([e for e in events if e["proc.pid"] == pid]) == {"execve": 1, "kill": 20, "exit_group": 1}, pid
+    assert src.drops() == 0

@@ -15,6 +15,7 @@ from ravn_core.events import Batch, Event
 
 SC_MAX = 512  # RAVN_SC_MAX
 SC_SEQ = 64  # RAVN_SC_SEQ
+SC_DISTINCT = 32  # RAVN_SC_DISTINCT
 
 
 class SyscallEvent(ctypes.Structure):
@@ -24,15 +25,31 @@ class SyscallEvent(ctypes.Structure):
 
 
 class SyscallSummary(ctypes.Structure):
-    """``struct ravn_syscall_summary`` (2248 bytes): the value of the ravn_sc_summary map."""
+    """``struct ravn_syscall_summary`` (2320 bytes): the value of the ravn_sc_summary map."""
+
+    _fields_ = [
+        ("hdr", RavnHdr),
+        ("total", ctypes.c_uint64),
+        ("ndistinct", ctypes.c_uint64),
+        ("seq_pos", ctypes.c_uint32),
+        ("exited", ctypes.c_uint32),
+        ("seq", ctypes.c_uint16 * SC_SEQ),
+        ("distinct", ctypes.c_uint16 * SC_DISTINCT),
+        ("counts", ctypes.c_uint32 * SC_MAX),
+    ]
+
+
+class SyscallFinal(ctypes.Structure):
+    """``struct ravn_syscall_final`` (392 bytes): an exited process's summary, sent through the ring."""
 
     _fields_ = [
         ("hdr", RavnHdr),
         ("total", ctypes.c_uint64),
         ("seq_pos", ctypes.c_uint32),
-        ("exited", ctypes.c_uint32),
+        ("ndistinct", ctypes.c_uint32),
         ("seq", ctypes.c_uint16 * SC_SEQ),
-        ("counts", ctypes.c_uint32 * SC_MAX),
+        ("nrs", ctypes.c_uint16 * SC_DISTINCT),
+        ("counts", ctypes.c_uint32 * SC_DISTINCT),
     ]
 
 
@@ -40,6 +57,7 @@ class SyscallSummary(ctypes.Structure):
 MIRRORS: dict[str, type[ctypes.Structure]] = {
     "ravn_syscall_event": SyscallEvent,
     "ravn_syscall_summary": SyscallSummary,
+    "ravn_syscall_final": SyscallFinal,
 }
 
 Header = Callable[[tuple[Any, ...]], Event]
@@ -127,13 +145,28 @@ _SUMMARY_DTYPE = np.dtype({
 _HDR = unpacker(RavnHdr)
 
 
-class SummaryFlusher:
-    """Turns the ravn_sc_summary map into ``syscall_summary`` events: the deltas since the previous flush.
+#: tuple positions of a SyscallFinal unpacked (after the 9 header values)
+_F_SEQ = 12
+_F_NRS = _F_SEQ + SC_SEQ
+_F_COUNTS = _F_NRS + SC_DISTINCT
+_FINAL = unpacker(SyscallFinal)
 
-    Entries whose process exited (``exited`` set by the kernel's exit hook) are emitted a last time and deleted.
-    The whole map is read in a few ``bpf(2)`` batch calls when the table has ``read_all``/``delete_many``
-    (``FdMap``; else ``items()`` and ``del``), and its values are decoded as one numpy record array: a process
-    costs one header unpack and a comparison of its 512 counters, not 600 Python ints.
+#: what a final record's decoder returns when the record adds nothing to what the last flush emitted; the
+#: source leaves it out of the batch (a ring decoder must return an event)
+NOTHING: Event = {}
+
+
+class SummaryFlusher:
+    """Turns per-process syscall summaries into ``syscall_summary`` events: the deltas since the previous one.
+
+    Two ways in. A process that exits is sent by the kernel as one ``ravn_syscall_final`` ring record (only the
+    counts of the syscalls it used) and its map entry deleted: :meth:`decode_final` / :meth:`final_batch`
+    emit it once. Live processes stay in the ravn_sc_summary map and :meth:`flush` reads it every
+    flush_interval_ms: the whole map in a few ``bpf(2)`` batch calls when the table has ``read_all``/
+    ``delete_many`` (``FdMap``; else ``items()`` and ``del``), its values decoded as one numpy record array (a
+    process costs one header unpack and a comparison of its 512 counters). Entries the kernel marked exited
+    (their final record could not be sent) are emitted a last time and deleted. Both ways use ``last``, so an
+    exit after a flush emits only what came after it. One thread calls all of them (the source's poll).
     """
 
     def __init__(self, table: Any, header: Header, names: Sequence[str]) -> None:
@@ -142,6 +175,57 @@ class SummaryFlusher:
         self.names = names
         # tgid -> (total, seq_pos, counts) at the previous flush
         self.last: dict[int, tuple[int, int, np.ndarray[Any, Any]]] = {}
+        self.nothing = 0  #: NOTHING results of decode_final not yet taken out of a batch
+
+    def _final(self, v: tuple[Any, ...]) -> Event | None:
+        """One unpacked final record -> event, None when it adds nothing to the last flush."""
+        total, seq_pos, nd = v[9], v[10], v[11]
+        prev = self.last.pop(v[1], None)
+        names = self.names
+        nrs = v[_F_NRS:_F_NRS + nd]
+        if prev is None or total < prev[0]:  # never flushed, or the flushed entry was recreated since
+            counts = {names[nr]: c for nr, c in zip(nrs, v[_F_COUNTS:_F_COUNTS + nd], strict=True)}
+            new_seq = seq_pos
+        else:
+            if total == prev[0]:
+                return None
+            before = prev[2]
+            counts = {}
+            for nr, c in zip(nrs, v[_F_COUNTS:_F_COUNTS + nd], strict=True):
+                d = c - int(before[nr])
+                if d:
+                    counts[names[nr]] = d
+            new_seq, total = seq_pos - prev[1], total - prev[0]
+        n = min(new_seq, SC_SEQ)
+        start = (seq_pos - n) % SC_SEQ
+        if start + n <= SC_SEQ:
+            seq = list(v[_F_SEQ + start:_F_SEQ + start + n])
+        else:
+            seq = [*v[_F_SEQ + start:_F_NRS], *v[_F_SEQ:_F_SEQ + start + n - SC_SEQ]]
+        ev = self.header(v)
+        ev["syscall.counts"] = counts
+        ev["syscall.seq"] = seq
+        ev["syscall.total"] = total
+        return ev
+
+    def decode_final(self, buf: bytes) -> Event:
+        """Ring decoder of one ``ravn_syscall_final`` record (NOTHING when it adds nothing)."""
+        ev = self._final(_FINAL.unpack(buf))
+        if ev is None:
+            self.nothing += 1
+            return NOTHING
+        return ev
+
+    def final_batch(self) -> tuple[int, Callable[[memoryview], Batch]]:
+        """RingReader fast path: k ring frames of final records -> their events."""
+        frame = struct.Struct("<8x" + _FINAL.format.lstrip("<"))
+        assert frame.size == 8 + _FINAL.size and frame.size % 8 == 0
+        iter_unpack, final = frame.iter_unpack, self._final
+
+        def decode_many(region: memoryview) -> Batch:
+            return [ev for ev in map(final, iter_unpack(region)) if ev is not None]
+
+        return _FINAL.size, decode_many
 
     def _read(self) -> tuple[list[int], bytes, bytes]:
         read_all = getattr(self.table, "read_all", None)

@@ -15,7 +15,7 @@ from ravn_core.components import RuntimeContext
 from ravn_core.errors import UnusableEnvironment
 from ravn_core.events import Batch
 from ravn_ebpf_syscall.config import SyscallConfig
-from ravn_ebpf_syscall.decode import SummaryFlusher, event_decoder, events_batch_decoder
+from ravn_ebpf_syscall.decode import NOTHING, SummaryFlusher, event_decoder, events_batch_decoder
 from ravn_ebpf_syscall.syscalls import NORETURN, names_by_nr, table
 
 if TYPE_CHECKING:
@@ -76,19 +76,29 @@ class SyscallSource(BccProbe):
             nr = table()[name].nr
             sel[ctypes.c_int(nr)] = ctypes.c_uint8(2 if self.with_ret and name in NORETURN else 1)
 
+    def _summary_flusher(self) -> SummaryFlusher:
+        if self._flusher is None:  # before the ring opens (it takes the flusher's decoders); table set by start()
+            self._flusher = SummaryFlusher(None, self.event_header(), names_by_nr())
+        return self._flusher
+
     def decoders(self) -> dict[int, Decoder]:
+        if self.summary:  # the ring carries only the final summaries of exited processes
+            return {EVENT_TYPE_IDS["syscall_summary"]: self._summary_flusher().decode_final}
         return {EVENT_TYPE_IDS["syscall"]: event_decoder(self.event_header(), names_by_nr())}
 
     def fast_decoder(self) -> tuple[int, Callable[[memoryview], Batch]] | None:
-        if self.summary or self.with_ret:
-            return None  # summary: nothing in the ring; with ret: the syscall.ret key depends on the record
+        if self.summary:
+            return self._summary_flusher().final_batch()
+        if self.with_ret:
+            return None  # the syscall.ret key depends on the record
         return events_batch_decoder(self.event_header(), names_by_nr())
 
     def start(self) -> None:
+        self._flusher = None
         super().start()
         if self.summary:
             assert self.bpf is not None
-            self._flusher = SummaryFlusher(self.bpf[b"ravn_sc_summary"], self.event_header(), names_by_nr())
+            self._summary_flusher().table = self.bpf[b"ravn_sc_summary"]
             self._next_flush = time.monotonic() + self.config.flush_interval_ms / 1000
 
     def stop(self) -> None:
@@ -96,19 +106,27 @@ class SyscallSource(BccProbe):
         super().stop()
 
     def poll(self, timeout_ms: int) -> Batch:
-        if not self.summary or self._flusher is None:
+        flusher = self._flusher
+        if not self.summary or flusher is None:
             return super().poll(timeout_ms)
         wait = self._next_flush - time.monotonic()
-        if wait > timeout_ms / 1000:
-            time.sleep(timeout_ms / 1000)
-            return []
-        if wait > 0:
-            time.sleep(wait)
-        return self.flush()
+        batch = super().poll(max(0, min(timeout_ms, int(wait * 1000))))  # final summaries from the ring
+        if flusher.nothing:
+            batch = self._without_nothing(batch)
+        if time.monotonic() >= self._next_flush:
+            batch += self.flush()
+        return batch
+
+    def _without_nothing(self, batch: Batch) -> Batch:
+        assert self._flusher is not None
+        self.counters["events"] -= self._flusher.nothing
+        self._flusher.nothing = 0
+        return [e for e in batch if e is not NOTHING]
 
     def flush(self) -> Batch:
-        """Summary mode: read the per-process map now and return the syscall_summary events."""
-        if self._flusher is None:
+        """Summary mode: read the per-process map now and return the syscall_summary events of live processes
+        (and of exited ones whose final record could not be sent)."""
+        if self._flusher is None or self._flusher.table is None:
             return []
         self._next_flush = time.monotonic() + self.config.flush_interval_ms / 1000
         batch = self._flusher.flush()
@@ -116,4 +134,9 @@ class SyscallSource(BccProbe):
         return batch
 
     def drain(self) -> Batch:
-        return self.flush() if self.summary else super().drain()
+        if not self.summary:
+            return super().drain()
+        batch = super().drain()
+        if self._flusher is not None and self._flusher.nothing:
+            batch = self._without_nothing(batch)
+        return batch + self.flush()
