@@ -174,6 +174,14 @@ def test_final_record_of_a_process_never_flushed() -> None:
     e = flusher.decode_final(_final(s))
     assert e == {"proc.pid": 42, "proc.tid": 43, "evt.ts": 5_000, "syscall.counts": {"execve": 1, "kill": 2,
                  "exit_group": 1}, "syscall.seq": [59, 62, 62, 231], "syscall.total": 4}
+    s = SyscallSummary(hdr=_hdr(type=2, pid=44))
+    _count(s, 62, 64)
+    _count(s, 110, 1)
+    _count(s, 231, 1)
+    e = flusher.decode_final(_final(s))  # 66 syscalls: the window is the ring's last 64, wrapped
+    assert e["syscall.seq"] == [62] * 62 + [110, 231] and e["syscall.total"] == 66
+    with pytest.raises(ValueError, match="syscall_summary record of 391 bytes, expected 392"):
+        flusher.decode_final(_final(s)[:-1])
 
 
 def test_final_record_after_flushes_gives_the_rest() -> None:

@@ -145,11 +145,13 @@ _SUMMARY_DTYPE = np.dtype({
 _HDR = unpacker(RavnHdr)
 
 
-#: tuple positions of a SyscallFinal unpacked (after the 9 header values)
-_F_SEQ = 12
-_F_NRS = _F_SEQ + SC_SEQ
-_F_COUNTS = _F_NRS + SC_DISTINCT
-_FINAL = unpacker(SyscallFinal)
+#: a final record is read in parts: the header, total, seq_pos and ndistinct first, then only the ndistinct
+#: (nr, count) pairs and the sequence slots it needs (a /bin/true is 2 of each, of 32 and 64)
+_FINAL_SIZE = ctypes.sizeof(SyscallFinal)
+_FINAL_HEAD = struct.Struct("<" + unpacker(RavnHdr).format.lstrip("<") + "QII")
+_F_SEQ, _F_NRS, _F_COUNTS = SyscallFinal.seq.offset, SyscallFinal.nrs.offset, SyscallFinal.counts.offset
+_U16 = [struct.Struct(f"<{n}H") for n in range(SC_SEQ + 1)]
+_U32 = [struct.Struct(f"<{n}I") for n in range(SC_DISTINCT + 1)]
 
 #: what a final record's decoder returns when the record adds nothing to what the last flush emitted; the
 #: source leaves it out of the batch (a ring decoder must return an event)
@@ -177,21 +179,22 @@ class SummaryFlusher:
         self.last: dict[int, tuple[int, int, np.ndarray[Any, Any]]] = {}
         self.nothing = 0  #: NOTHING results of decode_final not yet taken out of a batch
 
-    def _final(self, v: tuple[Any, ...]) -> Event | None:
-        """One unpacked final record -> event, None when it adds nothing to the last flush."""
+    def _final(self, buf: Any, at: int) -> Event | None:
+        """The final record at offset ``at`` of ``buf`` -> event, None when it adds nothing to the last flush."""
+        v = _FINAL_HEAD.unpack_from(buf, at)
         total, seq_pos, nd = v[9], v[10], v[11]
         prev = self.last.pop(v[1], None)
         names = self.names
-        nrs = v[_F_NRS:_F_NRS + nd]
+        pairs = zip(_U16[nd].unpack_from(buf, at + _F_NRS), _U32[nd].unpack_from(buf, at + _F_COUNTS), strict=True)
         if prev is None or total < prev[0]:  # never flushed, or the flushed entry was recreated since
-            counts = {names[nr]: c for nr, c in zip(nrs, v[_F_COUNTS:_F_COUNTS + nd], strict=True)}
+            counts = {names[nr]: c for nr, c in pairs}
             new_seq = seq_pos
         else:
             if total == prev[0]:
                 return None
             before = prev[2]
             counts = {}
-            for nr, c in zip(nrs, v[_F_COUNTS:_F_COUNTS + nd], strict=True):
+            for nr, c in pairs:
                 d = c - int(before[nr])
                 if d:
                     counts[names[nr]] = d
@@ -199,9 +202,10 @@ class SummaryFlusher:
         n = min(new_seq, SC_SEQ)
         start = (seq_pos - n) % SC_SEQ
         if start + n <= SC_SEQ:
-            seq = list(v[_F_SEQ + start:_F_SEQ + start + n])
-        else:
-            seq = [*v[_F_SEQ + start:_F_NRS], *v[_F_SEQ:_F_SEQ + start + n - SC_SEQ]]
+            seq = list(_U16[n].unpack_from(buf, at + _F_SEQ + 2 * start))
+        else:  # the window wraps: its older part is at the end of the ring
+            seq = [*_U16[SC_SEQ - start].unpack_from(buf, at + _F_SEQ + 2 * start),
+                   *_U16[start + n - SC_SEQ].unpack_from(buf, at + _F_SEQ)]
         ev = self.header(v)
         ev["syscall.counts"] = counts
         ev["syscall.seq"] = seq
@@ -210,22 +214,28 @@ class SummaryFlusher:
 
     def decode_final(self, buf: bytes) -> Event:
         """Ring decoder of one ``ravn_syscall_final`` record (NOTHING when it adds nothing)."""
-        ev = self._final(_FINAL.unpack(buf))
+        if len(buf) != _FINAL_SIZE:
+            raise ValueError(f"syscall_summary record of {len(buf)} bytes, expected {_FINAL_SIZE}")
+        ev = self._final(buf, 0)
         if ev is None:
             self.nothing += 1
             return NOTHING
         return ev
 
     def final_batch(self) -> tuple[int, Callable[[memoryview], Batch]]:
-        """RingReader fast path: k ring frames of final records -> their events."""
-        frame = struct.Struct("<8x" + _FINAL.format.lstrip("<"))
-        assert frame.size == 8 + _FINAL.size and frame.size % 8 == 0
-        iter_unpack, final = frame.iter_unpack, self._final
+        """RingReader fast path: k ring frames (8-byte ring header + record) of final records -> their events."""
+        frame = (8 + _FINAL_SIZE + 7) & ~7
+        final = self._final
 
         def decode_many(region: memoryview) -> Batch:
-            return [ev for ev in map(final, iter_unpack(region)) if ev is not None]
+            out = []
+            for at in range(8, len(region), frame):
+                ev = final(region, at)
+                if ev is not None:
+                    out.append(ev)
+            return out
 
-        return _FINAL.size, decode_many
+        return _FINAL_SIZE, decode_many
 
     def _read(self) -> tuple[list[int], bytes, bytes]:
         read_all = getattr(self.table, "read_all", None)
