@@ -50,8 +50,9 @@ class SyscallConfig(BccProbeConfig):
     exclude_syscalls: list[str] = Field(default_factory=list,
                                         description="deny list, removed from the allow list (or from all)")
     return_values: bool = Field(False, description="events mode: emit at syscall exit with syscall.ret")
-    flush_interval_ms: int = Field(1000, ge=10, description="summary mode: how often per-process summaries "
-                                                            "are read and emitted")
+    flush_interval_ms: int = Field(1000, ge=10, description="summary mode: how often the summaries of running "
+                                                            "processes are read and emitted (an exited "
+                                                            "process's last one comes within 100 ms)")
     max_summary_processes: int = Field(8192, ge=16, description="summary mode: processes tracked at once (LRU)")
 
     @field_validator("syscalls", "exclude_syscalls")

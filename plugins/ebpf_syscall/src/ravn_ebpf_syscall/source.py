@@ -21,6 +21,10 @@ from ravn_ebpf_syscall.syscalls import NORETURN, names_by_nr, table
 if TYPE_CHECKING:
     from bcc import BPF
 
+#: summary mode: the ring of final summaries (exited processes) is read this often; at 400 bytes a record, the
+#: default 1 MiB ring holds 2,600 of them, 26,000 exits/s between two reads (more fall back to the map flush)
+FINAL_READ_MS = 100
+
 
 class SyscallSource(BccProbe):
     """Syscall events (mode: events) or per-process syscall summaries (mode: summary)."""
@@ -34,6 +38,7 @@ class SyscallSource(BccProbe):
         super().__init__(name, config, context)
         self._flusher: SummaryFlusher | None = None
         self._next_flush = 0.0
+        self._next_read = 0.0
 
     @property
     def summary(self) -> bool:
@@ -109,8 +114,18 @@ class SyscallSource(BccProbe):
         flusher = self._flusher
         if not self.summary or flusher is None:
             return super().poll(timeout_ms)
-        wait = self._next_flush - time.monotonic()
-        batch = super().poll(max(0, min(timeout_ms, int(wait * 1000))))  # final summaries from the ring
+        # Summary mode never waits on the ring: the kernel would wake this thread for nearly every exiting process
+        # (one record each, each its own batch downstream). It sleeps to the next read instead: the ring every
+        # FINAL_READ_MS (the final records wait that long at most), the map every flush_interval_ms.
+        now = time.monotonic()
+        due = min(self._next_read, self._next_flush)
+        if due - now > timeout_ms / 1000:
+            time.sleep(timeout_ms / 1000)
+            return []
+        if due > now:
+            time.sleep(due - now)
+        self._next_read = time.monotonic() + FINAL_READ_MS / 1000
+        batch = super().poll(0)  # the final summaries in the ring: nothing waits
         if flusher.nothing:
             batch = self._without_nothing(batch)
         if time.monotonic() >= self._next_flush:
