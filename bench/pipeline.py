@@ -2,9 +2,16 @@
 
 The source hands out pre-built batches of synthetic events (so the figure is the core's cost, not event
 creation); the analyzer touches every event (reads evt.type and proc.pid) and raises an alert every 100,000
-events, which goes to a JSONL sink. Prints events/s and RSS over the run; the last line is one JSON object.
+events, which goes to a JSONL sink. Prints events/s, the process's CPU per batch and RSS over the run; the last
+line is one JSON object.
+
+Saturated (the default): the source returns its next batch at once, so every queue stays full and no thread
+ever sleeps; the figure is throughput. Paced (``--every-ms``): ``--sources`` sources each return a batch every
+``--every-ms`` ms, so every batch wakes the threads that wait for it, as the probes' batches do (a busy probe
+hands over one batch per ``batch_ms``, 10 ms); the figure is the CPU each batch costs between the stages.
 
     .venv/bin/python bench/pipeline.py --seconds 60 --batch 4096
+    .venv/bin/python bench/pipeline.py --seconds 8 --batch 30 --sources 4 --every-ms 10
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from ravn_core.testing import synthetic_event
 class BenchSourceConfig(PluginConfig):
     batch: int = 4096
     pool: int = 8
+    every_ms: float = 0.0  # > 0: one batch per this many ms (the poll sleeps first)
 
 
 class BenchSource(Source):
@@ -43,6 +51,8 @@ class BenchSource(Source):
         pass
 
     def poll(self, timeout_ms: int) -> list[dict[str, Any]]:
+        if self.config.every_ms:
+            time.sleep(self.config.every_ms / 1000)
         self.i += 1
         return list(self.pool[self.i % len(self.pool)])  # a fresh list object, as a real decoder returns
 
@@ -81,6 +91,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--sources", type=int, default=1, help="sources at once (default 1)")
+    ap.add_argument("--every-ms", type=float, default=0.0, help="paced: each source returns a batch every this "
+                    "many ms (default 0: saturated)")
     args = ap.parse_args()
     out = tempfile.mkdtemp(prefix="ravn-bench-")
     host = PluginHost()
@@ -89,7 +102,8 @@ def main() -> int:
     host.register_components()
     cfg = validate({
         "ravn": {"state_dir": out, "queue_batches": 64, "health_interval_s": 5},
-        "sources": [{"plugin": "bench_source", "batch": args.batch}],
+        "sources": [{"plugin": "bench_source", "name": f"bench{i}", "batch": args.batch, "every_ms": args.every_ms}
+                    for i in range(args.sources)],
         "analyzers": [{"plugin": "bench_analyzer"}],
         "sinks": [{"plugin": "jsonl", "path": f"{out}/alerts.jsonl"}],
     }, host.registries())
@@ -105,10 +119,16 @@ def main() -> int:
     sampler = threading.Thread(target=sample, daemon=True)
     rt.start()
     sampler.start()
-    t0 = time.monotonic()
+    time.sleep(min(1.0, args.seconds / 5))  # started: the loader, the first batches
+    t0, cpu0 = time.monotonic(), os.times()
+    analyzed0, batches0 = rt.counters["analyzed"], rt.counters["analyzed_batches"]
     time.sleep(args.seconds)
-    analyzed = rt.counters["analyzed"]
+    analyzed = rt.counters["analyzed"] - analyzed0
+    batches = rt.counters["analyzed_batches"] - batches0
+    cpu1 = os.times()
     elapsed = time.monotonic() - t0
+    cpu = cpu1.user - cpu0.user + cpu1.system - cpu0.system
+    us_per_batch = 1e6 * cpu / batches if batches else 0.0
     stats = rt.stop("bench")
     stop.set()
     rate = analyzed / elapsed
@@ -117,11 +137,16 @@ def main() -> int:
     peak = max((r for _, r in rss), default=rss_bytes())
     alerts = sum(1 for _ in open(f"{out}/alerts.jsonl"))
     unaccounted = stats["accepted"] - stats["dropped"] - stats["analyzed"]
-    print(f"events analyzed: {stats['analyzed']:,} in {elapsed:.1f}s = {rate:,.0f} events/s "
-          f"(batch {args.batch}); dropped {stats['dropped']:,}; unaccounted {unaccounted}; alerts {alerts}")
+    print(f"events analyzed: {stats['analyzed']:,}, {analyzed:,} in the {elapsed:.1f}s measured = {rate:,.0f} "
+          f"events/s (batch {args.batch}, {args.sources} source(s), "
+          f"{'every ' + str(args.every_ms) + ' ms' if args.every_ms else 'saturated'}); CPU {1e3 * cpu / elapsed:.1f} "
+          f"ms/s = {us_per_batch:.1f} us/batch; dropped {stats['dropped']:,}; unaccounted {unaccounted}; "
+          f"alerts {alerts}")
     print(f"RSS peak {peak / 1048576:.1f} MB; growth after warm-up {growth:+.2f}% "
           f"({len(rss)} samples, python {sys.version.split()[0]}, {os.cpu_count()} cpus)")
     print(json.dumps({"events_per_s": round(rate), "seconds": round(elapsed, 1), "batch": args.batch,
+                      "sources": args.sources, "every_ms": args.every_ms, "cpu_ms_per_s": round(1e3 * cpu / elapsed, 1),
+                      "us_per_batch": round(us_per_batch, 1),
                       "accepted": stats["accepted"], "dropped": stats["dropped"], "analyzed": stats["analyzed"],
                       "unaccounted": unaccounted, "alerts": alerts, "rss_peak_mb": round(peak / 1048576, 1),
                       "rss_growth_pct": round(growth, 2)}))

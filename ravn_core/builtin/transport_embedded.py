@@ -1,8 +1,10 @@
 """The embedded in-process transport: the default, no Redis needed.
 
-A bounded queue of batches between the transport thread and the analysis threads. ``publish`` blocks while the
-queue is full (backpressure reaches the sources' stage queue, where drops are counted); nothing that ``publish``
-accepted is lost, because the runtime drains it at shutdown.
+A bounded queue of batches between the sources and the analysis threads. Under ``ravn run`` (role ``all``) the
+source threads ``offer`` their batches to it themselves (no transport thread, no second queue: one thread handoff
+per batch fewer); a batch that finds no room within the sources' wait is counted dropped at the source, as on the
+stage queue. ``publish`` (from a transport thread) blocks while the queue is full. Nothing either accepted is lost:
+the runtime drains the queue at shutdown.
 """
 
 from __future__ import annotations
@@ -37,6 +39,15 @@ class EmbeddedTransport(Transport):
         self._queue.put(Delivery(host, batch), len(batch))
         with self._lock:
             self.published += 1
+
+    def offer(self, host: str, batch: Batch, timeout_s: float) -> bool:
+        """``publish`` that waits at most ``timeout_s`` for room; False (nothing queued) when none came. Safe from
+        several threads at once: each source thread calls it (see ``ravn_core.runtime.source``)."""
+        if not self._queue.put(Delivery(host, batch), len(batch), timeout=timeout_s):
+            return False
+        with self._lock:
+            self.published += 1
+        return True
 
     def consume(self, timeout_s: float) -> Delivery | None:
         delivery = self._queue.get(timeout_s)

@@ -2,8 +2,10 @@
 
 One module per part (see docs/ARCHITECTURE.md for the picture):
 
-- ``source``: ``SourceStage``, a poll thread per source filling the bounded ingress queue (counts accepted, dropped);
+- ``source``: ``SourceStage``, a poll thread per source filling the bounded ingress queue (counts accepted, dropped),
+  or with the embedded transport under role ``all`` publishing to it directly (published);
 - ``egress``: ``EgressStage``, the transport thread publishing what the sources accepted (published, publish_lost);
+  not started when the sources publish directly;
 - ``analysis``: ``AnalysisStage``, analysis threads: process tree, analyzers, dead letters, scoring (analyzed, ...);
 - ``sink``: ``SinkStage``, the sink thread emitting alerts and acking deliveries (alerts_emitted, acked, ...);
 - ``supervisor``: ``Slot`` and ``Supervisor``, error budgets, restart backoff, quarantine, thread restarts;

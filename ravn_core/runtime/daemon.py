@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from ravn_core.builtin.health import anon_rss_bytes, rss_bytes
+from ravn_core.builtin.transport_embedded import EmbeddedTransport
 from ravn_core.components import Alert, Component, Health, RuntimeContext, RuntimeSnapshot
 from ravn_core.config import RavnConfig
 from ravn_core.errors import StartupError
@@ -112,7 +113,8 @@ class Runtime:
     def counters(self) -> dict[str, int]:
         """Every stage's counters, read now (a copy)."""
         sink = self.sink_stage
-        out = {"published": self.egress_stage.published, "publish_lost": self.egress_stage.publish_lost,
+        out = {"published": self.egress_stage.published + self.source_stage.published(),
+               "publish_lost": self.egress_stage.publish_lost,
                **self.analysis_stage.counters(),
                "alerts_emitted": sink.alerts_emitted, "threat_updates": sink.threat_updates, "acked": sink.acked,
                "self_alerts": self._self_alerts, "heap_trims": self.selfwatch.heap_trims,
@@ -136,6 +138,8 @@ class Runtime:
             self.transport_slot = Slot(self.config.transport, sup.build(self.config.transport))
             self.egress_stage.transport = self.analysis_stage.transport = self.transport_slot
             self.sink_stage.transport = self.transport_slot
+            if self.role == "all" and isinstance(self.transport_slot.component, EmbeddedTransport):
+                self.source_stage.direct = self.transport_slot  # an in-memory put: no transport thread
             if self._wants("analysis"):
                 self.analysis_stage.build(self.config.analyzers, self.config.explicitly_named)
                 for spec in self.config.sinks:
@@ -184,7 +188,8 @@ class Runtime:
             raise
         self.source_stage.spawn()
         if self._wants("sources"):
-            self.supervisor.spawn("transport", self.egress_stage.loop)
+            if self.source_stage.direct is None:
+                self.supervisor.spawn("transport", self.egress_stage.loop)
         else:
             self.phases.sources_done.set()
             self.phases.egress_done.set()

@@ -1,9 +1,11 @@
 """The source stage: one thread per source polls it and puts its batches on the bounded ingress queue.
 
 Every event a source returns is counted ``accepted`` on its slot; it is then put on the ingress queue, or counted
-``dropped`` when the queue stays full past a short wait (the pipeline is too slow). A source whose poll raises is
-stopped and started again after its backoff; one whose health says ``failed`` (programs detached) is reattached
-when the health thread asks.
+``dropped`` when the queue stays full past a short wait (the pipeline is too slow). With the embedded transport
+under role ``all`` (``direct``) there is no ingress queue and no transport thread: the source thread offers the
+batch to the transport's own bounded queue with the same wait, and counts it ``published`` or ``dropped``.
+A source whose poll raises is stopped and started again after its backoff; one whose health says ``failed``
+(programs detached) is reattached when the health thread asks.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import time
 
 from ravn_core.batchqueue import BatchQueue
+from ravn_core.builtin.transport_embedded import EmbeddedTransport
 from ravn_core.components import Health, Source
 from ravn_core.config import CoreConfig
 from ravn_core.events import Batch
@@ -33,6 +36,10 @@ class SourceStage:
         self.phases = phases
         self.slots: list[Slot] = []
         self.ingress: BatchQueue[Batch] = BatchQueue(core.queue_batches, core.queue_events)
+        self.hostname = core.hostname()
+        #: set by the runtime (role ``all``, embedded transport): the transport's slot, which the source threads
+        #: offer their batches to instead of the ingress queue; no transport thread runs then
+        self.direct: Slot | None = None
 
     def start(self) -> None:
         """Start every source on this thread, so an unusable environment fails startup; on error stop those
@@ -90,11 +97,20 @@ class SourceStage:
         sup.safe(slot, src.stop)
 
     def accept(self, slot: Slot, batch: Batch) -> None:
-        slot.accepted += len(batch)
+        n = len(batch)
+        slot.accepted += n
         slot.batches += 1
         wait = PUT_WAIT_S if not self.phases.stopping.is_set() else self.core.shutdown_timeout_s
-        if not self.ingress.put(batch, len(batch), timeout=wait):
-            slot.dropped += len(batch)
+        direct = self.direct
+        if direct is not None:
+            transport: EmbeddedTransport = direct.component
+            direct.heartbeat = time.time()
+            if transport.offer(self.hostname, batch, wait):
+                slot.published += n
+            else:
+                slot.dropped += n
+        elif not self.ingress.put(batch, n, timeout=wait):
+            slot.dropped += n
 
     def check(self, out: dict[str, Health]) -> None:
         """Health round: note each source's health; ask a source that reports ``failed`` to reattach."""
@@ -111,6 +127,10 @@ class SourceStage:
 
     def dropped(self) -> int:
         return sum(s.dropped for s in self.slots)
+
+    def published(self) -> int:
+        """Events the source threads handed to the transport themselves (``direct``)."""
+        return sum(s.published for s in self.slots)
 
     def stats(self, healths: dict[int, Health] | None = None) -> dict[str, dict[str, int]]:
         """Per source. ``healths``: health already read (by ``id`` of the slot), used instead of asking again."""

@@ -32,10 +32,11 @@ class Slot:
     """One component under supervision, and the counters of the stage that runs it.
 
     The supervision fields are changed under ``lock`` (the transport's slot fails from the transport, analysis and
-    sink threads). Each counter has one writer, the thread that runs the slot: ``accepted``, ``dropped`` and
-    ``batches`` for a source; ``processed``, ``skipped`` (events it did not see: restart delay, quarantine, a batch
-    it failed on) and ``dead_letters`` (events it raised on alone) for an analyzer, one slot per analysis thread;
-    ``processed`` (alerts taken) and ``dropped`` for a sink.
+    sink threads). Each counter has one writer, the thread that runs the slot: ``accepted``, ``dropped``,
+    ``batches`` and ``published`` (only when it publishes to the embedded transport itself) for a source;
+    ``processed``, ``skipped`` (events it did not see: restart delay, quarantine, a batch it failed on) and
+    ``dead_letters`` (events it raised on alone) for an analyzer, one slot per analysis thread; ``processed``
+    (alerts taken) and ``dropped`` for a sink.
     """
 
     spec: ComponentSpec
@@ -52,6 +53,7 @@ class Slot:
     accepted: int = 0
     dropped: int = 0
     batches: int = 0
+    published: int = 0
     processed: int = 0
     skipped: int = 0
     dead_letters: int = 0

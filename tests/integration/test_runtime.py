@@ -280,3 +280,57 @@ def test_status_reads_each_source_once_and_its_alerts_are_fresh_copies_of_their_
     again = rt.status()["recent_alerts"][-1]
     assert "planted" not in again["evidence"] and "planted" not in alert.evidence
     assert again["count"] == shown["count"] + 1 and again == alert.to_dict()
+
+
+def test_the_embedded_transport_is_fed_by_the_source_threads_and_another_by_the_transport_thread() -> None:
+    import queue
+    import threading
+
+    from ravn_core import hookimpl
+    from ravn_core.components import Delivery, PluginConfig, Transport
+    from ravn_core.testing import make_host
+
+    publishers: set[str] = set()
+
+    class ListTransport(Transport):
+        def __init__(self, name: str, config: PluginConfig, context: Any) -> None:
+            super().__init__(name, config, context)
+            self.q: queue.Queue[Delivery] = queue.Queue()
+
+        def publish(self, host: str, batch: list[dict[str, Any]]) -> None:
+            publishers.add(threading.current_thread().name)
+            self.q.put(Delivery(host, batch))
+
+        def consume(self, timeout_s: float) -> Delivery | None:
+            try:
+                return self.q.get(timeout=timeout_s)
+            except queue.Empty:
+                return None
+
+        def pending(self) -> int:
+            return self.q.qsize()
+
+    class Plugin:
+        @hookimpl
+        def ravn_register_transports(self, registry: Any) -> None:
+            registry.add("list_transport", ListTransport, PluginConfig)
+
+    sources = [{"plugin": "test_source", "name": f"s{i}", "batches": 50, "events_per_batch": 10} for i in range(2)]
+
+    def done(rt: Any) -> bool:
+        return bool(rt.counters["analyzed"] == 1000)
+
+    rt, stats = run_pipeline({"ravn": FAST, "sources": sources, "analyzers": [{"plugin": "test_analyzer"}]},
+                             until=done)
+    assert "transport" not in rt.supervisor.threads and rt.source_stage.direct is rt.transport_slot
+    assert [s.published for s in rt.sources] == [500, 500] and rt.source_stage.ingress.qsize() == 0
+    assert stats["accepted"] == stats["published"] == stats["analyzed"] == 1000 and stats["dropped"] == 0
+    assert rt.transport_slot is not None and rt.transport_slot.component.published == 100  # batches
+
+    host = make_host((Plugin(), "list_transport"))
+    rt, stats = run_pipeline({"ravn": FAST, "sources": sources, "transport": {"plugin": "list_transport"},
+                              "analyzers": [{"plugin": "test_analyzer"}]}, host=host, until=done)
+    assert "transport" in rt.supervisor.threads and rt.source_stage.direct is None
+    assert publishers == {"ravn-transport"}
+    assert [s.published for s in rt.sources] == [0, 0]
+    assert stats["accepted"] == stats["published"] == stats["analyzed"] == 1000
