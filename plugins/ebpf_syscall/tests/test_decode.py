@@ -222,6 +222,22 @@ def test_final_record_with_nothing_new_emits_nothing() -> None:
     assert many(memoryview(size.to_bytes(4, "little") + b"\0" * 4 + _final(s))) == [] and again.last == {}
 
 
+def test_a_corrupt_final_record_still_decodes() -> None:
+    """Values the kernel never writes (ndistinct above 32, a syscall number past the table, a sequence position
+    behind the last flush) give an event with what can be read, not an IndexError that loses the batch."""
+    m = _Table()
+    s = SyscallSummary(hdr=_hdr(type=2))
+    m.entries.append((ctypes.c_uint32(42), s))
+    flusher = SummaryFlusher(m, _header, names_by_nr())
+    _count(s, 62, 5)
+    assert len(flusher.flush()) == 1
+    f = SyscallFinal.from_buffer_copy(_final(s))
+    f.ndistinct, f.nrs[0], f.nrs[1], f.counts[1] = 1000, 62, 60000, 9
+    f.total, f.seq_pos = 7, 1  # more syscalls than the flush saw, yet a sequence position behind it
+    e = flusher.decode_final(bytes(f))
+    assert e["syscall.counts"] == {} and e["syscall.seq"] == [] and e["syscall.total"] == 2
+
+
 def test_final_fast_path_gives_the_same_events() -> None:
     def flusher() -> SummaryFlusher:
         return SummaryFlusher(_Table(), _header, names_by_nr())

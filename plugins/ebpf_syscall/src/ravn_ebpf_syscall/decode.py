@@ -182,10 +182,11 @@ class SummaryFlusher:
     def _final(self, buf: Any, at: int) -> Event | None:
         """The final record at offset ``at`` of ``buf`` -> event, None when it adds nothing to the last flush."""
         v = _FINAL_HEAD.unpack_from(buf, at)
-        total, seq_pos, nd = v[9], v[10], v[11]
+        total, seq_pos, nd = v[9], v[10], min(v[11], SC_DISTINCT)  # the kernel writes at most SC_DISTINCT
         prev = self.last.pop(v[1], None)
         names = self.names
-        pairs = zip(_U16[nd].unpack_from(buf, at + _F_NRS), _U32[nd].unpack_from(buf, at + _F_COUNTS), strict=True)
+        pairs = [(nr, c) for nr, c in zip(_U16[nd].unpack_from(buf, at + _F_NRS),
+                                          _U32[nd].unpack_from(buf, at + _F_COUNTS), strict=True) if nr < SC_MAX]
         if prev is None or total < prev[0]:  # never flushed, or the flushed entry was recreated since
             counts = {names[nr]: c for nr, c in pairs}
             new_seq = seq_pos
@@ -199,7 +200,7 @@ class SummaryFlusher:
                 if d:
                     counts[names[nr]] = d
             new_seq, total = seq_pos - prev[1], total - prev[0]
-        n = min(new_seq, SC_SEQ)
+        n = max(0, min(new_seq, SC_SEQ))
         start = (seq_pos - n) % SC_SEQ
         if start + n <= SC_SEQ:
             seq = list(_U16[n].unpack_from(buf, at + _F_SEQ + 2 * start))
@@ -275,7 +276,7 @@ class SummaryFlusher:
                 nz = np.flatnonzero(diff)
                 deltas = diff[nz].tolist()
                 new_seq, prev_total = seq_pos - prev[1], prev[0]
-            n = min(new_seq, SC_SEQ)
+            n = max(0, min(new_seq, SC_SEQ))
             ring = all_seqs[i].tolist()
             ev = self.header(hdr(vraw, i * size))
             ev["syscall.counts"] = dict(zip([names[j] for j in nz.tolist()], deltas, strict=True))
