@@ -83,12 +83,13 @@
  *     positive for an fd exec of that number.
  *   - argv strings that are not resident read as missing and set RAVN_EXEC_ARGV_TRUNC (exec.argv_truncated), as
  *     do a 17th argument and an argument of RAVN_SEC_ARG_LEN - 1 bytes or more (cut there).
- *   - the kernel keeps a filename as passed: "./x" after `cd /dev/shm`, or "/usr/../dev/shm/x". User space
- *     normalises an absolute one lexically, and makes a relative one absolute
- *     from /proc/<pid>/cwd (or the execveat dirfd) when it decodes the record, microseconds to milliseconds
- *     later: a program that has already exited keeps "./x" (counted: exec_relative_unresolved), and one that
- *     changed directory in between is resolved against its new cwd. A successful execveat(dirfd, "x") is named
- *     "/dev/fd/<dirfd>/x" by the kernel and is left so.
+ *   - the kernel keeps a filename as passed: "./x" after `cd /dev/shm`, or "/usr/../dev/shm/x". A relative one
+ *     is joined here with the cwd of the process's last absolute chdir (sec_cwds: chdir/fchdir are traced for
+ *     it, inherited at fork, seeded from /proc; RAVN_EXEC_CWD), cut at RAVN_SEC_PATH_LEN - 1 bytes. After a
+ *     relative chdir or an fchdir that cwd is forgotten and user space resolves the name from /proc/<pid>/cwd
+ *     (or the execveat dirfd) when it decodes the record, up to batch_ms later: a program that has exited by
+ *     then keeps "./x" (counted: exec_relative_unresolved). User space normalises absolute names lexically. A
+ *     successful execveat(dirfd, "x") is named "/dev/fd/<dirfd>/x" by the kernel and is left so.
  *   - cap_capable's cred is the one checked, usually but not always current's; proc.* is current.
  *   - fork with CLONE_PARENT: proc.* is the creator, while its proc.ppid in later events is the creator's parent.
  *   - the CAP_SYS_ADMIN skip list is by syscall: a genuine CAP_SYS_ADMIN check inside one of those syscalls is
@@ -138,6 +139,9 @@
 #ifndef SEC_MAX_PENDING
 #define SEC_MAX_PENDING 10240
 #endif
+#ifndef SEC_MAX_CWD /* processes whose cwd the kernel keeps for relative exec names (LRU, 256 bytes each) */
+#define SEC_MAX_CWD 8192
+#endif
 
 #include "ravn_common.bpf.h"
 
@@ -145,6 +149,8 @@
 #define SEC_NR_DUP2 33
 #define SEC_NR_EXECVE 59
 #define SEC_NR_EXIT 60
+#define SEC_NR_CHDIR 80
+#define SEC_NR_FCHDIR 81
 #define SEC_NR_PTRACE 101
 #define SEC_NR_SETUID 105
 #define SEC_NR_SETGID 106
@@ -235,6 +241,19 @@ BPF_PERCPU_ARRAY(sec_mount_scratch, struct ravn_mount_event, 1);
 #if SEC_EXEC
 BPF_TABLE("lru_hash", u32, struct ravn_exec_event, sec_exec_pending, 1024);
 BPF_PERCPU_ARRAY(sec_exec_scratch, struct ravn_exec_event, 1);
+/* The cwd each process last entered by an absolute chdir: inherited at fork, deleted at exit and after a relative
+ * chdir or an fchdir (which cannot be joined here), seeded by user space from /proc/<pid>/cwd at start. A relative
+ * exec name ("./x" after `cd /tmp`) is joined with it in the record (RAVN_EXEC_CWD), so the path is right even
+ * when the process is gone before user space reads the ring. */
+struct sec_cwd {
+	char path[RAVN_SEC_PATH_LEN];
+};
+BPF_TABLE("lru_hash", u32, struct sec_cwd, sec_cwds, SEC_MAX_CWD);
+BPF_TABLE("lru_hash", u32, u64, sec_chdir_pending, 1024); /* tid -> the path argument of a chdir, 0 fchdir */
+struct sec_join {
+	char buf[2 * RAVN_SEC_PATH_LEN];
+};
+BPF_PERCPU_ARRAY(sec_join_scratch, struct sec_join, 1);
 #endif
 #if SEC_MEMFD_TRACK
 struct sec_fdset {
@@ -447,6 +466,30 @@ static __always_inline void sec_exec_env(struct ravn_exec_event *e, const char *
 #endif
 }
 
+/* A relative e->filename of an exec at the cwd (not an fd exec) becomes cwd + "/" + name when the kernel knows the
+ * process's cwd; cut at RAVN_SEC_PATH_LEN - 1 bytes (the user space normalises "/./" and "//"). */
+static __always_inline void sec_join_cwd(struct ravn_exec_event *e, u32 tgid)
+{
+	if (e->filename[0] == '/' || e->filename[0] == 0 || (e->flags & RAVN_EXEC_FD) || e->fd >= 0)
+		return;
+	struct sec_cwd *cwd = sec_cwds.lookup(&tgid);
+	u32 zero = 0;
+	struct sec_join *j = sec_join_scratch.lookup(&zero);
+	if (!cwd || !j)
+		return;
+	long n = bpf_probe_read_kernel_str(j->buf, RAVN_SEC_PATH_LEN, cwd->path);
+	if (n <= 1 || n >= RAVN_SEC_PATH_LEN)
+		return; /* empty, or no room for a name */
+	u32 off = n; /* the name goes after the '/' that replaces the cwd's NUL */
+	j->buf[(off - 1) & (RAVN_SEC_PATH_LEN - 1)] = '/';
+	/* hide off's range from the compiler, or it drops the mask the verifier needs to bound the write */
+	asm volatile("" : "+r"(off));
+	off &= RAVN_SEC_PATH_LEN - 1;
+	bpf_probe_read_kernel_str(&j->buf[off], RAVN_SEC_PATH_LEN, e->filename);
+	bpf_probe_read_kernel_str(e->filename, RAVN_SEC_PATH_LEN, j->buf);
+	e->flags |= RAVN_EXEC_CWD;
+}
+
 /* Store filename and argv of an execve/execveat for this thread. Not filtered here: the filter applies to the
  * identity after the exec (ravn_sec_exec) or to the failed caller (ravn_sec_exec_exit). */
 static __always_inline int sec_exec_store(const char *filename, const char *const *argv, s32 dirfd, s64 flags,
@@ -561,6 +604,7 @@ int ravn_sec_exec(struct sec_exec_args *args)
 	ravn_fill_hdr(&e->hdr, pid_tgid, uid_gid, RAVN_EVT_EXEC);
 	e->ret = 0;
 	bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), (char *)args + (args->filename_loc & 0xffff));
+	sec_join_cwd(e, pid_tgid >> 32);
 	char *c = e->hdr.comm;
 	if ((e->flags & RAVN_EXEC_FD) && c[0] == 'm' && c[1] == 'e' && c[2] == 'm' && c[3] == 'f' && c[4] == 'd' &&
 	    c[5] == ':')
@@ -584,6 +628,7 @@ int ravn_sec_exec_exit(struct ravn_sys_exit *args)
 	if (ret != 0 && (SEC_EXEC_ENOENT || ret != -2 /* ENOENT */) && !ravn_filtered(pid_tgid, uid_gid)) {
 		ravn_fill_hdr(&e->hdr, pid_tgid, uid_gid, RAVN_EVT_EXEC);
 		e->ret = ret;
+		sec_join_cwd(e, pid_tgid >> 32);
 		if (ravn_events.ringbuf_output(e, sec_exec_size(e), 0) < 0)
 			ravn_count_drop();
 	}
@@ -599,6 +644,12 @@ int ravn_on_newtask(struct ravn_newtask_args *args)
 	if (!(args->clone_flags & RAVN_CLONE_THREAD)) {
 		u64 pid_tgid = bpf_get_current_pid_tgid();
 		u32 child = args->pid;
+#if SEC_EXEC
+		u32 creator = pid_tgid >> 32;
+		struct sec_cwd *cwd = sec_cwds.lookup(&creator);
+		if (cwd)
+			sec_cwds.update(&child, cwd);
+#endif
 #if SEC_MEMFD_TRACK
 		u32 tgid = pid_tgid >> 32;
 		struct sec_fdset *s = sec_memfds.lookup(&tgid);
@@ -638,6 +689,10 @@ int ravn_on_exit(struct ravn_exit_args *args)
 #if SEC_MEMFD_TRACK
 		if (sec_memfds.lookup(&tgid))
 			sec_memfds.delete(&tgid);
+#endif
+#if SEC_EXEC
+		if (sec_cwds.lookup(&tgid))
+			sec_cwds.delete(&tgid);
 #endif
 #if SEC_EXIT
 		c = sec_group_code.lookup(&tgid);
@@ -776,6 +831,15 @@ int ravn_sec_sys_enter(struct ravn_sys_enter *args)
 		return 0;
 	}
 #endif
+#if SEC_EXEC
+	/* the cwd is tracked for every process (filters apply to the exec, not to this) */
+	if (nr == SEC_NR_CHDIR || nr == SEC_NR_FCHDIR) {
+		u32 tid = (u32)bpf_get_current_pid_tgid();
+		u64 path = nr == SEC_NR_CHDIR ? a[0] : 0;
+		sec_chdir_pending.update(&tid, &path);
+		return 0;
+	}
+#endif
 	/* dup2/dup3 matter only onto stdin/stdout/stderr: test before anything else */
 	if ((nr == SEC_NR_DUP2 || nr == SEC_NR_DUP3) && (u32)a[1] > 2)
 		return 0;
@@ -832,6 +896,25 @@ int ravn_sec_sys_exit(struct ravn_sys_exit *args)
 #if SEC_MEMFD_TRACK
 	if (nr == SEC_NR_MEMFD_CREATE) /* tracked whatever the filters say: a child may exec it */
 		sec_add_memfd(bpf_get_current_pid_tgid() >> 32, ret);
+#endif
+#if SEC_EXEC
+	if (nr == SEC_NR_CHDIR || nr == SEC_NR_FCHDIR) {
+		u64 *path = sec_chdir_pending.lookup(&tid);
+		if (!path)
+			return 0;
+		u32 tgid = bpf_get_current_pid_tgid() >> 32;
+		u32 zero = 0;
+		struct sec_join *j = sec_join_scratch.lookup(&zero);
+		long n = 0;
+		if (ret == 0 && *path && j)
+			n = bpf_probe_read_user_str(j->buf, RAVN_SEC_PATH_LEN, (void *)*path);
+		if (ret == 0 && j && n > 1 && n < RAVN_SEC_PATH_LEN && j->buf[0] == '/')
+			sec_cwds.update(&tgid, (struct sec_cwd *)j->buf);
+		else if (ret == 0)
+			sec_cwds.delete(&tgid); /* relative chdir, fchdir, or a path too long to read: forget */
+		sec_chdir_pending.delete(&tid);
+		return 0;
+	}
 #endif
 	if (nr == SEC_NR_MOUNT) {
 		struct ravn_mount_event *m = sec_mount_pending.lookup(&tid);

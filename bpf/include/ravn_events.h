@@ -169,6 +169,7 @@ _Static_assert(sizeof(struct ravn_syscall_final) == 392, "update SyscallFinal in
 #define RAVN_EXEC_NO_ARGS 0x8    /* the sys_enter was not seen (probe attached mid-exec): argv is empty */
 #define RAVN_EXEC_LD_ENV 0x10    /* the environment sets LD_PRELOAD, LD_LIBRARY_PATH or LD_AUDIT: env[] holds them
                                   * and the record is sent whole */
+#define RAVN_EXEC_CWD 0x20       /* filename was relative: the kernel joined it with the process's cwd (sec_cwds) */
 #define RAVN_SEC_ENVC 3          /* loader variables captured from the environment */
 
 /* RAVN_EVT_EXEC: emitted at sched_process_exec (success; header taken after the exec: new comm, uid) or at

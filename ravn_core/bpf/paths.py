@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
-from typing import Final
+from typing import Any, Final
 
 #: the dirfd of a path relative to the working directory (openat, execveat, ...)
 AT_FDCWD: Final = -100
@@ -29,3 +30,23 @@ def resolve_path(pid: int, dirfd: int, path: str) -> str | None:
     if not base.startswith("/"):
         return None  # "pipe:[..]", "anon_inode:..": not a directory
     return os.path.normpath(os.path.join(base, path))
+
+
+def seed_cwds(table: Any) -> int:
+    """Put every running process's /proc/<pid>/cwd into a probe's kernel cwd map (tgid -> NUL-padded path, as
+    long as the table's value): the processes started before the probe, whose absolute chdir the kernel never
+    saw. A cwd that does not fit, or was deleted, is left out. Returns how many were seeded."""
+    size = ctypes.sizeof(table.Leaf)
+    n = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry.name}/cwd").encode()
+        except OSError:
+            continue
+        if not cwd.startswith(b"/") or len(cwd) >= size or cwd.endswith(b" (deleted)"):
+            continue
+        table[ctypes.c_uint32(int(entry.name))] = table.Leaf.from_buffer_copy(cwd.ljust(size, b"\0"))
+        n += 1
+    return n

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 from ravn_ebpf_file.config import FileConfig
-from ravn_ebpf_file.source import FileSource, seed_cwds
+from ravn_ebpf_file.source import FileSource
 
 from ravn_core.bpf import testing as bpf_testing
+from ravn_core.bpf.paths import seed_cwds
 from ravn_core.bpf.testing import collect_until_quiet, fresh_cgroup, run_child
 from ravn_core.events import field_names
 from ravn_core.testing import make_context, require_kernel

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from ravn_ebpf_security.config import ALL_EVENTS, SecurityConfig
 from ravn_ebpf_security.decode import (
     CONSTANTS,
+    EXEC_CWD,
     EXEC_MIN_SIZE,
     MIRRORS,
     ExecEvent,
@@ -237,7 +238,7 @@ def test_relative_exec_filename_resolved_against_cwd_or_dirfd(tmp_path: Path,
         assert decode(_exec_record(me, b"y", fd=dirfd))["exec.filename"] == f"{tmp_path}/sub/y"
     finally:
         os.close(dirfd)
-    assert counters == {"exec_relative_resolved": 3, "exec_relative_unresolved": 0}
+    assert counters == {"exec_relative_resolved": 3, "exec_relative_from_kernel_cwd": 0, "exec_relative_unresolved": 0}
     # absolute names, fd execs and an empty name are left as they are (normalised), and not counted
     assert decode(_exec_record(me, b"/bin/true"))["exec.filename"] == "/bin/true"
     assert decode(_exec_record(me, b"/usr/..//dev/shm/./x"))["exec.filename"] == "/dev/shm/x"
@@ -252,3 +253,7 @@ def test_relative_exec_filename_resolved_against_cwd_or_dirfd(tmp_path: Path,
     ev = decode(_exec_record(gone, b"./payload"))
     assert (ev["exec.filename"], ev["exec.exe"]) == ("./payload", "")
     assert counters["exec_relative_unresolved"] == 1
+    # ... unless the kernel joined the name with the cwd it kept (RAVN_EXEC_CWD): normalised, counted apart
+    ev = decode(_exec_record(gone, b"/tmp/./payload", flags=EXEC_CWD))
+    assert ev["exec.filename"] == "/tmp/payload"
+    assert counters == {"exec_relative_resolved": 3, "exec_relative_from_kernel_cwd": 1, "exec_relative_unresolved": 1}

@@ -219,9 +219,44 @@ def test_exec_failure_reports_errno(probe: SecuritySource) -> None:
     assert only(evs, "exit")["exit.code"] == 3 << 8
 
 
+def test_relative_exec_of_a_process_already_gone_is_joined_in_the_kernel(probe: SecuritySource,
+                                                                          tmp_path: Path) -> None:
+    """``cd /tmp && ./x`` where x lives a millisecond: by the time user space reads the ring /proc has nothing
+    to resolve "./x" against, so the kernel joins it with the cwd of the last absolute chdir (inherited at fork).
+    After a relative chdir it forgets the cwd, and the name stays as passed (counted unresolved)."""
+    shutil.copy("/bin/true", tmp_path / "quick")
+    (tmp_path / "sub").mkdir()
+    shutil.copy("/bin/true", tmp_path / "sub" / "quick")
+    before = dict(probe.counters)
+
+    def run(*dirs: str, fork: bool = False) -> Event:
+        def body() -> None:
+            for d in dirs:
+                os.chdir(d)
+            if fork:  # a child of the process that changed directory: it inherits the cwd
+                _, status = in_child(lambda: os.execv("./quick", ["./quick"]))
+                os._exit(os.waitstatus_to_exitcode(status))
+            os.execv("./quick", ["./quick"])
+
+        pid, status = in_child(body)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert not Path(f"/proc/{pid}").exists()  # gone before the probe's records are decoded
+        execs = [e for e in of_pid(probe, pid) if e["evt.type"] == "exec" and e["exec.argv"] == ["./quick"]]
+        assert len(execs) == 1, execs
+        return execs[0]
+
+    assert run(str(tmp_path))["exec.filename"] == f"{tmp_path}/quick"
+    assert run(str(tmp_path), fork=True)["exec.filename"] == f"{tmp_path}/quick"
+    assert run("/", str(tmp_path) + "//sub/.")["exec.filename"] == f"{tmp_path}/sub/quick"  # normalised
+    assert run(str(tmp_path), "sub")["exec.filename"] == "./quick"  # relative chdir: forgotten
+    delta = {k: probe.counters[k] - before.get(k, 0) for k in
+             ("exec_relative_from_kernel_cwd", "exec_relative_unresolved")}
+    assert delta == {"exec_relative_from_kernel_cwd": 3, "exec_relative_unresolved": 1}
+
+
 def test_relative_exec_is_reported_with_its_absolute_path(probe: SecuritySource, tmp_path: Path) -> None:
     """``cd /dev/shm && ./x`` must not hide where x lives: the kernel's name is "./x", the event's is absolute
-    (resolved against the process's cwd while it runs), for a successful exec and for a failed one; and a
+    (joined with the cwd the kernel kept), for a successful exec and for a failed one; and a
     symlink does not hide the file it points to (exec.exe)."""
     shutil.copy("/bin/sleep", tmp_path / "sleeper")
     (tmp_path / "link").symlink_to(tmp_path / "sleeper")
@@ -247,8 +282,9 @@ def test_relative_exec_is_reported_with_its_absolute_path(probe: SecuritySource,
         (f"{tmp_path}/notexec", "", ["./notexec"], -errno.EACCES),
         (f"{tmp_path}/link", f"{tmp_path}/sleeper", ["./link", "0.3"], 0),
     ]
-    assert probe.counters["exec_relative_resolved"] - before.get("exec_relative_resolved", 0) == 2
-    assert probe.health().counters["exec_relative_resolved"] >= 2
+    joined = "exec_relative_from_kernel_cwd"  # the kernel kept the cwd of the child's absolute chdir
+    assert probe.counters[joined] - before.get(joined, 0) == 2
+    assert probe.health().counters[joined] >= 2
 
 
 def test_exec_from_a_non_leader_thread(probe: SecuritySource) -> None:

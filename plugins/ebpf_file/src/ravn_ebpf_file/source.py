@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ctypes
-import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from ravn_core.bpf.abi import EVENT_TYPE_IDS
+from ravn_core.bpf.paths import seed_cwds
 from ravn_core.bpf.probe import BccProbe
 from ravn_core.components import RuntimeContext
 from ravn_core.events import Batch, Event
@@ -115,21 +115,3 @@ class FileSource(BccProbe):
 
     def drain(self) -> Batch:
         return [e for e in super().drain() if e is not DROP]
-
-
-def seed_cwds(table: Any) -> int:
-    """Put every running process's /proc/<pid>/cwd into the kernel's cwd map (``ravn_file_cwd``): the processes
-    started before the probe, whose absolute chdir the kernel never saw. Returns how many were seeded."""
-    n = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{entry.name}/cwd").encode()
-        except OSError:
-            continue
-        if not cwd.startswith(b"/") or len(cwd) >= PATH_MAX or cwd.endswith(b" (deleted)"):
-            continue
-        table[ctypes.c_uint32(int(entry.name))] = table.Leaf.from_buffer_copy(cwd.ljust(PATH_MAX, b"\0"))
-        n += 1
-    return n

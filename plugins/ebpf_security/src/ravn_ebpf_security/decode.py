@@ -39,6 +39,7 @@ EXEC_MEMFD: Final = 0x2
 EXEC_ARGV_TRUNC: Final = 0x4
 EXEC_NO_ARGS: Final = 0x8
 EXEC_LD_ENV: Final = 0x10
+EXEC_CWD: Final = 0x20
 ENVC: Final = 3  # RAVN_SEC_ENVC
 #: loader variable -> the exec field that carries its value
 LD_FIELDS: Final = {"LD_PRELOAD": "exec.ld_preload", "LD_LIBRARY_PATH": "exec.ld_library_path",
@@ -104,6 +105,7 @@ CONSTANTS: Final[dict[str, int]] = {
     "RAVN_SEC_PATH_LEN": PATH_LEN, "RAVN_SEC_ARGC": ARGC, "RAVN_SEC_ARG_LEN": ARG_LEN, "RAVN_SEC_STR_LEN": STR_LEN,
     "RAVN_SEC_FSTYPE_LEN": FSTYPE_LEN, "RAVN_EXEC_FD": EXEC_FD, "RAVN_EXEC_MEMFD": EXEC_MEMFD,
     "RAVN_EXEC_ARGV_TRUNC": EXEC_ARGV_TRUNC, "RAVN_EXEC_NO_ARGS": EXEC_NO_ARGS, "RAVN_EXEC_LD_ENV": EXEC_LD_ENV,
+    "RAVN_EXEC_CWD": EXEC_CWD,
     "RAVN_SEC_ENVC": ENVC,
 }
 
@@ -125,16 +127,18 @@ def _exe(pid: int) -> str:
 def exec_decoder(header: Header, counters: dict[str, int]) -> Decoder:
     """``ravn_exec_event`` -> exec event.
 
-    A relative ``exec.filename`` (``cd /tmp && ./x``: the kernel keeps the name as passed) is made absolute
-    against ``/proc/<pid>/cwd``, or the execveat dirfd, when the record is decoded, and an absolute one with
-    "//", "." or ".." components is normalised, so path rules (``/tmp/``, ``/dev/shm/``) see where the program
-    lives. After a successful exec the pid is the new program, whose cwd is
-    the caller's; after a failed one it is the caller. A process gone by then keeps the relative name.
+    A relative ``exec.filename`` (``cd /tmp && ./x``: the kernel keeps the name as passed) comes joined with the
+    cwd the kernel kept for the process (its last absolute chdir, ``RAVN_EXEC_CWD``: exact at the exec, counted
+    ``exec_relative_from_kernel_cwd``). Without one (after a relative chdir or an fchdir, or an execveat dirfd)
+    it is made absolute against ``/proc/<pid>/cwd``, or the dirfd, when the record is decoded; an absolute name
+    with "//", "." or ".." components is normalised, so path rules (``/tmp/``, ``/dev/shm/``) see where the
+    program lives. After a successful exec the pid is the new program, whose cwd is the caller's; after a failed
+    one it is the caller. A process gone by then keeps the relative name (``exec_relative_unresolved``).
     ``exec.exe`` of a successful exec is read from ``/proc/<pid>/exe`` then too (one readlink per exec): the
-    file a symlink leads to. ``counters`` gets ``exec_relative_resolved`` and ``exec_relative_unresolved``."""
+    file a symlink leads to; empty when the process is gone."""
     unpack = unpacker(ExecEvent).unpack
     full = ctypes.sizeof(ExecEvent)
-    for k in ("exec_relative_resolved", "exec_relative_unresolved"):
+    for k in ("exec_relative_from_kernel_cwd", "exec_relative_resolved", "exec_relative_unresolved"):
         counters.setdefault(k, 0)
 
     def absolute(pid: int, fd: int, filename: str) -> str:
@@ -159,6 +163,8 @@ def exec_decoder(header: Header, counters: dict[str, int]) -> Decoder:
             filename = absolute(v[1], v[12], filename)
         elif "/." in filename or "//" in filename:
             filename = normalize_path(filename)  # /usr/../dev/shm/x is /dev/shm/x to the exec path rules
+        if v[10] & EXEC_CWD:
+            counters["exec_relative_from_kernel_cwd"] += 1
         ev["exec.filename"] = filename
         ev["exec.exe"] = _exe(v[1]) if v[9] == 0 else ""
         ev["exec.argv"] = [_str(argv[i * ARG_LEN:(i + 1) * ARG_LEN]) for i in range(argc)]

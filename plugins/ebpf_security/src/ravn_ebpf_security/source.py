@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from ravn_core.bpf.env import TRACEFS
+from ravn_core.bpf.paths import seed_cwds
 from ravn_core.bpf.probe import BccProbe
 from ravn_core.bpf.ring import Decoder
 from ravn_ebpf_security.config import SecurityConfig
 from ravn_ebpf_security.decode import decoders
+
+if TYPE_CHECKING:
+    from bcc import BPF
 
 CRED_SYSCALLS = ("setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid", "setfsgid",
                  "capset")
@@ -65,6 +69,7 @@ class SecuritySource(BccProbe):
                 ("ravn_sec_exec_exit", "syscalls:sys_exit_execveat"),
                 ("ravn_sec_exec", "sched:sched_process_exec"),
                 (EXIT, "syscalls:sys_exit_memfd_create"),  # memfd fd tracking for exec.memfd
+                *_paired("chdir", "fchdir"),  # the cwd a relative exec name is joined with
             ]
         if c.enabled("exit"):
             tps += [
@@ -106,6 +111,10 @@ class SecuritySource(BccProbe):
         if c.enabled("setsid"):
             tps.append(("ravn_sec_setsid", "syscalls:sys_exit_setsid"))
         return list(dict.fromkeys(tps))  # one attachment per tracepoint
+
+    def on_loaded(self, bpf: BPF) -> None:
+        if self.config.enabled("exec"):
+            seed_cwds(bpf["sec_cwds"])
 
     def decoders(self) -> dict[int, Decoder]:
         return decoders(self.event_header(), self.counters)
