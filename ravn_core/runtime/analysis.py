@@ -28,6 +28,7 @@ from ravn_core.events import Batch
 from ravn_core.proctree import ProcessTree
 from ravn_core.runtime.hosts import Hosts
 from ravn_core.runtime.phases import Phases
+from ravn_core.runtime.reorder import Reorder
 from ravn_core.runtime.sink import SinkItem, SinkStage
 from ravn_core.runtime.supervisor import Slot, Supervisor
 
@@ -109,6 +110,7 @@ class AnalysisStage:
         phases = self.phases
         last_tick = time.monotonic()
         timeline = time.time()
+        hold = Reorder(self.core.reorder_ms / 1000) if self.core.reorder_ms else None
         while True:
             for slot in worker.slots:
                 slot.heartbeat = time.time()
@@ -116,15 +118,24 @@ class AnalysisStage:
                     slot.reload_requested = False
                     sup.safe(slot, slot.component.reload)
             delivery = None
+            wait = 0.05
+            if hold is not None and hold.held:
+                wait = min(wait, max(hold.due_in(time.time_ns(), time.monotonic()), 0.001))
             try:
-                delivery = transport.consume(0.05)
+                delivery = transport.consume(wait)
             except Exception as exc:
                 sup.fail(tslot, exc)
                 sup.wait_retry(tslot, phases.final)
                 tslot.retry_at = 0.0
             if delivery is not None:
                 timeline = self._now(delivery.batch)
-                self.analyze(worker, delivery, timeline)
+                if hold is None:
+                    self.analyze(worker, delivery.host, delivery.batch, [delivery], timeline)
+                else:
+                    hold.add(delivery, time.monotonic())
+            if hold is not None and hold.held:
+                for r in hold.release(time.time_ns(), time.monotonic()):
+                    self.analyze(worker, r.host, r.batch, r.acks, timeline)
             if time.monotonic() - last_tick >= TICK_S:
                 last_tick = time.monotonic()
                 if self.role != "replay":
@@ -138,18 +149,22 @@ class AnalysisStage:
                     self.role != "replay" or getattr(transport, "exhausted", True)
                 ):
                     break
+        if hold is not None:  # what was taken is analysed (and acked) before the thread ends
+            for r in hold.release(time.time_ns(), time.monotonic(), everything=True):
+                self.analyze(worker, r.host, r.batch, r.acks, timeline)
         self.tick(worker, timeline + 3600 if self.role == "replay" else time.time())
 
-    def analyze(self, worker: Worker, delivery: Delivery, now: float) -> None:
-        batch = delivery.batch
+    def analyze(self, worker: Worker, host: str, batch: Batch, acks: list[Delivery], now: float) -> None:
+        """Analyse ``batch`` (events of ``host``), score its alerts and hand them to the sinks with ``acks``, the
+        deliveries whose last events these are."""
         taken = len(batch)
-        tree = self.hosts.tree(delivery.host)
-        with self.hosts.tree_lock(delivery.host):  # another analysis thread may get a batch of this host
+        tree = self.hosts.tree(host)
+        with self.hosts.tree_lock(host):  # another analysis thread may get a batch of this host
             try:
                 tree.update(batch)
             except Exception:
                 batch = self._update_per_event(worker, tree, batch)
-        ctx = BatchContext(delivery.host, tree, now)
+        ctx = BatchContext(host, tree, now)
         alerts: list[Alert] = []
         ready = self.supervisor.ready
         for slot in worker.slots:
@@ -173,7 +188,7 @@ class AnalysisStage:
                 worker.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
                 worker.latency_sum += latency
         worker.alerts += len(alerts)
-        if not self.score(delivery, alerts, now):
+        if not self.score(host, acks, alerts, now):
             worker.sink_items_lost += 1
 
     def _update_per_event(self, worker: Worker, tree: ProcessTree, batch: Batch) -> Batch:
@@ -240,16 +255,15 @@ class AnalysisStage:
             except Exception as exc:
                 self.supervisor.fail(slot, exc)
         worker.alerts += len(alerts)
-        if not self.score(None, alerts, now, tick=True):
+        if not self.score(self.hostname, [], alerts, now, tick=True):
             worker.sink_items_lost += 1
 
     # ------------------------------------------------------------------------------------------ scoring
-    def score(self, delivery: Delivery | None, alerts: list[Alert], now: float, tick: bool = False,
+    def score(self, host: str, acks: list[Delivery], alerts: list[Alert], now: float, tick: bool = False,
               fold: bool = True) -> bool:
         """Score ``alerts`` with their host's tracker (every host's on a tick) and hand the result, with the
-        delivery to ack, to the sink stage. ``fold=False`` (self-alerts): each alert goes out even when the
+        deliveries to ack, to the sink stage. ``fold=False`` (self-alerts): each alert goes out even when the
         tracker folded it. False when the item was lost at shutdown."""
-        host = delivery.host if delivery else self.hostname
         for a in alerts:
             a.host = a.host or host
         incidents: dict[str, list[dict[str, Any]]] = {}
@@ -259,11 +273,10 @@ class AnalysisStage:
             out, updates = self.hosts.process(host, alerts, now)
         if not fold:
             out = [a for a in out if all(a is not b for b in alerts)] + alerts
-        if not out and not updates and not incidents and (delivery is None or not self._acks()):
+        if not out and not updates and not incidents and (not acks or not self._acks()):
             return True  # nothing for the sinks, and no ack to make: no handoff to the sink thread
-        # the sink thread needs the delivery only to ack it: do not pin the batch's events while alerts wait
-        ack = Delivery(delivery.host, [], delivery.token) if delivery is not None else None
-        return self.sink.put(SinkItem(ack, out, updates, incidents))
+        # the sink thread needs the deliveries only to ack them: do not pin their events while alerts wait
+        return self.sink.put(SinkItem([Delivery(d.host, [], d.token) for d in acks], out, updates, incidents))
 
     def _acks(self) -> bool:
         """Whether the transport's ``ack`` does anything (the embedded transport's is the base no-op)."""
@@ -274,7 +287,7 @@ class AnalysisStage:
 
     def score_self(self, alert: Alert) -> None:
         """A self-alert, from any thread: scored and sent each time."""
-        sent = self.score(None, [alert], time.time(), fold=False)
+        sent = self.score(self.hostname, [], [alert], time.time(), fold=False)
         with self._self_lock:
             self.self_alerts += 1
             self.self_items_lost += not sent

@@ -26,9 +26,9 @@ log = logging.getLogger("ravn.runtime")
 @dataclass
 class SinkItem:
     """What the analysis stage hands the sinks: the alerts and level changes of one batch (or tick), and the
-    delivery to ack (its events dropped: only the ack token is kept while the item waits)."""
+    deliveries to ack (their events dropped: only the ack tokens are kept while the item waits)."""
 
-    delivery: Delivery | None
+    acks: list[Delivery]
     alerts: list[Alert]
     updates: list[ThreatUpdate]
     incidents: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # host -> open incidents, if changed
@@ -87,9 +87,9 @@ class SinkStage:
                     slot.heartbeat = time.time()
                 continue
             self.emit(item)
-            if item.delivery is not None:
+            for delivery in item.acks:
                 try:
-                    transport.ack(item.delivery)
+                    transport.ack(delivery)
                     self.acked += 1
                 except Exception as exc:
                     sup.fail(tslot, exc)

@@ -81,7 +81,8 @@ def test_bad_events_in_many_batches_never_quarantine_the_rules_analyzer(tmp_path
 
 def test_batches_in_an_analyzers_restart_delay_are_counted_skipped_not_analyzed_by_it() -> None:
     config = {
-        "ravn": {"restart_backoff_s": 1.0, "restart_backoff_max_s": 1.0, "error_budget": 100},
+        "ravn": {"restart_backoff_s": 1.0, "restart_backoff_max_s": 1.0, "error_budget": 100,
+                 "reorder_ms": 0},  # the analyzer fails per call: one call per delivery
         "sources": [{"plugin": "test_source", "batches": 50, "events_per_batch": 10}],
         # raises on its first batch and on every event of it alone: the analyzer itself is failing
         "analyzers": [{"plugin": "test_analyzer", "name": "flaky", "fail_on_batch": 1, "fail_times": 11},

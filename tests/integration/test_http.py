@@ -60,7 +60,8 @@ def sample(families: dict[str, Any], name: str, **labels: str) -> float:
 
 
 def test_healthz_metrics_and_status(tmp_path: Path) -> None:
-    rt = start({"sources": [{"plugin": "test_source", "batches": 30, "events_per_batch": 40}],
+    rt = start({"ravn": {"reorder_ms": 0},  # one delivery, one analyze call (one latency sample): no hold
+                "sources": [{"plugin": "test_source", "batches": 30, "events_per_batch": 40}],
                 "analyzers": [{"plugin": "test_analyzer", "alert_every": 100, "score": 90}],
                 "sinks": [{"plugin": "test_sink"}]}, tmp_path)
     try:

@@ -47,7 +47,7 @@ def test_source_that_recovers_is_restarted_not_quarantined() -> None:
 
 def test_failing_analyzer_is_rebuilt_then_quarantined_and_others_go_on() -> None:
     config = {
-        "ravn": FAST,
+        "ravn": {**FAST, "reorder_ms": 0},  # the analyzer fails per call: one call per delivery
         "sources": [{"plugin": "test_source", "batches": 100_000, "events_per_batch": 10}],
         "analyzers": [{"plugin": "test_analyzer", "name": "flaky", "fail_on_batch": 1, "fail_times": 100},
                       {"plugin": "test_analyzer", "name": "steady", "alert_every": 100, "score": 90}],
@@ -102,7 +102,7 @@ def test_alerts_carry_their_incident_and_every_view_shows_the_open_incidents(tmp
 
 def test_backpressure_every_event_is_delivered_or_counted() -> None:
     config = {
-        "ravn": {"queue_batches": 1},
+        "ravn": {"queue_batches": 1, "reorder_ms": 0},  # the analyzer's sleep is per call: one call per delivery
         "transport": {"plugin": "embedded", "capacity_batches": 1},
         "sources": [{"plugin": "test_source", "batches": 30, "events_per_batch": 100}],
         "analyzers": [{"plugin": "test_analyzer", "sleep_s": 0.3}],  # slower than the stage queue's 0.25 s wait
@@ -243,7 +243,7 @@ def test_two_analysis_threads_never_write_one_hosts_process_tree_at_once(monkeyp
                 inside[0] -= 1
 
     monkeypatch.setattr(ProcessTree, "update", update)
-    config = {"ravn": {**FAST, "analysis_threads": 2},
+    config = {"ravn": {**FAST, "analysis_threads": 2, "reorder_ms": 0},  # no hold: each thread takes its share
               "sources": [{"plugin": "test_source", "batches": 200, "events_per_batch": 5}],
               "analyzers": [{"plugin": "test_analyzer"}]}
     rt, stats = run_pipeline(config, until=lambda rt: rt.counters["analyzed"] == 1000)

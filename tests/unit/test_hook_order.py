@@ -70,7 +70,7 @@ def test_exact_hook_order() -> None:
         # fails on its first batch and on each of its 5 events alone: the analyzer's own error, not a bad event's
             "analyzers": [{"plugin": "test_analyzer", "fail_on_batch": 1, "fail_times": 6}],
         "sinks": [{"plugin": "test_sink"}],
-        "ravn": {"restart_backoff_s": 0.05},
+        "ravn": {"restart_backoff_s": 0.05, "reorder_ms": 0},  # one delivery, one analyze call: no hold
     }
 
     def reloaded_after_error(rt: Any) -> bool:
