@@ -191,7 +191,7 @@ def cmd_learn(args: argparse.Namespace, host: Any = None) -> int:
         met = rate <= args.budget and held_h >= args.min_heldout_hours
         learning.update(medium_alerts=ev.medium, fa_per_hour=round(rate, 4), budget_met=met,
                         learned_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        train_hours=round(train_h, 4), calibration_hours=round(cal_h, 4))
+                        train_hours=round(train_h, 6), calibration_hours=round(cal_h, 6))
         model = set_metadata(res.model, {"ravn.learning": json.dumps(learning)})
     out.write_bytes(model)
     report = {**learning, "model": str(out), "recording": recording, "heldout_processes_scored": ev.processes_scored,
