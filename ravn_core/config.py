@@ -126,7 +126,7 @@ class CoreConfig(BaseModel):
     queue_events: int = Field(262144, ge=1, description="events the stage queue holds at most (about 1 KB each): "
                               "bounds the memory a burst can pin")
     analysis_threads: int = Field(1, ge=1, le=64, description="analysis threads consuming the transport")
-    reorder_ms: int = Field(50, ge=0, le=5000, description="each probe delivers through its own ring, so a chmod can "
+    reorder_ms: int = Field(30, ge=0, le=5000, description="each probe delivers through its own ring, so a chmod can "
                             "reach the analyzers after the exec it preceded: an analysis thread holds events this "
                             "long (of event time) and hands them on in evt.ts order; 0: each batch as it comes")
     shutdown_timeout_s: float = Field(10.0, ge=0, description="bound on draining queues at SIGINT/SIGTERM")
