@@ -6,6 +6,9 @@ happened. The analysis thread therefore holds what it takes for ``reorder_ms`` o
 the events at least that old, sorted by ``evt.ts``: events that arrive within ``reorder_ms`` of happening are analysed
 in the order they happened, later ones as they come. A delivery is acked once the last of its events went out.
 
+Releases come in steps of a third of ``reorder_ms`` (an event waits between ``reorder_ms`` and 4/3 of it): releasing
+whatever became due at every wakeup made an analyze call per millisecond of a storm, each with its fixed cost.
+
 A host whose clock is ahead of ours (a fleet member) or an event stamped in the future would be held for ever: what
 has been held ``FORCE`` times ``reorder_ms`` since it arrived is released anyway. Everything is per batch except the
 sort's key (one call per event per sort; a held run is sorted about once).
@@ -23,6 +26,8 @@ from ravn_core.events import Batch
 
 #: events held this many times reorder_ms after they arrived are released whatever their evt.ts says
 FORCE = 4
+#: a host's events are released when its oldest is due by this share of reorder_ms (one analyze call per step)
+STEP = 1 / 3
 
 
 def event_ts(ev: dict[str, Any]) -> int:
@@ -56,6 +61,7 @@ class Reorder:
 
     def __init__(self, hold_s: float) -> None:
         self.hold_ns = int(hold_s * 1e9)
+        self.step_ns = int(hold_s * STEP * 1e9)
         self.force_s = FORCE * hold_s
         self.held: dict[str, Held] = {}
 
@@ -77,7 +83,8 @@ class Reorder:
         """Seconds until ``release`` has something to give (0 when it has now, inf when nothing is held)."""
         due = math.inf
         for h in self.held.values():
-            due = min(due, (h.oldest_ts + self.hold_ns - now_ns) / 1e9, h.deliveries[0][2] + self.force_s - now)
+            due = min(due, (h.oldest_ts + self.hold_ns + self.step_ns - now_ns) / 1e9,
+                      h.deliveries[0][2] + self.force_s - now)
         return max(due, 0.0)
 
     def release(self, now_ns: int, now: float, everything: bool = False) -> list[Release]:
@@ -87,7 +94,7 @@ class Reorder:
         for host, h in list(self.held.items()):
             if everything or now - h.deliveries[0][2] >= self.force_s:
                 cutoff = math.inf
-            elif now_ns - self.hold_ns >= h.oldest_ts:
+            elif now_ns - self.hold_ns - self.step_ns >= h.oldest_ts:
                 cutoff = now_ns - self.hold_ns
             else:
                 continue

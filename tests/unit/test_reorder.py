@@ -27,8 +27,10 @@ def test_a_chmod_delivered_after_the_exec_it_preceded_is_analysed_first() -> Non
     r.add(security, arrived=0.0)
     assert r.release(T0 + 4 * MS, now=0.004) == []  # nothing is 50 ms old yet
     r.add(file, arrived=0.012)
-    assert abs(r.due_in(T0 + 12 * MS, now=0.012) - 0.039) < 1e-9  # the fork is due at T0 + 51 ms
-    (out,) = r.release(T0 + 60 * MS, now=0.06)
+    # the fork is due at T0 + 51 ms, released with the events due by then a step (50 / 3 ms) later
+    assert abs(r.due_in(T0 + 12 * MS, now=0.012) - (1 + 50 + 50 / 3 - 12) / 1000) < 1e-9
+    assert r.release(T0 + 67 * MS, now=0.067) == []
+    (out,) = r.release(T0 + 68 * MS, now=0.068)
     assert (out.host, kinds(out.batch), [d.token for d in out.acks]) == ("h", ["fork", "chmod", "exec"], ["s", "f"])
     assert r.held == {} and r.due_in(T0, 0.0) == float("inf")
 
@@ -39,8 +41,8 @@ def test_only_events_past_the_hold_go_out_and_a_delivery_is_acked_with_its_last_
     r.add(Delivery("h", [ev("b", T0 + 20 * MS)], "2"), arrived=0.02)
     (out,) = r.release(T0 + 70 * MS, now=0.07)  # cutoff T0 + 20 ms
     assert kinds(out.batch) == ["a", "b"] and [d.token for d in out.acks] == ["2"]
-    assert r.release(T0 + 80 * MS, now=0.08) == []  # c is not due before T0 + 90 ms
-    (out,) = r.release(T0 + 90 * MS, now=0.09)
+    assert r.release(T0 + 100 * MS, now=0.1) == []  # c is due at T0 + 90 ms, released a step later
+    (out,) = r.release(T0 + 107 * MS, now=0.107)
     assert kinds(out.batch) == ["c"] and [d.token for d in out.acks] == ["1"] and r.held == {}
 
 
@@ -48,7 +50,7 @@ def test_hosts_are_held_apart() -> None:
     r = Reorder(HOLD)
     r.add(Delivery("a", [ev("x", T0)], 1), arrived=0.0)
     r.add(Delivery("b", [ev("y", T0 + 30 * MS)], 2), arrived=0.0)
-    (out,) = r.release(T0 + 60 * MS, now=0.06)
+    (out,) = r.release(T0 + 70 * MS, now=0.07)
     assert (out.host, kinds(out.batch)) == ("a", ["x"]) and list(r.held) == ["b"]
 
 
