@@ -84,9 +84,10 @@
  *   - argv strings that are not resident read as missing and set RAVN_EXEC_ARGV_TRUNC (exec.argv_truncated), as
  *     do a 17th argument and an argument of RAVN_SEC_ARG_LEN - 1 bytes or more (cut there).
  *   - the kernel keeps a filename as passed: "./x" after `cd /dev/shm`, or "/usr/../dev/shm/x". A relative one
- *     is joined here with the cwd of the process's last absolute chdir (sec_cwds: chdir/fchdir are traced for
- *     it, inherited at fork, seeded from /proc; RAVN_EXEC_CWD), cut at RAVN_SEC_PATH_LEN - 1 bytes. After a
- *     relative chdir or an fchdir that cwd is forgotten and user space resolves the name from /proc/<pid>/cwd
+ *     is joined here with the cwd the kernel kept for the process (sec_cwds: chdir/fchdir are traced for it, a
+ *     relative chdir joined with the cwd before it, inherited at fork, seeded from /proc; RAVN_EXEC_CWD), cut at
+ *     RAVN_SEC_PATH_LEN - 1 bytes. After an fchdir, or a chdir whose path would not fit, that cwd is forgotten
+ *     and user space resolves the name from /proc/<pid>/cwd
  *     (or the execveat dirfd) when it decodes the record, up to batch_ms later: a program that has exited by
  *     then keeps "./x" (counted: exec_relative_unresolved). User space normalises absolute names lexically. A
  *     successful execveat(dirfd, "x") is named "/dev/fd/<dirfd>/x" by the kernel and is left so.
@@ -241,8 +242,9 @@ BPF_PERCPU_ARRAY(sec_mount_scratch, struct ravn_mount_event, 1);
 #if SEC_EXEC
 BPF_TABLE("lru_hash", u32, struct ravn_exec_event, sec_exec_pending, 1024);
 BPF_PERCPU_ARRAY(sec_exec_scratch, struct ravn_exec_event, 1);
-/* The cwd each process last entered by an absolute chdir: inherited at fork, deleted at exit and after a relative
- * chdir or an fchdir (which cannot be joined here), seeded by user space from /proc/<pid>/cwd at start. A relative
+/* The cwd of each process as its chdir calls made it (a relative one joined with the cwd before it, unnormalised):
+ * inherited at fork, deleted at exit, after an fchdir (an fd cannot be named here) and when the path would not fit,
+ * seeded by user space from /proc/<pid>/cwd at start. A relative
  * exec name ("./x" after `cd /tmp`) is joined with it in the record (RAVN_EXEC_CWD), so the path is right even
  * when the process is gone before user space reads the ring. */
 struct sec_cwd {
@@ -468,6 +470,23 @@ static __always_inline void sec_exec_env(struct ravn_exec_event *e, const char *
 
 /* A relative e->filename of an exec at the cwd (not an fd exec) becomes cwd + "/" + name when the kernel knows the
  * process's cwd; cut at RAVN_SEC_PATH_LEN - 1 bytes (the user space normalises "/./" and "//"). */
+/* j->buf = cwd + "/" + name (name in user memory when `user`); its length with the NUL, 0 when the cwd is empty or
+ * leaves no room. Past RAVN_SEC_PATH_LEN - 1 bytes the result is longer than a cwd or filename slot holds. */
+static __always_inline long sec_join(struct sec_join *j, const char *cwd, const void *name, int user)
+{
+	long n = bpf_probe_read_kernel_str(j->buf, RAVN_SEC_PATH_LEN, cwd);
+	if (n <= 1 || n >= RAVN_SEC_PATH_LEN)
+		return 0;
+	u32 off = n; /* the name goes after the '/' that replaces the cwd's NUL */
+	j->buf[(off - 1) & (RAVN_SEC_PATH_LEN - 1)] = '/';
+	/* hide off's range from the compiler, or it drops the mask the verifier needs to bound the write */
+	asm volatile("" : "+r"(off));
+	off &= RAVN_SEC_PATH_LEN - 1;
+	long m = user ? bpf_probe_read_user_str(&j->buf[off], RAVN_SEC_PATH_LEN, name)
+		      : bpf_probe_read_kernel_str(&j->buf[off], RAVN_SEC_PATH_LEN, name);
+	return m > 0 ? off + m : 0;
+}
+
 static __always_inline void sec_join_cwd(struct ravn_exec_event *e, u32 tgid)
 {
 	if (e->filename[0] == '/' || e->filename[0] == 0 || (e->flags & RAVN_EXEC_FD) || e->fd >= 0)
@@ -475,17 +494,8 @@ static __always_inline void sec_join_cwd(struct ravn_exec_event *e, u32 tgid)
 	struct sec_cwd *cwd = sec_cwds.lookup(&tgid);
 	u32 zero = 0;
 	struct sec_join *j = sec_join_scratch.lookup(&zero);
-	if (!cwd || !j)
+	if (!cwd || !j || !sec_join(j, cwd->path, e->filename, 0))
 		return;
-	long n = bpf_probe_read_kernel_str(j->buf, RAVN_SEC_PATH_LEN, cwd->path);
-	if (n <= 1 || n >= RAVN_SEC_PATH_LEN)
-		return; /* empty, or no room for a name */
-	u32 off = n; /* the name goes after the '/' that replaces the cwd's NUL */
-	j->buf[(off - 1) & (RAVN_SEC_PATH_LEN - 1)] = '/';
-	/* hide off's range from the compiler, or it drops the mask the verifier needs to bound the write */
-	asm volatile("" : "+r"(off));
-	off &= RAVN_SEC_PATH_LEN - 1;
-	bpf_probe_read_kernel_str(&j->buf[off], RAVN_SEC_PATH_LEN, e->filename);
 	bpf_probe_read_kernel_str(e->filename, RAVN_SEC_PATH_LEN, j->buf);
 	e->flags |= RAVN_EXEC_CWD;
 }
@@ -906,12 +916,20 @@ int ravn_sec_sys_exit(struct ravn_sys_exit *args)
 		u32 zero = 0;
 		struct sec_join *j = sec_join_scratch.lookup(&zero);
 		long n = 0;
-		if (ret == 0 && *path && j)
-			n = bpf_probe_read_user_str(j->buf, RAVN_SEC_PATH_LEN, (void *)*path);
+		char first = 0;
+		if (ret == 0 && *path && j && bpf_probe_read_user(&first, 1, (void *)*path) == 0) {
+			if (first == '/') {
+				n = bpf_probe_read_user_str(j->buf, RAVN_SEC_PATH_LEN, (void *)*path);
+			} else { /* relative (`cd -P dir`): joined with the cwd kept, if any ("/a/b/../c" is fine) */
+				struct sec_cwd *cwd = sec_cwds.lookup(&tgid);
+				if (cwd)
+					n = sec_join(j, cwd->path, (void *)*path, 1);
+			}
+		}
 		if (ret == 0 && j && n > 1 && n < RAVN_SEC_PATH_LEN && j->buf[0] == '/')
 			sec_cwds.update(&tgid, (struct sec_cwd *)j->buf);
 		else if (ret == 0)
-			sec_cwds.delete(&tgid); /* relative chdir, fchdir, or a path too long to read: forget */
+			sec_cwds.delete(&tgid); /* fchdir, no cwd to join with, or a path too long: forget */
 		sec_chdir_pending.delete(&tid);
 		return 0;
 	}
