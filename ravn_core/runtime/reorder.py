@@ -10,14 +10,17 @@ Releases come in steps of a third of ``reorder_ms`` (an event waits between ``re
 whatever became due at every wakeup made an analyze call per millisecond of a storm, each with its fixed cost.
 
 A host whose clock is ahead of ours (a fleet member) or an event stamped in the future would be held for ever: what
-has been held ``FORCE`` times ``reorder_ms`` since it arrived is released anyway. Everything is per batch except the
-sort's key (one call per event per sort; a held run is sorted about once).
+has been held ``FORCE`` times ``reorder_ms`` since it arrived is released anyway. Per event there is one pass over
+each batch's timestamps when it is added (its newest decides when it is acked; a ring's records are in submit order
+and their evt.ts is often the syscall's entry, so the last is not always the newest) and the sort's key when held
+events are out of order.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +46,8 @@ class Held:
 
     events: Batch = field(default_factory=list)
     deliveries: list[tuple[Delivery, int, float]] = field(default_factory=list)
-    oldest_ts: float = math.inf  # smallest evt.ts held (an upper bound after a partial release: exact once sorted)
+    oldest_ts: float = math.inf  # smallest evt.ts held
+    last_ts: int = 0  # evt.ts of the last event held
     in_order: bool = True
 
 
@@ -72,10 +76,13 @@ class Reorder:
             h = self.held[delivery.host] = Held()
         newest = 0
         if batch:
-            first, newest = event_ts(batch[0]), event_ts(batch[-1])
-            if newest < first or (h.events and first < event_ts(h.events[-1])):
-                h.in_order = False  # a ring's batch is in order but for cross-CPU jitter: its ends tell
-            h.oldest_ts = min(h.oldest_ts, first)
+            # a ring's records are in submit order, their evt.ts is often the syscall's entry: not sorted
+            ts = [event_ts(e) for e in batch]
+            newest = max(ts)
+            if h.in_order and (ts[0] < h.last_ts or not all(map(operator.le, ts, ts[1:]))):
+                h.in_order = False
+            h.oldest_ts = min(h.oldest_ts, min(ts))
+            h.last_ts = ts[-1] if h.in_order else max(h.last_ts, newest)
             h.events.extend(batch)
         h.deliveries.append((delivery, newest, arrived))
 
@@ -112,6 +119,7 @@ class Reorder:
                 h.deliveries = []
             else:
                 h.deliveries = [x for x in h.deliveries if x[1] > cutoff]
+            # a delivery is kept while its newest event is held: no delivery left, no event left
             if not h.deliveries:
                 del self.held[host]
             else:
