@@ -53,6 +53,7 @@ class Worker:
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+    hold: Reorder | None = None  # what the thread took and has not analysed yet (kept across its restarts)
 
 
 class AnalysisStage:
@@ -110,7 +111,9 @@ class AnalysisStage:
         phases = self.phases
         last_tick = time.monotonic()
         timeline = time.time()
-        hold = Reorder(self.core.reorder_ms / 1000) if self.core.reorder_ms else None
+        if worker.hold is None and self.core.reorder_ms:
+            worker.hold = Reorder(self.core.reorder_ms / 1000)
+        hold = worker.hold
         while True:
             for slot in worker.slots:
                 slot.heartbeat = time.time()
