@@ -116,12 +116,17 @@ class _Table:
         self.entries = [(k, v) for k, v in self.entries if k.value != key.value]
 
 
-def test_summary_deltas_and_exit() -> None:
-    """The flusher turns cumulative map values into per-flush deltas, and deletes exited entries."""
+def _live_process() -> tuple[_Table, SyscallSummary, SummaryFlusher]:
+    """A map holding one live process (tgid 42) with nothing counted yet, and a flusher over it."""
     m = _Table()
     s = SyscallSummary(hdr=_hdr(type=2))
     m.entries.append((ctypes.c_uint32(42), s))
-    flusher = SummaryFlusher(m, _header, names_by_nr())
+    return m, s, SummaryFlusher(m, _header, names_by_nr())
+
+
+def test_summary_deltas_and_exit() -> None:
+    """The flusher turns cumulative map values into per-flush deltas, and deletes exited entries."""
+    m, s, flusher = _live_process()
 
     def bump(nr: int, n: int) -> None:
         for _ in range(n):
@@ -187,10 +192,7 @@ def test_final_record_of_a_process_never_flushed() -> None:
 def test_final_record_after_flushes_gives_the_rest() -> None:
     """A process flushed from the map while alive, then exiting: the final record emits only what came after the
     last flush; the events' counts add up to the process's, and its sequence continues where it stopped."""
-    m = _Table()
-    s = SyscallSummary(hdr=_hdr(type=2))
-    m.entries.append((ctypes.c_uint32(42), s))
-    flusher = SummaryFlusher(m, _header, names_by_nr())
+    m, s, flusher = _live_process()
     _count(s, 62, 70)
     (first,) = flusher.flush()
     assert first["syscall.counts"] == {"kill": 70} and len(first["syscall.seq"]) == 64
@@ -208,10 +210,7 @@ def test_final_record_after_flushes_gives_the_rest() -> None:
 def test_final_record_with_nothing_new_emits_nothing() -> None:
     """Flushed after its last counted syscall (e.g. killed by a signal later): the final record adds nothing, and
     the source leaves the NOTHING placeholder out of its batch."""
-    m = _Table()
-    s = SyscallSummary(hdr=_hdr(type=2))
-    m.entries.append((ctypes.c_uint32(42), s))
-    flusher = SummaryFlusher(m, _header, names_by_nr())
+    m, s, flusher = _live_process()
     _count(s, 62, 5)
     assert len(flusher.flush()) == 1
     assert flusher.decode_final(_final(s)) is NOTHING and flusher.nothing == 1
@@ -225,10 +224,7 @@ def test_final_record_with_nothing_new_emits_nothing() -> None:
 def test_a_corrupt_final_record_still_decodes() -> None:
     """Values the kernel never writes (ndistinct above 32, a syscall number past the table, a sequence position
     behind the last flush) give an event with what can be read, not an IndexError that loses the batch."""
-    m = _Table()
-    s = SyscallSummary(hdr=_hdr(type=2))
-    m.entries.append((ctypes.c_uint32(42), s))
-    flusher = SummaryFlusher(m, _header, names_by_nr())
+    _, s, flusher = _live_process()
     _count(s, 62, 5)
     assert len(flusher.flush()) == 1
     f = SyscallFinal.from_buffer_copy(_final(s))
