@@ -468,8 +468,6 @@ static __always_inline void sec_exec_env(struct ravn_exec_event *e, const char *
 #endif
 }
 
-/* A relative e->filename of an exec at the cwd (not an fd exec) becomes cwd + "/" + name when the kernel knows the
- * process's cwd; cut at RAVN_SEC_PATH_LEN - 1 bytes (the user space normalises "/./" and "//"). */
 /* j->buf = cwd + "/" + name (name in user memory when `user`); its length with the NUL, 0 when the cwd is empty or
  * leaves no room. Past RAVN_SEC_PATH_LEN - 1 bytes the result is longer than a cwd or filename slot holds. */
 static __always_inline long sec_join(struct sec_join *j, const char *cwd, const void *name, int user)
@@ -487,6 +485,8 @@ static __always_inline long sec_join(struct sec_join *j, const char *cwd, const 
 	return m > 0 ? off + m : 0;
 }
 
+/* A relative e->filename of an exec at the cwd (not an fd exec) becomes cwd + "/" + name when the kernel knows the
+ * process's cwd; cut at RAVN_SEC_PATH_LEN - 1 bytes (the user space normalises "/./" and "//"). */
 static __always_inline void sec_join_cwd(struct ravn_exec_event *e, u32 tgid)
 {
 	if (e->filename[0] == '/' || e->filename[0] == 0 || (e->flags & RAVN_EXEC_FD) || e->fd >= 0)

@@ -34,7 +34,7 @@ def resolve_path(pid: int, dirfd: int, path: str) -> str | None:
 
 def seed_cwds(table: Any) -> int:
     """Put every running process's /proc/<pid>/cwd into a probe's kernel cwd map (tgid -> NUL-padded path, as
-    long as the table's value): the processes started before the probe, whose absolute chdir the kernel never
+    long as the table's value): the processes started before the probe, whose chdir calls the kernel never
     saw. A cwd that does not fit, or was deleted, is left out. Returns how many were seeded."""
     size = ctypes.sizeof(table.Leaf)
     n = 0

@@ -4,7 +4,7 @@ Each probe has its own ring and reads it at most once per ``batch_ms``, so a scr
 the analysis thread after the exec (security probe) that followed it. Sequence rules need the order in which things
 happened. The analysis thread therefore holds what it takes for ``reorder_ms`` of event time and releases, per host,
 the events at least that old, sorted by ``evt.ts``: events that arrive within ``reorder_ms`` of happening are analysed
-in the order they happened, later ones as they come. A delivery is acked once the last of its events went out.
+in the order they happened, later ones as they come. A delivery is acked once all of its events went out.
 
 Releases come in steps of a third of ``reorder_ms`` (an event waits between ``reorder_ms`` and 4/3 of it): releasing
 whatever became due at every wakeup made an analyze call per millisecond of a storm, each with its fixed cost.

@@ -128,8 +128,8 @@ def exec_decoder(header: Header, counters: dict[str, int]) -> Decoder:
     """``ravn_exec_event`` -> exec event.
 
     A relative ``exec.filename`` (``cd /tmp && ./x``: the kernel keeps the name as passed) comes joined with the
-    cwd the kernel kept for the process (its last absolute chdir, ``RAVN_EXEC_CWD``: exact at the exec, counted
-    ``exec_relative_from_kernel_cwd``). Without one (after a relative chdir or an fchdir, or an execveat dirfd)
+    cwd the kernel kept for the process (from its chdir calls, ``RAVN_EXEC_CWD``: exact at the exec, counted
+    ``exec_relative_from_kernel_cwd``). Without one (after an fchdir, or for an execveat dirfd)
     it is made absolute against ``/proc/<pid>/cwd``, or the dirfd, when the record is decoded; an absolute name
     with "//", "." or ".." components is normalised, so path rules (``/tmp/``, ``/dev/shm/``) see where the
     program lives. After a successful exec the pid is the new program, whose cwd is the caller's; after a failed
