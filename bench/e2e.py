@@ -139,6 +139,20 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / CLK_TCK
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """utime + stime per thread name of ``pid`` (threads of one name summed), in seconds."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            raw = (task / "stat").read_bytes()
+        except OSError:  # the thread ended
+            continue
+        name = raw.split(b"(", 1)[1].rsplit(b")", 1)[0].decode(errors="replace")
+        fields = raw.rsplit(b")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 def get_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=10) as r:
         data: dict[str, Any] = json.loads(r.read())
@@ -364,9 +378,11 @@ def measure(daemon: Daemon, args: argparse.Namespace, storms: list[str], tmp: Pa
     results: dict[str, Any] = {}
     for kind in storms:
         before, cpu0, t0 = daemon.settle(0, args.poll)
+        threads0 = thread_cpu(daemon.pid)
         actions, shadow = run_storm(kind, args, tmp)
         gen_s = time.monotonic() - t0
         after, cpu1, t1 = daemon.settle(args.settle, args.poll)
+        threads1 = thread_cpu(daemon.pid)
         events = after["accepted"] - before["accepted"]
         cpu, wall = cpu1 - cpu0, t1 - t0
         net = cpu - idle_rate * wall
@@ -385,6 +401,10 @@ def measure(daemon: Daemon, args: argparse.Namespace, storms: list[str], tmp: Pa
             "events_per_s": round(events / gen_s),
         }
         r["unaccounted"] = r["delivered"] - r["analyzed"] - r["dropped"]
+        # the same CPU per thread (names as the kernel keeps them, 15 bytes), in us per delivered event
+        r["thread_us_per_event"] = {n: round(1e6 * (c - threads0.get(n, 0.0)) / events, 1)
+                                    for n, c in sorted(threads1.items(), key=lambda t: threads0.get(t[0], 0) - t[1])
+                                    if events and c - threads0.get(n, 0.0) > 0}
         if kind == "exec" and actions["execs"]:
             r["us_per_exec"] = round(1e6 * cpu / actions["execs"], 1)
             r["net_us_per_exec"] = round(1e6 * net / actions["execs"], 1)
@@ -404,6 +424,7 @@ def measure(daemon: Daemon, args: argparse.Namespace, storms: list[str], tmp: Pa
             line += f"; {r['us_per_exec']} us/exec (net {r['net_us_per_exec']}, {r['events_per_exec']} events/exec)"
         if "alert_latency_ms" in r:
             line += f"; alert latency ms {r['alert_latency_ms']}"
+        line += "\n    us/event by thread: " + ", ".join(f"{n} {v}" for n, v in r["thread_us_per_event"].items())
         print(line, flush=True)
     tail.close()
     for spy in spies:

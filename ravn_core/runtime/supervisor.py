@@ -79,6 +79,16 @@ class Slot:
         return h
 
 
+def name_os_thread(name: str) -> None:
+    """Give the calling thread ``name`` in the kernel too (``top -H``, ``ps -L``, /proc/<pid>/task/<tid>/comm),
+    cut to the 15 bytes the kernel keeps: ``source:ebpf_security`` is ``source:security``. Best effort."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as f:
+            f.write(name.replace("ebpf_", "")[:15])
+    except OSError:
+        pass
+
+
 class Supervisor:
     """Builds components, keeps their error budgets, and runs and restarts the runtime's threads."""
 
@@ -187,6 +197,7 @@ class Supervisor:
     def spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
         """Run ``target(*args)`` in the daemon thread ``ravn-<name>``; restarted by ``restart_dead`` if it raises."""
         def run() -> None:
+            name_os_thread(name)
             try:
                 target(*args)
             except BaseException:

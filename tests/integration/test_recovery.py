@@ -147,11 +147,15 @@ def test_thread_that_really_dies_is_restarted_by_the_health_thread() -> None:
         t = rt.supervisor.threads.get("source:paced_source")
         if t is not None and not t.is_alive():
             seen["dead"] = True
+        if seen.get("dead"):
+            seen["names"] = {Path(d, "comm").read_text().strip() for d in Path("/proc/self/task").iterdir()}
         return bool(rt.counters.get("thread_restarts")) and rt.sources[0].component.sent >= 30
 
     rt, stats = run_pipeline(config, host=host(), until=until, timeout_s=10)
     assert rt.sources[0].component.escaped
     assert stats["thread_restarts"] == 1
+    # the kernel knows each thread by its name (top -H, ps -L), the restarted one too; cut to 15 bytes
+    assert seen["names"] >= {"source:paced_so", "analysis:0", "health"}
     assert rt.sources[0].component.sent >= 30  # events flow again after the restart
     assert stats["analyzed"] == stats["accepted"] > 0
 
