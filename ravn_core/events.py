@@ -92,9 +92,10 @@ EVENT_TYPES: Final[dict[str, EventType]] = {
                                      "fd exec), on failure the path passed; made absolute from the process's cwd "
                                      "when relative, and normalised (no //, . or ..) when it is decoded (see the "
                                      "probe's caveats)"),
-           ("exec.exe", "str", "on success the executed file as /proc/<pid>/exe names it when the record is "
-                                "decoded: symlinks resolved, \" (deleted)\" appended if it was removed, the "
-                                "interpreter for a script; empty on failure or when the process is gone"),
+           ("exec.exe", "str", "on success the executed file as /proc/<pid>/exe names it when the record's "
+                                "batch is decoded: symlinks resolved, \" (deleted)\" appended if it was removed, "
+                                "the interpreter for a script; empty on failure or when the process is gone (its "
+                                "exit came in the same batch: not read)"),
            ("exec.argv", "list[str]", "argument vector, bounded in count and length"),
            ("exec.ret", "int", "0 on success, -errno on failure"),
            ("exec.memfd", "bool", "the executed file is a memfd (fileless execution)"),

@@ -16,6 +16,7 @@ from ravn_ebpf_security.decode import (
     EXEC_MIN_SIZE,
     MIRRORS,
     ExecEvent,
+    ExeLookups,
     MountEvent,
     SecEvent,
     decoders,
@@ -257,3 +258,31 @@ def test_relative_exec_filename_resolved_against_cwd_or_dirfd(tmp_path: Path,
     ev = decode(_exec_record(gone, b"/tmp/./payload", flags=EXEC_CWD))
     assert ev["exec.filename"] == "/tmp/payload"
     assert counters == {"exec_relative_resolved": 3, "exec_relative_from_kernel_cwd": 1, "exec_relative_unresolved": 1}
+
+
+def test_exe_is_read_when_the_batch_is_decoded_unless_the_process_exited_in_it() -> None:
+    counters: dict[str, int] = {}
+    exes = ExeLookups(counters)
+    dec = decoders(_header, counters, exes)
+    me = os.getpid()
+    gone = os.fork()
+    if gone == 0:
+        os._exit(0)
+    os.waitpid(gone, 0)
+    ok = dec[EVENT_TYPE_IDS["exec"]](_exec_record(me, b"/bin/true"))
+    failed = bytearray(_exec_record(me, b"/bin/true"))
+    struct.pack_into("<i", failed, ExecEvent.ret.offset, -13)
+    failed_ev = dec[EVENT_TYPE_IDS["exec"]](bytes(failed))
+    twice = [dec[EVENT_TYPE_IDS["exec"]](_exec_record(gone, b"/bin/true")) for _ in range(2)]
+    assert ok["exec.exe"] == "" and exes.waiting.keys() == {me, gone}  # not read yet; the failure never is
+    exit_rec = SecEvent()
+    _fill(exit_rec, EVENT_TYPE_IDS["exit"])
+    exit_rec.hdr.pid, exit_rec.args[0] = gone, 7 << 8
+    assert dec[EVENT_TYPE_IDS["exit"]](bytes(exit_rec))["exit.code"] == 7 << 8
+    exes.resolve()
+    assert ok["exec.exe"] == os.readlink("/proc/self/exe")
+    assert [e["exec.exe"] for e in twice] == ["", ""]  # its exit came in the batch: not read
+    assert failed_ev["exec.exe"] == "" and exes.waiting == {}
+    assert (counters["exec_exe_read"], counters["exec_exe_exited"]) == (1, 2)
+    exes.resolve()  # nothing waiting: nothing read
+    assert counters["exec_exe_read"] == 1

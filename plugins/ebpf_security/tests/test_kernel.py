@@ -294,6 +294,27 @@ def test_relative_exec_is_reported_with_its_absolute_path(probe: SecuritySource,
     joined = "exec_relative_from_kernel_cwd"  # the kernel kept the cwd of the child's absolute chdir
     assert probe.counters[joined] - before.get(joined, 0) >= 2  # host-wide: others' relative execs count too
     assert probe.health().counters[joined] >= 2
+    assert probe.counters["exec_exe_read"] > before["exec_exe_read"]  # the live program's link was read
+
+
+def test_exe_link_is_not_read_for_a_program_that_exited_in_the_batch(probe: SecuritySource, tmp_path: Path) -> None:
+    """A program whose exit record comes in the same batch as its exec gets exec.exe "" without a readlink of
+    /proc/<pid>/exe (it would fail by then); the one that stays alive is read through the symlink (above)."""
+    (tmp_path / "link").symlink_to("/bin/true")
+    probe.drain()
+    before = dict(probe.counters)
+    pid, status = in_child(lambda: os.execv(str(tmp_path / "link"), ["link"]))
+    assert status == 0
+    batches: list[Batch] = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(
+            e["evt.type"] == "exit" and e["proc.pid"] == pid for b in batches for e in b):
+        batches.append([e for e in probe.poll(50) if e["proc.pid"] == pid])
+    same = [b for b in batches if {e["evt.type"] for e in b} >= {"exec", "exit"}]
+    assert len(same) == 1, f"exec and exit of {pid} not in one batch: {batches}"  # both were in the ring
+    ex = only(same[0], "exec")
+    assert (ex["exec.filename"], ex["exec.exe"], ex["exec.ret"]) == (f"{tmp_path}/link", "", 0)
+    assert probe.counters["exec_exe_exited"] - before["exec_exe_exited"] >= 1
 
 
 def test_exec_from_a_non_leader_thread(probe: SecuritySource) -> None:

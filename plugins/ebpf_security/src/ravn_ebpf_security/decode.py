@@ -124,7 +124,49 @@ def _exe(pid: int) -> str:
         return ""
 
 
-def exec_decoder(header: Header, counters: dict[str, int]) -> Decoder:
+class ExeLookups:
+    """``exec.exe`` of the successful execs of one batch, read from ``/proc/<pid>/exe`` once the batch is decoded.
+
+    The exec decoder hands each successful exec here (:meth:`add`) instead of reading the link at once; the exit
+    decoder reports each process exit of the same batch (:meth:`exited`); the source calls :meth:`resolve` when the
+    batch is decoded, before it hands the batch on. A process whose exit record came in the same batch has passed
+    ``sched_process_exit``, after which the kernel drops its memory map and the link reads ENOENT: its
+    ``exec.exe`` stays "", what the readlink would give by then, without paying for it (a failed ``/proc/<pid>``
+    lookup and an OSError, ~10 us; most processes of an exec storm). Every other exec is read as before, a few
+    microseconds later at most: a program that keeps running still shows the file a symlink leads to.
+    ``counters`` gets ``exec_exe_read`` (links read) and ``exec_exe_exited`` (not read: exited in the batch)."""
+
+    def __init__(self, counters: dict[str, int]) -> None:
+        self.waiting: dict[int, list[Event]] = {}
+        self.counters = counters
+        for k in ("exec_exe_read", "exec_exe_exited"):
+            counters.setdefault(k, 0)
+
+    def add(self, pid: int, ev: Event) -> None:
+        evs = self.waiting.get(pid)
+        if evs is None:
+            self.waiting[pid] = [ev]
+        else:
+            evs.append(ev)  # execs again in the same batch: the link names the last program for each, as before
+
+    def exited(self, pid: int) -> None:
+        evs = self.waiting.pop(pid, None)
+        if evs is not None:
+            self.counters["exec_exe_exited"] += len(evs)
+
+    def resolve(self) -> None:
+        waiting = self.waiting
+        if not waiting:
+            return
+        for pid, evs in waiting.items():
+            exe = _exe(pid)
+            for ev in evs:
+                ev["exec.exe"] = exe
+        self.counters["exec_exe_read"] += len(waiting)
+        waiting.clear()
+
+
+def exec_decoder(header: Header, counters: dict[str, int], exes: ExeLookups | None = None) -> Decoder:
     """``ravn_exec_event`` -> exec event.
 
     A relative ``exec.filename`` (``cd /tmp && ./x``: the kernel keeps the name as passed) comes joined with the
@@ -134,8 +176,9 @@ def exec_decoder(header: Header, counters: dict[str, int]) -> Decoder:
     with "//", "." or ".." components is normalised, so path rules (``/tmp/``, ``/dev/shm/``) see where the
     program lives. After a successful exec the pid is the new program, whose cwd is the caller's; after a failed
     one it is the caller. A process gone by then keeps the relative name (``exec_relative_unresolved``).
-    ``exec.exe`` of a successful exec is read from ``/proc/<pid>/exe`` then too (one readlink per exec): the
-    file a symlink leads to; empty when the process is gone."""
+    ``exec.exe`` of a successful exec is read from ``/proc/<pid>/exe``: the file a symlink leads to, empty when
+    the process is gone; at once without ``exes``, else when the batch is decoded (:class:`ExeLookups`: not for
+    a process whose exit came in the same batch)."""
     unpack = unpacker(ExecEvent).unpack
     full = ctypes.sizeof(ExecEvent)
     for k in ("exec_relative_from_kernel_cwd", "exec_relative_resolved", "exec_relative_unresolved"):
@@ -166,7 +209,13 @@ def exec_decoder(header: Header, counters: dict[str, int]) -> Decoder:
         if v[10] & EXEC_CWD:
             counters["exec_relative_from_kernel_cwd"] += 1
         ev["exec.filename"] = filename
-        ev["exec.exe"] = _exe(v[1]) if v[9] == 0 else ""
+        if v[9] != 0:
+            ev["exec.exe"] = ""
+        elif exes is None:
+            ev["exec.exe"] = _exe(v[1])
+        else:
+            ev["exec.exe"] = ""  # filled in by exes.resolve() when the batch is decoded
+            exes.add(v[1], ev)
         ev["exec.argv"] = [_str(argv[i * ARG_LEN:(i + 1) * ARG_LEN]) for i in range(argc)]
         ev["exec.ret"] = v[9]
         ev["exec.memfd"] = bool(v[10] & EXEC_MEMFD)
@@ -318,9 +367,28 @@ def sec_decoder(header: Header, fields: Fields) -> Decoder:
     return decode
 
 
-def decoders(header: Header, counters: dict[str, int]) -> dict[int, Decoder]:
-    """Event type id -> decoder, for every event type the probe emits (``counters``: see exec_decoder)."""
-    out = {EVENT_TYPE_IDS["exec"]: exec_decoder(header, counters), EVENT_TYPE_IDS["mount"]: mount_decoder(header)}
+def exit_decoder(header: Header, exes: ExeLookups) -> Decoder:
+    """``ravn_sec_event`` of a process exit -> exit event; tells ``exes`` the process is gone."""
+    unpack = unpacker(SecEvent).unpack
+    exited = exes.exited
+
+    def decode(buf: bytes) -> Event:
+        v = unpack(buf)
+        ev = header(v)
+        _exit(v, ev)
+        exited(v[1])
+        return ev
+
+    return decode
+
+
+def decoders(header: Header, counters: dict[str, int], exes: ExeLookups | None = None) -> dict[int, Decoder]:
+    """Event type id -> decoder, for every event type the probe emits (``counters`` and ``exes``: see
+    exec_decoder; with ``exes`` the caller calls ``exes.resolve()`` after each batch)."""
+    out = {EVENT_TYPE_IDS["exec"]: exec_decoder(header, counters, exes),
+           EVENT_TYPE_IDS["mount"]: mount_decoder(header)}
     for name, fields in SEC_FIELDS.items():
         out[EVENT_TYPE_IDS[name]] = sec_decoder(header, fields)
+    if exes is not None:
+        out[EVENT_TYPE_IDS["exit"]] = exit_decoder(header, exes)
     return out

@@ -9,8 +9,10 @@ from ravn_core.bpf.env import TRACEFS
 from ravn_core.bpf.paths import seed_cwds
 from ravn_core.bpf.probe import BccProbe
 from ravn_core.bpf.ring import Decoder
+from ravn_core.components import RuntimeContext
+from ravn_core.events import Batch
 from ravn_ebpf_security.config import SecurityConfig
-from ravn_ebpf_security.decode import decoders
+from ravn_ebpf_security.decode import ExeLookups, decoders
 
 if TYPE_CHECKING:
     from bcc import BPF
@@ -38,6 +40,10 @@ class SecuritySource(BccProbe):
     config: SecurityConfig
     #: where tracepoints are listed (module_hook: auto attaches the module syscalls' only when they exist)
     tracefs: ClassVar[Path] = TRACEFS
+
+    def __init__(self, name: str, config: SecurityConfig, context: RuntimeContext) -> None:
+        super().__init__(name, config, context)
+        self.exes = ExeLookups(self.counters)
 
     def probe_cflags(self) -> list[str]:
         c = self.config
@@ -117,4 +123,15 @@ class SecuritySource(BccProbe):
             seed_cwds(bpf["sec_cwds"])
 
     def decoders(self) -> dict[int, Decoder]:
-        return decoders(self.event_header(), self.counters)
+        self.exes.waiting.clear()  # a new ring: nothing of the old one is handed on
+        return decoders(self.event_header(), self.counters, self.exes)
+
+    def poll(self, timeout_ms: int) -> Batch:
+        batch = super().poll(timeout_ms)
+        self.exes.resolve()  # exec.exe of the batch's execs, before anyone sees them
+        return batch
+
+    def drain(self) -> Batch:
+        batch = super().drain()
+        self.exes.resolve()
+        return batch
