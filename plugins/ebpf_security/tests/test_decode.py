@@ -286,3 +286,21 @@ def test_exe_is_read_when_the_batch_is_decoded_unless_the_process_exited_in_it()
     assert (counters["exec_exe_read"], counters["exec_exe_exited"]) == (1, 2)
     exes.resolve()  # nothing waiting: nothing read
     assert counters["exec_exe_read"] == 1
+
+
+def test_exec_record_cut_short_or_too_long() -> None:
+    """The kernel sends only the argv slots in use: slots counted in argc but not in the record read as empty
+    (as the zeros of a full record would); a record longer than the struct is an error."""
+    e = ExecEvent()
+    _fill(e, EVENT_TYPE_IDS["exec"])
+    e.argc, e.filename = 3, b"/bin/x"
+    for i, a in enumerate([b"a", b"bb"]):
+        ctypes.memmove(ctypes.addressof(e) + ExecEvent.argv.offset + i * 128, a, len(a))
+    decode = decoders(_header, {})[EVENT_TYPE_IDS["exec"]]
+    ev = decode(memoryview(bytes(e)[:EXEC_MIN_SIZE + 2 * 128]))
+    assert ev["exec.argv"] == ["a", "bb", ""] and ev["exec.filename"] == "/bin/x"
+    assert decode(bytes(e)[:EXEC_MIN_SIZE])["exec.argv"] == ["", "", ""]
+    with pytest.raises(ValueError, match="exec record of"):
+        decode(bytes(e) + b"\0" * 8)
+    with pytest.raises(ValueError, match="exec record of"):
+        decode(bytes(e)[:EXEC_MIN_SIZE - 1])

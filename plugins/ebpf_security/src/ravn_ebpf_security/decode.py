@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -94,6 +95,18 @@ class MountEvent(ctypes.Structure):
 #: the shortest exec record the kernel sends: everything before argv
 EXEC_MIN_SIZE: Final = ExecEvent.argv.offset
 
+
+
+class _ExecHead(ctypes.Structure):
+    """The fixed part of ``struct ravn_exec_event`` (before argv), which every exec record has: the decoder unpacks
+    only this and reads the argv slots in use (and env when flagged) from the record itself."""
+
+    _fields_ = ExecEvent._fields_[:6]
+
+
+if ctypes.sizeof(_ExecHead) != EXEC_MIN_SIZE:
+    raise TypeError("_ExecHead must end where ExecEvent.argv starts")
+
 #: C struct name -> mirror, checked by the ABI test
 MIRRORS: Final[dict[str, type[ctypes.Structure]]] = {
     "ravn_exec_event": ExecEvent,
@@ -179,8 +192,10 @@ def exec_decoder(header: Header, counters: dict[str, int], exes: ExeLookups | No
     ``exec.exe`` of a successful exec is read from ``/proc/<pid>/exe``: the file a symlink leads to, empty when
     the process is gone; at once without ``exes``, else when the batch is decoded (:class:`ExeLookups`: not for
     a process whose exit came in the same batch)."""
-    unpack = unpacker(ExecEvent).unpack
+    unpack_head = unpacker(_ExecHead).unpack_from
     full = ctypes.sizeof(ExecEvent)
+    argv_off, envc_off, env_off = ExecEvent.argv.offset, ExecEvent.envc.offset, ExecEvent.env.offset
+    u32 = struct.Struct("<I").unpack_from
     for k in ("exec_relative_from_kernel_cwd", "exec_relative_resolved", "exec_relative_unresolved"):
         counters.setdefault(k, 0)
 
@@ -193,14 +208,14 @@ def exec_decoder(header: Header, counters: dict[str, int], exes: ExeLookups | No
         return p
 
     def decode(buf: bytes) -> Event:
-        if len(buf) < full:  # the kernel sends only the argv slots in use
-            if len(buf) < EXEC_MIN_SIZE:
-                raise ValueError(f"exec record of {len(buf)} bytes")
-            buf = bytes(buf) + bytes(full - len(buf))  # buf may be a memoryview
-        v = unpack(buf)  # 9 header values, ret, flags, argc, fd, filename, argv, envc, pad, env
+        size = len(buf)  # the kernel sends only the argv slots in use (all of the record with RAVN_EXEC_LD_ENV)
+        if not EXEC_MIN_SIZE <= size <= full:
+            raise ValueError(f"exec record of {size} bytes")
+        v = unpack_head(buf)  # 9 header values, ret, flags, argc, fd, filename
         ev = header(v)
         argc = min(v[11], ARGC)
-        argv = v[14]
+        # argv slots beyond the record's end (a cut record) read as empty, as zeros would
+        argv = bytes(buf[argv_off:argv_off + argc * ARG_LEN]) if argc else b""
         filename = _str(v[13])
         if filename and filename[0] != "/" and not v[10] & EXEC_FD:
             filename = absolute(v[1], v[12], filename)
@@ -216,13 +231,13 @@ def exec_decoder(header: Header, counters: dict[str, int], exes: ExeLookups | No
         else:
             ev["exec.exe"] = ""  # filled in by exes.resolve() when the batch is decoded
             exes.add(v[1], ev)
-        ev["exec.argv"] = [_str(argv[i * ARG_LEN:(i + 1) * ARG_LEN]) for i in range(argc)]
+        ev["exec.argv"] = [_str(argv[i:i + ARG_LEN]) for i in range(0, argc * ARG_LEN, ARG_LEN)]
         ev["exec.ret"] = v[9]
         ev["exec.memfd"] = bool(v[10] & EXEC_MEMFD)
         ev["exec.argv_truncated"] = bool(v[10] & EXEC_ARGV_TRUNC)
-        if v[10] & EXEC_LD_ENV:
-            env = v[17]
-            for i in range(min(v[15], ENVC)):
+        if v[10] & EXEC_LD_ENV and size == full:
+            env = bytes(buf[env_off:])
+            for i in range(min(u32(buf, envc_off)[0], ENVC)):
                 name, _, value = _str(env[i * ARG_LEN:(i + 1) * ARG_LEN]).partition("=")
                 if name in LD_FIELDS:
                     ev[LD_FIELDS[name]] = value
