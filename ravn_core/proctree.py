@@ -9,7 +9,10 @@ Kernel struct layouts read through this machine's mismatched headers are wrong, 
 ``task->real_parent``; ancestry is rebuilt here in user space. The tree is bounded (LRU by last update) and
 counts lookups that missed. An exited process is kept for ``exit_grace_s`` (in event time) so that alerts on its
 last events, and its children's ancestry, still find it; then it is dropped, so the tree follows the live
-processes instead of filling up to its bound with the dead.
+processes instead of filling up to its bound with the dead. When the bound is reached anyway (an exec storm
+exits more processes within the grace than the bound holds), the oldest exited processes go first, and only
+then the least recently updated live ones: a storm of short-lived programs does not push out the long-lived
+sshd or cron an attacker's shell descends from.
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from typing import Any
 from ravn_core.events import Batch
 
 
-@dataclass
+@dataclass(slots=True)
 class ProcInfo:
+    """One process. ``args`` is never changed in place (an exec replaces the list), so a forked child shares
+    its parent's."""
+
     pid: int
     ppid: int = 0
     comm: str = ""
@@ -86,7 +92,7 @@ class ProcessTree:
                 if not child_pid or child_pid == ev.get("proc.pid"):
                     continue  # a thread of the same process
                 child = ProcInfo(child_pid, ev.get("proc.pid", 0), ev.get("proc.comm", ""),
-                                 parent.exe if parent else "", list(parent.args) if parent else [],
+                                 parent.exe if parent else "", parent.args if parent else [],
                                  ev.get("proc.uid", -1), ev.get("evt.ts", 0), sid=parent.sid if parent else 0)
                 self._put(child)
             elif etype == "setsid":
@@ -136,8 +142,14 @@ class ProcessTree:
         self._procs.move_to_end(info.pid)
 
     def _trim(self) -> None:
-        while len(self._procs) > self.max_size:
-            self._procs.popitem(last=False)
+        procs, exits = self._procs, self._exits
+        while len(procs) > self.max_size and exits:  # the dead first, oldest exit first
+            _, info = exits.popleft()
+            if info.exited and procs.get(info.pid) is info:
+                del procs[info.pid]
+                self.evictions += 1
+        while len(procs) > self.max_size:
+            procs.popitem(last=False)
             self.evictions += 1
 
     def trim_exited(self) -> int:

@@ -48,6 +48,10 @@ def test_100k_forks_stay_within_the_bound() -> None:
     last = tree.get(100_000 + 99_999)
     assert last is not None and last.exe == "/bin/true" and last.args == ["true", "99999"] and last.exited
     assert tree.get(100_000) is None  # the oldest were evicted
+    # the exited went first: the live shell they all came from, never updated since its exec, is still known
+    shell = tree.get(1)
+    assert shell is not None and shell.exe == "/bin/bash" and not shell.exited
+    assert last.ppid == 1 and [p.pid for p in tree.ancestors(last.pid)][:1] == [1]
     # memory is flat once the tree is full: what batch 10 held, batch 100 holds (within 10%)
     assert current < base * 1.1 + 64 * 1024, (base, current)
 
