@@ -275,7 +275,8 @@ class RavnCollector:
 
         # ---- process tree (bounded by ravn.proctree_max)
         pt = GaugeMetricFamily("ravn_proctree_processes", "processes held in the process tree", labels=["host"])
-        pe = CounterMetricFamily("ravn_proctree_evictions", "processes evicted from the tree by its bound (exited ones first, then LRU)",
+        pe = CounterMetricFamily("ravn_proctree_evictions",
+                                 "processes evicted from the tree by its bound (exited ones first, then LRU)",
                                  labels=["host"])
         for host, (size, evictions) in snap.proctrees.items():
             pt.add_metric([host], float(size))
