@@ -207,8 +207,10 @@ def cmd_replay(args: argparse.Namespace, host: PluginHost) -> int:
 
 
 def _report(stats: dict[str, Any]) -> None:
-    log.info("stopped (%s): accepted %d events, dropped %d, analyzed %d, %d alerts", stats.get("reason"),
-             stats["accepted"], stats["dropped"], stats["analyzed"], stats["alerts_emitted"])
+    kernel = sum(s.get("kernel_drops", 0) for s in stats.get("sources", {}).values())
+    log.info("stopped (%s): accepted %d events, dropped %d, lost in the kernel (ring full) %d, analyzed %d, "
+             "%d alerts", stats.get("reason"), stats["accepted"], stats["dropped"], kernel, stats["analyzed"],
+             stats["alerts_emitted"])
 
 
 def state_dir_of(args: argparse.Namespace, host: PluginHost | None) -> str:

@@ -108,6 +108,7 @@ class BccProbe(Source):
         self.bpf: LoadedBpf | None = None
         self.counters: dict[str, int] = {"events": 0, "decode_errors": 0}
         self._pending: Batch = []
+        self._drops_before = 0  # kernel drops of the programs loaded before the current ones (restarts, stop)
         self._expected: list[tuple[str, str]] = []
         self._ts_offset = 0
         self._rate_mark = (time.monotonic(), 0)
@@ -325,6 +326,10 @@ class BccProbe(Source):
             ring.close()  # before the map fd goes: the mmap would keep the map alive
         bpf, self.bpf = self.bpf, None
         if bpf is not None:
+            try:
+                self._drops_before += int(sum(bpf["ravn_drops"][0]))
+            except Exception:  # the map is unreadable: what it counted is lost with it
+                pass
             bpf.close()
 
     def close(self) -> None:
@@ -332,11 +337,12 @@ class BccProbe(Source):
 
     # ------------------------------------------------------------------ health
     def drops(self) -> int:
-        """Records the kernel could not put in the ring buffer (sum of the per-CPU ravn_drops counter)."""
+        """Records the kernel could not put in the ring buffer (sum of the per-CPU ravn_drops counter), over the
+        probe's life: a reload or a stop keeps what the programs before counted, so the count never goes back."""
         bpf = self.bpf
         if bpf is None:
-            return 0
-        return int(sum(bpf["ravn_drops"][0]))
+            return self._drops_before
+        return self._drops_before + int(sum(bpf["ravn_drops"][0]))
 
     def attached(self) -> int:
         """Expected programs that are attached now: their perf event fd is still open and still a perf event."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 import time
 from typing import Any
 
@@ -103,3 +104,29 @@ def test_loader_killed_or_hung_is_reported() -> None:
     with pytest.raises(UnusableEnvironment, match="probe-x: the BPF loader did not finish within 1 s"):
         load_in_child(hung, "probe-x", timeout_s=1)
     assert time.monotonic() - t0 < 10
+
+
+def test_kernel_drops_are_kept_across_a_stop_and_a_restart() -> None:
+    """Records lost to a full ring stay counted when the probe stops (the daemon's final report is read after
+    its sources stopped) and when it is reloaded (a new ravn_drops map starts at 0: the count must not go back)."""
+    require_kernel()
+    placeholder = subprocess.Popen(["sleep", "60"])  # stands for RAVN: this process's children are traced
+    src = SecuritySource("ebpf_security", SecurityConfig(ring_buffer_kb=4),
+                         make_context("loader", ravn_pid=placeholder.pid))
+    try:
+        src.start()
+        for _ in range(300):  # fork + exit records, never read: a 4 KiB ring holds a few dozen
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+        lost = src.drops()
+        assert lost > 100
+        src.stop()
+        assert src.drops() == lost
+        src.start()
+        assert src.drops() >= lost
+    finally:
+        src.stop()
+        placeholder.kill()
+        placeholder.wait()
