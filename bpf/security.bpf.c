@@ -18,6 +18,9 @@
  *            or /dev/fd/N path - and that fd came from memfd_create (a per-process bitmap of fds 0..127 set at
  *            sys_exit_memfd_create and copied to new processes), or, for AT_EMPTY_PATH, the comm after the exec
  *            starts with "memfd:" (since Linux 6.14 such an exec takes its comm from the file's dentry name).
+ *            exec.exe: the executed file's path as /proc/<pid>/exe names it (symlinks resolved, " (deleted)"), walked
+ *            at sched_process_exec from task->mm->exe_file up its dentries and mounts (sec_exe; RAVN_EXEC_EXE)
+ *            with struct offsets the loader read from the running kernel's BTF (SEC_EXE_BTF).
  *   fork     task:task_newtask (in the ravn_on_newtask program the base attaches): new thread groups only;
  *            CLONE_THREAD children are threads and are not reported. proc.* is the creator.
  *   exit     sched:sched_process_exit (ravn_on_exit), only when group_dead. The tracepoint carries no exit code:
@@ -97,7 +100,11 @@
  *     dropped too (none is known to matter: they are memory-accounting checks).
  *   - this machine's kernel headers do not match the running kernel: nothing here reads task_struct or another
  *     kernel struct whose layout comes from them; fields come from tracepoint arguments, user memory, helpers and
- *     the uapi struct pt_regs.
+ *     the uapi struct pt_regs. The one walk through kernel structs (exec.exe) takes its offsets from the BTF.
+ *   - exec.exe is walked only up to SEC_EXE_DEPTH dentries and mounts and RAVN_SEC_PATH_LEN - 1 bytes, and only
+ *     for files in the mount tree: a memfd, a longer path, or a kernel without BTF leave it to user space, which
+ *     reads /proc/<pid>/exe when it decodes the record ("" if the program is gone by then). The path is the one
+ *     in the process's mount namespace (as /proc shows a container's), without the chroot of the process.
  */
 
 /* ------------------------------------------------------------------------------------------ parameters */
@@ -139,6 +146,12 @@
 #endif
 #ifndef SEC_MAX_PENDING
 #define SEC_MAX_PENDING 10240
+#endif
+#ifndef SEC_EXE_BTF /* 1: exe path walked in the kernel, with the SEC_OFF_* offsets the loader read from the BTF */
+#define SEC_EXE_BTF 0
+#endif
+#ifndef SEC_EXE_DEPTH /* dentries and mounts the exe walk climbs at most */
+#define SEC_EXE_DEPTH 48
 #endif
 #ifndef SEC_MAX_CWD /* processes whose cwd the kernel keeps for relative exec names (LRU, 256 bytes each) */
 #define SEC_MAX_CWD 8192
@@ -500,6 +513,81 @@ static __always_inline void sec_join_cwd(struct ravn_exec_event *e, u32 tgid)
 	e->flags |= RAVN_EXEC_CWD;
 }
 
+#if SEC_EXE_BTF
+/* The pointer at byte `off` of the kernel object at `base` (0 when unreadable). */
+static __always_inline void *sec_kptr(const void *base, u32 off)
+{
+	void *p = 0;
+	bpf_probe_read_kernel(&p, sizeof(p), (const char *)base + off);
+	return p;
+}
+
+/* e->exe = the path of the current task's executable file (task->mm->exe_file, set by the exec before
+ * sched_process_exec), as /proc/<pid>/exe names it: each dentry's name up to its mount's root, then on from the
+ * mountpoint in the parent mount, up to the mount namespace's root; " (deleted)" appended when the file was
+ * unlinked. The struct offsets (SEC_OFF_*) come from the running kernel's BTF, not from the headers BCC compiles
+ * with. RAVN_EXEC_EXE is set only when the walk reached the namespace's root within SEC_EXE_DEPTH steps and
+ * RAVN_SEC_PATH_LEN - 1 bytes; else (a memfd or another file outside the mount tree, a longer path) the user
+ * space reads /proc/<pid>/exe as before. j->buf is assembled from its end: the path is b[pos..255]. */
+static __always_inline void sec_exe(struct ravn_exec_event *e)
+{
+	u32 zero = 0;
+	struct sec_join *j = sec_join_scratch.lookup(&zero);
+	if (!j)
+		return;
+	void *mm = sec_kptr((void *)bpf_get_current_task(), SEC_OFF_TASK_MM);
+	void *file = mm ? sec_kptr(mm, SEC_OFF_MM_EXE_FILE) : 0;
+	if (!file)
+		return;
+	char *vfsmnt = sec_kptr(file, SEC_OFF_FILE_PATH + SEC_OFF_PATH_MNT);
+	void *dentry = sec_kptr(file, SEC_OFF_FILE_PATH + SEC_OFF_PATH_DENTRY);
+	char *mnt = vfsmnt - SEC_OFF_MOUNT_MNT;                    /* the struct mount the vfsmount is part of */
+	u32 pos = RAVN_SEC_PATH_LEN - 1;
+	j->buf[RAVN_SEC_PATH_LEN - 1] = 0;
+	if (!sec_kptr(dentry, SEC_OFF_D_HASH + 8) && sec_kptr(dentry, SEC_OFF_D_PARENT) != dentry) {
+		/* unhashed and not a root: unlinked since it was opened (d_unlinked) */
+		__builtin_memcpy(&j->buf[RAVN_SEC_PATH_LEN - 11], " (deleted)", 10);
+		pos = RAVN_SEC_PATH_LEN - 11;
+	}
+	u32 end = pos;
+	int top = 0;
+	for (int i = 0; i < SEC_EXE_DEPTH; i++) {
+		void *root = sec_kptr(vfsmnt, SEC_OFF_MNT_ROOT);
+		if (dentry == root) { /* the root of its mount: go on from the mountpoint in the parent mount */
+			char *parent_mnt = sec_kptr(mnt, SEC_OFF_MNT_PARENT);
+			if (!parent_mnt || parent_mnt == mnt) {
+				top = 1; /* the namespace's root mount */
+				break;
+			}
+			dentry = sec_kptr(mnt, SEC_OFF_MNT_MOUNTPOINT);
+			mnt = parent_mnt;
+			vfsmnt = mnt + SEC_OFF_MOUNT_MNT;
+			continue;
+		}
+		void *parent = sec_kptr(dentry, SEC_OFF_D_PARENT);
+		if (!parent || parent == dentry)
+			break; /* a root that is no mount's root: a pseudo file (memfd, ...) */
+		u32 len = 0;
+		const char *name = 0;
+		bpf_probe_read_kernel(&len, sizeof(len), (char *)dentry + SEC_OFF_D_NAME + SEC_OFF_QSTR_LEN);
+		bpf_probe_read_kernel(&name, sizeof(name), (char *)dentry + SEC_OFF_D_NAME + SEC_OFF_QSTR_NAME);
+		if (len == 0 || len >= pos)
+			break; /* no room for "/" + name */
+		pos -= len;
+		asm volatile("" : "+r"(pos)); /* keep the mask below (see sec_join) */
+		pos &= RAVN_SEC_PATH_LEN - 1;
+		bpf_probe_read_kernel(&j->buf[pos], len & (RAVN_SEC_PATH_LEN - 1), name);
+		pos = (pos - 1) & (RAVN_SEC_PATH_LEN - 1);
+		j->buf[pos] = '/';
+		dentry = parent;
+	}
+	if (!top || pos == end)
+		return; /* not walked to the top, or nothing named (the root itself) */
+	bpf_probe_read_kernel_str(e->exe, RAVN_SEC_PATH_LEN, &j->buf[pos & (RAVN_SEC_PATH_LEN - 1)]);
+	e->flags |= RAVN_EXEC_EXE;
+}
+#endif
+
 /* Store filename and argv of an execve/execveat for this thread. Not filtered here: the filter applies to the
  * identity after the exec (ravn_sec_exec) or to the failed caller (ravn_sec_exec_exit). */
 static __always_inline int sec_exec_store(const char *filename, const char *const *argv, s32 dirfd, s64 flags,
@@ -572,7 +660,7 @@ int ravn_sec_execveat_enter(struct ravn_sys_enter *args)
 }
 
 /* Bytes of an exec record worth sending: the header, filename and the argv slots in use (a 3-argument exec is
- * 712 bytes instead of 2768, so the ring holds 3x more execs in a burst); all of it when the environment sets a
+ * 968 bytes instead of 3024, so the ring holds 3x more execs in a burst); all of it when the environment sets a
  * loader variable. User space pads the rest with zeros. */
 static __always_inline u32 sec_exec_size(const struct ravn_exec_event *e)
 {
@@ -615,6 +703,10 @@ int ravn_sec_exec(struct sec_exec_args *args)
 	e->ret = 0;
 	bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), (char *)args + (args->filename_loc & 0xffff));
 	sec_join_cwd(e, pid_tgid >> 32);
+#if SEC_EXE_BTF
+	e->flags &= ~RAVN_EXEC_EXE;
+	sec_exe(e);
+#endif
 	char *c = e->hdr.comm;
 	if ((e->flags & RAVN_EXEC_FD) && c[0] == 'm' && c[1] == 'e' && c[2] == 'm' && c[3] == 'f' && c[4] == 'd' &&
 	    c[5] == ':')

@@ -92,10 +92,11 @@ EVENT_TYPES: Final[dict[str, EventType]] = {
                                      "fd exec), on failure the path passed; made absolute from the process's cwd "
                                      "when relative, and normalised (no //, . or ..) when it is decoded (see the "
                                      "probe's caveats)"),
-           ("exec.exe", "str", "on success the executed file as /proc/<pid>/exe names it when the record's "
-                                "batch is decoded: symlinks resolved, \" (deleted)\" appended if it was removed, "
-                                "the interpreter for a script; empty on failure or when the process is gone (its "
-                                "exit came in the same batch: not read)"),
+           ("exec.exe", "str", "on success the executed file as /proc/<pid>/exe names it: symlinks resolved, "
+                                "\" (deleted)\" appended if it was unlinked, the interpreter for a script; walked "
+                                "in the kernel at the exec, else (memfd, path over 255 bytes, no BTF) read from "
+                                "/proc when the record's batch is decoded, empty if the process is gone by then; "
+                                "empty on failure"),
            ("exec.argv", "list[str]", "argument vector, bounded in count and length"),
            ("exec.ret", "int", "0 on success, -errno on failure"),
            ("exec.memfd", "bool", "the executed file is a memfd (fileless execution)"),

@@ -170,6 +170,7 @@ _Static_assert(sizeof(struct ravn_syscall_final) == 392, "update SyscallFinal in
 #define RAVN_EXEC_LD_ENV 0x10    /* the environment sets LD_PRELOAD, LD_LIBRARY_PATH or LD_AUDIT: env[] holds them
                                   * and the record is sent whole */
 #define RAVN_EXEC_CWD 0x20       /* filename was relative: the kernel joined it with the process's cwd (sec_cwds) */
+#define RAVN_EXEC_EXE 0x40       /* exe holds the path of the executed file, walked in the kernel */
 #define RAVN_SEC_ENVC 3          /* loader variables captured from the environment */
 
 /* RAVN_EVT_EXEC: emitted at sched_process_exec (success; header taken after the exec: new comm, uid) or at
@@ -181,12 +182,13 @@ struct ravn_exec_event {
 	u32 argc;         /* argv entries filled */
 	s32 fd;           /* execveat dirfd or the N of /proc/.../fd/N; -1 */
 	char filename[RAVN_SEC_PATH_LEN];   /* success: the kernel's bprm filename; failure: the path passed */
+	char exe[RAVN_SEC_PATH_LEN];        /* with RAVN_EXEC_EXE: the executed file's path (symlinks resolved) */
 	char argv[RAVN_SEC_ARGC][RAVN_SEC_ARG_LEN];
 	u32 envc;         /* env entries filled (only with RAVN_EXEC_LD_ENV; records without it stop before here) */
 	u32 __pad;
 	char env[RAVN_SEC_ENVC][RAVN_SEC_ARG_LEN]; /* "LD_PRELOAD=...", as found, cut at RAVN_SEC_ARG_LEN - 1 bytes */
 };
-_Static_assert(sizeof(struct ravn_exec_event) == 2768, "update ExecEvent in ravn_ebpf_security/decode.py");
+_Static_assert(sizeof(struct ravn_exec_event) == 3024, "update ExecEvent in ravn_ebpf_security/decode.py");
 
 /* Every other security event: fork, exit, cred, ptrace, module, capable, memfd_create, bpf, unshare, setns, dup.
  * `nr` is the x86_64 syscall number that produced it (0 for fork/exit/capable); args/ret per event type:

@@ -13,6 +13,7 @@ from ravn_ebpf_security.config import ALL_EVENTS, SecurityConfig
 from ravn_ebpf_security.decode import (
     CONSTANTS,
     EXEC_CWD,
+    EXEC_EXE,
     EXEC_MIN_SIZE,
     MIRRORS,
     ExecEvent,
@@ -239,7 +240,8 @@ def test_relative_exec_filename_resolved_against_cwd_or_dirfd(tmp_path: Path,
         assert decode(_exec_record(me, b"y", fd=dirfd))["exec.filename"] == f"{tmp_path}/sub/y"
     finally:
         os.close(dirfd)
-    assert counters == {"exec_relative_resolved": 3, "exec_relative_from_kernel_cwd": 0, "exec_relative_unresolved": 0}
+    assert counters == {"exec_relative_resolved": 3, "exec_relative_from_kernel_cwd": 0, "exec_relative_unresolved": 0,
+                        "exec_exe_from_kernel": 0}
     # absolute names, fd execs and an empty name are left as they are (normalised), and not counted
     assert decode(_exec_record(me, b"/bin/true"))["exec.filename"] == "/bin/true"
     assert decode(_exec_record(me, b"/usr/..//dev/shm/./x"))["exec.filename"] == "/dev/shm/x"
@@ -257,7 +259,8 @@ def test_relative_exec_filename_resolved_against_cwd_or_dirfd(tmp_path: Path,
     # ... unless the kernel joined the name with the cwd it kept (RAVN_EXEC_CWD): normalised, counted apart
     ev = decode(_exec_record(gone, b"/tmp/./payload", flags=EXEC_CWD))
     assert ev["exec.filename"] == "/tmp/payload"
-    assert counters == {"exec_relative_resolved": 3, "exec_relative_from_kernel_cwd": 1, "exec_relative_unresolved": 1}
+    assert counters == {"exec_relative_resolved": 3, "exec_relative_from_kernel_cwd": 1, "exec_relative_unresolved": 1,
+                        "exec_exe_from_kernel": 0}
 
 
 def test_exe_is_read_when_the_batch_is_decoded_unless_the_process_exited_in_it() -> None:
@@ -304,3 +307,19 @@ def test_exec_record_cut_short_or_too_long() -> None:
         decode(bytes(e) + b"\0" * 8)
     with pytest.raises(ValueError, match="exec record of"):
         decode(bytes(e)[:EXEC_MIN_SIZE - 1])
+
+
+def test_exe_walked_by_the_kernel_is_taken_as_it_is() -> None:
+    counters: dict[str, int] = {}
+    exes = ExeLookups(counters)
+    decode = decoders(_header, counters, exes)[EVENT_TYPE_IDS["exec"]]
+    e = ExecEvent()
+    _fill(e, EVENT_TYPE_IDS["exec"])
+    e.hdr.pid, e.filename, e.exe, e.flags = os.getpid(), b"/bin/x", b"/usr/bin/x (deleted)", EXEC_EXE
+    ev = decode(bytes(e)[:EXEC_MIN_SIZE])
+    assert ev["exec.exe"] == "/usr/bin/x (deleted)" and exes.waiting == {}  # no /proc read waits for it
+    assert counters["exec_exe_from_kernel"] == 1
+    e.flags = 0  # not walked: read from /proc when the batch is decoded
+    ev = decode(bytes(e)[:EXEC_MIN_SIZE])
+    exes.resolve()
+    assert ev["exec.exe"] == os.readlink("/proc/self/exe") and counters["exec_exe_from_kernel"] == 1

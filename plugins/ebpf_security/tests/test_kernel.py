@@ -294,16 +294,67 @@ def test_relative_exec_is_reported_with_its_absolute_path(probe: SecuritySource,
     joined = "exec_relative_from_kernel_cwd"  # the kernel kept the cwd of the child's absolute chdir
     assert probe.counters[joined] - before.get(joined, 0) >= 2  # host-wide: others' relative execs count too
     assert probe.health().counters[joined] >= 2
-    assert probe.counters["exec_exe_read"] > before["exec_exe_read"]  # the live program's link was read
+    assert probe.counters["exec_exe_from_kernel"] > before["exec_exe_from_kernel"]  # walked in the kernel
 
 
-def test_exe_link_is_not_read_for_a_program_that_exited_in_the_batch(probe: SecuritySource, tmp_path: Path) -> None:
-    """A program whose exit record comes in the same batch as its exec gets exec.exe "" without a readlink of
-    /proc/<pid>/exe (it would fail by then); the one that stays alive is read through the symlink (above)."""
-    (tmp_path / "link").symlink_to("/bin/true")
+def _exe_cases(tmp_path: Path) -> dict[str, list[str | int]]:
+    """Ways to run readlink(1) so that it prints its own /proc/self/exe: the ground truth of exec.exe."""
+    real = os.path.realpath(shutil.which("readlink") or "/usr/bin/readlink")
+    (tmp_path / "link").symlink_to(real)
+    shutil.copy(real, tmp_path / "copy")
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "inner").mkdir()
+    shutil.copy(real, tmp_path / "inner" / "rl")
+    subprocess.run(["mount", "--bind", str(tmp_path / "inner"), str(tmp_path / "mnt")], check=True)
+    shutil.copy(real, tmp_path / "gone")
+    fd = os.open(tmp_path / "gone", os.O_RDONLY)
+    os.unlink(tmp_path / "gone")
+    return {"/bin (a symlinked directory)": ["/bin/readlink"], "symlink": [str(tmp_path / "link")],
+            "copy": [str(tmp_path / "copy")], "bind mount": [str(tmp_path / "mnt" / "rl")], "deleted": [fd]}
+
+
+def test_exe_is_walked_in_the_kernel_as_proc_names_it(probe: SecuritySource, tmp_path: Path) -> None:
+    """exec.exe is what /proc/<pid>/exe of the process says (readlink(1) prints its own), through a symlinked
+    directory, a symlink, a bind mount (another mount's path) and for a file unlinked before its exec
+    (" (deleted)"), and it comes from the kernel: these programs are gone before their records are read."""
+    cases = _exe_cases(tmp_path)
+    try:
+        probe.drain()
+        before = probe.counters["exec_exe_from_kernel"]
+        for what, (target,) in cases.items():
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.dup2(w, 1)
+                try:
+                    if isinstance(target, int):
+                        os.execve(target, ["rl", "/proc/self/exe"], {})  # fexecve of the unlinked file
+                    os.execv(target, ["rl", "/proc/self/exe"])
+                finally:
+                    os._exit(127)
+            os.close(w)
+            with os.fdopen(r) as f:
+                truth = f.read().strip()
+            os.waitpid(pid, 0)
+            ex = only(of_pid(probe, pid), "exec", **{"proc.pid": pid})
+            assert truth and ex["exec.exe"] == truth, (what, ex["exec.filename"], ex["exec.exe"], truth)
+        assert cases["deleted"] and probe.counters["exec_exe_from_kernel"] - before == len(cases)
+    finally:
+        subprocess.run(["umount", str(tmp_path / "mnt")], check=False)
+        os.close(int(cases["deleted"][0]))
+
+
+def test_exe_past_the_kernel_walk_is_read_from_proc_unless_the_program_exited_in_the_batch(
+        probe: SecuritySource, tmp_path: Path) -> None:
+    """A path longer than the kernel walk holds (255 bytes) falls back to /proc/<pid>/exe: read for a program
+    still running when its batch is decoded, not read (exec.exe "") for one whose exit came in the same batch."""
+    deep = tmp_path / ("d" * 120) / ("e" * 120)
+    deep.mkdir(parents=True)
+    shutil.copy("/bin/true", deep / "t")
+    shutil.copy("/bin/sleep", deep / "s")
     probe.drain()
     before = dict(probe.counters)
-    pid, status = in_child(lambda: os.execv(str(tmp_path / "link"), ["link"]))
+    pid, status = in_child(lambda: os.execv(str(deep / "t"), ["t"]))
     assert status == 0
     batches: list[Batch] = []
     deadline = time.monotonic() + 5
@@ -313,8 +364,17 @@ def test_exe_link_is_not_read_for_a_program_that_exited_in_the_batch(probe: Secu
     same = [b for b in batches if {e["evt.type"] for e in b} >= {"exec", "exit"}]
     assert len(same) == 1, f"exec and exit of {pid} not in one batch: {batches}"  # both were in the ring
     ex = only(same[0], "exec")
-    assert (ex["exec.filename"], ex["exec.exe"], ex["exec.ret"]) == (f"{tmp_path}/link", "", 0)
+    # the kernel's name is cut at 255 bytes too; the walked path would not fit either
+    assert (ex["exec.filename"], ex["exec.exe"], ex["exec.ret"]) == (str(deep / "t")[:255], "", 0)
     assert probe.counters["exec_exe_exited"] - before["exec_exe_exited"] >= 1
+    live = subprocess.Popen([str(deep / "s"), "2"])
+    try:
+        ex = only(of_pid(probe, live.pid, timeout_s=1.0), "exec", **{"proc.pid": live.pid})
+    finally:
+        live.kill()
+        live.wait()
+    assert ex["exec.exe"] == str(deep / "s")  # read from /proc/<pid>/exe while it runs
+    assert probe.counters["exec_exe_read"] > before["exec_exe_read"]
 
 
 def test_exec_from_a_non_leader_thread(probe: SecuritySource) -> None:

@@ -42,6 +42,10 @@ class SecurityConfig(BccProbeConfig):
         64, ge=0, le=256,
         description="environment entries of each exec scanned in the kernel for LD_PRELOAD, LD_LIBRARY_PATH and "
                     "LD_AUDIT (exec.ld_preload, ...; one 16-byte read per entry at sys_enter; 0: none)")
+    exe_from_kernel: bool = Field(
+        True, description="exec.exe walked in the kernel at the exec (dentries and mounts, offsets from the "
+                          "kernel's BTF), so a program that exits at once still shows the file it ran from; "
+                          "false, or no BTF: read from /proc/<pid>/exe when the record is decoded")
     module_hook: Literal["auto", "raw", "off"] = Field(
         "auto", description="auto: init_module/finit_module/delete_module through their own syscall tracepoints "
                             "when the kernel has them (free), else not at all (such a kernel cannot load modules; "

@@ -41,6 +41,7 @@ EXEC_ARGV_TRUNC: Final = 0x4
 EXEC_NO_ARGS: Final = 0x8
 EXEC_LD_ENV: Final = 0x10
 EXEC_CWD: Final = 0x20
+EXEC_EXE: Final = 0x40
 ENVC: Final = 3  # RAVN_SEC_ENVC
 #: loader variable -> the exec field that carries its value
 LD_FIELDS: Final = {"LD_PRELOAD": "exec.ld_preload", "LD_LIBRARY_PATH": "exec.ld_library_path",
@@ -48,7 +49,7 @@ LD_FIELDS: Final = {"LD_PRELOAD": "exec.ld_preload", "LD_LIBRARY_PATH": "exec.ld
 
 
 class ExecEvent(ctypes.Structure):
-    """``struct ravn_exec_event`` (2768 bytes). ``argv`` is ``char[16][128]`` and ``env`` ``char[3][128]``,
+    """``struct ravn_exec_event`` (3024 bytes). ``argv`` is ``char[16][128]`` and ``env`` ``char[3][128]``,
     mirrored flat."""
 
     _fields_ = [
@@ -58,6 +59,7 @@ class ExecEvent(ctypes.Structure):
         ("argc", ctypes.c_uint32),
         ("fd", ctypes.c_int32),
         ("filename", ctypes.c_char * PATH_LEN),
+        ("exe", ctypes.c_char * PATH_LEN),
         ("argv", ctypes.c_char * (ARGC * ARG_LEN)),
         ("envc", ctypes.c_uint32),
         ("__pad", ctypes.c_uint32),
@@ -101,7 +103,7 @@ class _ExecHead(ctypes.Structure):
     """The fixed part of ``struct ravn_exec_event`` (before argv), which every exec record has: the decoder unpacks
     only this and reads the argv slots in use (and env when flagged) from the record itself."""
 
-    _fields_ = ExecEvent._fields_[:6]
+    _fields_ = ExecEvent._fields_[:7]
 
 
 if ctypes.sizeof(_ExecHead) != EXEC_MIN_SIZE:
@@ -118,7 +120,7 @@ CONSTANTS: Final[dict[str, int]] = {
     "RAVN_SEC_PATH_LEN": PATH_LEN, "RAVN_SEC_ARGC": ARGC, "RAVN_SEC_ARG_LEN": ARG_LEN, "RAVN_SEC_STR_LEN": STR_LEN,
     "RAVN_SEC_FSTYPE_LEN": FSTYPE_LEN, "RAVN_EXEC_FD": EXEC_FD, "RAVN_EXEC_MEMFD": EXEC_MEMFD,
     "RAVN_EXEC_ARGV_TRUNC": EXEC_ARGV_TRUNC, "RAVN_EXEC_NO_ARGS": EXEC_NO_ARGS, "RAVN_EXEC_LD_ENV": EXEC_LD_ENV,
-    "RAVN_EXEC_CWD": EXEC_CWD,
+    "RAVN_EXEC_CWD": EXEC_CWD, "RAVN_EXEC_EXE": EXEC_EXE,
     "RAVN_SEC_ENVC": ENVC,
 }
 
@@ -189,14 +191,17 @@ def exec_decoder(header: Header, counters: dict[str, int], exes: ExeLookups | No
     with "//", "." or ".." components is normalised, so path rules (``/tmp/``, ``/dev/shm/``) see where the
     program lives. After a successful exec the pid is the new program, whose cwd is the caller's; after a failed
     one it is the caller. A process gone by then keeps the relative name (``exec_relative_unresolved``).
-    ``exec.exe`` of a successful exec is read from ``/proc/<pid>/exe``: the file a symlink leads to, empty when
-    the process is gone; at once without ``exes``, else when the batch is decoded (:class:`ExeLookups`: not for
-    a process whose exit came in the same batch)."""
+    ``exec.exe`` of a successful exec is the file a symlink leads to: walked by the kernel at the exec
+    (``RAVN_EXEC_EXE``, counted ``exec_exe_from_kernel``), so right also for a program gone before its record is
+    read; else (no BTF, a memfd or other file outside the mount tree, a path over 255 bytes) read from
+    ``/proc/<pid>/exe``, empty when the process is gone: at once without ``exes``, else when the batch is decoded
+    (:class:`ExeLookups`: not for a process whose exit came in the same batch)."""
     unpack_head = unpacker(_ExecHead).unpack_from
     full = ctypes.sizeof(ExecEvent)
     argv_off, envc_off, env_off = ExecEvent.argv.offset, ExecEvent.envc.offset, ExecEvent.env.offset
     u32 = struct.Struct("<I").unpack_from
-    for k in ("exec_relative_from_kernel_cwd", "exec_relative_resolved", "exec_relative_unresolved"):
+    for k in ("exec_relative_from_kernel_cwd", "exec_relative_resolved", "exec_relative_unresolved",
+              "exec_exe_from_kernel"):
         counters.setdefault(k, 0)
 
     def absolute(pid: int, fd: int, filename: str) -> str:
@@ -211,7 +216,7 @@ def exec_decoder(header: Header, counters: dict[str, int], exes: ExeLookups | No
         size = len(buf)  # the kernel sends only the argv slots in use (all of the record with RAVN_EXEC_LD_ENV)
         if not EXEC_MIN_SIZE <= size <= full:
             raise ValueError(f"exec record of {size} bytes")
-        v = unpack_head(buf)  # 9 header values, ret, flags, argc, fd, filename
+        v = unpack_head(buf)  # 9 header values, ret, flags, argc, fd, filename, exe
         ev = header(v)
         argc = min(v[11], ARGC)
         # argv slots beyond the record's end (a cut record) read as empty, as zeros would
@@ -226,6 +231,9 @@ def exec_decoder(header: Header, counters: dict[str, int], exes: ExeLookups | No
         ev["exec.filename"] = filename
         if v[9] != 0:
             ev["exec.exe"] = ""
+        elif v[10] & EXEC_EXE:
+            ev["exec.exe"] = _str(v[14])
+            counters["exec_exe_from_kernel"] += 1
         elif exes is None:
             ev["exec.exe"] = _exe(v[1])
         else:

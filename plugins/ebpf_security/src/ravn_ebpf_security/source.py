@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from ravn_core.bpf.btf import BtfError, kernel_btf
 from ravn_core.bpf.env import TRACEFS
 from ravn_core.bpf.paths import seed_cwds
 from ravn_core.bpf.probe import BccProbe
@@ -21,6 +22,13 @@ CRED_SYSCALLS = ("setuid", "setgid", "setreuid", "setregid", "setresuid", "setre
                  "capset")
 
 ENTER, EXIT = "ravn_sec_sys_enter", "ravn_sec_sys_exit"
+#: SEC_OFF_<name> of the kernel exe walk (bpf/security.bpf.c, sec_exe): (name, struct, member)
+EXE_OFFSETS = (("TASK_MM", "task_struct", "mm"), ("MM_EXE_FILE", "mm_struct", "exe_file"),
+               ("FILE_PATH", "file", "f_path"), ("D_HASH", "dentry", "d_hash"), ("D_PARENT", "dentry", "d_parent"),
+               ("D_NAME", "dentry", "d_name"), ("MOUNT_MNT", "mount", "mnt"), ("MNT_PARENT", "mount", "mnt_parent"),
+               ("MNT_MOUNTPOINT", "mount", "mnt_mountpoint"), ("MNT_ROOT", "vfsmount", "mnt_root"),
+               ("PATH_MNT", "path", "mnt"), ("PATH_DENTRY", "path", "dentry"), ("QSTR_LEN", "qstr", "len"),
+               ("QSTR_NAME", "qstr", "name"))
 MODULE_SYSCALLS = ("init_module", "finit_module", "delete_module")
 
 
@@ -61,7 +69,20 @@ class SecuritySource(BccProbe):
             f"-DSEC_VM_WINDOW_NS={c.process_vm_window_ms * 1_000_000}ULL",
             f"-DSEC_BPF_CMD_MASK={c.bpf_command_mask():#x}ULL",
             f"-DSEC_MAX_PENDING={c.max_pending}",
+            *self._exe_cflags(),
         ]
+
+    def _exe_cflags(self) -> list[str]:
+        """The kernel exe walk's struct offsets, from the running kernel's BTF; SEC_EXE_BTF=0 without them."""
+        if not (self.config.exe_from_kernel and self.config.enabled("exec")):
+            return ["-DSEC_EXE_BTF=0"]
+        try:
+            btf = kernel_btf()
+            offsets = {name: btf.offset(struct, member) for name, struct, member in EXE_OFFSETS}
+        except BtfError as exc:
+            self.log.warning("exec.exe is read from /proc/<pid>/exe: %s", exc)
+            return ["-DSEC_EXE_BTF=0"]
+        return ["-DSEC_EXE_BTF=1", *(f"-DSEC_OFF_{name}={off}" for name, off in offsets.items())]
 
     def tracepoints(self) -> list[tuple[str, str]]:
         """Only the tracepoints of the enabled event types (fork/exit events ride on the base's programs)."""
