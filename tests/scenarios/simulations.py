@@ -174,6 +174,21 @@ def devshm_exec(work: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+@scenario("T1059", "a program in /dev/shm run at once through a symlink in /usr/local/bin (exits before its "
+          "record is read: only the kernel's exe path shows where it lives)", "exec_from_dev_shm")
+def devshm_symlink_exec(work: Path) -> None:
+    path = Path(f"/dev/shm/ravn-scn-link-{os.getpid()}")
+    link = Path(f"/usr/local/bin/ravn-scn-{os.getpid()}")
+    shutil.copy("/bin/true", path)
+    link.symlink_to(path)
+    try:
+        sh(f"/bin/true; {link}")  # the first exec wakes the probe's reader, which then waits batch_ms: the
+        # link's exec and exit come in one batch, after the program is gone
+    finally:
+        link.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+
+
 @scenario("T1105", "a file written to a temp dir, then executed", "dropped_binary_executed")
 def dropped_exec(work: Path) -> None:
     path = work / "payload"
