@@ -448,16 +448,27 @@ static __always_inline s32 sec_fd_path(const char *path, u32 self, u32 *owner)
 
 /* Keep the environment's loader variables (LD_PRELOAD=, LD_LIBRARY_PATH=, LD_AUDIT=) in e->env: a bounded scan
  * of the first SEC_ENV_SCAN entries, one 16-byte read each; most environments have none, and then nothing else
- * happens. */
+ * happens. The entry pointers are read 8 at a time (one read instead of eight: the reads are most of what an exec
+ * costs this probe); a block that runs into unreadable memory is read entry by entry. */
 static __always_inline void sec_exec_env(struct ravn_exec_event *e, const char *const *envp)
 {
 	e->envc = 0;
 #if SEC_ENV_SCAN > 0
 	if (!envp)
 		return;
+	const char *block[8] = {};
+	int single = 0;
 	for (int i = 0; i < SEC_ENV_SCAN; i++) {
 		const char *p = 0;
-		if (bpf_probe_read_user(&p, sizeof(p), &envp[i]) != 0 || !p)
+		if ((i & 7) == 0 && !single && bpf_probe_read_user(block, sizeof(block), &envp[i]) != 0)
+			single = 1;
+		if (single) {
+			if (bpf_probe_read_user(&p, sizeof(p), &envp[i]) != 0)
+				break;
+		} else {
+			p = block[i & 7];
+		}
+		if (!p)
 			break;
 		u64 w[2] = {};
 		if (bpf_probe_read_user(w, sizeof(w), p) != 0)

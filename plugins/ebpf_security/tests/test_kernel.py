@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import os
 import shutil
 import signal
@@ -185,7 +186,8 @@ def _exec_with_env(env: list[str]) -> int:
     # look-alikes and other LD_ variables are not loader hooks
     (["LD_PRELOADX=1", "XLD_PRELOAD=/x.so", "LD_DEBUG=all", "LD_LIBRARY=1", "LD_AUDITOR=1", "LD_="], {}),
     ([], {}),
-    # beyond the bounded scan (exec_env_scan: 64 entries): not seen
+    # the last entry the bounded scan reads (exec_env_scan: 64), and the first one it does not
+    ([f"V{i}=x" for i in range(63)] + ["LD_PRELOAD=/nonexistent/last.so"], {"exec.ld_preload": "/nonexistent/last.so"}),
     ([f"V{i}=x" for i in range(64)] + ["LD_PRELOAD=/nonexistent/late.so"], {}),
 ])
 def test_exec_loader_variables_in_the_environment(probe: SecuritySource, env: list[str],
@@ -197,6 +199,33 @@ def test_exec_loader_variables_in_the_environment(probe: SecuritySource, env: li
     schema_ok(ex)
     assert {k: ex[k] for k in LD_FIELDS if k in ex} == expect
     assert ex["exec.argv"] == ["/bin/true"] and ex["exec.ret"] == 0
+
+
+def test_exec_loader_variable_in_an_envp_that_ends_at_unmapped_memory(probe: SecuritySource) -> None:
+    """The kernel reads envp 8 pointers at a time; an array that ends a few bytes before an unmapped page (where
+    that block read fails) is read entry by entry and its LD_PRELOAD still found."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    page = mmap.PAGESIZE
+    base = libc.mmap(None, 2 * page, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    assert base not in (None, ctypes.c_void_p(-1).value)
+    assert libc.munmap(base + page, page) == 0  # the page after the array is not mapped
+    strings = [ctypes.create_string_buffer(b"A=1"), ctypes.create_string_buffer(b"LD_PRELOAD=/nonexistent/edge.so")]
+    envp = base + page - 3 * 8  # two entries and the NULL, ending at the page's end
+    arr = (ctypes.c_void_p * 3).from_address(envp)
+    arr[0], arr[1], arr[2] = ctypes.addressof(strings[0]), ctypes.addressof(strings[1]), None
+    argv = (ctypes.c_char_p * 2)(b"/bin/true", None)
+    pid = os.fork()
+    if pid == 0:
+        libc.execve(b"/bin/true", argv, ctypes.c_void_p(envp))
+        os._exit(127)
+    _, status = os.waitpid(pid, 0)
+    libc.munmap(base, page)
+    assert status == 0
+    ex = only(of_pid(probe, pid), "exec", **{"proc.pid": pid})
+    assert ex.get("exec.ld_preload") == "/nonexistent/edge.so"
 
 
 def test_exec_failure_reports_errno(probe: SecuritySource) -> None:
