@@ -65,7 +65,9 @@
  * memory-accounting checks) and an LRU lookup inside it. Measured with kernel.bpf_stats_enabled on the 2-core
  * 6.18 VM (bench/security.py, docs/BENCHMARKS.md): default config during redis-benchmark, 0.18% of one core of
  * BPF run time (none of it on redis's own path: host process churn and capability checks); a fork+exec+exit
- * costs ~14 us of BPF time (newtask ~3 us, exit ~3 us, exec ~3 us, execve enter ~1 us).
+ * costs ~14 us of BPF time (newtask ~3 us, exit ~3 us, exec ~3 us, execve enter ~1 us). Remeasured 2026-12-06
+ * for a /bin/true exec from a shell with 35 environment entries: execve enter ~5 us (the envp scan), exec ~2.1 us
+ * (of which the exe walk ~0.9 us).
  * The exception is module_hook: raw. A program on raw_syscalls:sys_enter runs on EVERY syscall of every process:
  * ~45 ns of program time per syscall (2.3% of one core during redis-benchmark) plus the tracepoint dispatch that
  * bpf_stats does not count; the lead measured ~7% redis-benchmark slowdown for even a no-op program there, more
