@@ -153,7 +153,7 @@ def cmd_run(args: argparse.Namespace, host: PluginHost) -> int:
     role = args.role
     if role in ("all", "agent") and config.sources:
         check_environment()
-    runtime = Runtime(config, host, role=role)
+    runtime = Runtime(config, host, role=role, settle_heap=True)  # a process of its own: tune its collector
     stats = runtime.run(duration=args.duration)
     _report(stats)
     return int(stats.get("exit_code", EXIT_OK))

@@ -27,7 +27,7 @@ from ravn_core.runtime.analysis import LATENCY_BUCKETS, AnalysisStage
 from ravn_core.runtime.egress import EgressStage
 from ravn_core.runtime.hosts import Hosts
 from ravn_core.runtime.phases import Phases
-from ravn_core.runtime.selfwatch import SelfWatch
+from ravn_core.runtime.selfwatch import SelfWatch, settle_heap
 from ravn_core.runtime.sink import SinkStage
 from ravn_core.runtime.source import SourceStage
 from ravn_core.runtime.supervisor import Slot, Supervisor
@@ -50,13 +50,14 @@ class Runtime:
     """Builds the stages of a validated config and runs them in threads until stopped."""
 
     def __init__(self, config: RavnConfig, host: PluginHost, role: str = "all",
-                 context: RuntimeContext | None = None) -> None:
+                 context: RuntimeContext | None = None, settle_heap: bool = False) -> None:
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}")
         self.config = config
         self.core = config.core
         self.host = host
         self.role = role
+        self._settle_heap = settle_heap  # gc tuned once started (selfwatch.settle_heap): ravn run only
         self.hostname = config.core.hostname()
         self.context = context or runtime_context(config)
         self.phases = Phases()
@@ -200,6 +201,8 @@ class Runtime:
         self.notifier.ready(f"running: {len(self.sources)} sources attached")
         log.info("RAVN running (role %s, host %s, %d sources, %d analyzers, %d sinks)", self.role, self.hostname,
                  len(self.sources), len(self.analyzers[0]) if self.analyzers else 0, len(self.sinks))
+        if self._settle_heap:
+            settle_heap()
 
     def components(self) -> list[Component]:
         slots = [*self.sources, *([self.transport_slot] if self.transport_slot else []),
