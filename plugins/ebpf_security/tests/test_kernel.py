@@ -367,7 +367,8 @@ def test_exe_is_walked_in_the_kernel_as_proc_names_it(probe: SecuritySource, tmp
             os.waitpid(pid, 0)
             ex = only(of_pid(probe, pid), "exec", **{"proc.pid": pid})
             assert truth and ex["exec.exe"] == truth, (what, ex["exec.filename"], ex["exec.exe"], truth)
-        assert cases["deleted"] and probe.counters["exec_exe_from_kernel"] - before == len(cases)
+        # host-wide: other processes' execs count too
+        assert probe.counters["exec_exe_from_kernel"] - before >= len(cases)
     finally:
         subprocess.run(["umount", str(tmp_path / "mnt")], check=False)
         os.close(int(cases["deleted"][0]))
