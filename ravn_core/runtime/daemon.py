@@ -57,7 +57,7 @@ class Runtime:
         self.core = config.core
         self.host = host
         self.role = role
-        self._settle_heap = settle_heap  # gc tuned once started (selfwatch.settle_heap): ravn run only
+        self._settle_heap = settle_heap  # gc tuned once started (selfwatch.settle_heap): the CLI daemon only
         self.hostname = config.core.hostname()
         self.context = context or runtime_context(config)
         self.phases = Phases()

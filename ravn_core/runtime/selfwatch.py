@@ -3,8 +3,8 @@
 - Memory: private memory 32 MB over the lowest seen asks glibc for freed heap (at most every
   ``ravn.heap_trim_interval_s``); over ``ravn.memory_limit_mb`` the process trees are halved, the heap trimmed,
   and a self-alert goes out (at most every 5 minutes).
-- Heap at start (``settle_heap``, ``ravn run`` only): what start-up built is moved out of the cyclic collector's
-  sight and young objects are collected less often.
+- Heap at start (``settle_heap``; the CLI daemon only: ``ravn --config``, ``ravn agent``, ``ravn analyze``): what
+  start-up built is moved out of the cyclic collector's sight and young objects are collected less often.
 - Drops: a share of events dropped in one health interval over ``ravn.drop_alert_ratio`` raises a self-alert at
   most every ``ravn.drop_alert_interval_s`` or, with ``ravn.drop_policy: exit``, stops RAVN with exit code 1.
 """
