@@ -258,9 +258,15 @@ class ListSource(Source):
         self.stops += 1
 
 
+#: the first of the 50 pids synthetic events come from: the kernel's PID_MAX_LIMIT on 64-bit (4 Mi), a pid no
+#: live process can have. A low pid (the tests used 1000..1049) can be a real process once the host's pids wrap,
+#: and the runtime seeds its process tree from /proc: the synthetic process then got that process's ancestry.
+SYNTHETIC_PID = 4 * 1024 * 1024
+
+
 def synthetic_event(event_type: str = "exec", seq: int = 0, source: str = "test", **fields: Any) -> dict[str, Any]:
     ev: dict[str, Any] = {"evt.type": event_type, "evt.source": source, "evt.ts": time.time_ns(), "evt.seq": seq,
-                          "proc.pid": 1000 + seq % 50, "proc.tid": 1000 + seq % 50, "proc.ppid": 1,
+                          "proc.pid": SYNTHETIC_PID + seq % 50, "proc.tid": SYNTHETIC_PID + seq % 50, "proc.ppid": 1,
                           "proc.uid": 0, "proc.gid": 0, "proc.comm": "synthetic", "proc.cgroup": 1}
     if event_type == "exec":
         ev.update({"exec.filename": "/usr/bin/true", "exec.exe": "/usr/bin/true", "exec.argv": ["true"],

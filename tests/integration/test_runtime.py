@@ -82,7 +82,8 @@ def test_alerts_carry_their_incident_and_every_view_shows_the_open_incidents(tmp
     shown = {i["id"]: i for i in status["incidents"]}
     assert sink.alerts and all(a.incident in shown for a in sink.alerts)
     assert {i["id"] for i in sink.incidents[rt.hostname]} == set(shown)
-    # the synthetic events come from pids 1000..1049, children of pid 1 with no session: one incident each
+    # the synthetic events come from 50 pids no live process has, children of pid 1 with no session: one
+    # incident each
     for a in sink.alerts:
         inc = shown[a.incident]
         assert inc["root"]["pid"] == a.pid and inc["rules"] == ["count"] and inc["level"] == "MEDIUM"
