@@ -11,7 +11,6 @@ each a 12-byte ``btf_type`` followed by kind-specific data), then the string sec
 
 from __future__ import annotations
 
-import functools
 import struct
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
@@ -100,9 +99,9 @@ class Btf:
         return bits // 8
 
 
-@functools.cache
 def kernel_btf(path: str = VMLINUX) -> Btf:
-    """The running kernel's BTF, parsed once per process (BtfError when it cannot be read)."""
+    """The running kernel's BTF (BtfError when it cannot be read). Parsed on each call (0.1 s) and not kept: it
+    holds ~28 MB of Python objects, and a caller needs a few offsets of it once per probe load."""
     try:
         with open(path, "rb") as f:
             data = f.read()
