@@ -133,20 +133,24 @@ class ProcessTree:
         """Drop processes that exited more than the grace period ago (unless their pid was reused since)."""
         exits = self._exits
         while exits and (now_ns - exits[0][0] > self.exit_grace_ns or len(exits) > self.max_size):
-            _, info = exits.popleft()
-            if info.exited and self._procs.get(info.pid) is info:
-                del self._procs[info.pid]
+            self._drop_oldest_exit()
+
+    def _drop_oldest_exit(self) -> bool:
+        """Forget the process of the oldest exit still listed; False when its pid was reused since (kept)."""
+        _, info = self._exits.popleft()
+        if info.exited and self._procs.get(info.pid) is info:
+            del self._procs[info.pid]
+            return True
+        return False
 
     def _put(self, info: ProcInfo) -> None:
         self._procs[info.pid] = info
         self._procs.move_to_end(info.pid)
 
     def _trim(self) -> None:
-        procs, exits = self._procs, self._exits
-        while len(procs) > self.max_size and exits:  # the dead first, oldest exit first
-            _, info = exits.popleft()
-            if info.exited and procs.get(info.pid) is info:
-                del procs[info.pid]
+        procs = self._procs
+        while len(procs) > self.max_size and self._exits:  # the dead first, oldest exit first
+            if self._drop_oldest_exit():
                 self.evictions += 1
         while len(procs) > self.max_size:
             procs.popitem(last=False)
