@@ -98,7 +98,6 @@ class MountEvent(ctypes.Structure):
 EXEC_MIN_SIZE: Final = ExecEvent.argv.offset
 
 
-
 class _ExecHead(ctypes.Structure):
     """The fixed part of ``struct ravn_exec_event`` (before argv), which every exec record has: the decoder unpacks
     only this and reads the argv slots in use (and env when flagged) from the record itself."""
@@ -391,15 +390,14 @@ def sec_decoder(header: Header, fields: Fields) -> Decoder:
 
 
 def exit_decoder(header: Header, exes: ExeLookups) -> Decoder:
-    """``ravn_sec_event`` of a process exit -> exit event; tells ``exes`` the process is gone."""
-    unpack = unpacker(SecEvent).unpack
+    """``ravn_sec_event`` of a process exit -> exit event (the ``sec_decoder`` of ``_exit``); tells ``exes`` the
+    process is gone."""
+    exit_event = sec_decoder(header, _exit)
     exited = exes.exited
 
     def decode(buf: bytes) -> Event:
-        v = unpack(buf)
-        ev = header(v)
-        _exit(v, ev)
-        exited(v[1])
+        ev = exit_event(buf)
+        exited(ev["proc.pid"])
         return ev
 
     return decode
