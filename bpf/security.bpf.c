@@ -717,7 +717,6 @@ int ravn_sec_exec(struct sec_exec_args *args)
 	bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), (char *)args + (args->filename_loc & 0xffff));
 	sec_join_cwd(e, pid_tgid >> 32);
 #if SEC_EXE_BTF
-	e->flags &= ~RAVN_EXEC_EXE;
 	sec_exe(e);
 #endif
 	char *c = e->hdr.comm;
